@@ -1,0 +1,296 @@
+"""A Go ELF executable, read from the file only (never from a live process).
+
+What it gives: the build id (the cache key), build info, the pclntab and static
+bytes at virtual addresses. Stripped binaries (-ldflags="-s -w") keep the
+pclntab, so all of that still works; only `symbol()` and DWARF go away. When
+even the section headers are gone, the pclntab and build info are found by
+their magic numbers and moduledata by its pointer to the pclntab.
+"""
+from __future__ import annotations
+
+import mmap
+import struct
+from functools import cached_property
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+
+from . import buildinfo
+from .errors import BinaryError, NotGoBinaryError
+from .pclntab import GO120_MAGIC, KNOWN_MAGICS, PcLnTab
+
+_ARCH = {"EM_X86_64": "amd64", "EM_AARCH64": "arm64", "EM_386": "386", "EM_ARM": "arm",
+         "EM_RISCV": "riscv64", "EM_PPC64": "ppc64le", "EM_S390": "s390x"}
+_PT_LOAD, _PF_W = "PT_LOAD", 0x2
+# moduledata starts: pcHeader, then 6 slices (funcnametab, cutab, filetab, pctab,
+# pclntable, ftab), findfunctab, minpc, maxpc, text. Stable since Go 1.18.
+_MD_FUNCNAMETAB, _MD_TEXT = 1, 22
+
+
+class GoBinary:
+    def __init__(self, path: str, fileobj, elf: ELFFile, data: mmap.mmap):
+        self.path = path
+        self._file, self.elf, self._data = fileobj, elf, data
+        self._sections = {s.name: s for s in elf.iter_sections()} if elf.num_sections() else {}
+        self._loads = [s for s in elf.iter_segments() if s["p_type"] == _PT_LOAD]
+        self.arch = _ARCH.get(elf["e_machine"], str(elf["e_machine"]))
+        self.ptr_size = 8 if elf.elfclass == 64 else 4
+        self._pcln_off, self._pcln_size = self._locate_pclntab()
+
+    @classmethod
+    def open(cls, path: str) -> "GoBinary":
+        path = str(path)
+        try:
+            f = open(path, "rb")
+        except OSError as e:
+            raise BinaryError(f"{path}: cannot open the binary: {e.strerror}; "
+                              "check the path and read permission") from e
+        try:
+            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            if data[:4] != b"\x7fELF":
+                raise BinaryError(f"{path}: not an ELF file; point Ex-Ray at a Linux Go "
+                                  "executable (not a script or wrapper)")
+            return cls(path, f, ELFFile(f), data)
+        except (ELFError, ValueError, struct.error) as e:
+            f.close()
+            raise BinaryError(f"{path}: unreadable ELF ({e}); is the file truncated?") from e
+        except BaseException:
+            f.close()
+            raise
+
+    def close(self) -> None:
+        for closer in (getattr(self, "_data", None), getattr(self, "_file", None)):
+            if closer is not None:
+                try:
+                    closer.close()
+                except (BufferError, ValueError):
+                    pass  # memoryviews into the mmap are still alive; GC frees it
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- locating .gopclntab -------------------------------------------------
+
+    def _locate_pclntab(self) -> tuple[int, int]:
+        sec = self._sections.get(".gopclntab")
+        if sec is not None:
+            return sec["sh_offset"], sec["sh_size"]
+        # With section headers, a missing .gopclntab means "not Go"; scan the file
+        # only when the headers were stripped away (sstrip and friends).
+        off = self._scan_pcheader() if not self._sections else -1
+        if off < 0:
+            raise NotGoBinaryError(
+                f"{self.path}: no Go symbol table (.gopclntab) found: this ELF was not "
+                "built by the Go toolchain (or was built by gccgo); Ex-Ray needs a gc-built "
+                "Go binary")
+        return off, self._segment_end(off) - off
+
+    def _scan_pcheader(self) -> int:
+        """File offset of a plausible runtime.pcHeader, -1 if none.
+
+        The magic (little-endian) is followed by two zero pad bytes, minLC and
+        ptrSize; the linker aligns the table to pointer size."""
+        older = [m for m in KNOWN_MAGICS]
+        for magic in [GO120_MAGIC, *older]:
+            needle = struct.pack("<I", magic) + b"\0\0"
+            at = self._data.find(needle)
+            while at >= 0:
+                if at % self.ptr_size == 0 and self._data[at + 6] in (1, 2, 4) \
+                        and self._data[at + 7] == self.ptr_size:
+                    return at
+                at = self._data.find(needle, at + 1)
+        return -1
+
+    def _segment_end(self, off: int) -> int:
+        for seg in self._loads:
+            if seg["p_offset"] <= off < seg["p_offset"] + seg["p_filesz"]:
+                return seg["p_offset"] + seg["p_filesz"]
+        return len(self._data)
+
+    # -- address translation ---------------------------------------------------
+
+    def _file_offset(self, addr: int, size: int) -> int | None:
+        for seg in self._loads:
+            start = seg["p_vaddr"]
+            if start <= addr and addr + size <= start + seg["p_filesz"]:
+                return seg["p_offset"] + addr - start
+        return None
+
+    def _vaddr(self, off: int) -> int | None:
+        for seg in self._loads:
+            if seg["p_offset"] <= off < seg["p_offset"] + seg["p_filesz"]:
+                return seg["p_vaddr"] + off - seg["p_offset"]
+        return None
+
+    def read_static(self, addr: int, size: int) -> bytes:
+        """Bytes at virtual address addr as the loader maps them from the file."""
+        off = self._file_offset(addr, size)
+        if off is None:
+            raise BinaryError(
+                f"{self.path}: {size} bytes at {addr:#x} are not file-backed (bss, heap or "
+                "outside the binary); read them from the live process instead")
+        return self._data[off:off + size]
+
+    # -- moduledata: text start and gofunc, as the runtime sees them ----------
+
+    @cached_property
+    def _moduledata(self) -> list[int] | None:
+        """Words of runtime.firstmoduledata, found as the pointer to pcHeader
+        whose funcnametab slice points into the same pclntab."""
+        pcheader = self._vaddr(self._pcln_off)
+        if pcheader is None:
+            return None
+        fmt = "<Q" if self.ptr_size == 8 else "<I"
+        needle, ps = struct.pack(fmt, pcheader), self.ptr_size
+        name_off = struct.unpack_from(fmt, self._data, self._pcln_off + 8 + 3 * ps)[0]
+        for seg in self._loads:
+            if not seg["p_flags"] & _PF_W:
+                continue
+            start, end = seg["p_offset"], seg["p_offset"] + seg["p_filesz"]
+            at = self._data.find(needle, start, end)
+            while at >= 0:
+                if (at - start) % ps == 0:
+                    words = self._words(at, 64)
+                    if words[_MD_FUNCNAMETAB] == pcheader + name_off:
+                        return words
+                at = self._data.find(needle, at + 1, end)
+        return None
+
+    def _words(self, off: int, n: int) -> list[int]:
+        n = min(n, (len(self._data) - off) // self.ptr_size)
+        fmt = "<%d%s" % (n, "Q" if self.ptr_size == 8 else "I")
+        return list(struct.unpack_from(fmt, self._data, off))
+
+    @cached_property
+    def text_start(self) -> int:
+        md = self._moduledata
+        if md is not None:
+            return md[_MD_TEXT]
+        sym = self.symbol("runtime.text")
+        if sym is not None:
+            return sym[0]
+        sec = self._sections.get(".text")
+        if sec is not None:
+            return sec["sh_addr"]
+        raise BinaryError(f"{self.path}: cannot find the start of Go text (no moduledata, "
+                          "runtime.text or .text); the binary looks damaged")
+
+    @cached_property
+    def gofunc(self) -> int | None:
+        """moduledata.gofunc (go:func.*): base of FUNCDATA offsets."""
+        sym = self.symbol("go:func.*")
+        if sym is not None:
+            return sym[0]
+        md = self._moduledata
+        if md is None:
+            return None
+        # gofunc sits right before epclntab (the end of the pclntab) in Go 1.22+.
+        epclntab = self._vaddr(self._pcln_off) + self._pcln_size
+        for i in range(_MD_TEXT, len(md)):
+            if md[i] == epclntab and i > _MD_TEXT:
+                return md[i - 1]
+        # Older layouts: gofunc follows rodata.
+        rodata = self._sections.get(".rodata")
+        if rodata is not None and rodata["sh_addr"] in md[_MD_TEXT:]:
+            return md[md.index(rodata["sh_addr"], _MD_TEXT) + 1]
+        return None
+
+    @cached_property
+    def pclntab(self) -> PcLnTab:
+        return PcLnTab(self._data, self.text_start, self._pcln_off, self._pcln_size,
+                       read_static=self.read_static, gofunc=self.gofunc, where=self.path)
+
+    # -- symbols and debug info -------------------------------------------------
+
+    @cached_property
+    def _symtab(self) -> dict[str, tuple[int, int]]:
+        sec = self._sections.get(".symtab")
+        if sec is None or sec["sh_type"] != "SHT_SYMTAB":
+            return {}
+        strtab = self.elf.get_section(sec["sh_link"])
+        stroff = strtab["sh_offset"]
+        ent = struct.Struct("<IBBHQQ" if self.ptr_size == 8 else "<IIIBBH")
+        data, table = self._data, {}
+        start, end = sec["sh_offset"], sec["sh_offset"] + sec["sh_size"]
+        for rec in ent.iter_unpack(data[start:end]):
+            if self.ptr_size == 8:
+                name, value, size = rec[0], rec[4], rec[5]
+            else:
+                name, value, size = rec[0], rec[1], rec[2]
+            if name:
+                at = stroff + name
+                key = data[at:data.find(b"\0", at)].decode("utf-8", "replace")
+                table.setdefault(key, (value, size))
+        return table
+
+    def symbol(self, name: str) -> tuple[int, int] | None:
+        """(address, size) from the ELF .symtab; None if absent or stripped."""
+        return self._symtab.get(name)
+
+    @property
+    def has_dwarf(self) -> bool:
+        return ".debug_info" in self._sections or ".zdebug_info" in self._sections
+
+    # -- identity -------------------------------------------------------------
+
+    @cached_property
+    def build_id(self) -> str:
+        notes = dict(self._notes())
+        if ("GNU", 3) in notes:
+            return notes[("GNU", 3)].hex()
+        if ("Go", 4) in notes:
+            return notes[("Go", 4)].decode("utf-8", "replace")
+        # No note: the file's identity is the best cache key we have.
+        import hashlib
+        return "sha256:" + hashlib.sha256(self._data[:]).hexdigest()
+
+    def _notes(self):
+        """((owner, type), desc) of every ELF note, from sections or PT_NOTE."""
+        areas = [(s["sh_offset"], s["sh_size"]) for s in self._sections.values()
+                 if s["sh_type"] == "SHT_NOTE"]
+        if not areas:
+            areas = [(g["p_offset"], g["p_filesz"]) for g in self.elf.iter_segments()
+                     if g["p_type"] == "PT_NOTE"]
+        for off, size in areas:
+            p, end = off, off + size
+            while p + 12 <= end:
+                namesz, descsz, ntype = struct.unpack_from("<III", self._data, p)
+                p += 12
+                owner = self._data[p:p + namesz].rstrip(b"\0").decode("ascii", "replace")
+                p += (namesz + 3) & ~3
+                yield (owner, ntype), self._data[p:p + descsz]
+                p += (descsz + 3) & ~3
+
+    @cached_property
+    def build_info(self) -> buildinfo.BuildInfo:
+        sec = self._sections.get(".go.buildinfo")
+        if sec is not None:
+            at = buildinfo.find_blob(self._data, sec["sh_offset"],
+                                     sec["sh_offset"] + sec["sh_size"])
+        else:
+            at = buildinfo.find_blob(self._data)
+        if at < 0:
+            return buildinfo.BuildInfo()
+        return buildinfo.parse(self._data, at, self.path)
+
+    @property
+    def go_version(self) -> str | None:
+        return self.build_info.go_version
+
+    @property
+    def main_module(self) -> str | None:
+        return self.build_info.main_module
+
+    @property
+    def vcs_revision(self) -> str | None:
+        return self.build_info.vcs_revision
+
+    @property
+    def vcs_modified(self) -> bool | None:
+        return self.build_info.vcs_modified
+
+    def __repr__(self) -> str:
+        return f"GoBinary({self.path!r}, {self.go_version}, {self.arch})"
