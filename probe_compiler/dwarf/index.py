@@ -1,0 +1,363 @@
+"""The name index: one fast pass over .debug_info, then a small file on disk.
+
+pyelftools parses every attribute of every DIE through `construct`, which is
+too slow for cmd/compile (585k DIEs). The index only needs the top-level DIEs of
+each CU (functions, globals, constants, types), so this module walks the raw
+bytes itself: it decodes the attributes of depth-1 DIEs and skips the bytes of
+everything nested under them. The result is cached on disk keyed by build id,
+so a warm load is one `marshal.load` and never touches the ELF file.
+"""
+from __future__ import annotations
+
+import marshal
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from elftools.elf.elffile import ELFFile
+
+from probe_compiler.errors import BinaryError, DebugInfoMissing
+
+INDEX_VERSION = 3
+
+# DWARF tags and attributes the index reads (DWARF 5, section 7.5).
+TAG_COMPILE_UNIT = 0x11
+TAG_SUBPROGRAM = 0x2E
+TAG_VARIABLE = 0x34
+TAG_CONSTANT = 0x27
+AT_NAME = 0x03
+AT_LOCATION = 0x02
+AT_LOW_PC = 0x11
+AT_HIGH_PC = 0x12
+AT_CONST_VALUE = 0x1C
+AT_INLINE = 0x20
+AT_ABSTRACT_ORIGIN = 0x31
+AT_ADDR_BASE = 0x73
+AT_GO_KIND = 0x2900
+AT_GO_RUNTIME_TYPE = 0x2904
+DW_OP_ADDR = 0x03
+
+# Forms of a fixed size in a 32-bit DWARF unit with 8-byte addresses.
+_FIXED = {0x01: 8, 0x05: 2, 0x06: 4, 0x07: 8, 0x0B: 1, 0x0C: 1, 0x0E: 4, 0x10: 4, 0x11: 1,
+          0x12: 2, 0x13: 4, 0x14: 8, 0x17: 4, 0x19: 0, 0x1C: 4, 0x1D: 4, 0x1E: 16, 0x1F: 4,
+          0x20: 8, 0x21: 0, 0x25: 1, 0x26: 2, 0x27: 3, 0x28: 4, 0x29: 1, 0x2A: 2, 0x2B: 3,
+          0x2C: 4}
+_ULEB_FORMS = {0x0F, 0x15, 0x1A, 0x1B, 0x22, 0x23}
+_FORM_STRING, _FORM_SDATA, _FORM_IMPLICIT = 0x08, 0x0D, 0x21
+_BLOCKS = {0x0A: 1, 0x03: 2, 0x04: 4}   # block1/2/4: length prefix size
+_ULEB_BLOCKS = {0x09, 0x18}               # block, exprloc
+
+
+@dataclass
+class NameIndex:
+    """Everything a warm load needs: plain dicts and lists, marshal-friendly."""
+    build_id: str
+    cu_offsets: list[int] = field(default_factory=list)   # sorted
+    cu_names: list[str] = field(default_factory=list)
+    functions: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # name -> (die, lo, hi)
+    globals: dict[str, tuple[int, int]] = field(default_factory=dict)         # name -> (die, addr)
+    constants: dict[str, int] = field(default_factory=dict)
+    types: dict[str, int] = field(default_factory=dict)                       # name -> die
+    runtime_types: dict[int, int] = field(default_factory=dict)               # rtype off -> die
+
+    def to_blob(self) -> bytes:
+        return marshal.dumps((INDEX_VERSION, self.build_id, self.cu_offsets, self.cu_names,
+                              self.functions, self.globals, self.constants, self.types,
+                              self.runtime_types))
+
+    @staticmethod
+    def from_blob(blob: bytes) -> "NameIndex | None":
+        try:
+            t = marshal.loads(blob)
+        except (EOFError, ValueError, TypeError):
+            return None
+        if not isinstance(t, tuple) or len(t) != 9 or t[0] != INDEX_VERSION:
+            return None
+        return NameIndex(*t[1:])
+
+
+def cache_path(build_id: str, cache_dir: str | None) -> Path:
+    base = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "exray" / "dwarf"
+    safe = "".join(c for c in build_id if c.isalnum() or c in "-_.") or "unknown"
+    return base / f"{safe}.idx"
+
+
+def load_cached(build_id: str, cache_dir: str | None) -> NameIndex | None:
+    path = cache_path(build_id, cache_dir)
+    try:
+        idx = NameIndex.from_blob(path.read_bytes())
+    except OSError:
+        return None
+    return idx if idx is not None and idx.build_id == build_id else None
+
+
+def store(idx: NameIndex, cache_dir: str | None) -> None:
+    """Best effort: a read-only cache dir only costs a cold load next time."""
+    path = cache_path(idx.build_id, cache_dir)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_bytes(idx.to_blob())
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def build_index(elf_path: str, build_id: str) -> NameIndex:
+    with open(elf_path, "rb") as f:
+        try:
+            elf = ELFFile(f)
+        except Exception as e:  # pyelftools raises several types on garbage
+            raise BinaryError(f"{elf_path}: not a readable ELF file ({e})") from e
+        secs = {}
+        for name in (".debug_info", ".debug_abbrev", ".debug_addr"):
+            sec = elf.get_section_by_name(name)
+            secs[name] = sec.data() if sec is not None else b""
+    if not secs[".debug_info"]:
+        raise DebugInfoMissing(
+            f"{elf_path}: no .debug_info section; rebuild without -ldflags=-w / -s "
+            "to capture variables (stacks still work from pclntab)")
+    return _Scanner(secs[".debug_info"], secs[".debug_abbrev"], secs[".debug_addr"],
+                    build_id).run()
+
+
+def _uleb(data: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        b = data[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result, pos
+        shift += 7
+
+
+def _sleb(data: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        b = data[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        shift += 7
+        if b < 0x80:
+            if b & 0x40:
+                result -= 1 << shift
+            return result, pos
+
+
+class _Abbrev:
+    __slots__ = ("tag", "children", "attrs", "fixed")
+
+    def __init__(self, tag: int, children: bool, attrs: list[tuple[int, int, int]]):
+        self.tag, self.children, self.attrs = tag, children, attrs
+        # Total size when every form is fixed: skipping is then one addition.
+        sizes = [_FIXED.get(form) for _, form, _ in attrs]
+        self.fixed = sum(sizes) if all(s is not None for s in sizes) else None
+
+
+def parse_abbrevs(data: bytes, pos: int) -> dict[int, _Abbrev]:
+    table = {}
+    while True:
+        code, pos = _uleb(data, pos)
+        if code == 0:
+            return table
+        tag, pos = _uleb(data, pos)
+        children = data[pos] == 1
+        pos += 1
+        attrs = []
+        while True:
+            at, pos = _uleb(data, pos)
+            form, pos = _uleb(data, pos)
+            implicit = 0
+            if form == _FORM_IMPLICIT:
+                implicit, pos = _sleb(data, pos)
+            if at == 0 and form == 0:
+                break
+            attrs.append((at, form, implicit))
+        table[code] = _Abbrev(tag, children, attrs)
+
+
+class _Scanner:
+    """One pass over .debug_info, decoding only the depth-0/1 DIEs."""
+
+    def __init__(self, info: bytes, abbrev: bytes, addr: bytes, build_id: str):
+        self.info, self.abbrev, self.addr = info, abbrev, addr
+        self.idx = NameIndex(build_id)
+        self.abbrev_cache: dict[int, dict[int, _Abbrev]] = {}
+        self.sub_names: dict[int, str] = {}                  # subprogram die -> name
+        self.by_origin: list[tuple[int, int, int, int]] = []  # (origin, die, lo, hi)
+        self.type_has_kind: set[str] = set()
+
+    def run(self) -> NameIndex:
+        pos, info = 0, self.info
+        while pos + 12 <= len(info):
+            unit_len, version = struct.unpack_from("<IH", info, pos)
+            if unit_len >= 0xFFFFFFF0:
+                raise BinaryError("64-bit DWARF is not supported (Go never writes it)")
+            end = pos + 4 + unit_len
+            if version >= 5:
+                abbrev_off = struct.unpack_from("<I", info, pos + 8)[0]
+                die_pos = pos + 12
+            else:
+                abbrev_off = struct.unpack_from("<I", info, pos + 6)[0]
+                die_pos = pos + 11
+            self._scan_cu(pos, die_pos, end, abbrev_off)
+            pos = end
+        # Out-of-line copies of inlinable functions name themselves only via
+        # their abstract origin, which may sit in any CU: resolve them last.
+        for origin, die, lo, hi in self.by_origin:
+            name = self.sub_names.get(origin)
+            if name and name not in self.idx.functions:
+                self.idx.functions[name] = (die, lo, hi)
+        return self.idx
+
+    def _abbrevs(self, off: int) -> dict[int, _Abbrev]:
+        table = self.abbrev_cache.get(off)
+        if table is None:
+            table = self.abbrev_cache[off] = parse_abbrevs(self.abbrev, off)
+        return table
+
+    def _scan_cu(self, cu_off: int, pos: int, end: int, abbrev_off: int) -> None:
+        abbrevs = self._abbrevs(abbrev_off)
+        info = self.info
+        depth = 0
+        addr_base = 8
+        while pos < end:
+            die_off = pos
+            code, pos = _uleb(info, pos)
+            if code == 0:
+                depth -= 1
+                continue
+            ab = abbrevs[code]
+            if depth <= 1:
+                attrs, pos = self._decode(ab, pos)
+                if depth == 0:
+                    name = attrs.get(AT_NAME, "")
+                    self.idx.cu_offsets.append(cu_off)
+                    self.idx.cu_names.append(name if isinstance(name, str) else "")
+                    addr_base = attrs.get(AT_ADDR_BASE, 8)
+                else:
+                    self._record(ab.tag, die_off, attrs, addr_base)
+            elif ab.fixed is not None:
+                pos += ab.fixed
+            else:
+                pos = self._skip(ab, pos)
+            if ab.children:
+                depth += 1
+
+    def _address(self, attrs: dict, at: int, addr_base: int) -> int | None:
+        v = attrs.get(at)
+        if isinstance(v, tuple):  # ("x", index) from an addrx form
+            return struct.unpack_from("<Q", self.addr, addr_base + 8 * v[1])[0]
+        return v
+
+    def _record(self, tag: int, die: int, attrs: dict, addr_base: int) -> None:
+        name = attrs.get(AT_NAME)
+        idx = self.idx
+        if tag == TAG_SUBPROGRAM:
+            lo = self._address(attrs, AT_LOW_PC, addr_base)
+            if name:
+                self.sub_names[die] = name
+            if lo is None:
+                return  # abstract (inlined-only) instance: no code of its own
+            hi = attrs.get(AT_HIGH_PC, 0)
+            hi = hi if hi > lo else lo + hi  # DWARF 4+: high_pc is often a length
+            if name:
+                idx.functions.setdefault(name, (die, lo, hi))
+            elif AT_ABSTRACT_ORIGIN in attrs:
+                self.by_origin.append((attrs[AT_ABSTRACT_ORIGIN], die, lo, hi))
+        elif not name:
+            return
+        elif tag == TAG_VARIABLE:
+            loc = attrs.get(AT_LOCATION)
+            if isinstance(loc, bytes) and len(loc) == 9 and loc[0] == DW_OP_ADDR:
+                idx.globals.setdefault(name, (die, int.from_bytes(loc[1:9], "little")))
+        elif tag == TAG_CONSTANT:
+            v = attrs.get(AT_CONST_VALUE)
+            if isinstance(v, int):
+                idx.constants.setdefault(name, v)
+        else:
+            self._record_type(name, die, attrs)
+
+    def _record_type(self, name: str, die: int, attrs: dict) -> None:
+        # Several DIEs share a Go type name (a typedef naming a struct, or an
+        # alias typedef of a kinded typedef); prefer the one that carries the
+        # Go kind, since that's the DIE that describes the type itself.
+        kinded = AT_GO_KIND in attrs
+        if name not in self.idx.types or (kinded and name not in self.type_has_kind):
+            self.idx.types[name] = die
+        if kinded:
+            self.type_has_kind.add(name)
+            rt = attrs.get(AT_GO_RUNTIME_TYPE)
+            if rt:
+                self.idx.runtime_types.setdefault(rt, die)
+
+    def _decode(self, ab: _Abbrev, pos: int) -> tuple[dict, int]:
+        info, out = self.info, {}
+        for at, form, implicit in ab.attrs:
+            if form == _FORM_STRING:
+                e = info.index(b"\0", pos)
+                out[at] = info[pos:e].decode("utf-8", "replace")
+                pos = e + 1
+            elif form in (0x0B, 0x0C, 0x11, 0x25):
+                out[at] = info[pos]
+                pos += 1
+            elif form in (0x05, 0x12, 0x26):
+                out[at] = int.from_bytes(info[pos:pos + 2], "little")
+                pos += 2
+            elif form in (0x06, 0x13, 0x10, 0x17, 0x28, 0x0E, 0x1F):
+                out[at] = int.from_bytes(info[pos:pos + 4], "little")
+                pos += 4
+            elif form in (0x07, 0x14, 0x01, 0x20):
+                out[at] = int.from_bytes(info[pos:pos + 8], "little")
+                pos += 8
+            elif form == 0x1B:
+                v, pos = _uleb(info, pos)
+                out[at] = ("x", v)
+            elif form in (0x29, 0x2A, 0x2B, 0x2C):
+                n = {0x29: 1, 0x2A: 2, 0x2B: 3, 0x2C: 4}[form]
+                out[at] = ("x", int.from_bytes(info[pos:pos + n], "little"))
+                pos += n
+            elif form in _ULEB_FORMS:
+                out[at], pos = _uleb(info, pos)
+            elif form == _FORM_SDATA:
+                out[at], pos = _sleb(info, pos)
+            elif form in _BLOCKS:
+                n = _BLOCKS[form]
+                ln = int.from_bytes(info[pos:pos + n], "little")
+                out[at] = info[pos + n:pos + n + ln]
+                pos += n + ln
+            elif form in _ULEB_BLOCKS:
+                ln, pos = _uleb(info, pos)
+                out[at] = info[pos:pos + ln]
+                pos += ln
+            elif form == _FORM_IMPLICIT:
+                out[at] = implicit
+            elif form in _FIXED:
+                pos += _FIXED[form]
+            else:
+                raise BinaryError(f"DWARF form {form:#x} at .debug_info+{pos:#x} is not supported")
+        return out, pos
+
+    def _skip(self, ab: _Abbrev, pos: int) -> int:
+        info = self.info
+        for _, form, _ in ab.attrs:
+            n = _FIXED.get(form)
+            if n is not None:
+                pos += n
+            elif form == _FORM_STRING:
+                pos = info.index(b"\0", pos) + 1
+            elif form in _ULEB_FORMS or form == _FORM_SDATA:
+                while info[pos] & 0x80:
+                    pos += 1
+                pos += 1
+            elif form in _BLOCKS:
+                n = _BLOCKS[form]
+                pos += n + int.from_bytes(info[pos:pos + n], "little")
+            elif form in _ULEB_BLOCKS:
+                ln, pos = _uleb(info, pos)
+                pos += ln
+            else:
+                raise BinaryError(f"DWARF form {form:#x} at .debug_info+{pos:#x} is not supported")
+        return pos
