@@ -1,0 +1,204 @@
+"""Takes the snapshot of one process: pause, copy, resume, then make sense of it.
+
+During the pause we only read: registers, allgs, the g and m structs, every
+live goroutine's stack, and (when the plan captures anything) the values in
+the captured frames, which needs the unwind to happen in the pause. Without
+captures the unwind and all symbolization run after the process is resumed.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass
+
+from probe_compiler.decode import ByteBudget, decode_value
+from probe_compiler.plan import ProbePlan
+
+from . import goroutines as gr
+from .capture import Unavailable, apply_ops, locate_root
+from .errors import AgentError
+from .memory import ProcessMemory
+from .ptrace import PausedProcess
+from .records import CaptureRecord, GoroutineRecord, ProcessRecord
+from .symbolize import logical_frames
+from .unwind import StackImage, Unwound, unwind
+
+
+@dataclass
+class SnapshotOptions:
+    deadline_s: float = 2.0           # hard bound on the pause
+    stack_copy_bytes: int = 256 << 10  # per goroutine; deeper stacks are read word by word
+    max_frames: int = 4096
+
+
+@dataclass
+class _G:
+    raw: gr.RawG
+    start: gr.GStart
+    stack: StackImage
+    unwound: Unwound | None = None
+    captures: list | None = None
+
+
+class Target:
+    """Everything about a binary that a snapshot needs, loaded once per build id."""
+
+    def __init__(self, binary, plan: ProbePlan, layout, dwarf=None):
+        self.binary, self.plan, self.layout, self.dwarf = binary, plan, layout, dwarf
+        self.pcln = binary.pclntab
+        self.by_symbol = plan.function_by_symbol()
+
+
+def snapshot_process(pid: int, target: Target, opts: SnapshotOptions | None = None) -> ProcessRecord:
+    opts = opts or SnapshotOptions()
+    b = target.binary
+    rec = ProcessRecord(pid=pid, host=socket.gethostname(), exe=_exe(pid), build_id=b.build_id,
+                        go_version=b.go_version, main_module=b.main_module,
+                        vcs_revision=b.vcs_revision, captured_at_ns=time.time_ns())
+    rec.warnings.extend(target.plan.warnings)
+    if target.layout is None:
+        rec.error = f"{b.path} has no DWARF for the runtime layout; can't find goroutines"
+        return rec
+    try:
+        gs, now_mono = _paused_read(pid, target, opts, rec)
+    except AgentError as e:
+        rec.error = str(e)
+        return rec
+    for g in gs:
+        rec.goroutines.append(_goroutine_record(g, target, opts, now_mono))
+    rec.goroutines.sort(key=lambda g: g.goid)
+    return rec
+
+
+def _exe(pid: int) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return ""
+
+
+def _paused_read(pid, target, opts, rec) -> tuple[list[_G], int]:
+    layout = target.layout
+    mem = ProcessMemory(pid)
+    with PausedProcess(pid, deadline_s=opts.deadline_s) as paused:
+        now_mono = time.monotonic_ns()
+        raws = gr.read_gs(layout, mem, gr.read_allgs(layout, mem))
+        live = [g for g in raws if not gr.is_dead(layout, g)]
+        paused.check_deadline()
+        ms = gr.read_ms(layout, mem, {g.f.get("m", 0) for g in live})
+        starts = {g.addr: gr.start_of(layout, g, ms, paused.threads) for g in live}
+        stacks = gr.copy_stacks(mem, live, starts, opts.stack_copy_bytes)
+        gs = [_G(g, starts[g.addr], stacks[g.addr]) for g in live]
+        paused.check_deadline()
+        if target.by_symbol:
+            budget = ByteBudget(target.plan.budgets.snapshot_bytes)
+            for g in gs:
+                _unwind(g, target, opts)
+                g.captures = _capture(g, target, mem, budget)
+                paused.check_deadline()
+            rec.truncated = budget.exhausted if hasattr(budget, "exhausted") else False
+    rec.pause_ns = paused.pause_ns
+    # Stack bytes were copied; past this point words outside the copy would be
+    # read from a running process, so cut the unwinder off from memory.
+    for g in gs:
+        g.stack.read = None
+    return gs, now_mono
+
+
+def _unwind(g: _G, target: Target, opts: SnapshotOptions) -> None:
+    if g.unwound is None:
+        s = g.start
+        g.unwound = unwind(target.pcln, s.pc, s.sp, s.bp, g.stack, trap=s.trap,
+                           stack_hi=g.raw.f.get("stack.hi"), max_frames=opts.max_frames)
+
+
+def _capture(g: _G, target: Target, mem, snapshot_budget) -> list[CaptureRecord]:
+    out = []
+    for depth, pf in enumerate(g.unwound.frames):
+        fplan = target.by_symbol.get(pf.fn.name)
+        if fplan is None:
+            continue
+        regs = g.start.regs if depth == 0 else None
+        out.append(_capture_frame(fplan, pf, depth, g, regs, target, mem, snapshot_budget))
+    return out
+
+
+def _capture_frame(fplan, pf, depth, g, regs, target, mem, snapshot_budget) -> CaptureRecord:
+    plan = target.plan
+    rec = CaptureRecord(function=fplan.symbol, depth=depth, values={}, raw={})
+    frame_budget = ByteBudget(plan.budgets.frame_bytes)
+    for cap in fplan.captures:
+        try:
+            loc = locate_root(fplan.roots[cap.root], pf.lookup_pc, pf, g.stack, regs, mem.read)
+            v = apply_ops(loc, cap.ops, plan.types, mem.read)
+            plain, raw = decode_value(plan.types, cap.type_id, v.data, v.addr, mem.read, plan.budgets,
+                                      frame_budget=frame_budget, snapshot_budget=snapshot_budget,
+                                      func_name=_func_name(target), type_by_rtype=_rtype(target))
+            rec.values[cap.column], rec.raw[cap.column] = plain, raw
+        except Unavailable as e:
+            rec.values[cap.column] = rec.raw[cap.column] = None
+            rec.errors[cap.column] = str(e)
+        except Exception as e:  # memory vanished, a bad op: the row records it, the snapshot goes on
+            rec.values[cap.column] = rec.raw[cap.column] = None
+            rec.errors[cap.column] = f"{type(e).__name__}: {e}"
+    return rec
+
+
+def _func_name(target):
+    def name(pc: int):
+        fn = target.pcln.func_for_pc(pc)
+        return fn.name if fn else None
+    return name
+
+
+def _rtype(target):
+    """Runtime type address -> GoType, adding the type to the plan's table.
+
+    The user-space reader resolves dynamic types through the lazy DWARF index;
+    the eBPF executor will need them listed in the plan instead."""
+    base = getattr(target.layout, "moduledata_types_addr", None)
+
+    def by_rtype(addr: int):
+        if target.dwarf is None or not base:
+            return None
+        t = target.dwarf.type_by_runtime_type(addr - base)
+        if t is not None and t.id not in target.plan.types:
+            for tid, tt in target.dwarf.type_table([t.id]).types.items():
+                target.plan.types.types.setdefault(tid, tt)
+        return t
+    return by_rtype
+
+
+def _goroutine_record(g: _G, target: Target, opts, now_mono: int) -> GoroutineRecord:
+    layout, pcln, f = target.layout, target.pcln, g.raw.f
+    _unwind(g, target, opts)
+    status = layout.status_names.get(gr.status_of(layout, g.raw), "unknown")
+    wr = f.get("waitreason", 0)
+    since = f.get("waitsince", 0)
+    created = _created_by(pcln, f.get("gopc", 0))
+    start_fn = pcln.func_for_pc(f.get("startpc", 0))
+    rec = GoroutineRecord(
+        goid=f["goid"], status=status,
+        wait_reason=layout.wait_reasons.get(wr, "") if status == "waiting" and wr else "",
+        wait_since_ns=(now_mono - since) if since and status in ("waiting", "syscall") else None,
+        created_by=created[0], created_by_file=created[1], created_by_line=created[2],
+        parent_goid=f.get("parentGoid") or None, labels={},
+        is_system=bool(start_fn and start_fn.name.startswith("runtime.") and start_fn.name != "runtime.main"),
+        thread_id=g.start.thread_id, error=g.unwound.error)
+    phys_to_capture = {c.depth: c for c in (g.captures or [])}
+    for frame, phys_index in logical_frames(pcln, g.unwound.frames):
+        rec.frames.append(frame)
+        cap = None if frame.inlined else phys_to_capture.pop(phys_index, None)
+        if cap is not None:
+            cap.depth = frame.depth
+            rec.captures.append(cap)
+    return rec
+
+
+def _created_by(pcln, gopc: int):
+    fn = pcln.func_for_pc(gopc) if gopc else None
+    if fn is None:
+        return None, None, None
+    file, line = pcln.file_line(fn, gopc - 1 if gopc > fn.entry else gopc)
+    return fn.name, file, line
