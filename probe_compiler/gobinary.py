@@ -24,7 +24,7 @@ _ARCH = {"EM_X86_64": "amd64", "EM_AARCH64": "arm64", "EM_386": "386", "EM_ARM":
 _PT_LOAD, _PF_W = "PT_LOAD", 0x2
 # moduledata starts: pcHeader, then 6 slices (funcnametab, cutab, filetab, pctab,
 # pclntable, ftab), findfunctab, minpc, maxpc, text. Stable since Go 1.18.
-_MD_FUNCNAMETAB, _MD_TEXT = 1, 22
+_MD_FUNCNAMETAB, _MD_PCLNTABLE, _MD_TEXT = 1, 13, 22
 
 
 class GoBinary:
@@ -187,10 +187,15 @@ class GoBinary:
         md = self._moduledata
         if md is None:
             return None
-        # gofunc sits right before epclntab (the end of the pclntab) in Go 1.22+.
-        epclntab = self._vaddr(self._pcln_off) + self._pcln_size
-        for i in range(_MD_TEXT, len(md)):
-            if md[i] == epclntab and i > _MD_TEXT:
+        # Go 1.22+: "gofunc, epclntab" are adjacent words; go:func.* follows the
+        # pclntable inside .gopclntab, so pclntable end <= gofunc <= epclntab.
+        # Without section headers epclntab's exact value is unknown: use the bounds.
+        pcheader = self._vaddr(self._pcln_off)
+        epclntab = pcheader + self._pcln_size
+        pclntable_end = md[_MD_PCLNTABLE] + md[_MD_PCLNTABLE + 1]
+        for i in range(_MD_TEXT + 1, len(md)):
+            if md[i] == epclntab or (not self._sections
+                                     and pclntable_end <= md[i - 1] < md[i] <= epclntab):
                 return md[i - 1]
         # Older layouts: gofunc follows rodata.
         rodata = self._sections.get(".rodata")
@@ -254,6 +259,11 @@ class GoBinary:
         if not areas:
             areas = [(g["p_offset"], g["p_filesz"]) for g in self.elf.iter_segments()
                      if g["p_type"] == "PT_NOTE"]
+            # Go's PT_NOTE covers only the Go note; the GNU build-id note sits
+            # in the headers page without a segment of its own: find it there.
+            at = self._data.find(b"\x03\x00\x00\x00GNU\x00", 0, 1 << 16)
+            if at >= 8 and self._data[at - 8:at - 4] == b"\x04\x00\x00\x00":
+                areas.append((at - 8, 16 + self._data[at - 4]))
         for off, size in areas:
             p, end = off, off + size
             while p + 12 <= end:
