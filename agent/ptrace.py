@@ -1,0 +1,518 @@
+"""Pause every thread of a process for about a millisecond, read registers, resume.
+
+    with PausedProcess(pid, deadline_s=0.005) as p:
+        for tid, regs in p.threads.items(): ...
+        p.check_deadline()          # the walker calls this between steps
+    p.pause_ns                      # first interrupt -> last detach
+
+How: PTRACE_SEIZE every thread (it keeps running), then PTRACE_INTERRUPT it; the
+interrupt becomes a PTRACE_EVENT_STOP that waitpid(__WALL) reports. SEIZE, unlike
+ATTACH, sends no SIGSTOP, so nothing is left behind in the target and group-stop
+keeps working. PTRACE_O_TRACECLONE makes the kernel attach and stop any thread a
+seized thread creates, so the listing of /proc/pid/task cannot miss one that is
+born while we seize: a creator is either seized (its child is auto-attached) or
+still running (its child shows up in the next listing).
+
+The target comes first:
+  * we never write its memory or registers; the only requests are SEIZE,
+    INTERRUPT, GETREGS, GETEVENTMSG and DETACH;
+  * __exit__ always detaches every thread, also on exceptions, KeyboardInterrupt
+    and a SIGTERM to the agent (in the main thread a SIGTERM raises SystemExit
+    so __exit__ runs); __enter__ detaches what it seized before it raises;
+  * a real signal that arrives during the pause stops the thread in a
+    signal-delivery-stop; we do not swallow it but pass it to PTRACE_DETACH,
+    which delivers it;
+  * if the agent process dies anyway (SIGKILL, OOM), the kernel detaches all
+    its tracees (exit_ptrace) and they resume.
+
+ptrace requests must come from the thread that seized, so the deadline is
+cooperative: check_deadline() raises, and the with-statement then detaches.
+A thread that never reaches a stop (uninterruptible sleep) cannot be detached
+until it does; such threads are kept per agent thread and retried on the next
+pause and by release_orphans() (see _Orphans).
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, fields
+
+from agent.errors import (AgentError, PauseDeadlineExceeded, PermissionDenied, ProcessExited,
+                          ProcessNotFound)
+
+PTRACE_GETREGS = 12
+PTRACE_DETACH = 17
+PTRACE_GETEVENTMSG = 0x4201
+PTRACE_SEIZE = 0x4206
+PTRACE_INTERRUPT = 0x4207
+
+PTRACE_O_TRACECLONE = 0x8
+PTRACE_EVENT_CLONE = 3
+PTRACE_EVENT_EXIT = 6
+PTRACE_EVENT_STOP = 128
+
+WALL = 0x40000000          # __WALL: wait for threads (clone children) too
+DETACH_GRACE_S = 2.0       # how long __exit__ waits for a straggler to stop or die
+_ULONG = ctypes.c_ulong
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+_libc.ptrace.restype = ctypes.c_long
+_SYS_tgkill = 234          # x86_64
+
+
+def _ptrace(req: int, tid: int, addr: int = 0, data: int | ctypes.c_void_p | None = 0) -> int:
+    """One ptrace request; returns 0 or an errno (no exceptions: callers decide)."""
+    if _libc.ptrace(req, tid, addr, data) == -1:
+        return ctypes.get_errno()
+    return 0
+
+
+def tgkill(tgid: int, tid: int, sig: int) -> None:
+    """Send sig to one thread (the way the eBPF trigger pokes a paused thread)."""
+    if _libc.syscall(_SYS_tgkill, tgid, tid, sig) == -1:
+        e = ctypes.get_errno()
+        raise OSError(e, f"tgkill({tgid}, {tid}, {sig}): {os.strerror(e)}")
+
+
+# ---------------------------------------------------------------- registers
+
+@dataclass(frozen=True)
+class Regs:
+    """struct user_regs_struct (amd64), in the kernel's order."""
+    r15: int
+    r14: int
+    r13: int
+    r12: int
+    rbp: int
+    rbx: int
+    r11: int
+    r10: int
+    r9: int
+    r8: int
+    rax: int
+    rcx: int
+    rdx: int
+    rsi: int
+    rdi: int
+    orig_rax: int
+    rip: int
+    cs: int
+    eflags: int
+    rsp: int
+    ss: int
+    fs_base: int
+    gs_base: int
+    ds: int
+    es: int
+    fs: int
+    gs: int
+
+    @property
+    def pc(self) -> int:
+        return self.rip
+
+    @property
+    def sp(self) -> int:
+        return self.rsp
+
+    def dwarf(self, n: int) -> int:
+        """Value of amd64 DWARF register n (System V psABI numbering)."""
+        try:
+            return getattr(self, _DWARF_NAMES[n])
+        except IndexError:
+            raise ValueError(f"no amd64 DWARF register {n} in user_regs_struct") from None
+
+
+_DWARF_NAMES = ("rax", "rdx", "rcx", "rbx", "rsi", "rdi", "rbp", "rsp",
+                "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip")
+_NREGS = len(fields(Regs))
+_RegsBuf = _ULONG * _NREGS
+
+
+def get_regs(tid: int) -> Regs | None:
+    """Registers of a ptrace-stopped thread; None if it is gone (ESRCH)."""
+    buf = _RegsBuf()
+    e = _ptrace(PTRACE_GETREGS, tid, 0, ctypes.addressof(buf))
+    if e == errno.ESRCH:
+        return None
+    if e:
+        raise AgentError(f"PTRACE_GETREGS on tid {tid}: {os.strerror(e)}")
+    return Regs(*buf)
+
+
+def _event_msg(tid: int) -> int | None:
+    msg = _ULONG()
+    if _ptrace(PTRACE_GETEVENTMSG, tid, 0, ctypes.addressof(msg)):
+        return None
+    return msg.value
+
+
+# ---------------------------------------------------------------- tracee state
+
+@dataclass
+class _Tracee:
+    tid: int
+    auto: bool = False        # attached by the kernel (TRACECLONE): born stopped, not interrupted
+    stopped: bool = False     # in a ptrace-stop: GETREGS and DETACH work
+    gone: bool = False        # exited, reaped, or no longer ours
+    detached: bool = False
+    inject: int = 0           # signal seen in a signal-delivery-stop: delivered on detach
+    stop_ns: int = 0
+
+
+class _Orphans(threading.local):
+    """Tracees that never stopped before __exit__ gave up, per tracer thread.
+
+    Only the thread that seized may detach, so the retry happens from the same
+    thread: at its next pause, or when the agent calls release_orphans().
+    """
+    def __init__(self):
+        self.items: list[_Tracee] = []
+
+
+_orphans = _Orphans()
+
+
+def release_orphans(wait_s: float = 0.0) -> int:
+    """Retry detaching this thread's stragglers; returns how many are left."""
+    left = _settle(_orphans.items, time.monotonic() + wait_s)
+    _orphans.items = left
+    return len(left)
+
+
+def _wait_status(tid: int) -> tuple[int, int] | None:
+    """waitpid(tid, __WALL|WNOHANG): (tid, status), None if nothing yet, (0, -1) if not ours."""
+    try:
+        wpid, status = os.waitpid(tid, WALL | os.WNOHANG)
+    except ChildProcessError:
+        return (0, -1)
+    except InterruptedError:
+        return None
+    return None if wpid == 0 else (wpid, status)
+
+
+def _detach(t: _Tracee) -> bool:
+    """PTRACE_DETACH a stopped tracee, re-injecting its signal. False if it is not in a stop."""
+    e = _ptrace(PTRACE_DETACH, t.tid, 0, t.inject)
+    if e == 0:
+        t.detached = True
+        return True
+    if e != errno.ESRCH:
+        raise AgentError(f"PTRACE_DETACH tid {t.tid}: {os.strerror(e)}")
+    t.stopped = False   # ESRCH: running (stop not yet reached), dying, or gone
+    return False
+
+
+def _settle(tracees: list[_Tracee], until: float) -> list[_Tracee]:
+    """Detach the tracees that are stopped; wait for the others to stop (then detach) or
+    to exit (then reap, so no traced zombie keeps the process from being reaped)."""
+    left = [t for t in tracees if not (t.detached or t.gone)]
+    for t in left:
+        if t.stopped:
+            _detach(t)
+    left = [t for t in left if not (t.detached or t.gone)]
+    spins = 0
+    while left:
+        for t in left:
+            st = _wait_status(t.tid)
+            if st is None:
+                continue
+            if st[0] == 0 or not os.WIFSTOPPED(st[1]):
+                t.gone = True
+                continue
+            if (st[1] >> 16) == 0:            # a real signal arrived meanwhile: deliver it
+                t.inject = os.WSTOPSIG(st[1])
+            t.stopped = True
+            _detach(t)
+        left = [t for t in left if not (t.detached or t.gone)]
+        if not left or time.monotonic() > until:
+            break
+        spins = _backoff(spins)
+    return left
+
+
+def _backoff(spins: int) -> int:
+    """Yield the CPU to the threads we are waiting for; sleep once yielding has not helped."""
+    if spins < 100:
+        os.sched_yield()
+    else:
+        time.sleep(0.0002)
+    return spins + 1
+
+
+# ---------------------------------------------------------------- the pause
+
+class PausedProcess:
+    """Context manager: all threads of pid stopped inside the with-block."""
+
+    def __init__(self, pid: int, deadline_s: float = 1.0):
+        self.pid = pid
+        self.deadline_s = deadline_s
+        self.threads: dict[int, Regs] = {}
+        self.signals: dict[int, int] = {}     # tid -> signal held back during the pause (re-injected)
+        self.paused_at_ns = 0
+        self.resumed_at_ns = 0
+        self.pause_ns = 0
+        self._t: dict[int, _Tracee] = {}
+        self._t0 = 0                          # first PTRACE_INTERRUPT, CLOCK_MONOTONIC ns
+        self._tracer = 0
+        self._leader_exited = False
+        self._old_handlers: dict[int, object] = {}
+
+    # -- public
+
+    def __enter__(self) -> "PausedProcess":
+        if self._t:
+            raise AgentError("a PausedProcess is used once; make a new one")
+        if _orphans.items:
+            release_orphans()
+        self._tracer = threading.get_native_id()
+        self._check_target()
+        self._install_signal_handlers()
+        try:
+            self._seize_and_stop()
+            self._read_regs()
+        except BaseException:
+            self._release()
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        self._release()
+        if self._exited() and (exc is None or (isinstance(exc, AgentError)
+                                               and not isinstance(exc, ProcessExited))):
+            raise ProcessExited(f"pid {self.pid} exited during the pause") from exc
+        return False
+
+    def check_deadline(self) -> None:
+        """Raise PauseDeadlineExceeded once the pause has run past deadline_s."""
+        elapsed = time.monotonic_ns() - self._t0
+        if self._t0 and elapsed > self.deadline_s * 1e9:
+            raise PauseDeadlineExceeded(
+                f"pid {self.pid}: pause at {elapsed / 1e6:.2f} ms exceeds the deadline of "
+                f"{self.deadline_s * 1e3:.2f} ms; resuming it (raise deadline_s or capture less)")
+
+    # -- checks before we touch anything
+
+    def _check_target(self) -> None:
+        try:
+            with open(f"/proc/{self.pid}/status") as f:
+                status = f.read()
+        except (FileNotFoundError, ProcessLookupError):
+            raise ProcessNotFound(f"pid {self.pid} does not exist") from None
+        tgid = _status_field(status, "Tgid")
+        if tgid != self.pid:
+            raise ProcessNotFound(f"pid {self.pid} is a thread of process {tgid}: pause {tgid}")
+        tracer = _status_field(status, "TracerPid")
+        if tracer:
+            raise PermissionDenied(f"pid {self.pid} is already traced by pid {tracer} "
+                                   "(a debugger?): detach it first")
+
+    # -- seizing
+
+    def _seize_and_stop(self) -> None:
+        """Seize and interrupt until every thread is in a ptrace-stop and no new one appears."""
+        spins = 0
+        listing = True
+        while True:
+            if listing:
+                new = [tid for tid in self._list_tasks() if tid not in self._t]
+                self._seize(new)
+                listing = False
+            pending = [t for t in self._t.values() if not (t.stopped or t.gone)]
+            progressed = any([self._poll(t) for t in pending])
+            if not any(not (t.stopped or t.gone) for t in self._t.values()):
+                if self._leader_exited or all(t.gone for t in self._t.values()):
+                    raise ProcessExited(f"pid {self.pid} exited while being paused")
+                # all known threads stopped: one more listing proves none was missed
+                if not [tid for tid in self._list_tasks() if tid not in self._t]:
+                    break
+                listing = True
+                continue
+            self.check_deadline()
+            spins = 0 if progressed else _backoff(spins)
+        self.paused_at_ns = max(t.stop_ns for t in self._t.values() if t.stopped)
+
+    def _list_tasks(self) -> list[int]:
+        try:
+            tids = [int(x) for x in os.listdir(f"/proc/{self.pid}/task")]
+        except FileNotFoundError:
+            if self._t:
+                raise ProcessExited(f"pid {self.pid} exited while being paused") from None
+            raise ProcessNotFound(f"pid {self.pid} does not exist") from None
+        tids.sort(key=lambda tid: tid != self.pid)   # the leader first: its errors speak for the process
+        return tids
+
+    def _seize(self, tids: list[int]) -> None:
+        """SEIZE all, then INTERRUPT all: stops land close together."""
+        seized = []
+        for tid in tids:
+            e = _ptrace(PTRACE_SEIZE, tid, 0, PTRACE_O_TRACECLONE)
+            if e == 0:
+                self._t[tid] = _Tracee(tid)
+                seized.append(tid)
+            else:
+                self._seize_failed(tid, e)
+        if seized and not self._t0:
+            self._t0 = time.monotonic_ns()
+        for tid in seized:
+            # ESRCH: the thread is exiting; waitpid reports its exit
+            _ptrace(PTRACE_INTERRUPT, tid)
+
+    def _seize_failed(self, tid: int, e: int) -> None:
+        if e == errno.ESRCH:
+            if tid == self.pid and not self._t:
+                raise ProcessNotFound(f"pid {self.pid} does not exist")
+            return   # a thread that exited between the listing and the seize
+        if e == errno.EPERM:
+            tracer = _tracer_of(self.pid, tid)
+            if tracer == self._tracer:
+                self._adopt(tid)   # auto-attached by TRACECLONE before we saw the clone event
+                return
+            if tracer:
+                raise PermissionDenied(f"tid {tid} of pid {self.pid} is traced by {tracer}: "
+                                       "detach that debugger first")
+            raise PermissionDenied(f"ptrace denied on pid {self.pid}: run as root or set "
+                                   "kernel.yama.ptrace_scope=0")
+        raise AgentError(f"PTRACE_SEIZE tid {tid} of pid {self.pid}: {os.strerror(e)}")
+
+    def _adopt(self, tid: int) -> None:
+        """A thread the kernel attached for us; it starts in PTRACE_EVENT_STOP."""
+        if tid not in self._t:
+            self._t[tid] = _Tracee(tid, auto=True)
+
+    # -- waiting
+
+    def _poll(self, t: _Tracee) -> bool:
+        """One non-blocking waitpid on a tracee; True if it reported something."""
+        st = _wait_status(t.tid)
+        if st is None:
+            return False
+        if st[0] == 0:           # no longer our tracee (reaped elsewhere)
+            t.gone = True
+            return True
+        status = st[1]
+        if os.WIFSTOPPED(status):
+            self._on_stop(t, os.WSTOPSIG(status), status >> 16)
+        else:                    # WIFEXITED / WIFSIGNALED: the thread is dead and now reaped
+            t.gone = True
+            if t.tid == self.pid:
+                self._leader_exited = True
+        return True
+
+    def _on_stop(self, t: _Tracee, sig: int, event: int) -> None:
+        t.stopped = True
+        t.stop_ns = time.monotonic_ns()
+        if event == PTRACE_EVENT_CLONE:
+            child = _event_msg(t.tid)
+            if child:
+                self._adopt(child)
+        elif event == 0:
+            # signal-delivery-stop: a real signal reached the thread; hold it, deliver on detach
+            t.inject = sig
+        # PTRACE_EVENT_STOP (our interrupt, or group-stop with a stop signal, which
+        # the kernel re-establishes on detach) and PTRACE_EVENT_EXIT need nothing.
+
+    def _read_regs(self) -> None:
+        for t in self._t.values():
+            if t.stopped and not t.gone:
+                regs = get_regs(t.tid)
+                if regs is None:
+                    t.gone = True
+                    continue
+                self.threads[t.tid] = regs
+                if t.inject:
+                    self.signals[t.tid] = t.inject
+        if not self.threads:
+            raise ProcessExited(f"pid {self.pid} exited while being paused")
+
+    # -- releasing
+
+    def _release(self) -> None:
+        """Detach everything, whatever else happens (also KeyboardInterrupt mid-way)."""
+        pending: BaseException | None = None
+        try:
+            while True:
+                try:
+                    self._detach_all()
+                    break
+                except (AgentError, OSError):
+                    raise
+                except BaseException as e:     # an async exception: finish detaching first
+                    pending = pending or e
+        finally:
+            self._restore_signal_handlers()
+        if pending is not None:
+            raise pending
+
+    def _detach_all(self) -> None:
+        if not self._t:
+            return
+        left = _settle(list(self._t.values()), time.monotonic() + DETACH_GRACE_S)
+        if left:
+            _orphans.items.extend(left)
+        if not self.resumed_at_ns:
+            self.resumed_at_ns = time.monotonic_ns()
+            self.pause_ns = self.resumed_at_ns - self._t0 if self._t0 else 0
+        if left:
+            raise AgentError(
+                f"pid {self.pid}: threads {[t.tid for t in left]} never reached a stop within "
+                f"{DETACH_GRACE_S}s (uninterruptible sleep?); they stay traced until they stop: "
+                "call agent.ptrace.release_orphans() from this thread, or exit the agent")
+
+    def _exited(self) -> bool:
+        if self._leader_exited or (self._t and all(t.gone for t in self._t.values())):
+            return True
+        return _proc_state(self.pid) in ("", "Z", "X")
+
+    # -- our own signals
+
+    def _install_signal_handlers(self) -> None:
+        """In the main thread, make SIGTERM/SIGINT raise so the with-statement detaches."""
+        if threading.current_thread() is not threading.main_thread():
+            return   # only the main thread may set handlers; the kernel detaches if we die
+        for sig, exc in ((signal.SIGTERM, SystemExit), (signal.SIGINT, KeyboardInterrupt)):
+            old = signal.getsignal(sig)
+            if old in (signal.SIG_DFL, None):
+                self._old_handlers[sig] = old
+                signal.signal(sig, _raiser(exc, sig))
+
+    def _restore_signal_handlers(self) -> None:
+        for sig, old in self._old_handlers.items():
+            signal.signal(sig, old)
+        self._old_handlers.clear()
+
+
+def _raiser(exc: type[BaseException], sig: int):
+    def handler(signum, frame):
+        raise exc(128 + signum) if exc is SystemExit else exc()
+    return handler
+
+
+def _status_field(status: str, name: str) -> int:
+    for line in status.splitlines():
+        if line.startswith(name + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def _tracer_of(pid: int, tid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/task/{tid}/status") as f:
+            return _status_field(f.read(), "TracerPid")
+    except OSError:
+        return 0
+
+
+def _proc_state(pid: int) -> str:
+    """State letter of /proc/pid/stat ('' if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
