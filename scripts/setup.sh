@@ -6,7 +6,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 
 need_apt=()
-for pkg in python3-venv python3-dev python3-bpfcc gcc; do
+for pkg in python3-venv python3-dev python3-bpfcc gcc curl; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
