@@ -99,12 +99,16 @@ func handle(s *server, id int64, label string) (int, error) {
 //go:noinline
 func usePair(p pair[string, int]) int { return len(p.Key) + p.Val }
 
-func inlinedHelper(x int) int { return x*3 + 1 }
+func inlinedHelper(s *server, x int) int {
+	doubled := x * 2
+	s.port += uint16(doubled)
+	return int(s.port) * 3
+}
 
 //go:noinline
-func callsInlined(y int) int {
-	z := inlinedHelper(y)
-	return z + inlinedHelper(z)
+func callsInlined(s *server, y int) int {
+	z := inlinedHelper(s, y)
+	return z + inlinedHelper(s, z)
 }
 
 func main() {
@@ -112,7 +116,7 @@ func main() {
 		byID: map[int64]*server{}, ch: make(chan int, 1), shape: square{2}, any: 3}
 	s.parent = globalServer
 	n, _ := handle(s, 7, "lbl")
-	n += usePair(pair[string, int]{"k", 1}) + callsInlined(n)
+	n += usePair(pair[string, int]{"k", 1}) + callsInlined(s, n)
 	if len(os.Args) > 1 && os.Args[1] == "layout" {
 		out := []layout{
 			describe("main.server", reflect.TypeOf(server{})),
