@@ -17,7 +17,7 @@ from elftools.elf.elffile import ELFFile
 
 from . import buildinfo
 from .errors import BinaryError, NotGoBinaryError
-from .pclntab import GO120_MAGIC, KNOWN_MAGICS, PcLnTab
+from .pclntab import GO120_MAGIC, KNOWN_MAGICS, PcLnTab, check_magic
 
 _ARCH = {"EM_X86_64": "amd64", "EM_AARCH64": "arm64", "EM_386": "386", "EM_ARM": "arm",
          "EM_RISCV": "riscv64", "EM_PPC64": "ppc64le", "EM_S390": "s390x"}
@@ -36,6 +36,8 @@ class GoBinary:
         self.arch = _ARCH.get(elf["e_machine"], str(elf["e_machine"]))
         self.ptr_size = 8 if elf.elfclass == 64 else 4
         self._pcln_off, self._pcln_size = self._locate_pclntab()
+        # Fail at open, not at the first stack: an old binary is a user error.
+        check_magic(struct.unpack_from("<I", data, self._pcln_off)[0], path)
 
     @classmethod
     def open(cls, path: str) -> "GoBinary":
@@ -93,8 +95,7 @@ class GoBinary:
 
         The magic (little-endian) is followed by two zero pad bytes, minLC and
         ptrSize; the linker aligns the table to pointer size."""
-        older = [m for m in KNOWN_MAGICS]
-        for magic in [GO120_MAGIC, *older]:
+        for magic in (GO120_MAGIC, *KNOWN_MAGICS):  # old ones: to say "too old"
             needle = struct.pack("<I", magic) + b"\0\0"
             at = self._data.find(needle)
             while at >= 0:

@@ -54,6 +54,15 @@ _INLINED_CALL = struct.Struct("<B3xiii")
 _U32 = struct.Struct("<I")
 
 
+def check_magic(magic: int, where: str) -> None:
+    """Raise BinaryError unless magic is the Go 1.20+ pcHeader magic."""
+    if magic != GO120_MAGIC:
+        era = KNOWN_MAGICS.get(magic)
+        hint = (f"it was built by {era}; rebuild it with Go 1.20 or newer" if era
+                else "the pclntab is corrupt or big-endian (unsupported)")
+        raise BinaryError(f"{where}: unsupported pclntab magic {magic:#x}: {hint}")
+
+
 def func_id_name(name: str, numeric_id: int) -> str:
     """Symbolic FuncID ("normal", "goexit", "wrapper", ...) of a function."""
     if numeric_id == 0:
@@ -145,12 +154,7 @@ class PcLnTab:
         d = self._data
         if len(d) < 8:
             raise BinaryError(f"{self._where}: .gopclntab is truncated ({len(d)} bytes)")
-        magic = _U32.unpack_from(d, 0)[0]
-        if magic != GO120_MAGIC:
-            era = KNOWN_MAGICS.get(magic)
-            hint = (f"it was built by {era}; rebuild it with Go 1.20 or newer" if era
-                    else "the pclntab is corrupt or big-endian (unsupported)")
-            raise BinaryError(f"{self._where}: unsupported pclntab magic {magic:#x}: {hint}")
+        check_magic(_U32.unpack_from(d, 0)[0], self._where)
         self.quantum, self.ptr_size = d[6], d[7]
         if self.ptr_size not in (4, 8) or self.quantum not in (1, 2, 4):
             raise BinaryError(f"{self._where}: bad pclntab header "
@@ -249,10 +253,11 @@ class PcLnTab:
 
     def _raw_of(self, fn: Func) -> _RawFunc:
         raw = self._raw.get(fn._off)
-        if raw is None:
-            self._func_at(bisect_right(self._entries, fn.entry - self.text_start, 0,
-                                       self.nfunc) - 1)
-            raw = self._raw[fn._off]
+        if raw is None:  # a Func built elsewhere: find ours by its entry
+            own = self.func_for_pc(fn.entry)
+            if own is None or own.entry != fn.entry:
+                raise BinaryError(f"{self._where}: no function at {fn.entry:#x} ({fn.name})")
+            raw = self._raw[own._off]
         return raw
 
     def _decode_table(self, off: int) -> tuple[list[int], list[int]]:
@@ -291,7 +296,8 @@ class PcLnTab:
         if not fn.entry <= pc < fn.end:
             return None
         v = self._value(self._raw_of(fn).pcsp, pc - fn.entry)
-        return None if v == -1 and self._raw_of(fn).pcsp == 0 else v
+        # -1: no pcsp table, or pc in the int3 padding past the table's end.
+        return None if v == -1 else v
 
     def file_line(self, fn: Func, pc: int) -> tuple[str, int]:
         raw, rel = self._raw_of(fn), pc - fn.entry
@@ -332,7 +338,10 @@ class PcLnTab:
     def frames_at(self, fn: Func, pc: int) -> list[SourceFrame]:
         """Logical frames at pc, innermost first, as runtime's inlineUnwinder walks
         them: PCDATA_InlTreeIndex gives the inlined call at pc; its parentPc is a
-        pc in fn whose position is the call site; repeat until the index is -1."""
+        pc in fn whose position is the call site; repeat until the index is -1.
+
+        Wrapper frames are kept (func_id "wrapper"): Go's printed tracebacks hide
+        them, runtime.CallersFrames mostly does not; the caller chooses."""
         frames = []
         tree = self.funcdata_addr(fn, FUNCDATA_INL_TREE) if self._read_static else None
         index = self.pcdata(fn, PCDATA_INL_TREE_INDEX, pc) if tree is not None else -1
