@@ -202,6 +202,9 @@ def test_stripped_binary(go_build):
     with GoBinary.open(str(path)) as b:
         assert not b.has_dwarf and b.symbol("main.main") is None
         assert b.gofunc is not None
+        with GoBinary.open(str(go_build(PROG))) as full:  # -s -w keeps the layout
+            assert b.gofunc == full.symbol("go:func.*")[0]
+            assert b.text_start == full.symbol("runtime.text")[0]
         pcs = _sample_pcs(b, n_runtime=20)
         for pc, (fn_name, file, line) in zip(pcs, addr2line(path, pcs)):
             fn = b.pclntab.func_for_pc(pc)
