@@ -59,15 +59,15 @@ def build(name: str, flags: tuple[str, ...] = ()) -> Path:
     out = CACHE / "bin" / f"{name}-{key}" / name
     if out.exists():
         return out
-    work = out.parent / "src"
+    work = out.parent / f"src{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     shutil.copytree(src, work)
     if not (work / "go.mod").exists():
         (work / "go.mod").write_text(f"module exray.test/{name}\n\ngo 1.21\n")
-    tmp = out.with_suffix(".tmp")
+    tmp = out.with_suffix(f".tmp{os.getpid()}")
     subprocess.run([go_exe(), "build", *flags, "-o", str(tmp), "."], cwd=work, env=go_env(),
                    check=True, capture_output=True, text=True)
-    tmp.rename(out)
+    os.replace(tmp, out)  # atomic: a concurrent builder of the same key is harmless
     return out
 
 
@@ -77,10 +77,10 @@ def build_std_command(pkg: str = "cmd/compile") -> Path:
     out = CACHE / "bin" / f"{pkg.replace('/', '_')}-{key}" / Path(pkg).name
     if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".tmp")
+        tmp = out.with_suffix(f".tmp{os.getpid()}")
         subprocess.run([go_exe(), "build", "-o", str(tmp), pkg], env=go_env(), check=True,
                        capture_output=True, text=True)
-        tmp.rename(out)
+        os.replace(tmp, out)
     return out
 
 
