@@ -1,0 +1,151 @@
+"""The `exray` command.
+
+    exray snapshot --pid PID [--pid PID ...] [--spec exray.yaml] -o snap.sqlite
+    exray goroutines SNAP [--all]
+    exray sql SNAP "SELECT ..."
+    exray check-spec [exray.yaml]
+
+Errors from our own exception hierarchies print `error: <message>` and exit 1;
+a failing SQL query exits 2. Never a traceback for those.
+"""
+from __future__ import annotations
+
+import argparse
+import sqlite3
+import sys
+from typing import Sequence
+
+from probe_compiler.errors import ProbeCompilerError
+
+from . import format as fmt
+from .store import SnapshotError, open_snapshot
+
+
+def _our_errors() -> tuple[type[BaseException], ...]:
+    errs: list[type[BaseException]] = [ProbeCompilerError, SnapshotError]
+    try:
+        from agent.errors import AgentError
+        errs.append(AgentError)
+    except ImportError:
+        pass
+    return tuple(errs)
+
+
+class _SQLFailed(Exception):
+    pass
+
+
+def _rows(db: sqlite3.Connection, sql: str, params: Sequence = ()) -> list[dict]:
+    cur = db.execute(sql, tuple(params))
+    cols = [d[0] for d in cur.description]
+    return [dict(zip(cols, r)) for r in cur.fetchall()]
+
+
+def cmd_goroutines(args: argparse.Namespace) -> int:
+    import json
+    db = open_snapshot(args.snapshot)
+    try:
+        procs = _rows(db, "SELECT * FROM processes ORDER BY id")
+        for p in procs:
+            p["warnings"] = json.loads(p["warnings"]) if p.get("warnings") else []
+        gors: dict[int, list[dict]] = {}
+        for g in _rows(db, "SELECT * FROM goroutines ORDER BY process_id, goid"):
+            gors.setdefault(g["process_id"], []).append(g)
+        frames: dict[tuple[int, int], list[dict]] = {}
+        cur = db.execute("SELECT process_id, goid, function, file, line, hidden FROM frames "
+                         "ORDER BY process_id, goid, depth")
+        for pid, goid, function, file, line, hidden in cur:
+            frames.setdefault((pid, goid), []).append(
+                {"function": function, "file": file, "line": line, "hidden": hidden})
+    finally:
+        db.close()
+    sys.stdout.write(fmt.format_goroutines(procs, gors, frames, show_all=args.all))
+    return 0
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    db = open_snapshot(args.snapshot)
+    try:
+        try:
+            cur = db.execute(args.query)
+            cols = [d[0] for d in cur.description] if cur.description else []
+            rows = cur.fetchall()
+        except (sqlite3.Error, sqlite3.Warning) as e:
+            raise _SQLFailed(str(e)) from None
+    finally:
+        db.close()
+    if not cols:
+        print("(statement returned no columns)")
+        return 0
+    sys.stdout.write(fmt.format_table(cols, rows, max_width=args.max_width))
+    return 0
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    from server import snapshot_job  # lazy: pulls in the agent and the probe compiler
+    return int(snapshot_job.run(list(args.pid), args.spec, args.out) or 0)
+
+
+def cmd_check_spec(args: argparse.Namespace) -> int:
+    from probe_compiler.spec import load_spec
+    spec = load_spec(args.spec)
+    n = len(spec.functions)
+    print(f"{args.spec}: ok, {n} function{'s' if n != 1 else ''}")
+    for f in spec.functions:
+        cols = ", ".join(c.name for c in f.captures) or "(no captures)"
+        print(f"  {f.symbol} -> table {f.table}: {cols}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="exray", description="Ex-Ray: snapshots of running Go services.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    s = sub.add_parser("snapshot", help="take a snapshot of one or more Go processes")
+    s.add_argument("--pid", type=int, action="append", required=True, metavar="PID",
+                   help="process to snapshot (repeat for several)")
+    s.add_argument("--spec", metavar="exray.yaml", default=None,
+                   help="what to capture (default: stacks only)")
+    s.add_argument("-o", "--out", required=True, metavar="SNAP.sqlite", help="snapshot file to write")
+    s.set_defaults(func=cmd_snapshot)
+
+    g = sub.add_parser("goroutines", help="goroutines of a snapshot, identical stacks grouped")
+    g.add_argument("snapshot", metavar="SNAP")
+    g.add_argument("--all", action="store_true",
+                   help="also system goroutines and hidden (runtime) frames")
+    g.set_defaults(func=cmd_goroutines)
+
+    q = sub.add_parser("sql", help="run a SQL query on a snapshot")
+    q.add_argument("snapshot", metavar="SNAP")
+    q.add_argument("query", metavar="QUERY")
+    q.add_argument("--max-width", type=int, default=60, help="cut cells longer than this (default 60)")
+    q.set_defaults(func=cmd_sql)
+
+    c = sub.add_parser("check-spec", help="validate exray.yaml and list the tables it makes")
+    c.add_argument("spec", nargs="?", default="exray.yaml", metavar="exray.yaml")
+    c.set_defaults(func=cmd_check_spec)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    ours = _our_errors()
+    try:
+        return args.func(args)
+    except _SQLFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ours as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:             # `exray sql ... | head`
+        import os
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # no second complaint when Python flushes at exit
+        return 141
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,246 @@
+"""The snapshot file: SQLite tables that users query (docs/snapshot-schema.md).
+
+`write_snapshot` turns executor records into the built-in tables, one function
+table per captured function, the `all_captured_data` view and `meta`.
+`open_snapshot` opens a file after checking that it is an Ex-Ray snapshot.
+The schema is a user-facing contract: change it together with the doc (a test
+compares the two) and bump SCHEMA_VERSION.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from agent.records import ProcessRecord
+
+SCHEMA_VERSION = 1
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+# Built-in tables: (column, SQL type) in order. docs/snapshot-schema.md documents each.
+BUILTIN_TABLES: dict[str, list[tuple[str, str]]] = {
+    "meta": [("key", "TEXT"), ("value", "TEXT")],
+    "processes": [
+        ("id", "INTEGER"), ("host", "TEXT"), ("pid", "INTEGER"), ("exe", "TEXT"),
+        ("build_id", "TEXT"), ("go_version", "TEXT"), ("main_module", "TEXT"),
+        ("vcs_revision", "TEXT"), ("captured_at", "INTEGER"), ("pause_ns", "INTEGER"),
+        ("error", "TEXT"), ("warnings", "TEXT"), ("truncated", "INTEGER"),
+    ],
+    "goroutines": [
+        ("process_id", "INTEGER"), ("goid", "INTEGER"), ("status", "TEXT"),
+        ("wait_reason", "TEXT"), ("wait_ns", "INTEGER"), ("created_by", "TEXT"),
+        ("created_by_file", "TEXT"), ("created_by_line", "INTEGER"), ("parent_goid", "INTEGER"),
+        ("labels", "TEXT"), ("is_system", "INTEGER"), ("thread_id", "INTEGER"), ("error", "TEXT"),
+    ],
+    "frames": [
+        ("process_id", "INTEGER"), ("goid", "INTEGER"), ("depth", "INTEGER"),
+        ("function", "TEXT"), ("file", "TEXT"), ("line", "INTEGER"), ("pc", "INTEGER"),
+        ("inlined", "INTEGER"), ("hidden", "INTEGER"),
+    ],
+}
+_PRIMARY_KEYS = {"meta": "key", "processes": "id"}
+FUNCTION_TABLE_KEY = [("process_id", "INTEGER"), ("goid", "INTEGER"), ("depth", "INTEGER")]
+ALL_CAPTURED_VIEW = "all_captured_data"
+ALL_CAPTURED_COLUMNS = ["table_name", "process_id", "goid", "depth", "column_name", "value"]
+
+
+class SnapshotError(Exception):
+    """A snapshot file is missing, corrupt, foreign or of an unknown schema."""
+
+
+@dataclass
+class FunctionTableDef:
+    function: str          # Go symbol, as in the spec
+    table: str             # table name
+    columns: list[str] = field(default_factory=list)
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def _json(v) -> str | None:
+    if v is None:
+        return None
+    if type(v) is int:         # the common scalar: skip the encoder's machinery
+        return str(v)
+    return _encode(v)
+
+
+def _exray_version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("exray")
+    except Exception:
+        return "unknown"
+
+
+def _create_schema(db: sqlite3.Connection, tables: list[FunctionTableDef]) -> None:
+    for name, cols in BUILTIN_TABLES.items():
+        parts = [f"{_q(c)} {t}" + (" PRIMARY KEY" if _PRIMARY_KEYS.get(name) == c else "")
+                 for c, t in cols]
+        db.execute(f"CREATE TABLE {_q(name)} ({', '.join(parts)})")
+    for t in tables:
+        cols = [f"{_q(c)} {ty}" for c, ty in FUNCTION_TABLE_KEY]
+        cols += [f"{_q(c)} TEXT" for c in t.columns]
+        cols += [f"{_q('raw_' + c)} TEXT" for c in t.columns]
+        cols.append('"_errors" TEXT')
+        db.execute(f"CREATE TABLE {_q(t.table)} ({', '.join(cols)})")
+
+
+def _create_indexes_and_views(db: sqlite3.Connection, tables: list[FunctionTableDef]) -> None:
+    db.execute("CREATE INDEX goroutines_by_id ON goroutines (process_id, goid)")
+    db.execute("CREATE INDEX frames_by_goroutine ON frames (process_id, goid, depth)")
+    db.execute("CREATE INDEX frames_by_function ON frames (function)")
+    for t in tables:
+        db.execute(f"CREATE INDEX {_q(t.table + '_by_goroutine')} ON {_q(t.table)} (process_id, goid, depth)")
+    selects = [
+        f"SELECT '{t.table}' AS table_name, process_id, goid, depth, "
+        f"'{c}' AS column_name, {_q(c)} AS value FROM {_q(t.table)}"
+        for t in tables for c in t.columns
+    ]
+    if not selects:
+        selects = ["SELECT CAST(NULL AS TEXT) AS table_name, CAST(NULL AS INTEGER) AS process_id, "
+                   "CAST(NULL AS INTEGER) AS goid, CAST(NULL AS INTEGER) AS depth, "
+                   "CAST(NULL AS TEXT) AS column_name, CAST(NULL AS TEXT) AS value WHERE 0"]
+    db.execute(f"CREATE VIEW {ALL_CAPTURED_VIEW} AS " + "\nUNION ALL ".join(selects))
+
+
+def write_snapshot(path: str | os.PathLike, processes: list[ProcessRecord],
+                   tables: list[FunctionTableDef], spec_text: str | None = None) -> None:
+    """Write a complete snapshot to `path` (replaced atomically if it exists).
+
+    `tables` lists every function of the spec, captured or not, so each gets a
+    table even when no goroutine was in it. Captures of a function not in
+    `tables` are a programming error (ValueError)."""
+    path = Path(path)
+    by_function = {t.function: t for t in tables}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    db = sqlite3.connect(tmp, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode=OFF")
+        db.execute("PRAGMA synchronous=OFF")
+        db.execute("PRAGMA page_size=8192")
+        db.execute("PRAGMA cache_size=-65536")
+        db.execute("PRAGMA temp_store=MEMORY")
+        db.execute("BEGIN")
+        _create_schema(db, tables)
+        meta = {
+            "schema_version": str(SCHEMA_VERSION),
+            "exray_version": _exray_version(),
+            "created_at": str(time.time_ns()),
+            "spec": spec_text,
+            "function_tables": json.dumps([{"function": t.function, "table": t.table,
+                                            "columns": t.columns} for t in tables]),
+        }
+        db.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
+        db.executemany("INSERT INTO processes VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", (
+            (i, p.host, p.pid, p.exe, p.build_id, p.go_version, p.main_module, p.vcs_revision,
+             p.captured_at_ns, p.pause_ns, p.error, _json(p.warnings) if p.warnings else None,
+             int(p.truncated))
+            for i, p in enumerate(processes, 1)))
+        db.executemany("INSERT INTO goroutines VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", (
+            (i, g.goid, g.status, g.wait_reason, g.wait_since_ns, g.created_by, g.created_by_file,
+             g.created_by_line, g.parent_goid, _json(g.labels) if g.labels else None,
+             int(g.is_system), g.thread_id, g.error)
+            for i, p in enumerate(processes, 1) for g in p.goroutines))
+        db.executemany("INSERT INTO frames VALUES (?,?,?,?,?,?,?,?,?)", (
+            (i, g.goid, f.depth, f.function, f.file, f.line, f.pc, int(f.inlined), int(f.hidden))
+            for i, p in enumerate(processes, 1) for g in p.goroutines for f in g.frames))
+        _insert_captures(db, processes, by_function)
+        _create_indexes_and_views(db, tables)
+        db.execute("COMMIT")
+        db.execute("PRAGMA optimize")
+    except BaseException:
+        db.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    db.close()
+    os.replace(tmp, path)
+
+
+def _insert_captures(db: sqlite3.Connection, processes: list[ProcessRecord],
+                     by_function: dict[str, FunctionTableDef]) -> None:
+    rows: dict[str, list[tuple]] = {t.table: [] for t in by_function.values()}
+    for i, p in enumerate(processes, 1):
+        for g in p.goroutines:
+            for c in g.captures:
+                t = by_function.get(c.function)
+                if t is None:
+                    raise ValueError(f"capture for {c.function}, which has no function table")
+                vals, raw = c.values, c.raw
+                errors = {k: v for k, v in c.errors.items() if v} or None
+                rows[t.table].append(
+                    (i, g.goid, c.depth,
+                     *(_json(vals.get(col)) for col in t.columns),
+                     *(_json(raw.get(col, vals.get(col))) for col in t.columns),
+                     _json(errors)))
+    for t in by_function.values():
+        n = 3 + 2 * len(t.columns) + 1
+        db.executemany(f"INSERT INTO {_q(t.table)} VALUES ({','.join('?' * n)})", rows[t.table])
+
+
+# ---------------------------------------------------------------------- reading
+
+def open_snapshot(path: str | os.PathLike, readonly: bool = True) -> sqlite3.Connection:
+    """Open a snapshot, checking it is one. Raises SnapshotError with a clear message."""
+    p = Path(path)
+    name = str(path)
+    try:
+        with open(p, "rb") as f:
+            head = f.read(len(SQLITE_MAGIC))
+    except FileNotFoundError:
+        raise SnapshotError(f"{name}: no such file") from None
+    except IsADirectoryError:
+        raise SnapshotError(f"{name} is a directory, not an Ex-Ray snapshot") from None
+    except OSError as e:
+        raise SnapshotError(f"{name}: {e.strerror or e}") from None
+    if head != SQLITE_MAGIC:
+        raise SnapshotError(f"{name} is not an Ex-Ray snapshot (not a SQLite database)")
+    try:
+        uri = p.resolve().as_uri() + ("?mode=ro" if readonly else "")
+        db = sqlite3.connect(uri, uri=True)
+        has_meta = db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
+        if not has_meta:
+            db.close()
+            raise SnapshotError(f"{name} is not an Ex-Ray snapshot (no meta table)")
+        row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+    except sqlite3.DatabaseError as e:
+        raise SnapshotError(f"{name} is not an Ex-Ray snapshot ({e})") from None
+    if row is None:
+        db.close()
+        raise SnapshotError(f"{name} is not an Ex-Ray snapshot (no schema_version in meta)")
+    try:
+        version = int(row[0])
+    except (TypeError, ValueError):
+        version = -1
+    if version < 1 or version > SCHEMA_VERSION:
+        db.close()
+        raise SnapshotError(f"{name} has snapshot schema version {row[0]}; this Ex-Ray reads "
+                            f"versions up to {SCHEMA_VERSION} (upgrade Ex-Ray)")
+    return db
+
+
+def snapshot_meta(db: sqlite3.Connection) -> dict[str, str | None]:
+    return dict(db.execute("SELECT key, value FROM meta").fetchall())
+
+
+def function_tables(db: sqlite3.Connection) -> list[FunctionTableDef]:
+    raw = snapshot_meta(db).get("function_tables") or "[]"
+    return [FunctionTableDef(d["function"], d["table"], list(d["columns"])) for d in json.loads(raw)]
+
+
+def iter_rows(db: sqlite3.Connection, sql: str, params: Iterable = ()) -> tuple[list[str], list[tuple]]:
+    """Run one statement; returns (column names, rows)."""
+    cur = db.execute(sql, tuple(params))
+    cols = [d[0] for d in cur.description] if cur.description else []
+    return cols, cur.fetchall()
