@@ -92,7 +92,10 @@ class GoType:
         return None
 
     def to_json(self) -> dict:
-        d = {k: v for k, v in dataclasses.asdict(self).items() if v not in (None, (), False, [])}
+        # Drop only absent values: `0 in (False,)` is true, so compare by identity
+        # or size 0 (empty structs) and length 0 ([0]T) would be lost.
+        d = {k: v for k, v in dataclasses.asdict(self).items()
+             if v is not None and v is not False and v != () and v != []}
         d["kind"] = self.kind.value
         if self.fields:
             d["fields"] = [[f.name, f.offset, f.type_id, f.embedded] for f in self.fields]
