@@ -150,11 +150,13 @@ def _tokenize(text: str) -> list[_Tok]:
         elif c == "-" and i + 1 < n and text[i + 1].isdigit():
             raise _error("index must be a non-negative integer constant", i + 1)
         else:
-            what = {"&": "taking an address", "+": "arithmetic", "-": "arithmetic",
-                    "/": "arithmetic", "=": "comparison", "!": "comparison", "<": "comparison",
-                    ">": "comparison", "\"": "string literals", "'": "rune literals",
-                    ",": "more than one argument", ":": "slicing"}.get(c)
-            hint = f" ({what} is not supported in capture expressions)" if what else ""
+            what = {"&": "taking an address is", "+": "arithmetic is", "-": "arithmetic is",
+                    "/": "arithmetic is", "%": "arithmetic is", "=": "comparison is",
+                    "!": "comparison is", "<": "comparison is", ">": "comparison is",
+                    "\"": "string literals are", "`": "string literals are",
+                    "'": "rune literals are", ",": "more than one argument is",
+                    ":": "slicing is"}.get(c)
+            hint = f" ({what} not supported in capture expressions)" if what else ""
             raise _error(f"unexpected character {c!r}{hint}", i + 1)
     toks.append(_Tok("end", "", n + 1))
     return toks

@@ -1,0 +1,272 @@
+"""Capture expressions: the parser, the checker on hand-built types, and one real binary."""
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from probe_compiler.errors import ExpressionError
+from probe_compiler.expr import (SYNTHETIC_BYTE, Deref, Index, Len, Name, Selector, TypedExpr,
+                                 check_expr, column_name, compile_expr, format_expr, parse_expr)
+from probe_compiler.types import Field, GoType, Kind, MapLayout, TypeTable
+
+# ------------------------------------------------------------------- parser
+
+
+@pytest.mark.parametrize("text, want", [
+    ("x", Name("x", 1)),
+    ("req.ID", Selector(Name("req", 1), "ID", 5)),
+    ("*p", Deref(Name("p", 2), 1)),
+    ("*p.f", Deref(Selector(Name("p", 2), "f", 4), 1)),           # Go: *(p.f)
+    ("(*p).f", Selector(Deref(Name("p", 3), 2), "f", 6)),
+    ("a[3]", Index(Name("a", 1), 3, 3)),
+    ("a[0x10]", Index(Name("a", 1), 16, 3)),
+    ("a[1_000]", Index(Name("a", 1), 1000, 3)),
+    ("len(s.tags)", Len(Selector(Name("s", 5), "tags", 7), 1)),
+    (" len ( a ) ", Len(Name("a", 8), 2)),
+    ("s.a[1].b[2]", Index(Selector(Index(Selector(Name("s", 1), "a", 3), 1, 5), "b", 8), 2, 10)),
+    ("π.ü", Selector(Name("π", 1), "ü", 3)),
+    ("len", Name("len", 1)),
+])
+def test_parse(text, want):
+    assert parse_expr(text) == want
+
+
+@pytest.mark.parametrize("text", ["req.ID", "*p", "(*p).f", "len(s.tags)", "a[3].b", "*p.f", "(*p)[2]"])
+def test_format_round_trips(text):
+    assert format_expr(parse_expr(text)) == text
+
+
+@pytest.mark.parametrize("text, column, message", [
+    ("", 1, "empty expression"),
+    ("a.", 3, "expected a field name after '.', found end of expression"),
+    ("a.3", 3, "expected a field name after '.', found number 3"),
+    ("a[i]", 3, "index must be a non-negative integer constant"),
+    ("a[-1]", 3, "index must be a non-negative integer constant"),
+    ("a[1", 4, "expected ']' after the index, found end of expression"),
+    ("a[0x]", 3, "bad integer constant '0x'"),
+    ("(a", 3, "expected ')' to close '(', found end of expression"),
+    ("a)", 2, "unexpected ')' after the expression"),
+    ("a b", 3, "unexpected 'b' after the expression"),
+    ("f(x)", 2, "cannot call f: only len() is supported"),
+    ("len()", 5, "len needs an argument"),
+    ("a + b", 3, "unexpected character '+' (arithmetic is not supported in capture expressions)"),
+    ("&x", 1, "unexpected character '&' (taking an address is not supported in capture expressions)"),
+    ('m["k"]', 3, "unexpected character '\"' (string literals are not supported in capture expressions)"),
+    ("a[1:2]", 4, "unexpected character ':' (slicing is not supported in capture expressions)"),
+])
+def test_parse_errors(text, column, message):
+    with pytest.raises(ExpressionError) as e:
+        parse_expr(text)
+    assert (str(e.value), e.value.column) == (message, column)
+
+
+def test_column_names():
+    assert column_name("req.ID") == "req_ID"
+    assert column_name("*p") == "p"
+    assert column_name("len(s.tags)") == "len_s_tags"
+    assert column_name("a[3].b") == "a_3_b"
+    assert column_name("(*p).f") == "p_f"
+
+
+# ------------------------------------------------------------- hand-built types
+
+INT, U8, U32, STR, BOOL = 1, 2, 3, 4, 5
+MUTEX, SERVER, P_SERVER, SLICE_STR, ARR4, MAP, SWISS_MAP, CHAN, HCHAN, INNER, P_INNER = range(10, 21)
+UNSAFE, PP_SERVER, P_ARR4, OUTER, MAP_HMAP, HMAP = range(21, 27)
+
+
+@pytest.fixture
+def types() -> TypeTable:
+    t = TypeTable()
+    for g in [
+        GoType(INT, "int", Kind.INT, 8),
+        GoType(U8, "uint8", Kind.UINT, 1),
+        GoType(U32, "uint32", Kind.UINT, 4),
+        GoType(STR, "string", Kind.STRING, 16, fields=(Field("str", 0, UNSAFE), Field("len", 8, INT))),
+        GoType(BOOL, "bool", Kind.BOOL, 1),
+        GoType(UNSAFE, "unsafe.Pointer", Kind.UNSAFE_POINTER, 8),
+        GoType(MUTEX, "sync.Mutex", Kind.STRUCT, 8, fields=(Field("state", 0, INT), Field("sema", 4, U32))),
+        GoType(INNER, "main.inner", Kind.STRUCT, 24, fields=(Field("A", 0, U8), Field("b", 8, STR))),
+        GoType(P_INNER, "*main.inner", Kind.POINTER, 8, elem=INNER),
+        GoType(SERVER, "main.server", Kind.STRUCT, 120, fields=(
+            Field("inner", 0, INNER, embedded=True),
+            Field("name", 24, STR),
+            Field("tags", 40, SLICE_STR),
+            Field("arr", 64, ARR4),
+            Field("counts", 72, MAP),
+            Field("ch", 80, CHAN),
+            Field("parent", 88, P_SERVER),
+            Field("mu", 96, MUTEX),
+            Field("old", 104, MAP_HMAP),
+            Field("raw", 112, UNSAFE),
+        )),
+        GoType(P_SERVER, "*main.server", Kind.POINTER, 8, elem=SERVER),
+        GoType(PP_SERVER, "**main.server", Kind.POINTER, 8, elem=P_SERVER),
+        GoType(SLICE_STR, "[]string", Kind.SLICE, 24, elem=STR,
+               fields=(Field("array", 0, UNSAFE), Field("len", 8, INT), Field("cap", 16, INT))),
+        GoType(ARR4, "[4]uint32", Kind.ARRAY, 16, elem=U32, length=4),
+        GoType(P_ARR4, "*[4]uint32", Kind.POINTER, 8, elem=ARR4),
+        GoType(SWISS_MAP, "internal/runtime/maps.Map", Kind.STRUCT, 48,
+               fields=(Field("used", 0, INT), Field("seed", 8, INT))),
+        GoType(MAP, "map[string]int", Kind.MAP, 8, key=STR, elem=INT,
+               map_layout=MapLayout("swiss", header=SWISS_MAP)),
+        GoType(HMAP, "runtime.hmap", Kind.STRUCT, 48, fields=(Field("count", 0, INT), Field("flags", 8, U8))),
+        GoType(MAP_HMAP, "map[int]bool", Kind.MAP, 8, key=INT, elem=BOOL,
+               map_layout=MapLayout("hmap", header=HMAP)),
+        GoType(HCHAN, "runtime.hchan", Kind.STRUCT, 96,
+               fields=(Field("qcount", 0, INT), Field("dataqsiz", 8, INT), Field("closed", 28, U32))),
+        GoType(CHAN, "chan int", Kind.CHAN, 8, elem=INT, chan_header=HCHAN),
+        GoType(OUTER, "main.outer", Kind.STRUCT, 16, fields=(
+            Field("inner", 0, P_INNER, embedded=True), Field("Mutex", 8, MUTEX, embedded=True))),
+    ]:
+        t.add(g)
+    return t
+
+
+VARS = {"s": P_SERVER, "v": SERVER, "pp": PP_SERVER, "pa": P_ARR4, "o": OUTER, "n": INT, "str": STR}
+
+
+def check(text, types) -> TypedExpr:
+    return compile_expr(text, VARS, types, "main.f")
+
+
+@pytest.mark.parametrize("text, ops, type_id", [
+    ("n", (), INT),
+    ("v.name", (("offset", 24),), STR),
+    ("s.name", (("deref",), ("offset", 24)), STR),                  # auto-deref
+    ("(*s).name", (("deref",), ("offset", 24)), STR),
+    ("*s", (("deref",),), SERVER),
+    ("s.mu.state", (("deref",), ("offset", 96)), INT),
+    ("s.mu.sema", (("deref",), ("offset", 100)), U32),
+    ("s.parent.parent.mu", (("deref",), ("offset", 88), ("deref",), ("offset", 88), ("deref",),
+                            ("offset", 96)), MUTEX),
+    ("s.A", (("deref",),), U8),                                      # promoted from inner at 0
+    ("v.b", (("offset", 8),), STR),
+    ("v.inner.b", (("offset", 8),), STR),
+    ("o.b", (("deref",), ("offset", 8)), STR),                       # through an embedded *inner
+    ("o.state", (("offset", 8),), INT),                              # through embedded Mutex
+    ("v.arr[2]", (("offset", 64 + 8),), U32),
+    ("v.arr[0]", (("offset", 64),), U32),
+    ("pa[3]", (("deref",), ("offset", 12)), U32),
+    ("s.tags[5]", (("deref",), ("offset", 40), ("index", 5, 16, 0, 8)), STR),
+    ("len(s.tags)", (("deref",), ("offset", 40), ("len", 8)), INT),
+    ("len(str)", (("len", 8),), INT),
+    ("len(v.arr)", (("offset", 64), ("const", 4)), INT),
+    ("len(pa)", (("const", 4),), INT),
+    ("len(s.counts)", (("deref",), ("offset", 72), ("len_indirect", 0, 8)), INT),
+    ("len(v.old)", (("offset", 104), ("len_indirect", 0, 8)), INT),
+    ("len(s.ch)", (("deref",), ("offset", 80), ("len_indirect", 0, 8)), INT),
+    ("(*pp).name", (("deref",), ("deref",), ("offset", 24)), STR),
+    ("**pp", (("deref",), ("deref",)), SERVER),
+])
+def test_check(types, text, ops, type_id):
+    te = check(text, types)
+    assert te.ops == ops and te.type_id == type_id
+    assert te.is_value == (ops[-1][0] in ("len", "len_indirect", "const") if ops else False)
+    assert TypedExpr.from_json(json.loads(json.dumps(te.to_json()))) == te
+
+
+def test_roots(types):
+    assert check("len(s.tags)", types).root == "s"
+    assert check("(*pp).name", types).root == "pp"
+
+
+def test_string_index_yields_a_byte(types):
+    del types.types[U8]
+    te = check("str[3]", types)
+    assert te.ops == (("index", 3, 1, 0, 8),)
+    assert te.type_id == SYNTHETIC_BYTE and types[SYNTHETIC_BYTE].kind == Kind.UINT
+
+
+@pytest.mark.parametrize("text, column, message", [
+    ("q", 1, "no variable 'q' in main.f (variables: n, o, pa, pp, s, str, v)"),
+    ("ss.name", 1, "no variable 'ss' in main.f (did you mean 's'?)"),
+    ("s.nme", 3, "no field 'nme' in main.server (did you mean 'name'? fields: inner, name, tags, "
+                 "arr, counts, ch, parent, mu, old, raw)"),
+    ("s.mu.x", 6, "no field 'x' in sync.Mutex (fields: state, sema)"),
+    ("pp.name", 4, "pp (type **main.server) has no fields: cannot select 'name'"),
+    ("n.x", 3, "n (type int) has no fields: cannot select 'x'"),
+    ("*n", 1, "cannot dereference n (type int): not a typed pointer"),
+    ("*s.raw", 1, "cannot dereference unsafe.Pointer: not a typed pointer"),
+    ("s.counts[1]", 10, "cannot index map[string]int by constant: capture the whole map instead"),
+    ("v.arr[4]", 7, "index 4 out of range for [4]uint32 (length 4)"),
+    ("n[0]", 3, "cannot index n (type int)"),
+    ("len(n)", 1, "invalid argument: n (type int) for len"),
+    ("len(s.mu)", 1, "invalid argument: s.mu (type sync.Mutex) for len"),
+])
+def test_check_errors(types, text, column, message):
+    with pytest.raises(ExpressionError) as e:
+        check(text, types)
+    assert (str(e.value), e.value.column) == (message, column)
+
+
+def test_unknown_map_layout(types):
+    types.add(GoType(99, "map[int]int", Kind.MAP, 8, key=INT, elem=INT))
+    with pytest.raises(ExpressionError, match="map layout is unknown"):
+        compile_expr("len(m)", {"m": 99}, types)
+
+
+def test_ambiguous_promoted_field(types):
+    types.add(GoType(98, "main.twin", Kind.STRUCT, 8, fields=(Field("x", 0, INT),)))
+    types.add(GoType(97, "main.twin2", Kind.STRUCT, 8, fields=(Field("x", 0, INT),)))
+    types.add(GoType(96, "main.both", Kind.STRUCT, 16, fields=(
+        Field("twin", 0, 98, embedded=True), Field("twin2", 8, 97, embedded=True))))
+    with pytest.raises(ExpressionError, match="ambiguous selector 'x' in main.both"):
+        compile_expr("b.x", {"b": 96}, types)
+
+
+def test_shallower_field_wins(types):
+    types.add(GoType(95, "main.shadow", Kind.STRUCT, 32, fields=(
+        Field("inner", 0, INNER, embedded=True), Field("b", 24, INT))))
+    assert compile_expr("x.b", {"x": 95}, types).ops == (("offset", 24),)
+
+
+def test_check_expr_takes_a_parsed_expression(types):
+    assert check_expr(parse_expr("s.name"), VARS, types).type_id == STR
+
+
+# ------------------------------------------------------------- a real binary
+
+@pytest.fixture(scope="module")
+def real(go_build, tmp_path_factory):
+    from probe_compiler.dwarf import DwarfInfo
+    binary = go_build("dwarf_types")
+    dwarf = DwarfInfo.load(str(binary), "test-expr-dwarf-types", str(tmp_path_factory.mktemp("c")))
+    layout = json.loads(subprocess.run([str(binary), "layout"], capture_output=True, text=True,
+                                       check=True).stdout)
+    f = dwarf.function("main.handle")
+    var_types = {v.name: v.type_id for v in f.variables if not v.name.startswith("~")}
+    return dwarf, dwarf.type_table(var_types.values()), var_types, {t["name"]: t for t in layout}
+
+
+def test_real_binary(real):
+    dwarf, types, var_types, layout = real
+    assert {"s", "id", "label"} <= set(var_types)
+    off = {f["name"]: f["offset"] for f in layout["main.server"]["fields"]}
+    mutex_first = layout["sync.Mutex"]["fields"][0]
+
+    te = compile_expr("s.name", var_types, types, "main.handle")
+    assert te.ops == (("deref",), ("offset", off["name"])) and types[te.type_id].kind == Kind.STRING
+
+    te = compile_expr(f"s.parent.mu.{mutex_first['name']}", var_types, types, "main.handle")
+    assert te.ops[:4] == (("deref",), ("offset", off["parent"]), ("deref",), ("offset", off["mu"])
+                          if mutex_first["offset"] == 0 else ("offset", off["mu"] + mutex_first["offset"]))
+
+    inner = {f["name"]: f["offset"] for f in layout["main.inner"]["fields"]}
+    te = compile_expr("s.C[2]", var_types, types)                  # promoted from embedded inner
+    assert te.ops == (("deref",), ("offset", off["inner"] + inner["C"] + 2 * 2),)
+    assert types[te.type_id].name == "uint16"
+
+    te = compile_expr("s.tags[1]", var_types, types)
+    assert te.ops[-1][0] == "index" and te.ops[-1][1:3] == (1, 16)
+
+    for text in ("len(s.tags)", "len(s.counts)", "len(s.byID)", "len(s.ch)", "len(s.name)",
+                 "len(s.arr)", "len(label)", "label[0]", "*s.parent", "s.deadline"):
+        compile_expr(text, var_types, types, "main.handle")
+
+    with pytest.raises(ExpressionError, match=r"no field 'nope' in main.server \(fields: inner, name"):
+        compile_expr("s.nope", var_types, types, "main.handle")
+    with pytest.raises(ExpressionError, match="cannot index map"):
+        compile_expr("s.counts[0]", var_types, types, "main.handle")
