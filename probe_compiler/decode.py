@@ -113,10 +113,27 @@ class _Ptr:
     value: Any
 
 
+@dataclass
+class _MapList:
+    """A map whose keys can't be object keys. Its entries are sorted by the
+    key's JSON text when rendered, because that text differs between the plain
+    and raw forms (a pointer key shows its address only in raw)."""
+    entries: list[tuple[Any, Any]]
+    tail: list  # markers after the entries
+
+
+def _json_text(v: Any) -> str:
+    return json.dumps(v, separators=(",", ":"), ensure_ascii=False)
+
+
 def render(tree: Any, raw: bool) -> Any:
     if isinstance(tree, _Ptr):
         inner = render(tree.value, raw)
         return {"__addr": hex(tree.addr), "value": inner} if raw else inner
+    if isinstance(tree, _MapList):
+        items = [{"key": render(k, raw), "value": render(v, raw)} for k, v in tree.entries]
+        items.sort(key=lambda e: _json_text(e["key"]))
+        return items + [render(m, raw) for m in tree.tail]
     if isinstance(tree, dict):
         return {k: render(v, raw) for k, v in tree.items()}
     if isinstance(tree, list):
@@ -501,6 +518,7 @@ class SlotLayout:
     key_stride: int
     elems: int
     elem_stride: int
+    overflow: int = -1   # hmap buckets: offset of the overflow pointer
 
 
 def go_align(types: TypeTable, t: GoType) -> int:
@@ -559,14 +577,30 @@ def swiss_group_layout(d: _Decoder, t: GoType) -> SlotLayout:
     return computed_group_layout(d.types, d.type(t.key), d.type(t.elem))
 
 
-def hmap_bucket_layout(types: TypeTable, key: GoType, elem: GoType) -> SlotLayout:
-    """bucket<K,V>: tophash[8], keys[8], values[8], overflow (cmd/link's DWARF and
-    the runtime agree on these offsets)."""
+def computed_bucket_layout(types: TypeTable, key: GoType, elem: GoType) -> SlotLayout:
+    """bucket<K,V> of Go < 1.24 on 64-bit targets: tophash[8], keys[8], values[8],
+    overflow, each array starting where the last ends (as cmd/link's DWARF says)."""
     ks, es = _stored(types, key)[0], _stored(types, elem)[0]
     keys = GROUP_SLOTS
     elems = keys + GROUP_SLOTS * ks
     overflow = elems + GROUP_SLOTS * es
-    return SlotLayout(overflow + PTR, 0, keys, ks, elems, es)
+    return SlotLayout(overflow + PTR, 0, keys, ks, elems, es, overflow)
+
+
+def dwarf_bucket_layout(d: _Decoder, b: GoType) -> SlotLayout:
+    keys, values = b.field("keys"), b.field("values")
+    if keys is None or values is None:
+        raise _Malformed(f"map bucket {b.name} has no keys/values")
+    return SlotLayout(b.size, d.offset(b, "tophash")[0],
+                      keys.offset, d.type(keys.type_id).size // GROUP_SLOTS,
+                      values.offset, d.type(values.type_id).size // GROUP_SLOTS,
+                      d.offset(b, "overflow")[0])
+
+
+def hmap_bucket_layout(d: _Decoder, t: GoType) -> SlotLayout:
+    if t.map_layout.bucket in d.types:
+        return dwarf_bucket_layout(d, d.types[t.map_layout.bucket])
+    return computed_bucket_layout(d.types, d.type(t.key), d.type(t.elem))
 
 
 Slot = tuple[bytes, int, int, int]   # (group bytes, group addr, key offset, elem offset)
@@ -626,7 +660,7 @@ def hmap_slots(d: _Decoder, t: GoType, p: int) -> tuple[int, SlotLayout, Iterato
     header = d.type(t.map_layout.header)
     count, flags, b_log, buckets, old = d.fields(
         header, d.read(p, header.size), "count", "flags", "B", "buckets", "oldbuckets")
-    lay = hmap_bucket_layout(d.types, d.type(t.key), d.type(t.elem))
+    lay = hmap_bucket_layout(d, t)
     starts = [(buckets, 1 << b_log)]
     if old:  # mid-grow: unevacuated entries are still in the old array
         starts.append((old, 1 << b_log if flags & SAME_SIZE_GROW else 1 << max(b_log - 1, 0)))
@@ -640,9 +674,9 @@ def hmap_slots(d: _Decoder, t: GoType, p: int) -> tuple[int, SlotLayout, Iterato
                     seen.add(bucket)
                     b = d.read(bucket, lay.size)
                     for s in range(GROUP_SLOTS):
-                        if b[s] >= MIN_TOPHASH:
+                        if b[lay.ctrl + s] >= MIN_TOPHASH:
                             yield b, bucket, lay.keys + s * lay.key_stride, lay.elems + s * lay.elem_stride
-                    bucket = _uint(b, lay.size - PTR)
+                    bucket = _uint(b, lay.overflow)
     return count, lay, slots()
 
 
@@ -691,16 +725,6 @@ def _map_entries(d: _Decoder, t, key_t: GoType, elem_t: GoType, p: int, depth: i
     return _map_json(key_t, entries, count, problem)
 
 
-def _sort_key(v: Any):
-    if isinstance(v, bool):
-        return (0, int(v), "")
-    if isinstance(v, (int, float)):
-        return (1, v, "")
-    if isinstance(v, str):
-        return (2, 0, v)
-    return (3, 0, json.dumps(render(v, raw=True), sort_keys=True, default=str))
-
-
 def _object_key(k: Any) -> str:
     if isinstance(k, bool):
         return "true" if k else "false"
@@ -709,22 +733,19 @@ def _object_key(k: Any) -> str:
 
 
 def _map_json(key_t: GoType, entries: list, count: int | None, problem: dict | None):
-    entries.sort(key=lambda e: _sort_key(e[0]))
     cut = count is not None and count > len(entries)
-    as_object = key_t.kind in OBJECT_KEY_KINDS and all(isinstance(k, (str, int)) for k, _ in entries)
-    if as_object:
+    # A key that decoded to a marker (a cut string, say) can't be an object key.
+    if key_t.kind in OBJECT_KEY_KINDS and all(isinstance(k, (str, int)) for k, _ in entries):
+        # bool < int, then ints by value and strings by code point (= UTF-8 byte) order
+        entries.sort(key=lambda e: (isinstance(e[0], str), e[0]))
         out: Any = {_object_key(k): v for k, v in entries}
         if cut:
             out["__truncated"] = {"len": count}
         if problem:
             out.update(problem)
         return out
-    out = [{"key": k, "value": v} for k, v in entries]
-    if cut:
-        out.append({"__truncated": "elements", "len": count})
-    if problem:
-        out.append(problem)
-    return out
+    tail = ([{"__truncated": "elements", "len": count}] if cut else []) + ([problem] if problem else [])
+    return _MapList(entries, tail)
 
 
 # ---------------------------------------------------------------- time
