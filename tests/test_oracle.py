@@ -134,8 +134,8 @@ def test_states_is_stable(states_bin):
         b = parse_go_traceback(t.dump())
     assert set(a) == set(b)
     for goid, g in a.items():
-        if goid == 1:
-            continue
+        if goid == 1 or g.has_function("os/signal.loop"):
+            continue  # the dumper, and the signal goroutine that SIGUSR1 itself wakes
         assert (g.status, [f.tuple for f in g.frames]) == \
             (b[goid].status, [f.tuple for f in b[goid].frames])
 
@@ -171,7 +171,11 @@ def test_states_crash_dump_system_level(states_bin):
     assert "GC sweep wait" in reasons and "GC scavenge wait" in reasons  # system goroutines
     for fn, reason in STATES.items():
         assert one(parsed, fn).wait_reason == reason, fn
-    assert one(parsed, "main.spin").locked_to_thread
+    # The spinner was preempted by the crash (runnable) or, if its thread had not
+    # stopped yet, Go prints it as running with its stack unavailable.
+    locked = [g for g in gs if g.locked_to_thread and (
+        g.has_function("main.spin") or g.stack_unavailable)]
+    assert len(locked) == 1
 
 
 def test_target_reaped(states_bin):
