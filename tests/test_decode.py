@@ -623,3 +623,75 @@ def test_garbage_never_raises():
         for off in range(0, 64, 8):
             p, r = dec(tid, mem, addr=junk + off, budgets=Budgets(elements=8), type_by_rtype=RTYPES.get)
             json.dumps(p), json.dumps(r)
+
+
+# ---------------------------------------------------------------- a real Go process
+
+@pytest.fixture(scope="module")
+def real(go_build, tmp_path_factory):
+    from agent.memory import ProcessMemory
+    from probe_compiler.dwarf import DwarfInfo
+    from probe_compiler.gobinary import GoBinary
+
+    exe = go_build("decode_real")
+    proc = subprocess.Popen([str(exe)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        info = json.loads(proc.stdout.readline())
+        binary = GoBinary.open(str(exe))
+        dwarf = DwarfInfo.load(str(exe), binary.build_id, str(tmp_path_factory.mktemp("dwarf")))
+        yield info, binary, dwarf, ProcessMemory(info["pid"])
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=10)
+
+
+def _real_table(info, dwarf):
+    roots = {name: dwarf.global_var(name) for name in info["expected"]}
+    for name, (addr, _) in roots.items():
+        assert addr == int(info["addrs"][name], 16), name
+    dyn = {int(a, 16): dwarf.type_by_name(n) for n, a in info["rtypes"].items()}
+    table = dwarf.type_table([t.id for _, t in roots.values()] + [t.id for t in dyn.values()])
+    return roots, dyn, table
+
+
+def _decode_real(table, t, addr, memory, binary, dyn):
+    def func_name(pc):
+        f = binary.pclntab.func_for_pc(pc)
+        return f.name if f else None
+    budgets = Budgets(elements=2000, frame_bytes=1 << 22)
+    return decode_value(table, t.id, None, addr, memory.read, budgets,
+                        frame_budget=ByteBudget(budgets.frame_bytes),
+                        snapshot_budget=ByteBudget(budgets.snapshot_bytes),
+                        func_name=func_name, type_by_rtype=dyn.get)
+
+
+def test_real_process_values_match_go(real):
+    info, binary, dwarf, memory = real
+    roots, dyn, table = _real_table(info, dwarf)
+    assert info["dirLen"] > 1                       # bigMap spans several swiss tables
+    small_map = int.from_bytes(memory.read(roots["main.smallMap"][0], 8), "little")
+    assert int.from_bytes(memory.read(small_map + 24, 8), "little") == 0   # one group, dirLen 0
+    for name, want in info["expected"].items():
+        addr, t = roots[name]
+        plain_v, raw_v = _decode_real(table, t, addr, memory, binary, dyn)
+        assert plain_v == want, name
+    _, raw_ptr = _decode_real(table, roots["main.anyPtr"][1], roots["main.anyPtr"][0], memory, binary, dyn)
+    assert raw_ptr["value"]["__addr"] == info["addrs"]["main.structVal"]
+
+
+def test_real_group_layout_computed_matches_dwarf(real):
+    """The fallback group layout (no DWARF group type) agrees with the compiler's,
+    and decoding bigMap through it gives the same entries."""
+    info, binary, dwarf, memory = real
+    roots, dyn, table = _real_table(info, dwarf)
+    d = D._Decoder(table, memory.read, Budgets(), ByteBudget(1 << 30), ByteBudget(1 << 30), None, None)
+    for name in ("main.bigMap", "main.smallMap"):
+        addr, t = roots[name]
+        assert t.map_layout.impl == "swiss" and t.map_layout.group in table
+        from_dwarf = D.dwarf_group_layout(d, table[t.map_layout.group])
+        assert D.computed_group_layout(table, table[t.key], table[t.elem]) == from_dwarf
+        import dataclasses
+        bare = dataclasses.replace(t, map_layout=dataclasses.replace(t.map_layout, group=None, slot=None))
+        table.add(bare)
+        assert _decode_real(table, bare, addr, memory, binary, dyn)[0] == info["expected"][name]
+        table.add(t)
