@@ -24,7 +24,9 @@ Maps. Both runtime layouts are read from the header types the TypeTable names
   (reflectdata.MapGroupType: interleaved slots, Go's alignment rules and the
   extra byte after a trailing zero-size field).
 - hmap (Go < 1.24): `hmap.count/flags/B/buckets/oldbuckets`; 2^B buckets of
-  `tophash[8]`, `keys[8]`, `values[8]`, `overflow`; a slot is full when its
+  `tophash[8]`, `keys[8]`, `values[8]`, `overflow` (offsets from the DWARF
+  bucket<K,V> type when the table has it, else computed the same way as
+  cmd/link lays it out); a slot is full when its
   tophash is >= 5 (minTopHash), which also skips evacuated slots, so during a
   grow the old buckets are walked too and nothing is seen twice.
 Keys or elems over 128 bytes are stored indirectly (abi.MapMaxKeyBytes).

@@ -2,13 +2,10 @@
 then one test against a real Go process (tests/goprogs/decode_real)."""
 from __future__ import annotations
 
-import ctypes
 import json
 import math
-import os
 import struct
 import subprocess
-import time
 
 import pytest
 
@@ -162,6 +159,12 @@ def build_types() -> TypeTable:
     group_dw = struct_t(T.GROUP_DW, "noalg.map.group[int]string", 200, ("ctrl", 0, T.U64), ("slots", 8, 1000))
     tt.add(group_dw)
     tt.add(GoType(1000, "[8]noalg.struct { key int; elem string }", Kind.ARRAY, 192, elem=T.SLOT_DW, length=8))
+    tt.add(GoType(1001, "[8]uint8", Kind.ARRAY, 8, elem=T.U8, length=8))
+    tt.add(GoType(1002, "*bucket<int,string>", Kind.POINTER, 8, elem=T.BUCKET_DW))
+    tt.add(struct_t(T.BUCKET_DW, "bucket<int,string>", 208, ("tophash", 0, 1001), ("keys", 8, T.KEYS8),
+                    ("values", 72, T.ELEMS8), ("overflow", 200, 1002)))
+    tt.add(GoType(T.M_H_DW, "map[int]string", Kind.MAP, 8, key=T.INT, elem=T.STRING,
+                  map_layout=MapLayout("hmap", T.HMAP, bucket=T.BUCKET_DW)))
     tt.add(swiss(T.M_INT_STR_DW, "map[int]string", T.INT, T.STRING, group=T.GROUP_DW, slot=T.SLOT_DW))
     return tt
 
@@ -557,7 +560,9 @@ def test_hmap_buckets_overflow_and_grow():
     old = mem.put(bucket([2, 10, 4], [1, 5, 0], [s("one"), s("five"), s("z")]))
     hmap = struct.pack("<qBBHI", 5, 0, 1, 0, 0) + u64(buckets, old, 0, 0)
     m = mem.put(hmap)
-    assert plain(T.M_H_INT_STR, mem, data=u64(m)) == {"1": "one", "2": "two", "3": "three", "4": "four", "5": "five"}
+    want = {"1": "one", "2": "two", "3": "three", "4": "four", "5": "five"}
+    assert plain(T.M_H_INT_STR, mem, data=u64(m)) == want
+    assert plain(T.M_H_DW, mem, data=u64(m)) == want      # layout from the DWARF bucket type
     nil_buckets = mem.put(struct.pack("<qBBHI", 0, 0, 0, 0, 0) + u64(0, 0, 0, 0))
     assert plain(T.M_H_INT_STR, mem, data=u64(nil_buckets)) == {}
 
@@ -665,6 +670,13 @@ def _decode_real(table, t, addr, memory, binary, dyn):
                         func_name=func_name, type_by_rtype=dyn.get)
 
 
+def _moduledata_types(binary, dwarf) -> int:
+    from probe_compiler.runtime_layout import read_runtime_layout
+    base = read_runtime_layout(dwarf, binary.read_static).moduledata_types_addr
+    assert base is not None
+    return base
+
+
 def test_real_process_values_match_go(real):
     info, binary, dwarf, memory = real
     roots, dyn, table = _real_table(info, dwarf)
@@ -675,6 +687,9 @@ def test_real_process_values_match_go(real):
         addr, t = roots[name]
         plain_v, raw_v = _decode_real(table, t, addr, memory, binary, dyn)
         assert plain_v == want, name
+    types_base = _moduledata_types(binary, dwarf)
+    for rtype, t in dyn.items():   # the caller's real mapping agrees with the names Go printed
+        assert dwarf.type_by_runtime_type(rtype - types_base).name == t.name
     _, raw_ptr = _decode_real(table, roots["main.anyPtr"][1], roots["main.anyPtr"][0], memory, binary, dyn)
     assert raw_ptr["value"]["__addr"] == info["addrs"]["main.structVal"]
 
