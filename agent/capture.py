@@ -58,61 +58,61 @@ def locate_root(locs, lookup_pc: int, frame, stack, regs, read) -> Located:
     return Located(b"".join(p[0] for p in parts), None)
 
 
+def _word(v: Located, off: int, read, size: int = 8) -> int:
+    """An integer inside the current value: from its bytes if we hold them, else memory."""
+    if v.data is not None and off + size <= len(v.data):
+        return int.from_bytes(v.data[off:off + size], "little")
+    if v.addr is None:
+        raise Unavailable("value not addressable")
+    return int.from_bytes(read(v.addr + off, size), "little")
+
+
+def _offset(v: Located, n: int, read) -> Located:
+    data = v.data[n:] if v.data is not None else None
+    return Located(data, None if v.addr is None else v.addr + n)
+
+
 def _deref(v: Located, read) -> Located:
-    ptr = _U64.unpack(v.data[:8] if v.data is not None else read(v.addr, 8))[0]
+    ptr = _word(v, 0, read)
     if ptr == 0:
         raise Unavailable("nil pointer dereference")
     return Located(None, ptr)
 
 
-def _field(v: Located, offset: int, size: int) -> Located:
-    if v.data is not None:
-        return Located(v.data[offset:offset + size], None if v.addr is None else v.addr + offset)
-    return Located(None, v.addr + offset)
-
-
-def apply_ops(v: Located, ops, types, read) -> Located:
-    """Walk the access ops of probe_compiler.expr from the root to the value."""
-    for op in ops:
-        kind = op[0]
-        if kind == "deref":
-            v = _deref(v, read)
-        elif kind == "field":
-            v = _field(v, op[1], op[2] if len(op) > 2 else 1 << 30)
-        elif kind == "index":
-            v = _index(v, op, read)
-        elif kind == "len":
-            v = _len(v, op, read)
-        else:
-            raise Unavailable(f"unsupported access op {kind!r}")
-    return v
-
-
-def _word(v: Located, off: int, read) -> int:
-    if v.data is not None and off + 8 <= len(v.data):
-        return _U64.unpack_from(v.data, off)[0]
-    if v.addr is None:
-        raise Unavailable("value not addressable")
-    return _U64.unpack(read(v.addr + off, 8))[0]
-
-
 def _index(v: Located, op, read) -> Located:
-    _, i, elem_size, container = (list(op) + [None] * 4)[:4]
-    if container in ("slice", "string"):
-        base, n = _word(v, 0, read), _word(v, 8, read)
-        if i >= n:
-            raise Unavailable(f"index {i} out of range (len {n})")
-        return Located(None, base + i * elem_size)
-    return _field(v, i * elem_size, elem_size)
+    _, i, elem_size, data_off, len_off = op
+    n = _word(v, len_off, read)
+    if i >= n:
+        raise Unavailable(f"index {i} out of range (len {n})")
+    return Located(None, _word(v, data_off, read) + i * elem_size)
 
 
-def _len(v: Located, op, read) -> Located:
-    container = op[1] if len(op) > 1 else "slice"
-    if container in ("slice", "string"):
-        n = _word(v, 8, read)
-    elif container in ("map", "chan"):
-        ptr = _word(v, 0, read)
-        n = 0 if ptr == 0 else _U64.unpack(read(ptr + (op[2] if len(op) > 2 else 0), 8))[0]
-    else:
-        n = op[2]
+def _len_indirect(v: Located, op, read) -> Located:
+    _, off, size = op
+    p = _word(v, 0, read)
+    return _int(0 if p == 0 else int.from_bytes(read(p + off, size), "little"))
+
+
+def _int(n: int) -> Located:
     return Located(n.to_bytes(8, "little"), None)
+
+
+# The access ops of probe_compiler.expr (see its docstring), by name.
+_OPS = {
+    "offset": lambda v, op, read: _offset(v, op[1], read),
+    "deref": lambda v, op, read: _deref(v, read),
+    "index": _index,
+    "len": lambda v, op, read: _int(_word(v, op[1], read)),
+    "len_indirect": _len_indirect,
+    "const": lambda v, op, read: _int(op[1]),
+}
+
+
+def apply_ops(v: Located, ops, read) -> Located:
+    """Walk from the root variable to the captured value."""
+    for op in ops:
+        step = _OPS.get(op[0])
+        if step is None:
+            raise Unavailable(f"unsupported access op {op[0]!r}")
+        v = step(v, op, read)
+    return v

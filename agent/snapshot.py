@@ -131,7 +131,7 @@ def _capture_frame(fplan, pf, depth, g, regs, target, mem, snapshot_budget) -> C
     for cap in fplan.captures:
         try:
             loc = locate_root(fplan.roots[cap.root], pf.lookup_pc, pf, g.stack, regs, mem.read)
-            v = apply_ops(loc, cap.ops, plan.types, mem.read)
+            v = apply_ops(loc, cap.ops, mem.read)
             plain, raw = decode_value(plan.types, cap.type_id, v.data, v.addr, mem.read, plan.budgets,
                                       frame_budget=frame_budget, snapshot_budget=snapshot_budget,
                                       func_name=_func_name(target), type_by_rtype=_rtype(target))

@@ -128,10 +128,16 @@ def _json_text(v: Any) -> str:
     return json.dumps(v, separators=(",", ":"), ensure_ascii=False)
 
 
+def _is_pointer_marker(v: Any) -> bool:
+    return isinstance(v, dict) and ("__cycle" in v or v.get("__truncated") == "depth")
+
+
 def render(tree: Any, raw: bool) -> Any:
     if isinstance(tree, _Ptr):
         inner = render(tree.value, raw)
-        return {"__addr": hex(tree.addr), "value": inner} if raw else inner
+        if not raw or _is_pointer_marker(inner):
+            return inner  # a cycle or depth marker already names the address
+        return {"__addr": hex(tree.addr), "value": inner}
     if isinstance(tree, _MapList):
         items = [{"key": render(k, raw), "value": render(v, raw)} for k, v in tree.entries]
         items.sort(key=lambda e: _json_text(e["key"]))

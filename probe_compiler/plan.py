@@ -75,7 +75,7 @@ def _locations(var) -> list[VarLoc]:
     return out
 
 
-def _function_plan(fs, binary, dwarf, all_types: set[int]) -> FunctionPlan:
+def _function_plan(fs, binary, dwarf, all_types: TypeTable) -> FunctionPlan:
     from .expr import check_expr, parse_expr
 
     fn = binary.pclntab.func_by_name(fs.symbol)
@@ -87,20 +87,43 @@ def _function_plan(fs, binary, dwarf, all_types: set[int]) -> FunctionPlan:
     by_name = {}
     for v in info.variables:
         by_name.setdefault(v.name, v)
-    var_types = {n: v.type_id for n, v in by_name.items()}
-    types = dwarf.type_table(var_types.values())
+    types = dwarf.type_table(v.type_id for v in by_name.values())
+    var_types = _user_visible(by_name, types)
     captures, roots = [], {}
     for cs in fs.captures:
         try:
             te = check_expr(parse_expr(cs.expr), var_types, types)
         except ExpressionError as e:
             raise SpecError(f"{fs.symbol}: capture {cs.expr!r}: {e}", line=cs.line, column=cs.column) from None
-        captures.append(CapturePlan(cs.name, cs.expr, te.root, [list(op) for op in te.ops], te.type_id))
-        roots[te.root] = _locations(by_name[te.root])
-    all_types.update(var_types[r] for r in roots)
-    all_types.update(c.type_id for c in captures)
+        ops = [list(op) for op in te.ops]
+        if te.root not in by_name:  # escaped to the heap: DWARF has `&x`, a pointer to it
+            ops.insert(0, ["deref"])
+            roots[te.root] = _locations(by_name["&" + te.root])
+        else:
+            roots[te.root] = _locations(by_name[te.root])
+        captures.append(CapturePlan(cs.name, cs.expr, te.root, ops, te.type_id))
+    # check_expr may add synthetic types (len's int) to `types`: keep them all.
+    closure = dwarf.type_table([var_types[r] for r in roots] + [c.type_id for c in captures if c.type_id >= 0]
+                               + [by_name["&" + r].type_id for r in roots if r not in by_name])
+    for t in list(closure.types.values()) + [t for t in types.types.values() if t.id < 0]:
+        all_types.types.setdefault(t.id, t)
     return FunctionPlan(fs.symbol, fs.table, fn.entry, fn.end, captures, roots,
                         {r: var_types[r] for r in roots})
+
+
+def _user_visible(by_name: dict, types: TypeTable) -> dict[str, int]:
+    """Variable name -> type as the user writes it.
+
+    The compiler names a variable that escaped to the heap `&x` (a pointer to
+    it); users write `x`. Names with a dot (`s.len`, `.autotmp_3`) are the
+    compiler's own pieces and temporaries."""
+    out = {}
+    for name, v in by_name.items():
+        if name.startswith("&") and name[1:] not in by_name:
+            out[name[1:]] = types[v.type_id].elem
+        elif "." not in name:
+            out[name] = v.type_id
+    return out
 
 
 def compile_plan(binary, dwarf, spec, budgets: Budgets | None = None, layout=None) -> ProbePlan:
@@ -113,12 +136,10 @@ def compile_plan(binary, dwarf, spec, budgets: Budgets | None = None, layout=Non
     if dwarf is None:
         plan.warnings.append(f"{binary.path} has no DWARF: captured values are unavailable")
         return plan
-    roots: set[int] = set()
     for fs in spec.functions:
         try:
-            plan.functions.append(_function_plan(fs, binary, dwarf, roots))
+            plan.functions.append(_function_plan(fs, binary, dwarf, plan.types))
         except SymbolNotFound as e:
             raise SpecError(str(e), path=getattr(spec, "path", "exray.yaml"),
                             line=fs.line, column=fs.column) from None
-    plan.types = dwarf.type_table(roots)
     return plan

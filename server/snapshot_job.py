@@ -31,7 +31,7 @@ def _exe_path(pid: int) -> str:
     return f"/proc/{pid}/exe"
 
 
-def load_target(exe: str, spec, cache: dict) -> Loaded:
+def load_target(exe: str, spec, cache: dict, budgets=None) -> Loaded:
     from probe_compiler.dwarf import DwarfInfo
     from probe_compiler.runtime_layout import read_runtime_layout
 
@@ -48,13 +48,14 @@ def load_target(exe: str, spec, cache: dict) -> Loaded:
         layout, note = reference_layout(binary)
         if note:
             print(f"note: {note}", file=sys.stderr)
-    plan = compile_plan(binary, dwarf, spec, layout=layout)
+    plan = compile_plan(binary, dwarf, spec, budgets, layout=layout)
     loaded = Loaded(Target(binary, plan, layout, dwarf))
     cache[binary.build_id] = loaded
     return loaded
 
 
-def snapshot_pids(pids: list[int], spec, opts: SnapshotOptions | None = None) -> list[ProcessRecord]:
+def snapshot_pids(pids: list[int], spec, opts: SnapshotOptions | None = None,
+                  budgets=None) -> list[ProcessRecord]:
     """Snapshot each pid; a process that can't be snapshotted gets a record with its error.
 
     Spec errors (SpecError) are raised before any process is paused."""
@@ -62,7 +63,7 @@ def snapshot_pids(pids: list[int], spec, opts: SnapshotOptions | None = None) ->
     records = []
     for pid in pids:
         try:
-            loaded = load_target(_exe_path(pid), spec, cache)
+            loaded = load_target(_exe_path(pid), spec, cache, budgets)
         except (AgentError, BinaryError) as e:
             records.append(ProcessRecord(pid=pid, host=os.uname().nodename, exe="", error=_why(pid, e),
                                          captured_at_ns=time.time_ns()))

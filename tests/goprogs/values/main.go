@@ -484,6 +484,9 @@ func capture(i8 int8, i16 int16, i32 int32, i64 int64, i int, u8 uint8, u16 uint
 	closure := id(func() int { return k * 2 })
 	tm := id(time.Date(2024, 2, 29, 23, 59, 58, 123456789, time.FixedZone("X", 3*3600)))
 	zeroTime := id(time.Time{})
+	// The compiler leaves tm and zeroTime out of DWARF; these reach the same values.
+	times := id([]time.Time{tm, zeroTime})
+	tptr := id(&tm)
 	d := id(1500 * time.Millisecond)
 	negd := id(-3*time.Hour - 25*time.Second)
 	g := id(Pair[int, string]{Key: 42, Val: "answer", More: []string{"x", "y"}})
@@ -513,7 +516,7 @@ func capture(i8 int8, i16 int16, i32 int32, i64 int64, i int, u8 uint8, u16 uint
 		val("nilErr", nilErr), val("anyInt", anyInt), val("anyStr", anyStr),
 		val("anyStruct", anyStruct), val("anyPtr", anyPtr), val("anyNilPtr", anyNilPtr),
 		val("nilIface", nilIface), val("closedCh", closedCh), val("nilCh", nilCh),
-		val("nilFn", nilFn), val("namedFn", namedFn), val("closure", closure), val("tm", tm),
+		val("nilFn", nilFn), val("namedFn", namedFn), val("closure", closure), val("tm", tm), val("times", times), val("tptr", tptr),
 		val("zeroTime", zeroTime), val("d", d), val("negd", negd), val("g", g), val("gp", gp),
 		val("ring", ring), val("up", up), val("nilUp", nilUp), val("pp", pp),
 		val("emptyStruct", emptyStruct),
@@ -583,6 +586,8 @@ func capture(i8 int8, i16 int16, i32 int32, i64 int64, i int, u8 uint8, u16 uint
 	runtime.KeepAlive(closure)
 	runtime.KeepAlive(tm)
 	runtime.KeepAlive(zeroTime)
+	runtime.KeepAlive(times)
+	runtime.KeepAlive(tptr)
 	runtime.KeepAlive(d)
 	runtime.KeepAlive(negd)
 	runtime.KeepAlive(g)
