@@ -84,7 +84,7 @@ def run(pids: list[int], spec_path: str | None, out: str) -> int:
     records = snapshot_pids(pids, spec)
     tables = [FunctionTableDef(f.symbol, f.table, [c.name for c in f.captures])
               for f in (spec.functions if spec else [])]
-    write_snapshot(out, records, tables)
+    write_snapshot(out, records, tables, spec_text=spec.text if spec else None)
     ok = 0
     for r in records:
         if r.error:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-import time
 from pathlib import Path
 
 import pytest
@@ -217,17 +216,10 @@ def big_processes(n_goroutines=10_000, n_frames=20) -> list[ProcessRecord]:
     return [ProcessRecord(1, "h", "/x", goroutines=gs)]
 
 
-def test_insert_speed(tmp_path):
+def test_write_10k_goroutines(tmp_path):
+    """Volume, not speed (bench/ times it): nothing is lost at 10,000 goroutines."""
     procs = big_processes()
-    tables = [FunctionTableDef("main.worker", "w", ["n", "req"])]
-    best = min(_timed(write_snapshot, tmp_path / f"s{i}.sqlite", procs, tables) for i in range(2))
-    print(f"\nwrite_snapshot: 10,000 goroutines x 20 frames in {best * 1000:.0f} ms")
-    db = open_snapshot(tmp_path / "s0.sqlite")
+    write_snapshot(tmp_path / "s.sqlite", procs, [FunctionTableDef("main.worker", "w", ["n", "req"])])
+    db = open_snapshot(tmp_path / "s.sqlite")
     assert rows(db, "SELECT count(*) FROM frames") == [(200_000,)]
-    assert best < 2.0   # ~0.6 s on the 2-core dev VM; generous for loaded CI machines
-
-
-def _timed(f, *args) -> float:
-    t = time.perf_counter()
-    f(*args)
-    return time.perf_counter() - t
+    assert rows(db, "SELECT count(*), count(DISTINCT goid) FROM w") == [(10_000, 10_000)]
