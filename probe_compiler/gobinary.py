@@ -195,8 +195,10 @@ class GoBinary:
         epclntab = pcheader + self._pcln_size
         pclntable_end = md[_MD_PCLNTABLE] + md[_MD_PCLNTABLE + 1]
         for i in range(_MD_TEXT + 1, len(md)):
-            if md[i] == epclntab or (not self._sections
-                                     and pclntable_end <= md[i - 1] < md[i] <= epclntab):
+            # gofunc itself must lie in the pclntab: other words can equal
+            # epclntab too (moduledata.types often starts right after it).
+            in_pclntab = pclntable_end <= md[i - 1] < md[i] <= epclntab
+            if in_pclntab and (md[i] == epclntab or not self._sections):
                 return md[i - 1]
         # Older layouts: gofunc follows rodata.
         rodata = self._sections.get(".rodata")

@@ -48,9 +48,11 @@ def _key(parts: list[bytes]) -> str:
     return h.hexdigest()[:20]
 
 
-def build(name: str, flags: tuple[str, ...] = ()) -> Path:
-    """Build tests/goprogs/<name> and return the binary's path (cached)."""
-    src = PROGS / name
+def build(name: str | Path, flags: tuple[str, ...] = ()) -> Path:
+    """Build tests/goprogs/<name> (or the Go program folder `name` if it is a
+    Path) and return the binary's path (cached)."""
+    src = name if isinstance(name, Path) else PROGS / name
+    name = src.name
     files = sorted(p for p in src.rglob("*") if p.is_file())
     if not files:
         raise FileNotFoundError(f"no Go program at {src}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import struct
+from pathlib import Path
 import subprocess
 
 import pytest
@@ -146,3 +147,16 @@ def test_old_pclntab_is_rejected_at_open(tmp_path, prog):
     old.write_bytes(raw)
     with pytest.raises(BinaryError, match="Go 1.18-1.19; rebuild it with Go 1.20"):
         GoBinary.open(str(old))
+
+
+@pytest.mark.parametrize("name", ["states", "values", "inventory"])
+def test_gofunc_from_moduledata_equals_symbol(go_build, name):
+    """moduledata.types can start right at epclntab (it does in net/http
+    programs), which once made a neighbouring word pass for gofunc."""
+    path = go_build(name) if name != "inventory" else build_example("inventory")
+    with GoBinary.open(str(path)) as b:
+        assert b.gofunc == b.symbol("go:func.*")[0]
+
+
+def build_example(name):
+    return gobuild.build(Path(__file__).parent.parent / "examples" / name)
