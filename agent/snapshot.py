@@ -130,7 +130,7 @@ def _capture_frame(fplan, pf, depth, g, regs, target, mem, snapshot_budget) -> C
     frame_budget = ByteBudget(plan.budgets.frame_bytes)
     for cap in fplan.captures:
         try:
-            loc = locate_root(fplan.roots[cap.root], pf.lookup_pc, pf, g.stack, regs, mem.read)
+            loc = locate_root(fplan.roots[cap.root], _var_pc(pf), pf, g.stack, regs, mem.read)
             v = apply_ops(loc, cap.ops, mem.read)
             plain, raw = decode_value(plan.types, cap.type_id, v.data, v.addr, mem.read, plan.budgets,
                                       frame_budget=frame_budget, snapshot_budget=snapshot_budget,
@@ -143,6 +143,17 @@ def _capture_frame(fplan, pf, depth, g, regs, target, mem, snapshot_budget) -> C
             rec.values[cap.column] = rec.raw[cap.column] = None
             rec.errors[cap.column] = f"{type(e).__name__}: {e}"
     return rec
+
+
+def _var_pc(pf) -> int:
+    """The pc to look variable locations up at.
+
+    Lines are looked up at the call (return address - 1), but variables of an
+    outer frame at the return address itself: Go's ABI clobbers every register
+    across a call, so what the caller still needs after it has been spilled,
+    and the location list says where from the return address on. At pc - 1
+    it often still names the (long clobbered) argument register."""
+    return pf.pc
 
 
 def _func_name(target):

@@ -21,9 +21,11 @@ type item struct {
 }
 
 type store struct {
-	mu       sync.Mutex
-	items    map[string]*item
-	reindexN int
+	mu          sync.Mutex
+	items       map[string]*item
+	reindexN    int
+	lastRequest *request
+	lastReindex time.Duration
 }
 
 type request struct {
@@ -38,6 +40,7 @@ type request struct {
 func (s *store) lookup(req *request, sku string) (*item, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.lastRequest = req
 	it, ok := s.items[sku]
 	if !ok {
 		return nil, fmt.Errorf("sku %q not found", sku)
@@ -53,6 +56,7 @@ func (s *store) reindex(pause time.Duration) {
 	defer s.mu.Unlock()
 	s.reindexN++
 	time.Sleep(pause)
+	s.lastReindex = pause
 }
 
 func main() {
