@@ -159,7 +159,8 @@ class _Tracee:
     tid: int
     auto: bool = False        # attached by the kernel (TRACECLONE): born stopped, not interrupted
     stopped: bool = False     # in a ptrace-stop: GETREGS and DETACH work
-    gone: bool = False        # exited, reaped, or no longer ours
+    gone: bool = False        # waitpid reported its death (so it is reaped) or ECHILD
+    dead: bool = False        # a zombie: it will never stop; _settle reaps it
     detached: bool = False
     inject: int = 0           # signal seen in a signal-delivery-stop: delivered on detach
     stop_ns: int = 0
@@ -208,32 +209,69 @@ def _detach(t: _Tracee) -> bool:
     return False
 
 
-def _settle(tracees: list[_Tracee], until: float) -> list[_Tracee]:
+def _settle(tracees: list[_Tracee], until: float, pid: int = 0, scan: bool = False
+            ) -> list[_Tracee]:
     """Detach the tracees that are stopped; wait for the others to stop (then detach) or
-    to exit (then reap, so no traced zombie keeps the process from being reaped)."""
-    left = [t for t in tracees if not (t.detached or t.gone)]
-    for t in left:
+    to exit (then reap: a traced zombie thread, which only its tracer may reap, keeps the
+    whole process from being reaped).
+
+    With pid, and if anything went off the normal path (or scan), also look in
+    /proc/pid/task for threads we trace but never heard of: children auto-attached by
+    TRACECLONE whose creator died or was not waited for before it reported the clone.
+    Such a child sits in PTRACE_EVENT_STOP and would stay stopped forever, and as a
+    zombie it would keep the leader from being reaped."""
+    tracees = [t for t in tracees if not (t.detached or t.gone)]
+    for t in tracees:
         if t.stopped:
             _detach(t)
-    left = [t for t in left if not (t.detached or t.gone)]
-    spins = 0
-    while left:
-        for t in left:
-            st = _wait_status(t.tid)
-            if st is None:
-                continue
-            if st[0] == 0 or not os.WIFSTOPPED(st[1]):
-                t.gone = True
-                continue
-            if (st[1] >> 16) == 0:            # a real signal arrived meanwhile: deliver it
-                t.inject = os.WSTOPSIG(st[1])
-            t.stopped = True
-            _detach(t)
+    left = [t for t in tracees if not (t.detached or t.gone)]
+    scan = bool(pid) and (scan or bool(left))
+    known = {t.tid for t in tracees}
+    spins, next_scan = 0, 0.0
+    while True:
+        for t in list(left):
+            _settle_one(t, left, known)
         left = [t for t in left if not (t.detached or t.gone)]
-        if not left or time.monotonic() > until:
-            break
+        now = time.monotonic()
+        if scan and (not left or now >= next_scan):
+            next_scan = now + 0.01
+            strays = [_Tracee(tid, auto=True) for tid in _traced_by_me(pid) if tid not in known]
+            known.update(t.tid for t in strays)
+            left += strays
+            if strays:
+                continue
+        if not left or now > until:
+            return left
         spins = _backoff(spins)
-    return left
+
+
+def _settle_one(t: _Tracee, left: list[_Tracee], known: set[int]) -> None:
+    st = _wait_status(t.tid)
+    if st is None:
+        return
+    if st[0] == 0 or not os.WIFSTOPPED(st[1]):
+        t.gone = True     # reaped, or not ours
+        return
+    event = st[1] >> 16
+    if event == 0:        # a real signal arrived meanwhile: deliver it
+        t.inject = os.WSTOPSIG(st[1])
+    elif event == PTRACE_EVENT_CLONE:
+        child = _event_msg(t.tid)
+        if child and child not in known:
+            known.add(child)
+            left.append(_Tracee(child, auto=True))
+    t.stopped = True
+    _detach(t)
+
+
+def _traced_by_me(pid: int) -> list[int]:
+    """Threads of pid whose tracer is the calling thread."""
+    me = threading.get_native_id()
+    try:
+        tids = [int(x) for x in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return []
+    return [tid for tid in tids if _tracer_of(pid, tid) == me]
 
 
 def _backoff(spins: int) -> int:
@@ -262,6 +300,7 @@ class PausedProcess:
         self._t0 = 0                          # first PTRACE_INTERRUPT, CLOCK_MONOTONIC ns
         self._tracer = 0
         self._leader_exited = False
+        self._entered = False                 # __enter__ completed: every tracee is known
         self._old_handlers: dict[int, object] = {}
 
     # -- public
@@ -277,6 +316,8 @@ class PausedProcess:
         try:
             self._seize_and_stop()
             self._read_regs()
+            self.check_deadline()     # stopping alone may have used up the budget
+            self._entered = True
         except BaseException:
             self._release()
             raise
@@ -324,10 +365,10 @@ class PausedProcess:
                 new = [tid for tid in self._list_tasks() if tid not in self._t]
                 self._seize(new)
                 listing = False
-            pending = [t for t in self._t.values() if not (t.stopped or t.gone)]
+            pending = self._pending()
             progressed = any([self._poll(t) for t in pending])
-            if not any(not (t.stopped or t.gone) for t in self._t.values()):
-                if self._leader_exited or all(t.gone for t in self._t.values()):
+            if not self._pending():
+                if self._process_dead():
                     raise ProcessExited(f"pid {self.pid} exited while being paused")
                 # all known threads stopped: one more listing proves none was missed
                 if not [tid for tid in self._list_tasks() if tid not in self._t]:
@@ -336,7 +377,28 @@ class PausedProcess:
                 continue
             self.check_deadline()
             spins = 0 if progressed else _backoff(spins)
+            if spins % 16 == 15:
+                self._find_dead()
         self.paused_at_ns = max(t.stop_ns for t in self._t.values() if t.stopped)
+
+    def _pending(self) -> list[_Tracee]:
+        """Tracees we still wait for: not stopped, not reaped, not a zombie."""
+        return [t for t in self._t.values() if not (t.stopped or t.gone or t.dead)]
+
+    def _find_dead(self) -> None:
+        """A slow stop may be a dying process: a zombie never stops, and a killed thread
+        leaves its stop without telling us until waited for; the leader of a dying
+        process is not reported while other threads are unreaped."""
+        for t in self._t.values():
+            if t.stopped and not t.gone:
+                self._poll(t)
+            if not (t.stopped or t.gone) and _proc_state(self.pid, t.tid) in ("", "Z", "X"):
+                t.dead = True
+
+    def _process_dead(self) -> bool:
+        alive = [t for t in self._t.values() if not (t.gone or t.dead)]
+        leader = self._t.get(self.pid)
+        return self._leader_exited or not alive or (leader is not None and leader.dead)
 
     def _list_tasks(self) -> list[int]:
         try:
@@ -370,6 +432,8 @@ class PausedProcess:
                 raise ProcessNotFound(f"pid {self.pid} does not exist")
             return   # a thread that exited between the listing and the seize
         if e == errno.EPERM:
+            if _proc_state(self.pid, tid) in ("", "Z", "X"):
+                return   # exiting: the kernel refuses to attach to a dying thread
             tracer = _tracer_of(self.pid, tid)
             if tracer == self._tracer:
                 self._adopt(tid)   # auto-attached by TRACECLONE before we saw the clone event
@@ -423,7 +487,9 @@ class PausedProcess:
             if t.stopped and not t.gone:
                 regs = get_regs(t.tid)
                 if regs is None:
-                    t.gone = True
+                    # killed out of its stop: _settle reaps the zombie, which only we can
+                    # (a traced zombie thread keeps the whole process from being reaped)
+                    t.stopped = False
                     continue
                 self.threads[t.tid] = regs
                 if t.inject:
@@ -453,7 +519,8 @@ class PausedProcess:
     def _detach_all(self) -> None:
         if not self._t:
             return
-        left = _settle(list(self._t.values()), time.monotonic() + DETACH_GRACE_S)
+        left = _settle(list(self._t.values()), time.monotonic() + DETACH_GRACE_S,
+                       self.pid, scan=not self._entered)
         if left:
             _orphans.items.extend(left)
         if not self.resumed_at_ns:
@@ -509,10 +576,11 @@ def _tracer_of(pid: int, tid: int) -> int:
         return 0
 
 
-def _proc_state(pid: int) -> str:
-    """State letter of /proc/pid/stat ('' if it is gone)."""
+def _proc_state(pid: int, tid: int | None = None) -> str:
+    """State letter of /proc/pid/stat or of one thread ('' if it is gone)."""
+    path = f"/proc/{pid}/task/{tid}/stat" if tid else f"/proc/{pid}/stat"
     try:
-        with open(f"/proc/{pid}/stat") as f:
+        with open(path) as f:
             return f.read().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
         return ""

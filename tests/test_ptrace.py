@@ -1,0 +1,263 @@
+"""agent/ptrace.py against real Go programs (tests/goprogs/ptrace_target).
+
+Run with -s to see the measured pause times and watchdog gaps.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import threading
+import time
+
+import pytest
+
+from agent import ptrace
+from agent.errors import PauseDeadlineExceeded, ProcessExited, ProcessNotFound
+from agent.ptrace import PausedProcess
+from ptrace_helpers import Target, assert_free, task_state, tasks, tracer_pid
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="ptrace tests run as root")
+
+
+@pytest.fixture(scope="module")
+def binary(go_build):
+    return go_build("ptrace_target")
+
+
+@pytest.fixture
+def target(binary):
+    t = Target(binary, "-threads", "4")
+    yield t
+    t.close()
+
+
+def _stopped_states(pid: int) -> dict[int, str]:
+    out = {}
+    for tid in tasks(pid):
+        try:
+            out[tid] = task_state(pid, tid)
+        except FileNotFoundError:
+            pass
+    return out
+
+
+def test_pause_stops_every_thread_and_resumes(target):
+    me = threading.get_native_id()
+    with PausedProcess(target.pid) as p:
+        states = _stopped_states(target.pid)
+        assert set(p.threads) == set(states)
+        assert set(states.values()) == {"t"}
+        assert all(tracer_pid(target.pid, tid) == me for tid in states)
+    assert_free(target.pid)
+    assert p.pause_ns > 0 and p.resumed_at_ns >= p.paused_at_ns
+    assert target.ask("gap", "GAP")["ticks"] > 0      # it runs again
+
+
+def test_registers_match_proc_syscall(target):
+    """/proc/pid/task/tid/syscall ends with the user sp and pc the kernel saved."""
+    with PausedProcess(target.pid) as p:
+        for tid, regs in p.threads.items():
+            with open(f"/proc/{target.pid}/task/{tid}/syscall") as f:
+                fields = f.read().split()
+            assert int(fields[-2], 16) == regs.rsp, tid
+            assert int(fields[-1], 16) == regs.rip, tid
+            assert regs.dwarf(7) == regs.rsp and regs.dwarf(16) == regs.rip
+            assert regs.dwarf(6) == regs.rbp and regs.dwarf(0) == regs.rax
+            assert regs.fs_base != 0      # Go sets up TLS on every thread
+    assert_free(target.pid)
+
+
+def test_exception_inside_detaches(target):
+    with pytest.raises(ZeroDivisionError):
+        with PausedProcess(target.pid):
+            1 / 0
+    assert_free(target.pid)
+
+
+def test_deadline_in_enter_detaches(target):
+    with pytest.raises(PauseDeadlineExceeded):
+        with PausedProcess(target.pid, deadline_s=1e-9):
+            pytest.fail("unreachable: the deadline is already past")
+    assert_free(target.pid)
+
+
+def test_check_deadline_inside(target):
+    with pytest.raises(PauseDeadlineExceeded, match="exceeds the deadline"):
+        with PausedProcess(target.pid, deadline_s=0.02) as p:
+            p.check_deadline()            # still in time
+            time.sleep(0.03)
+            p.check_deadline()
+    assert_free(target.pid)
+
+
+def test_keyboard_interrupt_inside(target):
+    with pytest.raises(KeyboardInterrupt):
+        with PausedProcess(target.pid):
+            os.kill(os.getpid(), signal.SIGINT)    # a real Ctrl-C to the agent
+            time.sleep(1)
+    assert_free(target.pid)
+
+
+def test_sigterm_to_agent_detaches_then_exits(target):
+    """SIGTERM with the default action would kill us mid-pause; inside a pause it raises."""
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    with pytest.raises(SystemExit):
+        with PausedProcess(target.pid):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+    assert_free(target.pid)
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL   # restored
+
+
+def test_keyboard_interrupt_during_enter(target, monkeypatch):
+    """An exception in __enter__ (after all threads are seized) still detaches all."""
+    def boom(self):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(PausedProcess, "_read_regs", boom)
+    with pytest.raises(KeyboardInterrupt):
+        with PausedProcess(target.pid):
+            pass
+    assert_free(target.pid)
+
+
+def test_thread_churn(binary):
+    """Threads are born and die all the time; each pause still stops every one."""
+    t = Target(binary, "-threads", "2", "-churn", "8")
+    try:
+        seen = set()
+        for _ in range(50):
+            with PausedProcess(t.pid) as p:
+                states = _stopped_states(t.pid)
+                assert set(states.values()) == {"t"}, states
+                assert set(states) == set(p.threads)
+                seen |= set(p.threads)
+            time.sleep(0.002)
+        assert_free(t.pid)
+        assert len(seen) > 60, f"only {len(seen)} distinct threads: is the program churning?"
+        assert t.ask("gap", "GAP")["ticks"] > 0
+    finally:
+        t.close()
+
+
+def test_process_killed_during_pause(binary):
+    t = Target(binary, "-threads", "4")
+    try:
+        start = time.monotonic()
+        with pytest.raises(ProcessExited):
+            with PausedProcess(t.pid):
+                killer = threading.Thread(target=os.kill, args=(t.pid, signal.SIGKILL))
+                killer.start()
+                killer.join()
+                time.sleep(0.05)
+        assert time.monotonic() - start < 5
+        t.proc.wait(timeout=5)
+        assert not os.path.exists(f"/proc/{t.pid}")     # reaped: no traced zombie left
+    finally:
+        t.close()
+
+
+def test_process_exits_at_random_points(binary):
+    """Kill the target at random moments while pausing it in a loop: never a hang."""
+    for delay in (0.0, 0.0003, 0.001, 0.003):
+        t = Target(binary, "-threads", "8", "-churn", "4")
+        try:
+            threading.Timer(delay, os.kill, (t.pid, signal.SIGKILL)).start()
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                try:
+                    with PausedProcess(t.pid):
+                        pass
+                except (ProcessExited, ProcessNotFound):
+                    break
+            else:
+                pytest.fail("the target never went away")
+            t.proc.wait(timeout=5)
+        finally:
+            t.close()
+
+
+def test_missing_pid():
+    pid = 2 ** 22 + 12345          # above the default pid_max of 4194304
+    with pytest.raises(ProcessNotFound, match=f"pid {pid} does not exist"):
+        with PausedProcess(pid):
+            pass
+
+
+def test_thread_id_is_not_a_process(target):
+    tid = [t for t in tasks(target.pid) if t != target.pid][0]
+    with pytest.raises(ProcessNotFound, match=f"thread of process {target.pid}"):
+        with PausedProcess(tid):
+            pass
+    assert_free(target.pid)
+
+
+def test_signal_sent_during_pause_is_delivered(target):
+    before = target.ask("usr1", "USR1")["n"]
+    with PausedProcess(target.pid):
+        os.kill(target.pid, signal.SIGUSR1)
+    target.expect("SIGNAL usr1")
+    assert target.ask("usr1", "USR1")["n"] == before + 1
+    assert_free(target.pid)
+
+
+def test_signal_delivery_stop_is_reinjected(target, monkeypatch):
+    """A signal that arrives between SEIZE and INTERRUPT stops the thread in a
+    signal-delivery-stop; PTRACE_DETACH must deliver it, not drop it."""
+    real = ptrace._ptrace
+
+    def racing(req, tid, addr=0, data=0):
+        if req == ptrace.PTRACE_INTERRUPT and tid == target.pid:
+            ptrace.tgkill(target.pid, tid, signal.SIGUSR1)
+            time.sleep(0.003)   # let the thread take the signal before the interrupt lands
+        return real(req, tid, addr, data)
+
+    monkeypatch.setattr(ptrace, "_ptrace", racing)
+    held = 0
+    for i in range(5):
+        with PausedProcess(target.pid, deadline_s=5) as p:
+            held += signal.SIGUSR1 in p.signals.values()
+        target.expect("SIGNAL usr1")
+    monkeypatch.setattr(ptrace, "_ptrace", real)
+    assert target.ask("usr1", "USR1")["n"] == 5
+    assert held >= 1, "no signal-delivery-stop seen: the re-injection path was not exercised"
+    assert_free(target.pid)
+
+
+def _measure(binary, nthreads: int, n: int) -> dict[str, float]:
+    """n pauses, 1 ms apart; pause times and the target's own watchdog gaps."""
+    t = Target(binary, "-threads", str(nthreads))
+    try:
+        time.sleep(0.2)
+        t.ask("gap", "GAP")
+        time.sleep(n * 0.0015)
+        base = t.ask("gap", "GAP")["max_ns"]      # the same time without pauses
+        pauses, counts = [], []
+        for _ in range(n):
+            with PausedProcess(t.pid, deadline_s=0.5) as p:
+                pass
+            pauses.append(p.pause_ns)
+            counts.append(len(p.threads))
+            time.sleep(0.001)
+        gap = t.ask("gap", "GAP")["max_ns"]
+        assert_free(t.pid)
+    finally:
+        t.close()
+    pauses.sort()
+    return dict(threads=statistics.median(counts), median_ms=statistics.median(pauses) / 1e6,
+                p99_ms=pauses[int(len(pauses) * 0.99)] / 1e6, max_ms=pauses[-1] / 1e6,
+                watchdog_max_gap_ms=gap / 1e6, baseline_max_gap_ms=base / 1e6)
+
+
+@pytest.mark.parametrize("workers", [0, 46])
+def test_thousand_pauses_no_stall(binary, workers):
+    """1,000 pauses in a row: the target's watchdog sees no stall much beyond the pauses.
+
+    workers=0 gives a Go program's usual handful of threads, 46 about 50 threads."""
+    m = _measure(binary, workers, 1000)
+    print(f"\npause of {m['threads']:.0f} threads x1000: " +
+          ", ".join(f"{k}={v:.3f}" for k, v in m.items() if k != "threads"))
+    # the watchdog sleeps 1 ms, so its gap is 1 ms + scheduling + at most one pause;
+    # the slack covers the 2 shared cores of the test machines
+    assert m["watchdog_max_gap_ms"] < max(m["baseline_max_gap_ms"], 1.0) + m["max_ms"] + 20
+    assert m["median_ms"] < 5
