@@ -124,3 +124,37 @@ def copy_stacks(mem, gs: list[RawG], starts: dict[int, GStart], max_bytes: int) 
     bufs = mem.read_many(reqs)
     read = mem.read
     return {k: StackImage(lo, b or b"", read) for k, (lo, _), b in zip(keys, reqs, bufs)}
+
+
+def read_labels(layout, mem, gs: list[RawG], max_labels: int = 64, max_bytes: int = 256) -> dict[int, dict[str, str]]:
+    """pprof labels of each goroutine that has any (g.labels -> runtime/pprof.labelMap).
+
+    Only the slice form (Go >= 1.24) is read; older map-form labels come with
+    the map decoder in a later version and are reported as absent."""
+    lay = layout.labels_layout
+    with_labels = [g for g in gs if g.f.get("labels")]
+    if not lay or lay.get("kind") != "slice" or not with_labels:
+        return {}
+    heads = mem.read_many([(g.f["labels"] + lay["list_offset"], 16) for g in with_labels])
+    out = {}
+    for g, head in zip(with_labels, heads):
+        if not head:
+            continue
+        arr, n = struct.unpack("<QQ", head)
+        n = min(n, max_labels)
+        raw = mem.read_many([(arr, n * lay["elem_size"])])[0] if n else b""
+        if raw:
+            out[g.addr] = _label_pairs(mem, raw, n, lay, max_bytes)
+    return out
+
+
+def _label_pairs(mem, raw: bytes, n: int, lay: dict, max_bytes: int) -> dict[str, str]:
+    heads = []
+    for i in range(n):
+        base = i * lay["elem_size"]
+        for off in (lay["key_offset"], lay["value_offset"]):
+            p, ln = struct.unpack_from("<QQ", raw, base + off)
+            heads.append((p, min(ln, max_bytes)))
+    strs = mem.read_many([h if h[1] else (h[0], 0) for h in heads])
+    texts = [(s or b"").decode("utf-8", "replace") if ln else "" for s, (_, ln) in zip(strs, heads)]
+    return dict(zip(texts[0::2], texts[1::2]))

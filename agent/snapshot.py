@@ -37,6 +37,7 @@ class _G:
     raw: gr.RawG
     start: gr.GStart
     stack: StackImage
+    labels: dict | None = None
     unwound: Unwound | None = None
     captures: list | None = None
 
@@ -89,7 +90,8 @@ def _paused_read(pid, target, opts, rec) -> tuple[list[_G], int]:
         ms = gr.read_ms(layout, mem, {g.f.get("m", 0) for g in live})
         starts = {g.addr: gr.start_of(layout, g, ms, paused.threads) for g in live}
         stacks = gr.copy_stacks(mem, live, starts, opts.stack_copy_bytes)
-        gs = [_G(g, starts[g.addr], stacks[g.addr]) for g in live]
+        labels = gr.read_labels(layout, mem, live)
+        gs = [_G(g, starts[g.addr], stacks[g.addr], labels.get(g.addr)) for g in live]
         paused.check_deadline()
         if target.by_symbol:
             budget = ByteBudget(target.plan.budgets.snapshot_bytes)
@@ -194,7 +196,7 @@ def _goroutine_record(g: _G, target: Target, opts, now_mono: int) -> GoroutineRe
         wait_reason=layout.wait_reasons.get(wr, "") if status == "waiting" and wr else "",
         wait_since_ns=(now_mono - since) if since and status in ("waiting", "syscall") else None,
         created_by=created[0], created_by_file=created[1], created_by_line=created[2],
-        parent_goid=f.get("parentGoid") or None, labels={},
+        parent_goid=f.get("parentGoid") or None, labels=g.labels or {},
         is_system=bool(start_fn and start_fn.name.startswith("runtime.") and start_fn.name != "runtime.main"),
         thread_id=g.start.thread_id, error=g.unwound.error)
     phys_to_capture = {c.depth: c for c in (g.captures or [])}

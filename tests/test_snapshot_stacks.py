@@ -127,3 +127,13 @@ def test_statuses_are_the_runtime_own_words(states_snapshot):
     for name in NAMED:
         g = by_fn[name]
         assert g.wait_reason == level2[g.goid].wait_reason
+
+
+def test_pprof_labels_are_the_ones_the_program_set(go_build):
+    """stripped_target starts main.waitSleep inside pprof.Do(Labels("role", "sleeper")),
+    so that goroutine, and only it, inherits the labels."""
+    with run_target(go_build("stripped_target"), dump=False) as t:
+        [rec] = snapshot_pids([t.pid], None)
+    labeled = [g for g in rec.goroutines if g.labels]
+    assert [g.labels for g in labeled] == [{"role": "sleeper"}]
+    assert any(f.function == "main.waitSleep" for f in labeled[0].frames)
