@@ -77,14 +77,15 @@ class ProcessMemory:
     def _read_batch(self, reqs, batch: list[int], out: list) -> list[int]:
         """Read a batch into out; return the indices still to try (those after a fault)."""
         sizes = [reqs[i][1] for i in batch]
-        buf = ctypes.create_string_buffer(sum(sizes))
-        local = _Iovec(ctypes.cast(buf, ctypes.c_void_p), len(buf.raw))
+        total = sum(sizes)
+        buf = ctypes.create_string_buffer(total)
+        local = _Iovec(ctypes.cast(buf, ctypes.c_void_p), total)   # one buffer, sliced after
         remote = (_Iovec * len(batch))(*[_Iovec(reqs[i][0], reqs[i][1]) for i in batch])
         n = _libc.process_vm_readv(self.pid, ctypes.byref(local), 1, remote, len(batch), 0)
         if n < 0:
             self._raise_for(ctypes.get_errno(), reqs[batch[0]])
             n = 0     # EFAULT: the first iovec faulted
-        data = buf.raw
+        data = buf.raw[:n]
         off = 0
         for k, (i, size) in enumerate(zip(batch, sizes)):
             if off + size > n:       # the read stopped inside (or right before) this one
