@@ -298,3 +298,73 @@ def test_thousand_pauses_no_stall(binary, workers):
     # the slack covers the 2 shared cores of the test machines
     assert m["watchdog_max_gap_ms"] < max(m["baseline_max_gap_ms"], 1.0) + m["max_ms"] + 20
     assert m["median_ms"] < 5
+
+
+def _spawn_orphan(binary, *args: str) -> int:
+    """Start the target as a grandchild that init (or a subreaper) adopts: the agent's
+    usual case, where the tracer is not the parent."""
+    import subprocess
+    import tempfile
+    out = tempfile.NamedTemporaryFile("r", suffix=".out", delete=False)
+    sh = subprocess.run(["sh", "-c", f'"$0" "$@" </dev/null >{out.name} 2>&1 & echo $!',
+                         str(binary), *args], capture_output=True, text=True, check=True)
+    pid = int(sh.stdout)
+    deadline = time.monotonic() + 10
+    while "READY" not in open(out.name).read():
+        assert time.monotonic() < deadline, "target never got ready"
+        time.sleep(0.01)
+    os.unlink(out.name)
+    return pid
+
+
+def test_not_our_child_killed_during_pause(binary):
+    pid = _spawn_orphan(binary, "-nostdin", "-threads", "4", "-churn", "4")
+    try:
+        with PausedProcess(pid):
+            pass
+        assert_free(pid)
+        with pytest.raises(ProcessExited):
+            with PausedProcess(pid):
+                os.kill(pid, signal.SIGKILL)
+                time.sleep(0.02)
+        # its real parent can reap it: no traced zombie thread of ours holds it back
+        # (a lazy init may leave it a zombie for a while: then untraced and alone)
+        try:
+            assert tasks(pid) == [pid]
+            assert tracer_pid(pid) == 0
+            assert task_state(pid, pid) in ("Z", "X")
+        except FileNotFoundError:
+            pass
+    finally:
+        if os.path.exists(f"/proc/{pid}"):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_pause_from_worker_threads(binary):
+    """The agent serves requests on worker threads: two pauses of two processes at once,
+    each from its own thread (no signal handlers there; ptrace stays per thread)."""
+    targets = [Target(binary, "-threads", "4") for _ in range(2)]
+    results, errors = {}, []
+
+    def run(t):
+        try:
+            for _ in range(50):
+                with PausedProcess(t.pid) as p:
+                    assert set(_stopped_states(t.pid).values()) == {"t"}
+                results.setdefault(t.pid, []).append(p.pause_ns)
+        except BaseException as e:   # reported below
+            errors.append(e)
+
+    try:
+        workers = [threading.Thread(target=run, args=(t,)) for t in targets]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(30)
+        assert not errors, errors
+        assert all(len(results[t.pid]) == 50 for t in targets)
+        for t in targets:
+            assert_free(t.pid)
+    finally:
+        for t in targets:
+            t.close()

@@ -79,6 +79,7 @@ func churn(max int) {
 func main() {
 	threads := flag.Int("threads", 0, "goroutines locked to their own OS thread")
 	churnMax := flag.Int("churn", 0, "if > 0, keep creating and ending up to this many threads")
+	noStdin := flag.Bool("nostdin", false, "ignore stdin and run until killed")
 	flag.Parse()
 
 	for i := range Table {
@@ -102,6 +103,9 @@ func main() {
 	fmt.Printf("READY pid=%d answer_addr=%#x answer=%#x table_addr=%#x table_len=%d\n",
 		os.Getpid(), uintptr(unsafePointer(&Answer)), Answer, uintptr(unsafePointer(&Table[0])), len(Table))
 
+	if *noStdin {
+		select {}
+	}
 	in := bufio.NewScanner(os.Stdin)
 	for in.Scan() {
 		switch in.Text() {
