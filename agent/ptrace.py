@@ -296,7 +296,7 @@ def _backoff(spins: int) -> int:
 class PausedProcess:
     """Context manager: all threads of pid stopped inside the with-block."""
 
-    def __init__(self, pid: int, deadline_s: float = 1.0):
+    def __init__(self, pid: int, deadline_s: float = 1.0, boost: bool = True):
         self.pid = pid
         self.deadline_s = deadline_s
         self.threads: dict[int, Regs] = {}
@@ -310,6 +310,8 @@ class PausedProcess:
         self._leader_exited = False
         self._entered = False                 # __enter__ completed: every tracee is known
         self._old_handlers: dict[int, object] = {}
+        self._boost = boost
+        self._old_nice: int | None = None
 
     # -- public
 
@@ -321,6 +323,7 @@ class PausedProcess:
         self._tracer = threading.get_native_id()
         self._check_target()
         self._install_signal_handlers()
+        self._raise_priority()
         try:
             self._seize_and_stop()
             self._read_regs()
@@ -520,6 +523,7 @@ class PausedProcess:
                 except BaseException as e:     # an async exception: finish detaching first
                     pending = pending or e
         finally:
+            self._restore_priority()
             self._restore_signal_handlers()
         if pending is not None:
             raise pending
@@ -556,6 +560,27 @@ class PausedProcess:
             if old in (signal.SIG_DFL, None):
                 self._old_handlers[sig] = old
                 signal.signal(sig, _raiser(exc, sig))
+
+    def _raise_priority(self) -> None:
+        """nice -20 for this agent thread while the target is stopped: on a busy machine a
+        descheduled tracer stretches the pause, and resumed target threads would otherwise
+        preempt us between detaches. Not SCHED_FIFO: our waits spin on sched_yield, which
+        would starve the very threads we wait for on a single CPU."""
+        if not self._boost:
+            return
+        try:
+            self._old_nice = os.getpriority(os.PRIO_PROCESS, 0)   # 0: this thread on Linux
+            os.setpriority(os.PRIO_PROCESS, 0, -20)
+        except OSError:
+            self._old_nice = None                                 # not root: run as we are
+
+    def _restore_priority(self) -> None:
+        if self._old_nice is not None:
+            try:
+                os.setpriority(os.PRIO_PROCESS, 0, self._old_nice)
+            except OSError:
+                pass
+            self._old_nice = None
 
     def _restore_signal_handlers(self) -> None:
         for sig, old in self._old_handlers.items():
