@@ -23,7 +23,11 @@ The target comes first:
     signal-delivery-stop; we do not swallow it but pass it to PTRACE_DETACH,
     which delivers it;
   * if the agent process dies anyway (SIGKILL, OOM), the kernel detaches all
-    its tracees (exit_ptrace) and they resume.
+    its tracees (exit_ptrace) and they resume; PTRACE_O_EXITKILL is deliberately
+    not set. Only clone() threads are followed (no TRACEFORK/TRACEVFORK): child
+    processes the target forks are never traced;
+  * killed threads are reaped (a traced zombie thread can only be reaped by its
+    tracer, and it would keep the whole process from being reaped).
 
 ptrace requests must come from the thread that seized, so the deadline is
 cooperative: check_deadline() raises, and the with-statement then detaches.
