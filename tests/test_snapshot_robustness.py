@@ -1,0 +1,399 @@
+"""Ex-Ray against hostile conditions, on real Go programs with real ptrace.
+
+* a stripped binary (-ldflags=-s -w): stacks still match Go's own traceback,
+  captures come back as unavailable, with a reason;
+* a process that exits in the middle of the pause, or was killed just before
+  it: the error lands in the ProcessRecord, nothing hangs, the deadline holds;
+* 1,000 snapshots in a row never harm the target: it is alive, untraced, and
+  its own watchdog never saw a stall longer than the pause Ex-Ray reported
+  (plus a stated scheduling margin);
+* 10,000 goroutines: every goroutine Go's SIGQUIT dump shows is in the
+  snapshot, and the waiters' stacks match Go's.
+
+Bad input through the CLI (missing pid, non-Go process, spec errors) is in
+test_cli_snapshot.py.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from oracle import parse_go_traceback
+from ptrace_helpers import Target as WatchdogTarget, assert_free, tracer_pid
+from targets import run_target
+from agent.snapshot import SnapshotOptions, snapshot_process
+from probe_compiler.spec import parse_spec
+from server.snapshot_job import load_target, snapshot_pids
+
+EXRAY = str(Path(sys.prefix) / "bin" / "exray")
+
+# Parked states nothing in the states program ever wakes (as in test_snapshot_stacks.py).
+STABLE = {"chan receive", "chan send", "select", "sync.Mutex.Lock", "sync.RWMutex.RLock",
+          "sync.RWMutex.Lock", "sync.WaitGroup.Wait", "sync.Cond.Wait", "sleep", "IO wait",
+          "chan receive (nil chan)", "chan send (nil chan)", "select (no cases)",
+          "GC sweep wait", "GC scavenge wait", "finalizer wait", "force gc (idle)", "cleanup wait"}
+
+NAMED = ["main.blockedSend", "main.blockedRecv", "main.blockedSelect", "main.blockedMutex",
+         "main.blockedRWMutexRLock", "main.blockedRWMutexLock", "main.blockedWaitGroup",
+         "main.blockedCond", "main.blockedSleep", "main.blockedAccept"]
+
+
+def go_name(name: str) -> str:
+    """Go prints generic instances with their type arguments as [...]."""
+    return re.sub(r"\[.*\]", "[...]", name)
+
+
+def elide_like_go(frames, go):
+    """Go prints a deep stack's first and last frames and elides the middle."""
+    if not go.elided:
+        return frames
+    assert len(frames) == len(go.frames) + go.elided, "the elided count must match our depth"
+    keep_tail = len(go.frames) - go.elided_at
+    return frames[:go.elided_at] + frames[len(frames) - keep_tail:]
+
+
+def assert_stacks_match(rec, level2, only=None) -> int:
+    """Every goroutine parked in a STABLE state (per Go's dump) has Go's exact stack:
+    functions, files, lines, inlining and pc offsets. Returns how many were compared."""
+    checked = 0
+    for g in rec.goroutines:
+        go = level2.get(g.goid)
+        if go is None or go.wait_reason not in STABLE:
+            continue
+        if only is not None and not only(g):
+            continue
+        assert g.wait_reason == go.wait_reason, f"goroutine {g.goid}"
+        frames = elide_like_go(g.frames, go)
+        ours = [(go_name(f.function), f.file, f.line, f.inlined) for f in frames]
+        theirs = [(f.function, f.file, f.line, f.inlined) for f in go.frames]
+        assert ours == theirs, f"goroutine {g.goid} [{go.wait_reason}]"
+        for f, gf in zip(frames, go.frames):
+            if gf.pc_offset is not None:
+                assert f.pc - f.entry == gf.pc_offset, f"goroutine {g.goid} {f.function}"
+        checked += 1
+    return checked
+
+
+# ---------------------------------------------------------------------------
+# 1. stripped binary
+
+
+STRIPPED_SPEC = """\
+version: 1
+functions:
+  main.(*server).handle:
+    capture:
+      - s.name
+      - len(s.reqs)
+  main.blockedConnRead:
+    capture:
+      - c
+"""
+
+
+@pytest.fixture(scope="module")
+def stripped_snapshot(go_build):
+    binary = go_build("states", flags=("-ldflags=-s -w",))
+    spec = parse_spec(STRIPPED_SPEC, "stripped.yaml")
+    with run_target(binary, "-busy", "0", env={"GOTRACEBACK": "system"}) as t:
+        [rec] = snapshot_pids([t.pid], spec, SnapshotOptions(deadline_s=2))
+        level2 = parse_go_traceback(t.quit_dump())
+    return rec, level2
+
+
+def test_stripped_binary_has_no_debug_info(go_build):
+    binary = go_build("states", flags=("-ldflags=-s -w",))
+    out = subprocess.run(["readelf", "-S", "-W", str(binary)], capture_output=True, text=True).stdout
+    assert ".debug_info" not in out and ".zdebug_info" not in out
+    assert ".symtab" not in out
+    assert ".gopclntab" in out
+
+
+def test_stripped_stacks_match_go(stripped_snapshot):
+    rec, level2 = stripped_snapshot
+    assert rec.error is None, rec.error
+    ours = {g.goid for g in rec.goroutines}
+    missing = [goid for goid, g in level2.items() if goid not in ours and g.wait_reason in STABLE]
+    assert not missing, f"goroutines Go shows but the snapshot lacks: {missing}"
+    checked = assert_stacks_match(rec, level2)
+    named = {f.function for g in rec.goroutines for f in g.frames}
+    assert set(NAMED) <= named
+    assert checked >= len(NAMED)
+
+
+def test_stripped_captures_are_unavailable_with_a_reason(stripped_snapshot):
+    """Without DWARF no variable can be located: each captured frame still gets its
+    row (the function and its frames are known from pclntab), every value NULL,
+    and `errors` says why."""
+    rec, _ = stripped_snapshot
+    assert rec.error is None, rec.error
+    assert any("DWARF" in w for w in rec.warnings), rec.warnings
+    caps = [c for g in rec.goroutines for c in g.captures]
+    by_fn = {c.function: c for c in caps}
+    assert set(by_fn) == {"main.(*server).handle", "main.blockedConnRead"}, \
+        f"captured frames on a stripped binary: {sorted(by_fn)} (expected one row per captured frame)"
+    for c in caps:
+        assert all(v is None for v in c.values.values()), c
+        assert set(c.errors) == set(c.values), c
+        for col, why in c.errors.items():
+            assert why and ("DWARF" in why or "debug info" in why), (col, why)
+
+
+# ---------------------------------------------------------------------------
+# 2. processes that die around the snapshot
+
+
+class KillWhenTraced(threading.Thread):
+    """SIGKILLs `pid` `delay` seconds after a tracer (by default anyone) attaches to it:
+    the process then exits in the middle of the pause."""
+
+    def __init__(self, pid: int, delay: float, tracer: int | None = None, timeout: float = 30):
+        super().__init__(daemon=True)
+        self.pid, self.delay, self.tracer, self.timeout = pid, delay, tracer, timeout
+        self.killed_at: float | None = None
+
+    def run(self):
+        end = time.monotonic() + self.timeout
+        while time.monotonic() < end:
+            try:
+                tp = tracer_pid(self.pid)
+            except (FileNotFoundError, ProcessLookupError):
+                return
+            if tp and (self.tracer is None or tp == self.tracer):
+                if self.delay:
+                    time.sleep(self.delay)
+                os.kill(self.pid, signal.SIGKILL)
+                self.killed_at = time.monotonic()
+                return
+            time.sleep(0.0002)
+
+
+def run_bounded(fn, limit: float):
+    """Run fn() on a thread; fail (instead of hanging the suite) if it takes longer than limit."""
+    out: dict = {}
+
+    def body():
+        try:
+            out["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - reported below
+            out["error"] = e
+    th = threading.Thread(target=body, daemon=True)
+    t0 = time.monotonic()
+    th.start()
+    th.join(limit)
+    assert not th.is_alive(), f"snapshot still running after {limit}s: it hangs"
+    if "error" in out:
+        raise out["error"]
+    return out["value"], time.monotonic() - t0
+
+
+DEADLINE = 2.0
+
+
+@pytest.mark.parametrize("delay_ms", [0, 15, 40])
+def test_process_exits_mid_pause(go_build, delay_ms):
+    """10,000 goroutines make a pause of 110-200 ms here; the target is SIGKILLed
+    0, 15 or 40 ms into it (while seizing, while reading allgs, while copying stacks). The record carries the error, the call returns within the
+    deadline, and no thread of ours is left waiting."""
+    binary = go_build("states")
+    with run_target(binary, "-extra", "10000", "-busy", "0", "-nospin", ready_timeout=60) as t:
+        cache: dict = {}
+        loaded = load_target(f"/proc/{t.pid}/exe", None, cache)
+        killer = KillWhenTraced(t.pid, delay_ms / 1000)
+        killer.start()
+        rec, took = run_bounded(lambda: snapshot_process(t.pid, loaded.target,
+                                                         SnapshotOptions(deadline_s=DEADLINE)),
+                                DEADLINE + 10)
+        killer.join(5)
+        assert killer.killed_at is not None, "the target was never seen traced"
+        t.proc.wait(5)
+    assert rec.error, f"a snapshot of a process killed {delay_ms} ms into the pause has no error"
+    assert str(t.pid) in rec.error or "exit" in rec.error.lower() or "no such process" in rec.error.lower(), \
+        rec.error
+    assert rec.goroutines == []
+    assert took < DEADLINE + 5, f"took {took:.2f}s"
+
+
+def test_process_killed_right_before_snapshot(go_build):
+    """Binary loaded, then the target dies (a zombie, then reaped) before the pause."""
+    binary = go_build("states")
+    with run_target(binary, "-busy", "0", "-nospin") as t:
+        cache: dict = {}
+        loaded = load_target(f"/proc/{t.pid}/exe", None, cache)
+        os.kill(t.pid, signal.SIGKILL)
+        while True:   # wait until it is a zombie, not yet reaped
+            with open(f"/proc/{t.pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    break
+            time.sleep(0.005)
+        zombie, took = run_bounded(lambda: snapshot_process(t.pid, loaded.target,
+                                                            SnapshotOptions(deadline_s=DEADLINE)), 15)
+        assert zombie.error, "a snapshot of a zombie has no error"
+        assert zombie.goroutines == []
+        assert took < DEADLINE + 5
+        # through the job: the binary can't even be opened any more
+        [viajob], _ = run_bounded(lambda: snapshot_pids([t.pid], None, SnapshotOptions(deadline_s=DEADLINE)), 15)
+        assert viajob.error and str(t.pid) in viajob.error
+        t.proc.wait(5)
+        [gone], _ = run_bounded(lambda: snapshot_pids([t.pid], None, SnapshotOptions(deadline_s=DEADLINE)), 15)
+        assert gone.error == f"pid {t.pid}: no process with pid {t.pid}"
+        # and a dead one among live ones does not spoil the others
+    with run_target(binary, "-busy", "0", "-nospin") as live:
+        recs, _ = run_bounded(lambda: snapshot_pids([t.pid, live.pid], None,
+                                                    SnapshotOptions(deadline_s=DEADLINE)), 30)
+    assert recs[0].error and recs[1].error is None and recs[1].goroutines
+
+
+def test_cli_when_process_exits_mid_snapshot(go_build, tmp_path):
+    """The CLI pauses the target, which dies: the file is still written, the
+    exit code is non-zero and stderr says what happened, without a traceback."""
+    binary = go_build("states")
+    out = tmp_path / "snap.sqlite"
+    with run_target(binary, "-extra", "5000", "-busy", "0", "-nospin") as t:
+        cli = subprocess.Popen([EXRAY, "snapshot", "--pid", str(t.pid), "-o", str(out)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        killer = KillWhenTraced(t.pid, 0.01, tracer=cli.pid)
+        killer.start()
+        try:
+            stdout, stderr = cli.communicate(timeout=60)
+        finally:
+            if cli.poll() is None:
+                cli.kill()
+        killer.join(5)
+        assert killer.killed_at is not None, "the CLI was never seen tracing the target"
+    assert cli.returncode != 0, stdout
+    assert stderr.startswith("error:"), stderr
+    assert str(t.pid) in stderr, stderr
+    assert "Traceback" not in stderr, stderr
+    assert out.exists()
+    import sqlite3
+    db = sqlite3.connect(out)
+    try:
+        [(pid, err)] = db.execute("SELECT pid, error FROM processes").fetchall()
+    finally:
+        db.close()
+    assert pid == t.pid and err
+
+
+# ---------------------------------------------------------------------------
+# 3. 1,000 snapshots never harm the target
+
+N_SNAPSHOTS = 1000
+# The watchdog sleeps 1 ms and records the longest gap between wake-ups; the
+# target reports the longest gap since the previous question, which we ask
+# after every snapshot. A snapshot's pause shows up as a gap of at most: the
+# 1 ms sleep + the pause + the time the kernel and Go's scheduler take to run
+# the goroutine again. That last part is scheduling noise, not Ex-Ray's: this
+# VM has 2 shared cores, other test runs share them, the target has 2 busy
+# threads and our Python keeps one core busy, so a runnable Go thread can wait
+# a CFS period (sched_latency is 6 ms at 2 CPUs) or, rarely, much longer when
+# the VM itself is descheduled. So:
+#   * 99% of snapshots: gap <= pause + SCHED_MARGIN_MS (10 ms: 1 ms sleep +
+#     a CFS period + Go's timer granularity). An under-reported pause (threads
+#     stopped before the clock starts or after it stops) is systematic and
+#     fails this.
+#   * every snapshot: gap <= pause + the baseline (the longest gap over 3 s of
+#     the same CPU work without the pause) + HARD_MARGIN_MS (50 ms). A thread
+#     left stopped, or a stop that waits on something, fails this.
+SCHED_MARGIN_MS = 10.0
+HARD_MARGIN_MS = 50.0
+BASELINE_S = 3.0
+
+
+def test_thousand_snapshots_never_harm_the_target(go_build):
+    binary = go_build("ptrace_target")
+    t = WatchdogTarget(binary, "-threads", "2")
+    try:
+        time.sleep(0.3)
+        t.ask("gap", "GAP")
+        baseline_ms = 0.0
+        end = time.monotonic() + BASELINE_S
+        while time.monotonic() < end:     # the same load as a snapshot, without the pause
+            load_target(f"/proc/{t.pid}/exe", None, {})
+            baseline_ms = max(baseline_ms, t.ask("gap", "GAP")["max_ns"] / 1e6)
+        worst = []   # (gap - pause) per snapshot, worst first
+        pauses = []
+        t0 = time.monotonic()
+        opts = SnapshotOptions(deadline_s=2)
+        for i in range(N_SNAPSHOTS):
+            [rec] = snapshot_pids([t.pid], None, opts)
+            assert rec.error is None, f"snapshot {i}: {rec.error}"
+            assert rec.goroutines, f"snapshot {i}: no goroutines"
+            gap_ms = t.ask("gap", "GAP")["max_ns"] / 1e6    # longest stall since the previous snapshot
+            pause_ms = rec.pause_ns / 1e6
+            pauses.append(pause_ms)
+            worst.append((gap_ms - pause_ms, i, gap_ms, pause_ms))
+        elapsed = time.monotonic() - t0
+        assert t.proc.poll() is None, "the target died"
+        assert tracer_pid(t.pid) == 0
+        assert_free(t.pid)
+        with open(f"/proc/{t.pid}/status") as f:
+            state = next(line for line in f if line.startswith("State:")).split()[1]
+        assert state not in ("t", "T", "Z", "X"), state
+        after = t.ask("gap", "GAP")
+        assert after["ticks"] > 0          # the watchdog still runs
+        excess = sorted(w[0] for w in worst)
+        p50, p99 = excess[len(excess) // 2], excess[int(len(excess) * 0.99) - 1]
+        worst.sort(reverse=True)
+        print(f"\n{N_SNAPSHOTS} snapshots in {elapsed:.1f}s ({elapsed / N_SNAPSHOTS * 1000:.1f} ms each); "
+              f"pause max {max(pauses):.2f} ms, median {sorted(pauses)[len(pauses) // 2]:.2f} ms; "
+              f"gap-pause median {p50:.2f} ms, p99 {p99:.2f} ms, max {worst[0][0]:.2f} ms "
+              f"(snapshot {worst[0][1]}: gap {worst[0][2]:.2f}, pause {worst[0][3]:.2f}); "
+              f"baseline gap {baseline_ms:.2f} ms")
+        assert p99 <= SCHED_MARGIN_MS, (
+            f"1% of snapshots stalled the watchdog more than {SCHED_MARGIN_MS} ms beyond the reported "
+            f"pause; worst (excess, i, gap_ms, pause_ms): {worst[:10]}")
+        hard = max(baseline_ms, 1.0) + HARD_MARGIN_MS
+        over = [w for w in worst if w[0] > hard]
+        assert not over, (f"the watchdog stalled longer than the reported pause + {hard:.1f} ms "
+                          f"in {len(over)} snapshots; worst (excess, i, gap_ms, pause_ms): {over[:5]}")
+    finally:
+        t.close()
+
+
+# ---------------------------------------------------------------------------
+# 4. 10,000 goroutines
+
+
+@pytest.fixture(scope="module")
+def ten_thousand(go_build):
+    with run_target(go_build("states"), "-extra", "10000", "-busy", "0",
+                    env={"GOTRACEBACK": "system"}, ready_timeout=60) as t:
+        t0 = time.monotonic()
+        [rec] = snapshot_pids([t.pid], None, SnapshotOptions(deadline_s=5))
+        took = time.monotonic() - t0
+        level2 = parse_go_traceback(t.quit_dump())
+    print(f"\n10,000 goroutines: snapshot {took:.2f}s, pause {rec.pause_ns / 1e6:.1f} ms")
+    return rec, level2
+
+
+def test_ten_thousand_goroutines_all_present(ten_thousand):
+    rec, level2 = ten_thousand
+    assert rec.error is None, rec.error
+    ours = {g.goid: g for g in rec.goroutines}
+    missing = sorted(goid for goid, g in level2.items() if goid and goid not in ours
+                     and g.wait_reason in STABLE)
+    assert not missing, f"{len(missing)} goroutines Go shows but the snapshot lacks: {missing[:20]}"
+    gone = [goid for goid in ours if goid not in level2]
+    assert not gone, f"snapshot goroutines Go does not know: {gone[:20]}"
+    waiters = [g for g in rec.goroutines if any(f.function == "main.extraWaiter" for f in g.frames)]
+    assert len(waiters) == 10000
+
+
+def test_ten_thousand_waiter_stacks_match_go(ten_thousand):
+    rec, level2 = ten_thousand
+    is_waiter = lambda g: any(f.function == "main.extraWaiter" for f in g.frames)  # noqa: E731
+    assert assert_stacks_match(rec, level2, only=is_waiter) == 10000
+    assert assert_stacks_match(rec, level2, only=lambda g: not is_waiter(g)) >= len(NAMED)
+    for g in rec.goroutines:
+        if is_waiter(g):
+            assert g.error is None and g.status == "waiting" and g.wait_reason == "chan receive"
+            assert g.created_by == "main.main"
