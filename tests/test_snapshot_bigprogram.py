@@ -1,0 +1,164 @@
+"""Ex-Ray on a large Go program nobody here wrote: the Go toolchain's own
+cmd/compile (a 37 MB binary with ~585k DIEs), built from GOROOT with DWARF,
+compiling a generated file big enough to keep it busy for several seconds.
+
+While it compiles we snapshot it a few times and check every stack is whole:
+it ends in a top frame (runtime.goexit / runtime.mstart) or carries an error,
+every physical frame is the function pclntab has at its pc, and the main
+goroutine is inside cmd/compile/internal/gc.Main. Right after the last
+snapshot we send SIGQUIT (GOTRACEBACK=system) and compare the goroutines
+parked in the same state in both with Go's own traceback.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from gobuild import build_std_command
+from oracle import parse_go_traceback
+from agent.snapshot import SnapshotOptions, snapshot_process
+from server.snapshot_job import load_target
+
+N_FUNCS = 2000          # ~10 s of compiling on this 2-core VM; SIGQUIT ends it after ~4 s
+SNAPSHOT_AT = (0.6, 1.6, 2.6, 3.6)   # seconds after the compiler starts
+TOP = {"runtime.goexit", "runtime.mstart", "runtime.mstart0", "runtime.rt0_go"}
+NOT_PARKED = {"running", "runnable", "syscall", "idle", ""}
+
+
+def generate(path, n: int) -> None:
+    """A package main with n types, each with a method full of branches and map work."""
+    out = ["package main", "",
+           "func itoa(x int) string { b := []byte{}; for x > 0 { b = append(b, byte('0'+x%10)); x /= 10 }; "
+           "return string(b) }", ""]
+    for i in range(n):
+        out.append(f"""type T{i} struct {{ a, b int; s string; m map[string]int }}
+
+func (t *T{i}) F{i}(x int) int {{
+	s := 0
+	for j := 0; j < x; j++ {{
+		if j%3 == 0 {{ s += j * {i} }} else if j%5 == 1 {{ s -= t.a }} else {{ s ^= t.b + len(t.s) }}
+		t.m[itoa(j)] = s
+	}}
+	switch x {{ case 1: return s + 1; case 2: return s * 2; case 3: return s - {i}; default: return s }}
+}}
+""")
+    out.append("func main() {")
+    out += [f"\tprintln((&T{i}{{m: map[string]int{{}}}}).F{i}({i % 7}))" for i in range(n)]
+    out.append("}")
+    path.write_text("\n".join(out) + "\n")
+
+
+@pytest.fixture(scope="module")
+def compile_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bigprog")
+    src = d / "big.go"
+    generate(src, N_FUNCS)
+    compiler = build_std_command("cmd/compile")
+    t0 = time.monotonic()
+    target = load_target(str(compiler), None, {}).target
+    load_s = time.monotonic() - t0
+    env = dict(os.environ, GOTRACEBACK="system", GOMAXPROCS="2")
+    proc = subprocess.Popen([str(compiler), "-c", "2", "-o", str(d / "big.o"), "-p", "main", str(src)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True)
+    records, took = [], []
+    try:
+        start = time.monotonic()
+        for at in SNAPSHOT_AT:
+            time.sleep(max(0.0, start + at - time.monotonic()))
+            assert proc.poll() is None, (f"cmd/compile finished after {time.monotonic() - start:.1f}s, "
+                                         f"before the snapshots were done: raise N_FUNCS")
+            s0 = time.monotonic()
+            records.append(snapshot_process(proc.pid, target, SnapshotOptions(deadline_s=5)))
+            took.append(time.monotonic() - s0)
+        os.kill(proc.pid, signal.SIGQUIT)          # right after the last snapshot
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    print(f"\ncmd/compile: load {load_s:.2f}s; snapshots {', '.join(f'{t * 1000:.0f}' for t in took)} ms; "
+          f"pauses {', '.join(f'{r.pause_ns / 1e6:.2f}' for r in records if r.pause_ns)} ms; "
+          f"goroutines {[len(r.goroutines) for r in records]}")
+    return target, records, parse_go_traceback(stderr), stderr
+
+
+pytestmark = pytest.mark.slow
+
+
+def test_snapshots_find_goroutines(compile_run):
+    _, records, _, _ = compile_run
+    for r in records:
+        assert r.error is None, r.error
+        assert len(r.goroutines) >= 5, [g.goid for g in r.goroutines]
+        assert any(g.goid == 1 for g in r.goroutines)
+        assert r.pause_ns and r.pause_ns < 1e9
+
+
+def test_every_stack_is_whole(compile_run):
+    _, records, _, _ = compile_run
+    bad = []
+    for r in records:
+        for g in r.goroutines:
+            if g.error:
+                continue
+            if not g.frames or g.frames[-1].function not in TOP:
+                bad.append((g.goid, g.status, [f.function for f in g.frames][-4:]))
+    assert not bad, f"stacks that neither end in a top frame nor carry an error: {bad}"
+
+
+def test_frames_are_known_functions(compile_run):
+    target, records, _, _ = compile_run
+    pcln = target.pcln
+    n = 0
+    for r in records:
+        for g in r.goroutines:
+            for f in g.frames:
+                assert f.function and f.file.endswith((".go", ".s")) or f.file == "<autogenerated>", f
+                assert f.line > 0, f
+                if f.inlined:
+                    continue
+                fn = pcln.func_for_pc(f.entry)
+                assert fn is not None and fn.name == f.function and fn.entry == f.entry, \
+                    f"goroutine {g.goid}: frame {f.function} at {f.pc:#x} (entry {f.entry:#x}), pclntab says {fn}"
+                assert fn.entry <= f.pc <= fn.end, f"goroutine {g.goid}: {f.function} pc {f.pc:#x} out of range"
+                n += 1
+    assert n > 50
+
+
+def test_main_goroutine_is_in_the_compiler(compile_run):
+    _, records, _, _ = compile_run
+    for r in records:
+        [main] = [g for g in r.goroutines if g.goid == 1]
+        names = [f.function for f in main.frames]
+        assert "cmd/compile/internal/gc.Main" in names, names
+        assert names[-3:] == ["main.main", "runtime.main", "runtime.goexit"], names
+
+
+def test_parked_goroutines_match_go(compile_run):
+    """The last snapshot against Go's SIGQUIT dump taken right after it: a goroutine
+    parked in the same state in both has Go's stack, frame for frame."""
+    _, records, go, stderr = compile_run
+    assert go, f"no traceback in cmd/compile's stderr:\n{stderr[-2000:]}"
+    last = records[-1]
+    compared = 0
+    for g in last.goroutines:
+        theirs = go.get(g.goid)
+        if theirs is None or g.status != "waiting" or theirs.wait_reason in NOT_PARKED:
+            continue
+        if theirs.wait_reason != g.wait_reason:
+            continue      # it woke up in between
+        assert [(f.function, f.file, f.line) for f in g.frames] == \
+               [(f.function, f.file, f.line) for f in theirs.frames], f"goroutine {g.goid} [{g.wait_reason}]"
+        for f, gf in zip(g.frames, theirs.frames):
+            if gf.pc_offset is not None:
+                assert f.pc - f.entry == gf.pc_offset, f"goroutine {g.goid} {f.function}"
+        compared += 1
+    assert compared >= 4, f"only {compared} goroutines parked alike in both"
+    # the runtime's own long-lived goroutines are in both
+    runtime_goids = {goid for goid, t in go.items()
+                     if t.wait_reason in ("force gc (idle)", "GC sweep wait", "finalizer wait")}
+    assert runtime_goids and runtime_goids <= {g.goid for g in last.goroutines}
