@@ -23,7 +23,7 @@ from oracle import parse_go_traceback
 from agent.snapshot import SnapshotOptions, snapshot_process
 from server.snapshot_job import load_target
 
-N_FUNCS = 2000          # ~10 s of compiling on this 2-core VM; SIGQUIT ends it after ~4 s
+N_FUNCS = 8000          # ~20 s of compiling on this 2-core VM (2,000 take 3.6 s); SIGQUIT ends it after ~4 s
 SNAPSHOT_AT = (0.6, 1.6, 2.6, 3.6)   # seconds after the compiler starts
 TOP = {"runtime.goexit", "runtime.mstart", "runtime.mstart0", "runtime.rt0_go"}
 NOT_PARKED = {"running", "runnable", "syscall", "idle", ""}
