@@ -132,6 +132,8 @@ def _capture_frame(fplan, pf, depth, g, regs, target, mem, snapshot_budget) -> C
     frame_budget = ByteBudget(plan.budgets.frame_bytes)
     for cap in fplan.captures:
         try:
+            if fplan.unavailable:
+                raise Unavailable(fplan.unavailable)
             loc = locate_root(fplan.roots[cap.root], _var_pc(pf), pf, g.stack, regs, mem.read)
             v = apply_ops(loc, cap.ops, mem.read)
             plain, raw = decode_value(plan.types, cap.type_id, v.data, v.addr, mem.read, plan.budgets,
@@ -189,7 +191,8 @@ def _goroutine_record(g: _G, target: Target, opts, now_mono: int) -> GoroutineRe
     status = layout.status_names.get(gr.status_of(layout, g.raw), "unknown")
     wr = f.get("waitreason", 0)
     since = f.get("waitsince", 0)
-    created = _created_by(pcln, f.get("gopc", 0))
+    # Go prints no creator for goroutine 1: runtime.main is started by the runtime itself.
+    created = _created_by(pcln, f.get("gopc", 0)) if f["goid"] != 1 else (None, None, None)
     start_fn = pcln.func_for_pc(f.get("startpc", 0))
     rec = GoroutineRecord(
         goid=f["goid"], status=status,

@@ -44,6 +44,7 @@ class FunctionPlan:
     captures: list[CapturePlan]
     roots: dict[str, list[VarLoc]]   # root variable -> its locations by pc range
     root_types: dict[str, int]
+    unavailable: str | None = None   # why no capture of this function can be read (no DWARF)
 
 
 @dataclass
@@ -75,14 +76,27 @@ def _locations(var) -> list[VarLoc]:
     return out
 
 
-def _function_plan(fs, binary, dwarf, all_types: TypeTable) -> FunctionPlan:
-    from .expr import check_expr, parse_expr
-
-    fn = binary.pclntab.func_by_name(fs.symbol)
+def _func(binary, symbol: str):
+    fn = binary.pclntab.func_by_name(symbol)
     if fn is None:
         names = [f.name for f in binary.pclntab.funcs()]
-        raise SymbolNotFound(f"no function {fs.symbol} in {binary.path}",
-                             difflib.get_close_matches(fs.symbol, names, n=3))
+        raise SymbolNotFound(f"no function {symbol} in {binary.path}",
+                             difflib.get_close_matches(symbol, names, n=3))
+    return fn
+
+
+def _function_plan_without_dwarf(fs, binary) -> FunctionPlan:
+    """pclntab still knows the function, so its frames get rows; every value is NULL."""
+    fn = _func(binary, fs.symbol)
+    captures = [CapturePlan(cs.name, cs.expr, "", [], 0) for cs in fs.captures]
+    return FunctionPlan(fs.symbol, fs.table, fn.entry, fn.end, captures, {}, {},
+                        unavailable=f"{binary.path} has no DWARF (stripped): variables are unavailable")
+
+
+def _function_plan(fs, binary, dwarf, all_types: TypeTable, spec_path: str) -> FunctionPlan:
+    from .expr import check_expr, parse_expr
+
+    fn = _func(binary, fs.symbol)
     info = dwarf.function(fs.symbol)
     by_name = {}
     for v in info.variables:
@@ -94,7 +108,8 @@ def _function_plan(fs, binary, dwarf, all_types: TypeTable) -> FunctionPlan:
         try:
             te = check_expr(parse_expr(cs.expr), var_types, types)
         except ExpressionError as e:
-            raise SpecError(f"{fs.symbol}: capture {cs.expr!r}: {e}", line=cs.line, column=cs.column) from None
+            raise SpecError(f"{fs.symbol}: capture {cs.expr!r}: {e}", path=spec_path,
+                            line=cs.line, column=cs.column) from None
         ops = [list(op) for op in te.ops]
         if te.root not in by_name:  # escaped to the heap: DWARF has `&x`, a pointer to it
             ops.insert(0, ["deref"])
@@ -135,11 +150,11 @@ def compile_plan(binary, dwarf, spec, budgets: Budgets | None = None, layout=Non
         return plan
     if dwarf is None:
         plan.warnings.append(f"{binary.path} has no DWARF: captured values are unavailable")
-        return plan
+    spec_path = getattr(spec, "path", "exray.yaml")
     for fs in spec.functions:
         try:
-            plan.functions.append(_function_plan(fs, binary, dwarf, plan.types))
+            plan.functions.append(_function_plan_without_dwarf(fs, binary) if dwarf is None
+                                  else _function_plan(fs, binary, dwarf, plan.types, spec_path))
         except SymbolNotFound as e:
-            raise SpecError(str(e), path=getattr(spec, "path", "exray.yaml"),
-                            line=fs.line, column=fs.column) from None
+            raise SpecError(str(e), path=spec_path, line=fs.line, column=fs.column) from None
     return plan
