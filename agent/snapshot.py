@@ -99,7 +99,7 @@ def _paused_read(pid, target, opts, rec) -> tuple[list[_G], int]:
                 _unwind(g, target, opts)
                 g.captures = _capture(g, target, mem, budget)
                 paused.check_deadline()
-            rec.truncated = budget.exhausted if hasattr(budget, "exhausted") else False
+            rec.truncated = budget.refused
     rec.pause_ns = paused.pause_ns
     # Stack bytes were copied; past this point words outside the copy would be
     # read from a running process, so cut the unwinder off from memory.

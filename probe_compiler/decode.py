@@ -78,6 +78,7 @@ class ByteBudget:
     def __init__(self, limit: int):
         self.limit = limit
         self.used = 0
+        self.refused = False   # some read did not fit: a value was cut
 
     @property
     def remaining(self) -> int:
@@ -85,6 +86,7 @@ class ByteBudget:
 
     def take(self, n: int) -> bool:
         if n > self.remaining:
+            self.refused = True
             return False
         self.used += n
         return True
