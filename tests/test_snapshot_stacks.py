@@ -9,29 +9,12 @@ the goroutine ids, functions, order, files, lines and inlining must agree.
 """
 from __future__ import annotations
 
-import re
-
 import pytest
 
 from oracle import parse_go_traceback
+from stack_compare import NAMED, STABLE, assert_stacks_match, elide_like_go, go_name
 from targets import run_target
 from server.snapshot_job import snapshot_pids
-
-# Parked states nothing in the program ever wakes: Go prints the same stack
-# for these however late it looks.
-STABLE = {"chan receive", "chan send", "select", "sync.Mutex.Lock", "sync.RWMutex.RLock",
-          "sync.RWMutex.Lock", "sync.WaitGroup.Wait", "sync.Cond.Wait", "sleep", "IO wait",
-          "chan receive (nil chan)", "chan send (nil chan)", "select (no cases)",
-          "GC sweep wait", "GC scavenge wait", "finalizer wait", "force gc (idle)", "cleanup wait"}
-
-NAMED = ["main.blockedSend", "main.blockedRecv", "main.blockedSelect", "main.blockedMutex",
-         "main.blockedRWMutexRLock", "main.blockedRWMutexLock", "main.blockedWaitGroup",
-         "main.blockedCond", "main.blockedSleep", "main.blockedAccept"]
-
-
-def go_name(name: str) -> str:
-    """Go prints generic instances with their type arguments as [...]."""
-    return re.sub(r"\[.*\]", "[...]", name)
 
 
 @pytest.fixture(scope="module")
@@ -42,15 +25,6 @@ def states_snapshot(go_build):
         level2 = parse_go_traceback(t.quit_dump())
     assert rec.error is None, rec.error
     return rec, level1, level2
-
-
-def elide_like_go(frames, go):
-    """Go prints a deep stack's first and last frames and elides the middle."""
-    if not go.elided:
-        return frames
-    assert len(frames) == len(go.frames) + go.elided, "the elided count must match our depth"
-    keep_tail = len(go.frames) - go.elided_at
-    return frames[:go.elided_at] + frames[len(frames) - keep_tail:]
 
 
 def _stable(gs, goid):
@@ -71,20 +45,7 @@ def test_every_goroutine_go_shows_is_in_the_snapshot(states_snapshot):
 
 def test_stable_stacks_match_go_traceback_system_level(states_snapshot):
     rec, _, level2 = states_snapshot
-    checked = 0
-    for g in rec.goroutines:
-        if not _stable(level2, g.goid):
-            continue
-        go = level2[g.goid]
-        assert g.wait_reason == go.wait_reason, f"goroutine {g.goid}"
-        frames = elide_like_go(g.frames, go)
-        ours = [(go_name(f.function), f.file, f.line, f.inlined) for f in frames]
-        theirs = [(f.function, f.file, f.line, f.inlined) for f in go.frames]
-        assert ours == theirs, f"goroutine {g.goid} [{go.wait_reason}]"
-        for f, gf in zip(frames, go.frames):
-            if gf.pc_offset is not None:
-                assert f.pc - f.entry == gf.pc_offset, f"goroutine {g.goid} {f.function}"
-        checked += 1
+    checked = assert_stacks_match(rec, level2)
     named = {f.function for g in rec.goroutines for f in g.frames}
     assert set(NAMED) <= named
     assert checked >= len(NAMED)
