@@ -256,14 +256,19 @@ class _Decoder:
 
     def follow(self, p: int, t: GoType, depth: int, data: bytes | None = None) -> Any:
         """Decode the value of type `t` that lives at `p`, one indirection down."""
+        return self.indirect(p, t.id, depth, lambda d: self.value(t, data, p, d))
+
+    def indirect(self, p: int, type_id: int, depth: int, decode: Callable[[int], Any]) -> Any:
+        """One indirection (pointer, slice array, map): the depth budget, then
+        cycle detection on the current path by (address, type)."""
         if depth >= self.budgets.depth:
             return _depth_marker(p)
-        key = (p, t.id)
+        key = (p, type_id)
         if key in self.path:
             return {"__cycle": hex(p)}
         self.path.add(key)
         try:
-            return self.value(t, data, p, depth + 1)
+            return decode(depth + 1)
         finally:
             self.path.discard(key)
 
@@ -400,16 +405,7 @@ def _slice(d: _Decoder, t, data, addr, depth):
     p, n = d.fields(t, d.own(t, data, addr), "array", "len")
     if p == 0:
         return None
-    if depth >= d.budgets.depth:
-        return _depth_marker(p)
-    key = (p, t.id)
-    if key in d.path:
-        return {"__cycle": hex(p)}
-    d.path.add(key)
-    try:
-        return d.run(d.type(t.elem), None, p, n, depth + 1)
-    finally:
-        d.path.discard(key)
+    return d.indirect(p, t.id, depth, lambda dd: d.run(d.type(t.elem), None, p, n, dd))
 
 
 def _pointer(d: _Decoder, t, data, addr, depth):
@@ -704,18 +700,13 @@ def _map(d: _Decoder, t, data, addr, depth):
     p = _uint(d.own(t, data, addr), 0)
     if p == 0:
         return None
-    if depth >= d.budgets.depth:
-        return _depth_marker(p)
+    return d.indirect(p, t.id, depth, lambda dd: _map_known(d, t, p, dd))
+
+
+def _map_known(d: _Decoder, t, p, depth):
     if t.map_layout is None or t.map_layout.impl not in MAP_IMPLS:
         raise _Malformed(f"no known map layout for {t.name}")
-    key_t, elem_t = d.type(t.key), d.type(t.elem)
-    if (p, t.id) in d.path:
-        return {"__cycle": hex(p)}
-    d.path.add((p, t.id))
-    try:
-        return _map_entries(d, t, key_t, elem_t, p, depth + 1)
-    finally:
-        d.path.discard((p, t.id))
+    return _map_entries(d, t, d.type(t.key), d.type(t.elem), p, depth)
 
 
 def _map_entries(d: _Decoder, t, key_t: GoType, elem_t: GoType, p: int, depth: int):
