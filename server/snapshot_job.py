@@ -8,20 +8,13 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import dataclass
 
 from agent.errors import AgentError, ProcessNotFound
 from agent.records import ProcessRecord
 from agent.snapshot import SnapshotOptions, Target, snapshot_process
-from probe_compiler.errors import BinaryError, DebugInfoMissing, ProbeCompilerError
+from probe_compiler.errors import BinaryError, DebugInfoMissing
 from probe_compiler.gobinary import GoBinary
 from probe_compiler.plan import compile_plan
-
-
-@dataclass
-class Loaded:
-    target: Target | None
-    error: str | None = None
 
 
 def _exe_path(pid: int) -> str:
@@ -31,7 +24,7 @@ def _exe_path(pid: int) -> str:
     return f"/proc/{pid}/exe"
 
 
-def load_target(exe: str, spec, cache: dict, budgets=None) -> Loaded:
+def load_target(exe: str, spec, cache: dict, budgets=None) -> Target:
     from probe_compiler.dwarf import DwarfInfo
     from probe_compiler.runtime_layout import read_runtime_layout
 
@@ -49,9 +42,9 @@ def load_target(exe: str, spec, cache: dict, budgets=None) -> Loaded:
         if note:
             print(f"note: {note}", file=sys.stderr)
     plan = compile_plan(binary, dwarf, spec, budgets, layout=layout)
-    loaded = Loaded(Target(binary, plan, layout, dwarf))
-    cache[binary.build_id] = loaded
-    return loaded
+    target = Target(binary, plan, layout, dwarf)
+    cache[binary.build_id] = target
+    return target
 
 
 def snapshot_pids(pids: list[int], spec, opts: SnapshotOptions | None = None,
@@ -63,12 +56,12 @@ def snapshot_pids(pids: list[int], spec, opts: SnapshotOptions | None = None,
     records = []
     for pid in pids:
         try:
-            loaded = load_target(_exe_path(pid), spec, cache, budgets)
+            target = load_target(_exe_path(pid), spec, cache, budgets)
         except (AgentError, BinaryError) as e:
             records.append(ProcessRecord(pid=pid, host=os.uname().nodename, exe="", error=_why(pid, e),
                                          captured_at_ns=time.time_ns()))
             continue
-        records.append(snapshot_process(pid, loaded.target, opts))
+        records.append(snapshot_process(pid, target, opts))
     return records
 
 

@@ -59,7 +59,7 @@ def compile_run(tmp_path_factory):
     generate(src, N_FUNCS)
     compiler = build_std_command("cmd/compile")
     t0 = time.monotonic()
-    target = load_target(str(compiler), None, {}).target
+    target = load_target(str(compiler), None, {})
     load_s = time.monotonic() - t0
     env = dict(os.environ, GOTRACEBACK="system", GOMAXPROCS="2")
     proc = subprocess.Popen([str(compiler), "-c", "2", "-o", str(d / "big.o"), "-p", "main", str(src)],

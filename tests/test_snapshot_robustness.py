@@ -159,10 +159,10 @@ def test_process_exits_mid_pause(go_build, delay_ms):
     binary = go_build("states")
     with run_target(binary, "-extra", "10000", "-busy", "0", "-nospin", ready_timeout=60) as t:
         cache: dict = {}
-        loaded = load_target(f"/proc/{t.pid}/exe", None, cache)
+        target = load_target(f"/proc/{t.pid}/exe", None, cache)
         killer = KillWhenTraced(t.pid, delay_ms / 1000)
         killer.start()
-        rec, took = run_bounded(lambda: snapshot_process(t.pid, loaded.target,
+        rec, took = run_bounded(lambda: snapshot_process(t.pid, target,
                                                          SnapshotOptions(deadline_s=DEADLINE)),
                                 DEADLINE + 10)
         killer.join(5)
@@ -180,14 +180,14 @@ def test_process_killed_right_before_snapshot(go_build):
     binary = go_build("states")
     with run_target(binary, "-busy", "0", "-nospin") as t:
         cache: dict = {}
-        loaded = load_target(f"/proc/{t.pid}/exe", None, cache)
+        target = load_target(f"/proc/{t.pid}/exe", None, cache)
         os.kill(t.pid, signal.SIGKILL)
         while True:   # wait until it is a zombie, not yet reaped
             with open(f"/proc/{t.pid}/stat") as f:
                 if f.read().rsplit(")", 1)[1].split()[0] == "Z":
                     break
             time.sleep(0.005)
-        zombie, took = run_bounded(lambda: snapshot_process(t.pid, loaded.target,
+        zombie, took = run_bounded(lambda: snapshot_process(t.pid, target,
                                                             SnapshotOptions(deadline_s=DEADLINE)), 15)
         assert zombie.error, "a snapshot of a zombie has no error"
         assert zombie.goroutines == []
