@@ -10,7 +10,6 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from probe_compiler.decode import decode_value
 
 _U64 = struct.Struct("<Q")
 
