@@ -7,11 +7,7 @@ reason in the row's `_errors`, never an exception.
 """
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
-
-
-_U64 = struct.Struct("<Q")
 
 
 class Unavailable(Exception):
