@@ -36,6 +36,11 @@ RESERVED_COLUMNS = frozenset({"process_id", "goid", "depth", "_errors"})
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
+# How a column's integer is shown (CLI tables, editor hints); the stored value
+# stays the integer. Keep docs/spec.md and the JSON Schema in step.
+DISPLAY_TYPES = frozenset({"timestamp_ns", "duration_ns", "bytes", "hex"})
+
+
 @dataclass(frozen=True)
 class CaptureSpec:
     expr: str
@@ -43,6 +48,18 @@ class CaptureSpec:
     line: int
     column: int
     ast: Expr | None = field(default=None, compare=False, repr=False)
+    display: str | None = None          # one of DISPLAY_TYPES
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    """An extra column of a function table: SQL over the row (`req->'a.b'`)."""
+    name: str
+    sql: str
+    line: int
+    column: int
+    display: str | None = None
+    path: str = "exray.yaml"
 
 
 @dataclass(frozen=True)
@@ -52,6 +69,49 @@ class FunctionSpec:
     captures: list[CaptureSpec]
     line: int
     column: int
+    columns: list[ColumnSpec] = field(default_factory=list)
+    path: str = "exray.yaml"
+
+
+@dataclass(frozen=True)
+class ReportSpec:
+    """A derived table: one SELECT over function, built-in and earlier derived tables."""
+    name: str
+    sql: str
+    line: int
+    column: int
+    path: str = "exray.yaml"
+    depends_on: tuple[str, ...] = ()    # tables it reads (CTE names excluded)
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class LinkEnd:
+    table: str
+    columns: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class LinkSpec:
+    """Rows of two tables whose column sets are equal are linked, both ways."""
+    name: str
+    left: LinkEnd
+    right: LinkEnd
+    description: str
+    line: int
+    column: int
+    path: str = "exray.yaml"
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """Which processes a snapshot takes when given no pids."""
+    exe: str | None = None              # executable base name, as in /proc/PID/exe
+    pid: int | None = None
+    agent: str | None = None            # host:port of a remote agent; None = this machine
+    line: int = 0
+    column: int = 0
+    path: str = "exray.yaml"
 
 
 @dataclass
@@ -60,6 +120,10 @@ class Spec:
     version: int = SPEC_VERSION
     path: str = "exray.yaml"
     text: str = ""
+    reports: list[ReportSpec] = field(default_factory=list)   # in dependency order
+    links: list[LinkSpec] = field(default_factory=list)
+    targets: list[TargetSpec] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)            # every file merged into this spec
 
     def function(self, symbol: str) -> FunctionSpec | None:
         for f in self.functions:

@@ -6,7 +6,9 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 
 need_apt=()
-for pkg in python3-venv python3-dev python3-bpfcc gcc curl; do
+# postgresql: the report-parity tests run the same SQL on a real server;
+# chromium: the flame-graph test renders it headless.
+for pkg in python3-venv python3-dev python3-bpfcc gcc curl postgresql chromium; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -4,6 +4,8 @@
     exray goroutines SNAP [--all]
     exray sql SNAP "SELECT ..."
     exray check-spec [exray.yaml]
+    exray links SNAP TABLE ROWID
+    exray export SNAP --format pprof|flamegraph -o FILE
 
 Errors from our own exception hierarchies print `error: <message>` and exit 1;
 a failing SQL query exits 2. Never a traceback for those.
@@ -97,6 +99,16 @@ def cmd_check_spec(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_links(args: argparse.Namespace) -> int:
+    from server import links  # lazy, like the other heavy commands
+    return int(links.cmd_links(args) or 0)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from server import export
+    return int(export.cmd_export(args) or 0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="exray", description="Ex-Ray: snapshots of running Go services.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -124,6 +136,18 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check-spec", help="validate exray.yaml and list the tables it makes")
     c.add_argument("spec", nargs="?", default="exray.yaml", metavar="exray.yaml")
     c.set_defaults(func=cmd_check_spec)
+
+    k = sub.add_parser("links", help="rows (and their goroutine frames) linked to one row of a table")
+    k.add_argument("snapshot", metavar="SNAP")
+    k.add_argument("table", metavar="TABLE")
+    k.add_argument("rowid", type=int, metavar="ROWID")
+    k.set_defaults(func=cmd_links)
+
+    e = sub.add_parser("export", help="write a snapshot as a pprof goroutine profile or a flame graph")
+    e.add_argument("snapshot", metavar="SNAP")
+    e.add_argument("--format", required=True, choices=["pprof", "flamegraph"])
+    e.add_argument("-o", "--out", required=True, metavar="FILE")
+    e.set_defaults(func=cmd_export)
     return p
 
 
