@@ -101,16 +101,34 @@ def _create_indexes_and_views(db: sqlite3.Connection, tables: list[FunctionTable
     db.execute("CREATE INDEX frames_by_function ON frames (function)")
     for t in tables:
         db.execute(f"CREATE INDEX {_q(t.table + '_by_goroutine')} ON {_q(t.table)} (process_id, goid, depth)")
+    create_all_captured_view(db, {t.table: t.columns for t in tables})
+
+
+def create_all_captured_view(db: sqlite3.Connection, columns: dict[str, list[str]]) -> None:
+    """(Re)create `all_captured_data` over `columns` (function table -> its value
+    columns). server.reports calls it again once extra columns exist."""
     selects = [
-        f"SELECT '{t.table}' AS table_name, process_id, goid, depth, "
-        f"'{c}' AS column_name, {_q(c)} AS value FROM {_q(t.table)}"
-        for t in tables for c in t.columns
+        f"SELECT {_sql_str(table)} AS table_name, process_id, goid, depth, "
+        f"{_sql_str(c)} AS column_name, {_q(c)} AS value FROM {_q(table)}"
+        for table, cols in columns.items() for c in cols
     ]
     if not selects:
         selects = ["SELECT CAST(NULL AS TEXT) AS table_name, CAST(NULL AS INTEGER) AS process_id, "
                    "CAST(NULL AS INTEGER) AS goid, CAST(NULL AS INTEGER) AS depth, "
                    "CAST(NULL AS TEXT) AS column_name, CAST(NULL AS TEXT) AS value WHERE 0"]
+    # SQLite caps a compound SELECT at 500 terms: nest groups of them.
+    while len(selects) > _COMPOUND_MAX:
+        selects = ["SELECT * FROM (" + "\nUNION ALL ".join(selects[i:i + _COMPOUND_MAX]) + ")"
+                   for i in range(0, len(selects), _COMPOUND_MAX)]
+    db.execute(f"DROP VIEW IF EXISTS {ALL_CAPTURED_VIEW}")
     db.execute(f"CREATE VIEW {ALL_CAPTURED_VIEW} AS " + "\nUNION ALL ".join(selects))
+
+
+_COMPOUND_MAX = 400
+
+
+def _sql_str(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def write_snapshot(path: str | os.PathLike, processes: list[ProcessRecord],
