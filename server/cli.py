@@ -1,7 +1,7 @@
 """The `exray` command.
 
     exray snapshot --pid PID [--pid PID ...] [--spec exray.yaml] -o snap.sqlite
-    exray goroutines SNAP [--all]
+    exray goroutines SNAP [--all] [--function PAT] [--status S] [--value T.COL=V] [--label K=V]
     exray sql SNAP "SELECT ..."
     exray check-spec [exray.yaml]
     exray links SNAP TABLE ROWID
@@ -59,10 +59,35 @@ def cmd_goroutines(args: argparse.Namespace) -> int:
         for pid, goid, function, file, line, hidden in cur:
             frames.setdefault((pid, goid), []).append(
                 {"function": function, "file": file, "line": line, "hidden": hidden})
+        filt = _goroutine_filter(db, args)
+        value_hits = [_value_hits(db, v) for v in filt.values]
     finally:
         db.close()
-    sys.stdout.write(fmt.format_goroutines(procs, gors, frames, show_all=args.all))
+    matched = None
+    if filt:
+        matched = {(g["process_id"], g["goid"]) for gs in gors.values() for g in gs
+                   if filt.matches(g, frames.get((g["process_id"], g["goid"]), []), value_hits)}
+    sys.stdout.write(fmt.format_goroutines(procs, gors, frames, show_all=args.all,
+                                           matched=matched, filter_text=filt.describe()))
     return 0
+
+
+def _goroutine_filter(db: sqlite3.Connection, args: argparse.Namespace) -> fmt.GoroutineFilter:
+    from .store import function_tables
+    tables = function_tables(db) if args.value else []
+    return fmt.GoroutineFilter(
+        functions=list(args.function or []), statuses=list(args.status or []),
+        values=[fmt.parse_value_filter(v, tables) for v in args.value or []],
+        labels=[fmt.parse_label_filter(v) for v in args.label or []])
+
+
+def _value_hits(db: sqlite3.Connection, v: fmt.ValueFilter) -> set[tuple[int, int]]:
+    """The goroutines with a frame in v.table whose column passes v. Compared in
+    Python: the column holds JSON text and the user typed a bare value."""
+    q = '"' + v.table.replace('"', '""') + '"'
+    c = '"' + v.column.replace('"', '""') + '"'
+    return {(pid, goid) for pid, goid, cell in db.execute(f"SELECT process_id, goid, {c} FROM {q}")
+            if v.matches(cell)}
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
@@ -125,6 +150,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("snapshot", metavar="SNAP")
     g.add_argument("--all", action="store_true",
                    help="also system goroutines and hidden (runtime) frames")
+    g.add_argument("--function", action="append", metavar="PAT",
+                   help="a function on the stack contains PAT, or matches it as a glob (* ? [); "
+                        "repeat: all of them")
+    g.add_argument("--status", action="append", metavar="S",
+                   help="status (running, runnable, waiting, syscall, ...) or wait reason "
+                        "('chan receive', sync.Mutex.Lock), any case; repeat: any of them")
+    g.add_argument("--value", action="append", metavar="TABLE.COLUMN=VALUE",
+                   help="a captured value: TABLE is a function table or its Go symbol, "
+                        "COLUMN may go on with .json.path; operators = != < <= > >= ~ (contains); "
+                        "repeat: all of them")
+    g.add_argument("--label", action="append", metavar="KEY=VALUE",
+                   help="a pprof label of the goroutine; repeat: all of them")
     g.set_defaults(func=cmd_goroutines)
 
     q = sub.add_parser("sql", help="run a SQL query on a snapshot")

@@ -5,10 +5,13 @@
 """
 from __future__ import annotations
 
+import fnmatch
 import json
 import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
+
+from .store import SnapshotError
 
 ELLIPSIS = "…"
 
@@ -119,7 +122,12 @@ def format_group(grp: Group) -> str:
     return "\n".join(lines)
 
 
-def format_process_header(p: dict, total: int, shown: int, groups: int) -> str:
+def _goroutines(n: int) -> str:
+    return f"{n} goroutine{'s' if n != 1 else ''}"
+
+
+def format_process_header(p: dict, total: int, shown: int, groups: int, matched: int | None = None) -> str:
+    """`matched`: how many goroutines passed the filters (None: no filters)."""
     parts = [f"process {p['id']}: pid {p['pid']}"]
     if p.get("host"):
         parts[0] += f" on {p['host']}"
@@ -131,9 +139,14 @@ def format_process_header(p: dict, total: int, shown: int, groups: int) -> str:
     line = "== " + ", ".join(parts)
     if p.get("error"):
         return line + f"\nerror: {p['error']}"
-    tail = f"{total} goroutine{'s' if total != 1 else ''} in {groups} group{'s' if groups != 1 else ''}"
-    if shown != total:
-        tail += f" ({total - shown} system goroutine{'s' if total - shown != 1 else ''} hidden; --all shows them)"
+    in_groups = f"in {groups} group{'s' if groups != 1 else ''}"
+    if matched is None:
+        tail, kept, which = f"{_goroutines(total)} {in_groups}", total, ""
+    else:
+        tail, kept, which = f"{matched} of {_goroutines(total)} match, {in_groups}", matched, " matching"
+    if shown != kept:
+        n = kept - shown
+        tail += f" ({n}{which} system goroutine{'s' if n != 1 else ''} hidden; --all shows them)"
     out = line + "\n" + tail
     for w in p.get("warnings") or []:
         out += f"\nwarning: {w}"
@@ -141,18 +154,186 @@ def format_process_header(p: dict, total: int, shown: int, groups: int) -> str:
 
 
 def format_goroutines(processes: Sequence[dict], goroutines: dict[int, list[dict]],
-                      frames: dict[tuple[int, int], list[dict]], show_all: bool = False) -> str:
+                      frames: dict[tuple[int, int], list[dict]], show_all: bool = False,
+                      matched: set[tuple[int, int]] | None = None, filter_text: str = "") -> str:
     """The `exray goroutines` report. `goroutines`: process id -> rows;
-    `frames`: (process id, goid) -> frame rows, innermost first."""
+    `frames`: (process id, goid) -> frame rows, innermost first; `matched`:
+    the (process id, goid) pairs that passed the filters described by
+    `filter_text` (None: no filters, every goroutine)."""
     blocks = []
+    if matched is not None:
+        total = sum(len(gs) for gs in goroutines.values())
+        blocks.append(f"{len(matched)} of {_goroutines(total)} match {filter_text}")
     for p in processes:
         gs = goroutines.get(p["id"], [])
+        kept = gs if matched is None else [g for g in gs if (p["id"], g["goid"]) in matched]
         fr = {goid: v for (pid, goid), v in frames.items() if pid == p["id"]}
-        groups = group_goroutines(gs, fr, show_all)
+        groups = group_goroutines(kept, fr, show_all)
         shown = sum(g.count for g in groups)
-        blocks.append(format_process_header(p, len(gs), shown, len(groups)))
+        blocks.append(format_process_header(p, len(gs), shown, len(groups),
+                                            None if matched is None else len(kept)))
         blocks.extend(format_group(g) for g in groups)
     return "\n\n".join(blocks) + "\n"
+
+
+# ------------------------------------------------------------ goroutine filters
+#
+# `exray goroutines --function PAT --status S --value TABLE.COLUMN=VALUE --label K=V`.
+# Different filters combine with AND. Repeating --function or --value or --label
+# asks for all of them; repeating --status asks for any of them (a goroutine has
+# one state). Bad filters raise FilterError, which the CLI prints as `error: …`.
+
+GLOB_CHARS = "*?["
+
+
+class FilterError(SnapshotError):
+    """A goroutine filter that cannot apply to this snapshot (syntax, table, column)."""
+
+
+def _is_glob(pat: str) -> bool:
+    return any(c in pat for c in GLOB_CHARS)
+
+
+def function_matches(pat: str, function: str) -> bool:
+    """Go symbols are case-sensitive: a substring, or a glob over the whole name."""
+    return fnmatch.fnmatchcase(function, pat) if _is_glob(pat) else pat in function
+
+
+def status_matches(pat: str, status: str, wait_reason: str) -> bool:
+    """`running`, `waiting`, … or a wait reason (`chan receive`, `sync.Mutex.Lock`),
+    as Go prints them but in any case; a glob when it has * ? [."""
+    p = " ".join(pat.split()).lower()
+    for have in (status or "", wait_reason or ""):
+        h = have.lower()
+        if (fnmatch.fnmatchcase(h, p) if _is_glob(p) else h == p) and h:
+            return True
+    return False
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _equal(cell: Any, want: Any, raw: str) -> bool:
+    # `id=42` matches the number 42 and the string "42"; `name=srv` the string "srv".
+    if _num(cell) and _num(want):
+        return cell == want
+    if type(cell) is not type(want) and isinstance(cell, str):
+        return cell == raw
+    return type(cell) is type(want) and cell == want     # True is not 1 here
+
+
+def _order(op: str, cell: Any, want: Any) -> bool:
+    if not ((_num(cell) and _num(want)) or (isinstance(cell, str) and isinstance(want, str))):
+        return False      # no order between a number and a string: no match, not an error
+    return VALUE_ORDERS[op](cell, want)
+
+
+VALUE_ORDERS = {"<": lambda a, b: a < b, "<=": lambda a, b: a <= b,
+                ">": lambda a, b: a > b, ">=": lambda a, b: a >= b}
+# Longest first, so `<=` is not read as `<`.
+VALUE_OPS = ("!=", "<=", ">=", "=", "<", ">", "~")
+
+
+@dataclass
+class ValueFilter:
+    """TABLE.COLUMN[.json.path] OP VALUE over one function table's plain column."""
+    text: str
+    table: str
+    column: str
+    path: tuple[str, ...]
+    op: str
+    raw: str        # what the user typed after the operator
+    want: Any       # the same read as JSON when it is JSON, else the string
+
+    def cell(self, text: str | None) -> Any:
+        v = json.loads(text) if text is not None else None
+        for key in self.path:
+            if isinstance(v, dict):
+                v = v.get(key)
+            elif isinstance(v, list) and key.isdigit() and int(key) < len(v):
+                v = v[int(key)]
+            else:
+                return None
+        return v
+
+    def matches(self, text: str | None) -> bool:
+        cell = self.cell(text)
+        if self.op == "~":
+            return cell is not None and self.raw.lower() in (
+                cell if isinstance(cell, str) else json.dumps(cell)).lower()
+        if self.op in ("=", "!="):
+            return _equal(cell, self.want, self.raw) == (self.op == "=")
+        return cell is not None and _order(self.op, cell, self.want)
+
+
+def _split_op(text: str) -> tuple[str, str, str]:
+    at = min(((i, op) for op in VALUE_OPS if (i := text.find(op)) > 0), default=None,
+             key=lambda t: (t[0], -len(t[1])))
+    if at is None:
+        raise FilterError(f"--value {text!r}: expected TABLE.COLUMN=VALUE "
+                          f"(operators: {' '.join(VALUE_OPS)})")
+    i, op = at
+    return text[:i].strip(), op, text[i + len(op):].strip()
+
+
+def parse_value_filter(text: str, tables: Sequence[Any]) -> ValueFilter:
+    """`tables`: the snapshot's FunctionTableDefs. TABLE is a table name or the
+    Go symbol of its function (`main_store_lookup.sku` or `main.(*store).lookup.sku`)."""
+    lhs, op, raw = _split_op(text)
+    names = sorted(((t.table, t) for t in tables), key=lambda kv: -len(kv[0]))
+    names += sorted(((t.function, t) for t in tables), key=lambda kv: -len(kv[0]))
+    for name, t in names:
+        if lhs.startswith(name + "."):
+            column, *path = lhs[len(name) + 1:].split(".")
+            if column not in t.columns:
+                cols = ", ".join(t.columns) or "none"
+                raise FilterError(f"--value {text!r}: table {t.table} has no column {column!r} "
+                                  f"(columns: {cols})")
+            try:
+                want = json.loads(raw)
+            except ValueError:
+                want = raw
+            return ValueFilter(text, t.table, column, tuple(path), op, raw, want)
+    known = ", ".join(t.table for t in tables) or "none: the snapshot captured no values"
+    raise FilterError(f"--value {text!r}: no function table {lhs.split('.')[0]!r} in this snapshot "
+                      f"(tables: {known})")
+
+
+def parse_label_filter(text: str) -> tuple[str, str]:
+    key, eq, value = text.partition("=")
+    if not eq or not key.strip():
+        raise FilterError(f"--label {text!r}: expected KEY=VALUE")
+    return key.strip(), value.strip()
+
+
+@dataclass
+class GoroutineFilter:
+    functions: list[str] = field(default_factory=list)
+    statuses: list[str] = field(default_factory=list)
+    values: list[ValueFilter] = field(default_factory=list)
+    labels: list[tuple[str, str]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.functions or self.statuses or self.values or self.labels)
+
+    def describe(self) -> str:
+        parts = [f"function {f}" for f in self.functions]
+        if self.statuses:
+            parts.append("status " + " or ".join(self.statuses))
+        parts += [f"value {v.text}" for v in self.values]
+        parts += [f"label {k}={v}" for k, v in self.labels]
+        return " and ".join(parts)
+
+    def matches(self, g: dict, frames: Sequence[dict], value_hits: Sequence[set]) -> bool:
+        """`value_hits`: per value filter, the (process_id, goid) pairs it matched."""
+        key = (g["process_id"], g["goid"])
+        labels = json.loads(g["labels"]) if g.get("labels") else {}
+        return (all(any(function_matches(p, f["function"] or "") for f in frames) for p in self.functions)
+                and (not self.statuses
+                     or any(status_matches(s, g.get("status"), g.get("wait_reason")) for s in self.statuses))
+                and all(key in hits for hits in value_hits)
+                and all(str(labels.get(k)) == v for k, v in self.labels))
 
 
 # ----------------------------------------------------------------------- tables
