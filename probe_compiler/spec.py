@@ -2,10 +2,14 @@
 
 The parser walks PyYAML's node graph (the compose API keeps marks), driven by
 schema tables: a mapping is described by a dict of `Key`s, so a new spec key
-is one table entry plus, if it has a new shape, one value parser. Every error
-is a SpecError(message, path, line, column) with 1-based positions.
+is one table entry plus, if it has a new shape, one value parser. The same
+tables generate the JSON Schema (`python -m probe_compiler.spec --schema`).
+Every error is a SpecError(message, path, line, column) with 1-based positions.
+docs/spec.md documents every key.
 
     version: 1
+    targets: [{exe: server}]
+    include: [services/*/exray.yaml]
     functions:
       main.(*server).GetInfo:
         table: getinfo            # optional; default from the symbol
@@ -13,10 +17,21 @@ is a SpecError(message, path, line, column) with 1-based positions.
           - req.ID                # shorthand: column name derived (req_ID)
           - expr: s.mu.state
             name: mu_state
+        columns: {path: "req->>'Path'"}
+    reports: {slow: "SELECT * FROM getinfo WHERE ..."}
+    links: [{from: client(req_id), to: getinfo(req_ID)}]
+
+The SQL in extra columns and reports is checked by probe_compiler.spec_sql.
 """
 from __future__ import annotations
 
+import bisect
+import difflib
+import glob
+import json
+import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -60,6 +75,9 @@ class ColumnSpec:
     column: int
     display: str | None = None
     path: str = "exray.yaml"
+    # (line, column) of each character of `sql`, plus one past the end: maps a
+    # SQL error's offset back into the YAML, whatever the scalar's style.
+    sql_pos: tuple = field(default=(), compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -83,12 +101,17 @@ class ReportSpec:
     path: str = "exray.yaml"
     depends_on: tuple[str, ...] = ()    # tables it reads (CTE names excluded)
     description: str = ""
+    sql_pos: tuple = field(default=(), compare=False, repr=False)   # as ColumnSpec.sql_pos
 
 
 @dataclass(frozen=True)
 class LinkEnd:
     table: str
     columns: tuple[str, ...]
+    line: int = field(default=0, compare=False)
+    column: int = field(default=0, compare=False)
+    # (line, column) of each column name, for errors that point at one
+    column_pos: tuple = field(default=(), compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -140,8 +163,9 @@ def default_table_name(symbol: str) -> str:
 # ------------------------------------------------------------ schema machinery
 
 class _Ctx:
-    def __init__(self, path: str):
-        self.path = path
+    def __init__(self, path: str, text: str = ""):
+        self.path, self.text = path, text
+        self._line_starts = [0] + [i + 1 for i, c in enumerate(text) if c == "\n"]
 
     def error(self, node: Node | None, message: str, col_offset: int = 0) -> SpecError:
         if node is None:
@@ -149,8 +173,37 @@ class _Ctx:
         m = node.start_mark
         return SpecError(message, self.path, m.line + 1, m.column + 1 + col_offset)
 
+    def position(self, index: int) -> tuple[int, int]:
+        """1-based (line, column) of a character index into the file."""
+        line = bisect.bisect_right(self._line_starts, index) - 1
+        return line + 1, index - self._line_starts[line] + 1
+
+    def value_positions(self, node: ScalarNode) -> tuple:
+        """(line, column) of each character of a scalar's value, plus one past its end.
+
+        The value's characters appear in order in the source slice, so a greedy
+        match finds them through quotes, escapes ('' in single quotes), block
+        indentation and folded lines alike. Skipping the header of a block
+        scalar (`|`, `>` and a comment) and the opening quote keeps those
+        characters from matching."""
+        src, end = self.text, node.end_mark.index
+        i = node.start_mark.index
+        if node.style in ("|", ">"):
+            i = src.find("\n", i, end) + 1 or i
+        elif node.style in ("'", '"'):
+            i += 1
+        out = []
+        for ch in node.value:
+            j = src.find(ch, i, end)
+            if j >= 0:
+                i = j + 1
+            out.append(self.position(j if j >= 0 else i))
+        out.append(self.position(min(i, end)))
+        return tuple(out)
+
 
 Parser = Callable[[Node, _Ctx], Any]
+Schema = Callable[[], dict]
 
 
 @dataclass(frozen=True)
@@ -158,6 +211,7 @@ class Key:
     parse: Parser
     required: bool = False
     doc: str = ""
+    schema: Schema | None = None       # JSON Schema of the value (a thunk: tables refer to each other)
 
 
 _KIND_NAMES = {
@@ -179,6 +233,10 @@ def _is_null(node: Node) -> bool:
     return isinstance(node, ScalarNode) and node.tag == "tag:yaml.org,2002:null"
 
 
+def _is_str(node: Node) -> bool:
+    return isinstance(node, ScalarNode) and node.tag == "tag:yaml.org,2002:str"
+
+
 def _mapping(node: Node, keys: dict[str, Key], ctx: _Ctx, what: str) -> dict[str, tuple[Any, Node]]:
     """Check a mapping against `keys`; returns key -> (parsed value, key node)."""
     if not isinstance(node, MappingNode):
@@ -189,7 +247,9 @@ def _mapping(node: Node, keys: dict[str, Key], ctx: _Ctx, what: str) -> dict[str
         if k in out:
             raise ctx.error(knode, f"duplicate key '{k}'")
         if k not in keys:
-            raise ctx.error(knode, f"unknown key '{k}' in {what} (expected one of {', '.join(keys)})")
+            close = difflib.get_close_matches(k, list(keys), n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise ctx.error(knode, f"unknown key '{k}' in {what} ({hint}expected one of {', '.join(keys)})")
         out[k] = (keys[k].parse(vnode, ctx), knode)
     missing = [k for k, d in keys.items() if d.required and k not in out]
     if missing:
@@ -197,8 +257,26 @@ def _mapping(node: Node, keys: dict[str, Key], ctx: _Ctx, what: str) -> dict[str
     return out
 
 
+def _entries(node: Node, ctx: _Ctx, what: str, kind: str) -> list[tuple[Node, Node]]:
+    """The (key, value) nodes of a mapping section (`functions`, `columns`, ...); null is empty."""
+    if _is_null(node):
+        return []
+    if not isinstance(node, MappingNode):
+        raise ctx.error(node, f"expected a mapping of {kind} for '{what}', got {_kind(node)}")
+    return node.value
+
+
+def _items(node: Node, ctx: _Ctx, what: str) -> list[Node]:
+    """The items of a list section (`targets`, `links`); null is empty."""
+    if _is_null(node):
+        return []
+    if not isinstance(node, SequenceNode):
+        raise ctx.error(node, f"expected a list for '{what}', got {_kind(node)}")
+    return node.value
+
+
 def _scalar_str(node: Node, ctx: _Ctx, what: str) -> str:
-    if not isinstance(node, ScalarNode) or node.tag != "tag:yaml.org,2002:str":
+    if not _is_str(node):
         raise ctx.error(node, f"expected a string for {what}, got {_kind(node)}")
     return node.value
 
@@ -215,6 +293,29 @@ def _version(node: Node, ctx: _Ctx) -> int:
         raise ctx.error(node, f"unsupported spec version {v} (this Ex-Ray reads version {SPEC_VERSION})")
     return v
 
+
+def _display(node: Node, ctx: _Ctx) -> tuple[str, Node]:
+    text = _scalar_str(node, ctx, "'display'")
+    if text not in DISPLAY_TYPES:
+        close = difflib.get_close_matches(text, sorted(DISPLAY_TYPES), n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise ctx.error(node, f"unknown display type '{text}' ({hint}use one of "
+                              f"{', '.join(sorted(DISPLAY_TYPES))})")
+    return text, node
+
+
+def _check_ident(node: Node, name: str, ctx: _Ctx, what: str) -> None:
+    if not _IDENT.match(name):
+        raise ctx.error(node, f"invalid {what} '{name}': use letters, digits and '_', "
+                              f"not starting with a digit")
+
+
+def _value(d: dict, key: str, default=None):
+    """The parsed value of an optional key of a long form (parsers return (value, node))."""
+    return d[key][0][0] if key in d else default
+
+
+# ------------------------------------------------------------ functions
 
 def _expr_at(node: ScalarNode, text: str, ctx: _Ctx) -> Expr:
     try:
@@ -234,10 +335,11 @@ def _capture(node: Node, ctx: _Ctx) -> CaptureSpec:
         return CaptureSpec(text, "", m.line + 1, m.column + 1, _expr_at(node, text, ctx))
     d = _mapping(node, CAPTURE_KEYS, ctx, "a capture")
     text, enode = d["expr"][0]
-    name = d["name"][0][0] if "name" in d else ""
+    name = _value(d, "name", "")
     if "name" in d:
         _check_ident(d["name"][0][1], name, ctx, "column name")
-    return CaptureSpec(text, name, m.line + 1, m.column + 1, _expr_at(enode, text, ctx))
+    return CaptureSpec(text, name, m.line + 1, m.column + 1, _expr_at(enode, text, ctx),
+                       display=_value(d, "display"))
 
 
 def _captures(node: Node, ctx: _Ctx) -> list[tuple[CaptureSpec, Node]]:
@@ -248,10 +350,69 @@ def _captures(node: Node, ctx: _Ctx) -> list[tuple[CaptureSpec, Node]]:
     return [(_capture(item, ctx), item) for item in node.value]
 
 
-def _check_ident(node: Node, name: str, ctx: _Ctx, what: str) -> None:
-    if not _IDENT.match(name):
-        raise ctx.error(node, f"invalid {what} '{name}': use letters, digits and '_', "
-                              f"not starting with a digit")
+def _sql_scalar(node: Node, ctx: _Ctx, what: str) -> tuple[str, tuple]:
+    text = _scalar_str(node, ctx, what)
+    if not text.strip():
+        raise ctx.error(node, f"empty SQL for {what}")
+    return text, ctx.value_positions(node)
+
+
+def _extra_column(knode: Node, vnode: Node, ctx: _Ctx) -> ColumnSpec:
+    name = _scalar_str(knode, ctx, "a column name")
+    _check_ident(knode, name, ctx, "column name")
+    m = knode.start_mark
+    if _is_str(vnode):                  # shorthand: the SQL itself
+        sql, pos = _sql_scalar(vnode, ctx, f"column '{name}'")
+        return ColumnSpec(name, sql, m.line + 1, m.column + 1, None, ctx.path, pos)
+    d = _mapping(vnode, COLUMN_KEYS, ctx, f"column '{name}'")
+    sql, pos = d["sql"][0]
+    return ColumnSpec(name, sql, m.line + 1, m.column + 1, _value(d, "display"), ctx.path, pos)
+
+
+def _extra_columns(node: Node, ctx: _Ctx) -> list[ColumnSpec]:
+    return [_extra_column(k, v, ctx) for k, v in _entries(node, ctx, "columns", "column names")]
+
+
+def _column_taken(columns: dict[str, CaptureSpec], lname: str) -> tuple[CaptureSpec | None, str]:
+    """The capture a new column name clashes with, directly or through a raw_ twin."""
+    taken = columns.get(lname)
+    if taken is not None:
+        return taken, ""
+    twin = columns.get(lname[4:]) if lname.startswith("raw_") else columns.get("raw_" + lname)
+    return twin, "; every column x comes with a raw_x twin"
+
+
+def _function_captures(d: dict, table: str, ctx: _Ctx) -> tuple[list[CaptureSpec], dict]:
+    captures: list[CaptureSpec] = []
+    columns: dict[str, CaptureSpec] = {}
+    for cap, cnode in d.get("capture", ([], None))[0]:
+        name = cap.name or sanitize_identifier(cap.expr)
+        cap = CaptureSpec(cap.expr, name, cap.line, cap.column, cap.ast, cap.display)
+        lname = name.lower()
+        if lname in RESERVED_COLUMNS:
+            raise ctx.error(cnode, f"column name '{name}' is reserved; give this capture a 'name:'")
+        taken, why = _column_taken(columns, lname)
+        if taken is not None:
+            raise ctx.error(cnode, f"duplicate column '{name}' in table '{table}' "
+                                   f"(clashes with '{taken.expr}' at line {taken.line}{why}); "
+                                   f"give one a 'name:'")
+        columns[lname] = cap
+        captures.append(cap)
+    return captures, columns
+
+
+def _check_extra_names(extra: list[ColumnSpec], columns: dict, table: str, ctx: _Ctx) -> None:
+    seen: set[str] = set()
+    for col in extra:
+        lname = col.name.lower()
+        taken, why = _column_taken(columns, lname)
+        clash = ("is reserved" if lname in RESERVED_COLUMNS else
+                 f"clashes with capture '{taken.expr}' at line {taken.line}{why}" if taken else
+                 "is defined twice" if lname in seen else "")
+        if clash:
+            raise SpecError(f"column '{col.name}' of table '{table}' {clash}; rename it",
+                            ctx.path, col.line, col.column)
+        seen.add(lname)
 
 
 def _function(symbol: str, knode: Node, vnode: Node, ctx: _Ctx) -> tuple[FunctionSpec, Node]:
@@ -262,38 +423,23 @@ def _function(symbol: str, knode: Node, vnode: Node, ctx: _Ctx) -> tuple[Functio
         _check_ident(tnode, table, ctx, "table name")
     else:
         table, tnode = default_table_name(symbol), knode
-    if table.lower() in RESERVED_TABLES or table.lower().startswith("sqlite_"):
+    if _reserved_table(table):
         raise ctx.error(tnode, f"table name '{table}' is reserved by Ex-Ray; set 'table:' to another name")
-    captures: list[CaptureSpec] = []
-    columns: dict[str, CaptureSpec] = {}
-    for cap, cnode in d.get("capture", ([], None))[0]:
-        name = cap.name or sanitize_identifier(cap.expr)
-        cap = CaptureSpec(cap.expr, name, cap.line, cap.column, cap.ast)
-        lname = name.lower()
-        if lname in RESERVED_COLUMNS:
-            raise ctx.error(cnode, f"column name '{name}' is reserved; give this capture a 'name:'")
-        taken, why = columns.get(lname), ""
-        if taken is None:
-            taken = columns.get(lname[4:]) if lname.startswith("raw_") else columns.get("raw_" + lname)
-            why = "; every column x comes with a raw_x twin"
-        if taken is not None:
-            raise ctx.error(cnode, f"duplicate column '{name}' in table '{table}' "
-                                   f"(clashes with '{taken.expr}' at line {taken.line}{why}); "
-                                   f"give one a 'name:'")
-        columns[lname] = cap
-        captures.append(cap)
-    return FunctionSpec(symbol, table, captures, m.line + 1, m.column + 1), tnode
+    captures, columns = _function_captures(d, table, ctx)
+    extra = d["columns"][0] if "columns" in d else []
+    _check_extra_names(extra, columns, table, ctx)
+    return FunctionSpec(symbol, table, captures, m.line + 1, m.column + 1, extra, ctx.path), tnode
+
+
+def _reserved_table(name: str) -> bool:
+    return name.lower() in RESERVED_TABLES or name.lower().startswith("sqlite_")
 
 
 def _functions(node: Node, ctx: _Ctx) -> list[FunctionSpec]:
-    if _is_null(node):
-        return []
-    if not isinstance(node, MappingNode):
-        raise ctx.error(node, f"expected a mapping of Go symbols for 'functions', got {_kind(node)}")
     out: list[FunctionSpec] = []
     seen: dict[str, FunctionSpec] = {}
     tables: dict[str, FunctionSpec] = {}
-    for knode, vnode in node.value:
+    for knode, vnode in _entries(node, ctx, "functions", "Go symbols"):
         symbol = _scalar_str(knode, ctx, "a function symbol").strip()
         if not symbol:
             raise ctx.error(knode, "empty function symbol")
@@ -310,25 +456,217 @@ def _functions(node: Node, ctx: _Ctx) -> list[FunctionSpec]:
     return out
 
 
+# ------------------------------------------------------------ reports, links, targets, include
+
+def _report(knode: Node, vnode: Node, ctx: _Ctx) -> ReportSpec:
+    name = _scalar_str(knode, ctx, "a report name")
+    _check_ident(knode, name, ctx, "report name")
+    if _reserved_table(name):
+        raise ctx.error(knode, f"report name '{name}' is reserved by Ex-Ray; choose another name")
+    m = knode.start_mark
+    if _is_str(vnode):                  # shorthand: the SQL itself
+        sql, pos = _sql_scalar(vnode, ctx, f"report '{name}'")
+        return ReportSpec(name, sql, m.line + 1, m.column + 1, ctx.path, sql_pos=pos)
+    d = _mapping(vnode, REPORT_KEYS, ctx, f"report '{name}'")
+    sql, pos = d["sql"][0]
+    return ReportSpec(name, sql, m.line + 1, m.column + 1, ctx.path,
+                      description=_value(d, "description", ""), sql_pos=pos)
+
+
+def _reports(node: Node, ctx: _Ctx) -> list[ReportSpec]:
+    return [_report(k, v, ctx) for k, v in _entries(node, ctx, "reports", "report names")]
+
+
+_LINK_END = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*\(([^()]*)\)\s*\Z")
+
+
+def _link_end(node: Node, ctx: _Ctx) -> LinkEnd:
+    text = _scalar_str(node, ctx, "a link end")
+    m = _LINK_END.match(text)
+    names = [c.strip() for c in m.group(2).split(",")] if m else []
+    if m is None or not all(_IDENT.match(c) for c in names):
+        raise ctx.error(node, f"bad link end {text!r}: write table(column, ...), e.g. handle(req_ID)")
+    pos = ctx.value_positions(node)
+    starts = [m.start(2) + m.group(2).index(c) for c in names]  # names are unique words here
+    return LinkEnd(m.group(1), tuple(names), *pos[0], tuple(pos[s] for s in starts))
+
+
+def _link(node: Node, ctx: _Ctx) -> LinkSpec:
+    d = _mapping(node, LINK_KEYS, ctx, "a link")
+    left, right = d["from"][0], d["to"][0]
+    name = _value(d, "name") or f"{left.table}_to_{right.table}"
+    if "name" in d:
+        _check_ident(d["name"][0][1], name, ctx, "link name")
+    m = node.start_mark
+    return LinkSpec(name, left, right, _value(d, "description", ""), m.line + 1, m.column + 1, ctx.path)
+
+
+def _links(node: Node, ctx: _Ctx) -> list[LinkSpec]:
+    return [_link(item, ctx) for item in _items(node, ctx, "links")]
+
+
+def _pid(node: Node, ctx: _Ctx) -> tuple[int, Node]:
+    if not isinstance(node, ScalarNode) or node.tag != "tag:yaml.org,2002:int" or int(node.value, 0) <= 0:
+        raise ctx.error(node, f"expected a positive integer for 'pid', got {_kind(node)}")
+    return int(node.value, 0), node
+
+
+_AGENT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]+):\d{1,5}\Z")
+
+
+def _agent(node: Node, ctx: _Ctx) -> tuple[str, Node]:
+    text = _scalar_str(node, ctx, "'agent'")
+    if not _AGENT.match(text):
+        raise ctx.error(node, f"bad agent address {text!r}: write host:port, e.g. 10.0.0.7:7701")
+    return text, node
+
+
+def _target(node: Node, ctx: _Ctx) -> TargetSpec:
+    d = _mapping(node, TARGET_KEYS, ctx, "a target")
+    exe, pid = _value(d, "exe"), _value(d, "pid")
+    if (exe is None) == (pid is None):
+        raise ctx.error(node, "a target names its processes by 'exe' or by 'pid' (one of the two)")
+    m = node.start_mark
+    return TargetSpec(exe, pid, _value(d, "agent"), m.line + 1, m.column + 1, ctx.path)
+
+
+def _targets(node: Node, ctx: _Ctx) -> list[TargetSpec]:
+    return [_target(item, ctx) for item in _items(node, ctx, "targets")]
+
+
+def _includes(node: Node, ctx: _Ctx) -> list[tuple[str, Node]]:
+    """Patterns with their nodes; a single string is a list of one."""
+    nodes = [node] if _is_str(node) else _items(node, ctx, "include")
+    return [(_scalar_str(n, ctx, "an include pattern"), n) for n in nodes]
+
+
+# ------------------------------------------------------------ the tables
+
+def _s(**kw) -> Schema:
+    return lambda: kw
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/$defs/{name}"}
+
+
+_SQL_DOC = "SQLite SQL"
+_DISPLAY_SCHEMA = _s(enum=sorted(DISPLAY_TYPES))
+def _anchored(rx: re.Pattern) -> str:
+    """A Python regex used with match() as an ECMA pattern (JSON Schema patterns search)."""
+    return "^" + rx.pattern.replace(r"\Z", "$")
+
+
+_IDENT_SCHEMA = {"type": "string", "pattern": _anchored(_IDENT)}
+
 # The schema tables. A new key is an entry here (plus a parser for a new shape).
 TOP_KEYS: dict[str, Key] = {
-    "version": Key(_version, required=True, doc="spec format version; must be 1"),
-    "functions": Key(_functions, doc="Go symbol -> what to capture in its frames"),
+    "version": Key(_version, required=True, doc="spec format version; must be 1",
+                   schema=_s(const=SPEC_VERSION)),
+    "targets": Key(_targets, doc="processes `exray snapshot` takes when given no --pid",
+                   schema=lambda: {"type": ["array", "null"], "items": _ref("target")}),
+    "include": Key(_includes, doc="other spec files to merge, paths or globs relative to this file",
+                   schema=lambda: {"anyOf": [{"type": "string"},
+                                             {"type": ["array", "null"], "items": {"type": "string"}}]}),
+    "functions": Key(_functions, doc="Go symbol -> what to capture in its frames",
+                     schema=lambda: {"type": ["object", "null"],
+                                     "additionalProperties": {"anyOf": [_ref("function"), {"type": "null"}]}}),
+    "reports": Key(_reports, doc="derived tables: name -> an SQL query over earlier tables",
+                   schema=lambda: {"type": ["object", "null"], "propertyNames": _IDENT_SCHEMA,
+                                   "additionalProperties": {"anyOf": [{"type": "string"}, _ref("report")]}}),
+    "links": Key(_links, doc="column sets that tie rows of two tables together, both ways",
+                 schema=lambda: {"type": ["array", "null"], "items": _ref("link")}),
 }
 FUNCTION_KEYS: dict[str, Key] = {
-    "table": Key(_str("'table'"), doc="name of the function table; default from the symbol"),
-    "capture": Key(_captures, doc="expressions to capture, one column each"),
+    "table": Key(_str("'table'"), doc="name of the function table; default from the symbol",
+                 schema=lambda: _IDENT_SCHEMA),
+    "capture": Key(_captures, doc="expressions to capture, one column each",
+                   schema=lambda: {"type": ["array", "null"],
+                                   "items": {"anyOf": [{"type": "string"}, _ref("capture")]}}),
+    "columns": Key(_extra_columns, doc="extra columns: name -> SQL over this table's row",
+                   schema=lambda: {"type": ["object", "null"], "propertyNames": _IDENT_SCHEMA,
+                                   "additionalProperties": {"anyOf": [{"type": "string"}, _ref("column")]}}),
 }
 CAPTURE_KEYS: dict[str, Key] = {
-    "expr": Key(_str("'expr'"), required=True, doc="a Go expression over the function's variables"),
-    "name": Key(_str("'name'"), doc="column name; default derived from the expression"),
+    "expr": Key(_str("'expr'"), required=True, doc="a Go expression over the function's variables",
+                schema=_s(type="string")),
+    "name": Key(_str("'name'"), doc="column name; default derived from the expression",
+                schema=lambda: _IDENT_SCHEMA),
+    "display": Key(_display, doc="how to show the integer: " + ", ".join(sorted(DISPLAY_TYPES)),
+                   schema=_DISPLAY_SCHEMA),
 }
+COLUMN_KEYS: dict[str, Key] = {
+    "sql": Key(lambda n, c: _sql_scalar(n, c, "'sql'"), required=True,
+               doc=f"{_SQL_DOC} expression over the row's columns, e.g. req->>'Path'", schema=_s(type="string")),
+    "display": Key(_display, doc="how to show the integer: " + ", ".join(sorted(DISPLAY_TYPES)),
+                   schema=_DISPLAY_SCHEMA),
+}
+REPORT_KEYS: dict[str, Key] = {
+    "sql": Key(lambda n, c: _sql_scalar(n, c, "'sql'"), required=True,
+               doc=f"one {_SQL_DOC} query (SELECT, WITH ... SELECT, UNION ...)", schema=_s(type="string")),
+    "description": Key(_str("'description'"), doc="what the report shows", schema=_s(type="string")),
+}
+LINK_KEYS: dict[str, Key] = {
+    "name": Key(_str("'name'"), doc="link name; default <from table>_to_<to table>",
+                schema=lambda: _IDENT_SCHEMA),
+    "from": Key(_link_end, required=True, doc="one end: table(column, ...)",
+                schema=lambda: _LINK_END_SCHEMA),
+    "to": Key(_link_end, required=True, doc="the other end: table(column, ...), as many columns",
+              schema=lambda: _LINK_END_SCHEMA),
+    "description": Key(_str("'description'"), doc="what the link means", schema=_s(type="string")),
+}
+TARGET_KEYS: dict[str, Key] = {
+    "exe": Key(_str("'exe'"), doc="executable base name, as /proc/PID/exe names it",
+               schema=_s(type="string")),
+    "pid": Key(_pid, doc="a process id", schema=_s(type="integer", minimum=1)),
+    "agent": Key(_agent, doc="host:port of a remote agent; default this machine",
+                 schema=lambda: {"type": "string", "pattern": _anchored(_AGENT)}),
+}
+_LINK_END_SCHEMA = {"type": "string", "pattern": _anchored(_LINK_END)}
+
+
+# ------------------------------------------------------------ JSON Schema
+
+_DEFS = {  # $defs name -> (key table, doc, extra constraints)
+    "function": ("FUNCTION_KEYS", "what to capture in a function's frames", {}),
+    "capture": ("CAPTURE_KEYS", "a capture in long form", {}),
+    "column": ("COLUMN_KEYS", "an extra column in long form", {}),
+    "report": ("REPORT_KEYS", "a derived table in long form", {}),
+    "link": ("LINK_KEYS", "a link between two tables", {}),
+    "target": ("TARGET_KEYS", "processes to snapshot",
+               {"oneOf": [{"required": ["exe"]}, {"required": ["pid"]}]}),
+}
+
+
+def _object_schema(keys: dict[str, Key], doc: str) -> dict:
+    out = {"type": "object", "description": doc, "additionalProperties": False,
+           "properties": {k: {"description": key.doc, **(key.schema() if key.schema else {})}
+                          for k, key in keys.items()}}
+    required = [k for k, key in keys.items() if key.required]
+    if required:
+        out["required"] = required
+    return out
+
+
+def json_schema() -> dict:
+    """The JSON Schema (draft 2020-12) of exray.yaml, from the key tables."""
+    tables = globals()
+    top = _object_schema(TOP_KEYS, "Ex-Ray spec (exray.yaml): what a snapshot captures")
+    defs = {name: {**_object_schema(tables[t], doc), **extra} for name, (t, doc, extra) in _DEFS.items()}
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$id": "https://exray.dev/exray.schema.json", "title": "exray.yaml", **top, "$defs": defs}
+
+
+def schema_text() -> str:
+    return json.dumps(json_schema(), indent=2) + "\n"
+
+
+SCHEMA_PATH = Path(__file__).with_name("exray.schema.json")
 
 
 # ------------------------------------------------------------------------ API
 
-def parse_spec(text: str, path: str = "exray.yaml") -> Spec:
-    ctx = _Ctx(path)
+def _compose(text: str, path: str) -> Node:
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as e:
@@ -343,19 +681,124 @@ def parse_spec(text: str, path: str = "exray.yaml") -> Spec:
         raise SpecError(f"invalid YAML: {e}", path) from None
     if root is None or _is_null(root):
         raise SpecError("empty spec: expected a mapping with 'version' and 'functions'", path, 1, 1)
-    d = _mapping(root, TOP_KEYS, ctx, "the spec")
-    return Spec(functions=d["functions"][0] if "functions" in d else [],
-                version=d["version"][0], path=path, text=text)
+    return root
 
 
-def load_spec(path: str | Path) -> Spec:
-    p = Path(path)
+def _parse_file(text: str, path: str) -> tuple[Spec, list[tuple[str, Node, _Ctx]]]:
+    """One file, without its includes; returns its include patterns with their nodes."""
+    ctx = _Ctx(path, text)
+    d = _mapping(_compose(text, path), TOP_KEYS, ctx, "the spec")
+    def section(key: str) -> list:
+        return d[key][0] if key in d else []
+    spec = Spec(functions=section("functions"), version=d["version"][0], path=path, text=text,
+                reports=section("reports"), links=section("links"), targets=section("targets"),
+                files=[path])
+    includes = [(p, n, ctx) for p, n in section("include")]
+    return spec, includes
+
+
+def _glob(pattern: str, base: str, node: Node, ctx: _Ctx) -> list[str]:
+    full = os.path.join(base, pattern)
+    found = sorted(glob.glob(full, recursive=True)) if glob.has_magic(pattern) else (
+        [full] if os.path.isfile(full) else [])
+    if not found:
+        raise ctx.error(node, f"include '{pattern}' matches no file (paths are relative to {ctx.path})")
+    return [os.path.normpath(f) for f in found]
+
+
+def _read(path: str, ctx: _Ctx | None = None, node: Node | None = None) -> str:
+    def fail(why: str) -> SpecError:
+        return ctx.error(node, f"cannot include {path}: {why}") if ctx else SpecError(why, path)
     try:
-        text = p.read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise SpecError("no such file", str(path)) from None
+        raise fail("no such file") from None
     except UnicodeDecodeError as e:
-        raise SpecError(f"not UTF-8 text ({e.reason} at byte {e.start})", str(path)) from None
+        raise fail(f"not UTF-8 text ({e.reason} at byte {e.start})") from None
     except OSError as e:
-        raise SpecError(e.strerror or str(e), str(path)) from None
-    return parse_spec(text, str(path))
+        raise fail(e.strerror or str(e)) from None
+
+
+def _merge(into: Spec, other: Spec) -> None:
+    into.functions += other.functions
+    into.reports += other.reports
+    into.links += other.links
+    into.targets += other.targets
+    into.files += other.files
+
+
+def _with_includes(spec: Spec, includes: list) -> Spec:
+    """Merge every included file (breadth first, each file once: cycles are harmless)."""
+    seen = {os.path.realpath(spec.path)}
+    queue = list(includes)
+    while queue:
+        pattern, node, ctx = queue.pop(0)
+        for path in _glob(pattern, os.path.dirname(ctx.path), node, ctx):
+            if os.path.realpath(path) in seen:
+                continue
+            seen.add(os.path.realpath(path))
+            sub, more = _parse_file(_read(path, ctx, node), path)
+            _merge(spec, sub)
+            queue += more
+    return spec
+
+
+def _where(obj) -> str:
+    return f"{obj.path}:{obj.line}"
+
+
+def _check_across_files(spec: Spec) -> None:
+    """Names unique over the merged spec (one file already checked its own functions)."""
+    symbols: dict[str, FunctionSpec] = {}
+    for fn in spec.functions:
+        first = symbols.setdefault(fn.symbol, fn)
+        if first is not fn:
+            raise SpecError(f"duplicate function '{fn.symbol}' (also at {_where(first)})",
+                            fn.path, fn.line, fn.column)
+    tables: dict[str, Any] = {}
+    for obj in [*spec.functions, *spec.reports]:
+        name = obj.table if isinstance(obj, FunctionSpec) else obj.name
+        first = tables.setdefault(name.lower(), obj)
+        if first is not obj:
+            raise SpecError(f"duplicate table '{name}' (also defined at {_where(first)}); rename one",
+                            obj.path, obj.line, obj.column)
+    links: dict[str, LinkSpec] = {}
+    for link in spec.links:
+        first = links.setdefault(link.name.lower(), link)
+        if first is not link:
+            raise SpecError(f"duplicate link '{link.name}' (also at {_where(first)}); give one a 'name:'",
+                            link.path, link.line, link.column)
+
+
+def parse_spec(text: str, path: str = "exray.yaml", check_sql: bool = True) -> Spec:
+    """Parse a spec and the files it includes (relative to `path`); raises the first SpecError.
+
+    With check_sql (the default) the SQL of extra columns, reports and links is
+    checked too (probe_compiler.spec_sql) and `reports` come in dependency
+    order. Without it, call spec_sql.check_spec(spec) to get every SQL problem."""
+    spec, includes = _parse_file(text, path)
+    spec = _with_includes(spec, includes)
+    _check_across_files(spec)
+    if check_sql:
+        from .spec_sql import check_spec
+        errors = check_spec(spec)
+        if errors:
+            raise errors[0]
+    return spec
+
+
+def load_spec(path: str | Path, check_sql: bool = True) -> Spec:
+    return parse_spec(_read(str(path)), str(path), check_sql)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args != ["--schema"]:
+        print("usage: python -m probe_compiler.spec --schema", file=sys.stderr)
+        return 2
+    sys.stdout.write(schema_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -73,9 +73,9 @@ def test_empty_functions_are_allowed():
 
 def test_keys_are_table_entries():
     # Growing the spec is adding an entry to these tables.
-    assert list(TOP_KEYS) == ["version", "functions"]
-    assert list(FUNCTION_KEYS) == ["table", "capture"]
-    assert list(CAPTURE_KEYS) == ["expr", "name"]
+    assert list(TOP_KEYS) == ["version", "targets", "include", "functions", "reports", "links"]
+    assert list(FUNCTION_KEYS) == ["table", "capture", "columns"]
+    assert list(CAPTURE_KEYS) == ["expr", "name", "display"]
 
 
 def test_error_carries_position():
@@ -83,7 +83,8 @@ def test_error_carries_position():
         parse_spec("version: 1\nfunctions:\n  f:\n    tabel: x\n", "svc/exray.yaml")
     err = e.value
     assert (err.path, err.line, err.column) == ("svc/exray.yaml", 4, 5)
-    assert err.detail == "unknown key 'tabel' in function 'f' (expected one of table, capture)"
+    assert err.detail == ("unknown key 'tabel' in function 'f' "
+                          "(did you mean 'table'? expected one of table, capture, columns)")
 
 
 def test_missing_file(tmp_path):
@@ -106,7 +107,9 @@ def test_golden_cases_exist():
 
 
 @pytest.mark.parametrize("name", CASES)
-def test_golden_errors(name):
+def test_golden_errors(name, monkeypatch):
+    # Included files are found relative to the spec's path: the cases' folder.
+    monkeypatch.chdir(GOLDEN)
     text = (GOLDEN / f"{name}.yaml").read_text()
     with pytest.raises(SpecError) as e:
         parse_spec(text, "exray.yaml")
