@@ -161,8 +161,14 @@ def truth_values(tree: exp.Expression, dialect: str) -> exp.Expression:
 
 
 def like_ignores_case(tree: exp.Expression, dialect: str) -> exp.Expression:
-    """SQLite's LIKE ignores ASCII case; theirs does not, ILIKE does."""
-    return _replace_all(tree, exp.Like, lambda n: exp.ILike(**{k: v for k, v in n.args.items()}))
+    """SQLite's LIKE ignores ASCII case; theirs does not, ILIKE does. SQLite
+    also matches JSON text with LIKE; PostgreSQL needs jsonb cast to text."""
+    def fix(node: exp.Like):
+        args = dict(node.args)
+        if dialect == "postgres":
+            args["this"] = exp.Cast(this=args["this"], to=exp.DataType.build("TEXT"))
+        return exp.ILike(**args)
+    return _replace_all(tree, exp.Like, fix)
 
 
 def concat_text(tree: exp.Expression, dialect: str) -> exp.Expression:
@@ -176,6 +182,22 @@ def concat_text(tree: exp.Expression, dialect: str) -> exp.Expression:
                 side.replace(exp.Cast(this=side.copy(), to=exp.DataType.build("TEXT")))
         return None
     return _replace_all(tree, exp.DPipe, fix)
+
+
+# SQLite type name in a CAST -> the engine type with SQLite's meaning (its
+# INTEGER is 64-bit, its REAL a double); names not listed pass through.
+CAST_TYPES: dict[str, str] = {"INT": "BIGINT", "INTEGER": "BIGINT", "REAL": "DOUBLE",
+                              "FLOAT": "DOUBLE", "DOUBLE": "DOUBLE", "NUMERIC": "DOUBLE"}
+
+
+def sqlite_cast_types(tree: exp.Expression, dialect: str) -> exp.Expression:
+    """CAST(x AS INTEGER) must not become a 32-bit int (goids, pcs, trace ids)."""
+    def fix(node: exp.Cast):
+        new = CAST_TYPES.get(node.to.sql("sqlite").upper())
+        if new:
+            node.set("to", exp.DataType.build(new))
+        return None
+    return _replace_all(tree, exp.Cast, fix)
 
 
 def _pg_path(path: exp.Expression) -> exp.Literal:
@@ -200,7 +222,10 @@ def pg_jsonb_paths(tree: exp.Expression, dialect: str) -> exp.Expression:
     our columns hold; use `#>` / `#>>` with a text[] path."""
     def fix(node):
         kind = exp.JSONBExtractScalar if isinstance(node, exp.JSONExtractScalar) else exp.JSONBExtract
-        return kind(this=node.this, expression=_pg_path(node.expression))
+        this = node.this
+        if isinstance(this, exp.Literal):   # SQLite reads JSON from any text
+            this = exp.Cast(this=this, to=exp.DataType.build("JSONB"))
+        return kind(this=this, expression=_pg_path(node.expression))
     return _replace_all(tree, (exp.JSONExtract, exp.JSONExtractScalar), fix)
 
 
@@ -236,6 +261,7 @@ def fold_identifiers(tree: exp.Expression, dialect: str) -> exp.Expression:
 # (pass, dialects it runs for), in order: later passes see earlier output.
 PASSES: list[tuple[Callable[[exp.Expression, str], exp.Expression], tuple[str, ...]]] = [
     (fix_arrow_lambdas, ("postgres", "duckdb")),
+    (sqlite_cast_types, ("postgres", "duckdb")),
     (json_numbers, ("postgres", "duckdb")),
     (truth_values, ("postgres", "duckdb")),
     (like_ignores_case, ("postgres", "duckdb")),
