@@ -126,7 +126,7 @@ def _svg(root: Node) -> str:
         text = f"{node.name} ({node.count})"
         parts.append(
             f'<g class="f {node.kind}" data-o="{o}" data-n="{node.count}" data-d="{d}" '
-            f'data-label="{html.escape(text)}">'
+            f'data-name="{html.escape(node.name)}" data-label="{html.escape(text)}">'
             f'<title>{html.escape(_tooltip(node, total))}</title>'
             f'<rect x="{x:.2f}" y="{y}" width="{w:.2f}" height="{ROW - 1}" rx="2" fill="{_color(node)}"/>'
             f'<text x="{x + 3:.2f}" y="{y + ROW - 5}">{html.escape(_label(text, w))}</text></g>')
@@ -184,7 +184,12 @@ SCRIPT = """
   const root = blocks.find(g => g.dataset.d === '0');
   document.getElementById('reset').addEventListener('click', () => zoom(root));
   document.addEventListener('keydown', e => { if (e.key === 'Escape') zoom(root); });
-  zoom(root);
+  // #zoom=FUNCTION in the address zooms on that function's widest block:
+  // a link that opens the graph where the reader should look.
+  const want = decodeURIComponent((location.hash.match(/^#zoom=(.+)$/) || [])[1] || '');
+  const named = blocks.filter(g => g.dataset.name === want).sort((a, b) => b.dataset.n - a.dataset.n);
+  zoom(named[0] || root);
+  svg.dataset.ready = '1';
 })();
 """
 
