@@ -369,4 +369,5 @@ def check_spec(spec: Spec) -> list[SpecError]:
         t for t, _ in refs.get(r.name.lower(), [])))) for r in ordered]
     for link in spec.links:
         ck.link(link)
-    return ck.errors
+    order = {path: i for i, path in enumerate(spec.files)}
+    return sorted(ck.errors, key=lambda e: (order.get(e.path, len(order)), e.line, e.column))

@@ -1,0 +1,54 @@
+"""A spec against one Go binary: does every function, variable and field exist?
+
+The check runs the real compile path (plan.compile_plan) one function, then
+one capture, at a time, so that every problem is reported, not just the
+first, each at its own line and column with a `did you mean` where the
+binary has a close name. Editors show these as diagnostics when the code moves.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from .errors import DebugInfoMissing, ProbeCompilerError, SpecError
+from .gobinary import GoBinary
+from .plan import compile_plan
+from .spec import FunctionSpec, Spec
+
+
+def _compile_errors(binary, dwarf, fn: FunctionSpec) -> list[SpecError]:
+    """Compile `fn` without captures (does it exist?), then each capture alone."""
+    def attempt(captures) -> SpecError | None:
+        one = Spec([dataclasses.replace(fn, captures=captures)], path=fn.path)
+        try:
+            compile_plan(binary, dwarf, one)
+        except SpecError as e:
+            return e
+        return None
+
+    missing = attempt([])
+    if missing is not None:
+        return [missing]
+    if dwarf is None:           # pclntab knows the function; variables need DWARF
+        return []
+    return [e for e in (attempt([c]) for c in fn.captures) if e is not None]
+
+
+def check_against_binary(spec: Spec, binary_path: str, cache_dir: str | None = None) -> list[SpecError]:
+    """Every problem of `spec` against the binary at `binary_path`; empty when it fits.
+
+    A binary without DWARF can only be checked for its functions (its
+    variables are unavailable at snapshot time anyway, see stripped.py)."""
+    from .dwarf import DwarfInfo
+
+    with GoBinary.open(binary_path) as binary:
+        try:
+            dwarf = DwarfInfo.load(binary_path, binary.build_id, cache_dir)
+        except DebugInfoMissing:
+            dwarf = None
+        try:
+            return [e for fn in spec.functions for e in _compile_errors(binary, dwarf, fn)]
+        except ProbeCompilerError as e:     # the binary itself is unreadable past its header
+            return [SpecError(f"cannot check against {binary_path}: {e}", spec.path, 1, 1)]
+        finally:
+            if dwarf is not None:
+                dwarf.close()
