@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
+import yaml
 
 from probe_compiler.errors import SpecError
 from probe_compiler.expr import Selector, Name
@@ -121,3 +122,160 @@ def test_golden_errors(name, monkeypatch):
     # Every error points into the file (line and column 1-based, on an existing line).
     lines = text.splitlines() or [""]
     assert 1 <= e.value.line <= len(lines) + 1 and e.value.column >= 1
+
+
+# ------------------------------------------------------------ spec v1: the full form
+
+FULL = """\
+version: 1
+targets:
+  - exe: server
+  - pid: 4242
+  - agent: 10.0.0.7:7701
+    exe: server
+functions:
+  main.(*server).handle:
+    table: handle
+    capture:
+      - req.ID
+      - expr: req.started
+        name: started
+        display: timestamp_ns
+    columns:
+      path: "req_ID->>'Path'"
+      age:
+        sql: "started - 5"
+        display: duration_ns
+  main.client:
+    table: client_call
+    capture: [req_id]
+reports:
+  blocked:
+    sql: |
+      SELECT h.goid, h.req_ID FROM handle h JOIN goroutines g USING (process_id, goid)
+      WHERE g.wait_reason = 'sync.Mutex.Lock'
+    description: requests waiting on a lock
+  short: "SELECT * FROM blocked"
+links:
+  - name: client_to_server
+    from: client_call(req_id)
+    to: handle(req_ID)
+    description: the server goroutine that serves this client request
+  - from: short(goid)
+    to: goroutines(goid)
+"""
+
+
+def test_full_example():
+    from probe_compiler.spec import ColumnSpec, LinkEnd, TargetSpec
+    spec = parse_spec(FULL, "svc/exray.yaml")
+    assert spec.targets == [TargetSpec("server", None, None, 3, 5, "svc/exray.yaml"),
+                            TargetSpec(None, 4242, None, 4, 5, "svc/exray.yaml"),
+                            TargetSpec("server", None, "10.0.0.7:7701", 5, 5, "svc/exray.yaml")]
+    handle = spec.functions[0]
+    assert handle.captures[1].display == "timestamp_ns" and handle.path == "svc/exray.yaml"
+    assert handle.columns == [ColumnSpec("path", "req_ID->>'Path'", 16, 7, None, "svc/exray.yaml"),
+                              ColumnSpec("age", "started - 5", 17, 7, "duration_ns", "svc/exray.yaml")]
+    blocked, short = spec.reports
+    assert (blocked.name, blocked.line, blocked.description) == ("blocked", 24, "requests waiting on a lock")
+    assert blocked.depends_on == ("handle", "goroutines") and short.depends_on == ("blocked",)
+    link, default = spec.links
+    assert (link.name, link.left, link.right) == ("client_to_server", LinkEnd("client_call", ("req_id",)),
+                                                  LinkEnd("handle", ("req_ID",)))
+    assert (link.left.line, link.left.column, link.line) == (32, 11, 31)
+    assert default.name == "short_to_goroutines" and default.description == ""
+    assert spec.files == ["svc/exray.yaml"]
+
+
+def _write(root: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+
+
+def test_include(tmp_path):
+    _write(tmp_path, {
+        "exray.yaml": "version: 1\ninclude: [services/*/exray.yaml, common.yaml]\n"
+                      "functions:\n  main.main:\n",
+        "services/a/exray.yaml": "version: 1\nfunctions:\n  a.Serve:\n    table: serve_a\n"
+                                 "targets: [{exe: a}]\n",
+        "services/b/exray.yaml": "version: 1\ninclude: ../../common.yaml\n"   # common twice: read once
+                                 "reports:\n  b_frames: SELECT * FROM serve_a\n",
+        "common.yaml": "version: 1\ninclude: exray.yaml\n"                    # a cycle: harmless
+                       "links:\n  - {from: b_frames(goid), to: goroutines(goid)}\n",
+    })
+    spec = load_spec(tmp_path / "exray.yaml")
+    root = str(tmp_path / "exray.yaml")
+    a, b, common = (str(tmp_path / p) for p in ("services/a/exray.yaml", "services/b/exray.yaml", "common.yaml"))
+    assert spec.files == [root, a, b, common]
+    assert [(f.symbol, f.path) for f in spec.functions] == [("main.main", root), ("a.Serve", a)]
+    assert [(r.name, r.path) for r in spec.reports] == [("b_frames", b)]
+    assert [(t.exe, t.path) for t in spec.targets] == [("a", a)]
+    assert [link.path for link in spec.links] == [common]
+    assert spec.path == root and spec.text.startswith("version: 1\ninclude:")
+
+
+def test_include_errors_name_the_included_file(tmp_path):
+    _write(tmp_path, {"exray.yaml": "version: 1\ninclude: sub/x.yaml\n",
+                      "sub/x.yaml": "version: 1\nfunctions:\n  f:\n    tabel: t\n"})
+    with pytest.raises(SpecError) as e:
+        load_spec(tmp_path / "exray.yaml")
+    assert (e.value.path, e.value.line, e.value.column) == (str(tmp_path / "sub/x.yaml"), 4, 5)
+
+
+def test_value_positions_of_every_style():
+    from probe_compiler.spec import _Ctx
+    text = 'a: plain text\nb: "q\\"x"\nc: \'it\'\'s\'\nd: |\n  one\n    two\n'
+    ctx = _Ctx("x.yaml", text)
+    nodes = {k.value: v for k, v in yaml.compose(text).value}
+    assert ctx.value_positions(nodes["a"])[6] == (1, 10)        # 't' of text
+    assert ctx.value_positions(nodes["b"])[2] == (2, 8)         # 'x' after the escaped quote
+    assert ctx.value_positions(nodes["c"])[3] == (3, 9)         # 's' after ''
+    assert ctx.value_positions(nodes["d"])[6] == (6, 5)         # 't' of two (value "one\n  two\n")
+
+
+# ------------------------------------------------------------ JSON Schema
+
+SCHEMA_INVALID = ["bad_display", "bad_version", "capture_not_list", "capture_number", "empty",
+                  "functions_list", "links_mapping", "missing_expr", "missing_version", "report_not_string",
+                  "table_not_string", "target_both", "target_bad_agent", "target_pid_string", "top_list",
+                  "unknown_capture_key", "unknown_function_key", "unknown_report_key", "unknown_top_key",
+                  "version_string", "bad_column_name", "bad_table_name", "link_bad_end"]
+
+
+def test_shipped_schema_is_generated():
+    from probe_compiler.spec import SCHEMA_PATH, schema_text
+    assert SCHEMA_PATH.read_text() == schema_text(), "run: python -m probe_compiler.spec --schema"
+
+
+def _validator():
+    import jsonschema
+    from probe_compiler.spec import json_schema
+    schema = json_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+@pytest.mark.parametrize("text", [EXAMPLE, FULL, "version: 1\n", "version: 1\ninclude: a.yaml\n"])
+def test_valid_specs_validate(text):
+    errors = list(_validator().iter_errors(yaml.safe_load(text)))
+    assert errors == []
+
+
+@pytest.mark.parametrize("name", SCHEMA_INVALID)
+def test_invalid_shapes_fail_the_schema(name):
+    assert list(_validator().iter_errors(yaml.safe_load((GOLDEN / f"{name}.yaml").read_text())))
+
+
+def test_schema_descriptions_come_from_the_key_tables():
+    from probe_compiler.spec import json_schema
+    schema = json_schema()
+    assert schema["properties"]["functions"]["description"] == TOP_KEYS["functions"].doc
+    assert schema["$defs"]["capture"]["properties"]["display"]["enum"] == [
+        "bytes", "duration_ns", "hex", "timestamp_ns"]
+
+
+def test_schema_command(capsys):
+    from probe_compiler.spec import main, schema_text
+    assert main(["--schema"]) == 0
+    assert capsys.readouterr().out == schema_text()
