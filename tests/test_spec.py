@@ -279,3 +279,12 @@ def test_schema_command(capsys):
     from probe_compiler.spec import main, schema_text
     assert main(["--schema"]) == 0
     assert capsys.readouterr().out == schema_text()
+
+
+def test_the_documented_example_loads(tmp_path):
+    doc = (Path(__file__).parent.parent / "docs" / "spec.md").read_text()
+    example = doc.split("```yaml\n", 1)[1].split("```", 1)[0]
+    _write(tmp_path, {"exray.yaml": example, "services/a/exray.yaml": "version: 1\n"})
+    spec = load_spec(tmp_path / "exray.yaml")
+    assert [r.name for r in spec.reports] == ["blocked", "short"] and len(spec.links) == 1
+    assert list(_validator().iter_errors(yaml.safe_load(example))) == []
