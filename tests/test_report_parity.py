@@ -33,6 +33,7 @@ functions:
         name: id
       - expr: s.name
         name: server
+      - req.User
   main.worker:
     table: workers
     capture:
@@ -65,8 +66,8 @@ REPORTS: list[tuple[str, str]] = [
         SELECT goid, id ->> '$' + 0 AS id, req ->> 'Budget' * 100 AS budget_cents
         FROM handle WHERE req ->> 'Budget' > 10 AND id ->> '$' >= 101"""),
     ("admins", """
-        SELECT goid, req ->> 'User.Name' AS who FROM handle
-        WHERE req ->> 'User.Admin' AND req ->> 'User.Admin' = 1"""),
+        SELECT goid, req_User ->> 'Name' AS who FROM handle
+        WHERE req ->> 'User.Admin' AND "REQ_USER" ->> 'Admin' = 1"""),
     ("first_items", """
         SELECT goid, json_extract(req, '$.Items[0].SKU') AS sku,
                json_extract(req, '$.Items[0].Qty') * json_extract(req, '$.Items[0].Price') AS cents,
