@@ -13,7 +13,7 @@ import gzip
 import os
 from collections import Counter
 
-from .export import Frame, Goroutine, Process, state_of
+from .export import Frame, Goroutine, Process
 from .proto import profile_pb2 as pb
 
 PAGE = 4096
