@@ -12,7 +12,9 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-from typing import Callable, Protocol
+from array import array
+from itertools import accumulate
+from typing import Callable, Protocol, Sequence
 
 from agent.errors import MemoryReadError, PermissionDenied, ProcessExited
 
@@ -35,6 +37,31 @@ class Memory(Protocol):
 
     def read(self, addr: int, size: int) -> bytes: ...
     def read_many(self, reqs: list[tuple[int, int]]) -> list[bytes | None]: ...
+    def read_into(self, addrs: Sequence[int], sizes: Sequence[int]) -> "Scatter": ...
+
+
+class Scatter:
+    """Many remote ranges read back to back into one buffer (see read_into).
+
+    Range i is buf[offsets[i]:offsets[i + 1]]; `failed` holds the ranges that
+    could not be read, whose bytes are zero."""
+
+    __slots__ = ("buf", "offsets", "failed")
+
+    def __init__(self, sizes: Sequence[int], buf: memoryview | None = None):
+        self.offsets = [0, *accumulate(sizes)]
+        self.buf = buf if buf is not None else memoryview(bytearray(self.offsets[-1]))
+        self.failed: set[int] = set()
+
+    def get(self, i: int) -> bytes | None:
+        if i in self.failed:
+            return None
+        return bytes(self.buf[self.offsets[i]:self.offsets[i + 1]])
+
+    def fail(self, i: int) -> None:
+        self.failed.add(i)
+        a, b = self.offsets[i], self.offsets[i + 1]
+        self.buf[a:b] = bytes(b - a)
 
 
 def _check(addr: int, size: int) -> None:
@@ -48,6 +75,25 @@ class ProcessMemory:
     def __init__(self, pid: int):
         self.pid = pid
         self.bytes_read = 0
+        self._arena = memoryview(bytearray(0))
+
+    def reserve(self, nbytes: int) -> None:
+        """Make the next read_into calls, up to nbytes in all, land in memory
+        that is already faulted in.
+
+        Call it before pausing: a fresh multi-megabyte buffer costs a page
+        fault per 4 KiB on first touch, which inside the pause was a third
+        of the bulk read's time."""
+        buf = bytearray(nbytes)
+        mv = memoryview(buf)
+        mv[::4096] = bytes(len(range(0, nbytes, 4096)))  # one write per page faults it in
+        self._arena = mv
+
+    def _take(self, n: int) -> memoryview | None:
+        if n > len(self._arena):
+            return None
+        out, self._arena = self._arena[:n], self._arena[n:]
+        return out
 
     def read(self, addr: int, size: int) -> bytes:
         _check(addr, size)
@@ -73,6 +119,49 @@ class ProcessMemory:
             batch, todo = todo[:IOV_MAX], todo[IOV_MAX:]
             todo = self._read_batch(reqs, batch, out) + todo
         return out
+
+    def read_into(self, addrs: Sequence[int], sizes: Sequence[int]) -> Scatter:
+        """Read every (addrs[i], sizes[i]) into one buffer, IOV_MAX ranges a syscall.
+
+        The pause-time bulk path: iovecs are built as flat arrays, not one ctypes
+        object per range, because at 10,000 goroutines Python's per-range cost is
+        the pause."""
+        if addrs and (min(sizes) < 0 or min(addrs) < 0):
+            raise MemoryReadError(0, 0, "bad read request: negative address or size")
+        total = sum(sizes)
+        out = Scatter(sizes, self._take(total))
+        if not addrs:
+            return out
+        remote = array("Q", bytes(16 * len(addrs)))
+        remote[0::2] = array("Q", addrs)
+        remote[1::2] = array("Q", sizes)
+        rbase, _ = remote.buffer_info()
+        lbase = ctypes.addressof((ctypes.c_char * max(1, len(out.buf))).from_buffer(out.buf)) \
+            if len(out.buf) else 0
+        start = 0
+        while start < len(addrs):
+            end = min(start + IOV_MAX, len(addrs))
+            start = self._scatter_batch(out, start, end, rbase, lbase)
+        self.bytes_read += len(out.buf)
+        return out
+
+    def _scatter_batch(self, out: Scatter, start: int, end: int, rbase: int, lbase: int) -> int:
+        """Read ranges [start, end); return where to go on (past a faulting range)."""
+        off = out.offsets
+        local = _Iovec(lbase + off[start], off[end] - off[start])
+        remote = ctypes.cast(rbase + 16 * start, ctypes.POINTER(_Iovec))
+        n = _libc.process_vm_readv(self.pid, ctypes.byref(local), 1, remote, end - start, 0)
+        if n < 0:
+            self._raise_for(ctypes.get_errno(), (0, 0))
+            n = 0
+        if off[start] + n >= off[end]:
+            return end
+        # The kernel stopped inside range k: it faulted; go on after it.
+        k = start
+        while off[k + 1] <= off[start] + n:
+            k += 1
+        out.fail(k)
+        return k + 1
 
     def _read_batch(self, reqs, batch: list[int], out: list) -> list[int]:
         """Read a batch into out; return the indices still to try (those after a fault)."""
@@ -156,3 +245,13 @@ class FakeMemory:
 
     def read_many(self, reqs: list[tuple[int, int]]) -> list[bytes | None]:
         return [self._try(a, s) for a, s in reqs]
+
+    def read_into(self, addrs: Sequence[int], sizes: Sequence[int]) -> Scatter:
+        out = Scatter(sizes)
+        for i, (a, s) in enumerate(zip(addrs, sizes)):
+            got = self._try(a, s)
+            if got is None:
+                out.fail(i)
+            else:
+                out.buf[out.offsets[i]:out.offsets[i + 1]] = got
+        return out

@@ -49,6 +49,20 @@ class Target:
         self.binary, self.plan, self.layout, self.dwarf = binary, plan, layout, dwarf
         self.pcln = binary.pclntab
         self.by_symbol = plan.function_by_symbol()
+        self._capture_pcs: frozenset[int] | None | bool = False
+        self.read_per_g: dict[int, int] = {}   # pid -> bytes the pause read per g, last time
+
+    # Past this many pcs a set costs more than unwinding every goroutine would.
+    MAX_CAPTURE_PCS = 1 << 20
+
+    def capture_pcs(self) -> frozenset[int] | None:
+        """Every pc inside a captured function (None when too many to keep)."""
+        if self._capture_pcs is False:
+            spans = [(f.entry, f.end) for f in self.plan.functions if f.end > f.entry]
+            total = sum(e - s for s, e in spans)
+            self._capture_pcs = (None if total > self.MAX_CAPTURE_PCS
+                                 else frozenset(pc for s, e in spans for pc in range(s, e)))
+        return self._capture_pcs
 
 
 def snapshot_process(pid: int, target: Target, opts: SnapshotOptions | None = None) -> ProcessRecord:
@@ -80,32 +94,99 @@ def _exe(pid: int) -> str:
 
 
 def _paused_read(pid, target, opts, rec) -> tuple[list[_G], int]:
+    """Copy what the snapshot needs while the process is stopped; parse later.
+
+    The pause is bulk reads plus column-wise Python: allgs, every g, the Ms of
+    goroutines on a thread, every live stack, labels. Goroutines are unwound
+    in the pause only when a captured function may be on their stack (their
+    captures need live memory); every other stack is unwound from its copy
+    after the process runs again."""
     layout = target.layout
     mem = ProcessMemory(pid)
+    n_before = _reserve(mem, target, pid)
     with PausedProcess(pid, deadline_s=opts.deadline_s) as paused:
         now_mono = time.monotonic_ns()
-        raws = gr.read_gs(layout, mem, gr.read_allgs(layout, mem))
-        live = [g for g in raws if not gr.is_dead(layout, g)]
+        table = gr.GTable(layout, mem, gr.read_allgs(layout, mem))
+        live = table.live_rows()
         paused.check_deadline()
-        ms = gr.read_ms(layout, mem, {g.f.get("m", 0) for g in live})
-        starts = {g.addr: gr.start_of(layout, g, ms, paused.threads) for g in live}
-        stacks = gr.copy_stacks(mem, live, starts, opts.stack_copy_bytes)
-        labels = gr.read_labels(layout, mem, live)
-        gs = [_G(g, starts[g.addr], stacks[g.addr], labels.get(g.addr)) for g in live]
+        m_col = table.column("m")
+        ms = gr.read_ms(layout, mem, {m_col[i] for i in live})
+        sps = gr.start_sps(layout, table, live, ms, paused.threads)
+        addrs, sizes = gr.stack_ranges(table, live, sps, opts.stack_copy_bytes)
+        stacks = mem.read_into(addrs, sizes)
+        lab_col = table.column("labels")
+        labels = gr.read_labels(layout, mem, [table.raw(i, ("labels",)) for i in live if lab_col[i]])
         paused.check_deadline()
+        early = {}
         if target.by_symbol:
-            budget = ByteBudget(target.plan.budgets.snapshot_bytes)
-            for g in gs:
-                _unwind(g, target, opts)
-                g.captures = _capture(g, target, mem, budget)
-                paused.check_deadline()
-            rec.truncated = budget.refused
+            early = _capture_in_pause(target, opts, mem, paused, rec, table, live, ms, addrs, stacks)
+        threads = dict(paused.threads)
     rec.pause_ns = paused.pause_ns
-    # Stack bytes were copied; past this point words outside the copy would be
-    # read from a running process, so cut the unwinder off from memory.
-    for g in gs:
+    target.read_per_g[pid] = mem.bytes_read // max(1, len(table.addrs), n_before)
+    gs = []
+    for k, i in enumerate(live):
+        g = early.get(k) or _make_g(layout, table, i, ms, threads, addrs[k], stacks.get(k), None)
+        g.labels = labels.get(table.addrs[i])
+        # Stack bytes were copied; past this point words outside the copy would be
+        # read from a running process, so cut the unwinder off from memory.
         g.stack.read = None
+        gs.append(g)
     return gs, now_mono
+
+
+def _reserve(mem, target, pid) -> int:
+    """Fault in, before the pause, the memory the pause will read into.
+
+    Sized from allglen (read unpaused: a plain load of a global) and what a
+    goroutine cost last time; reads beyond it just allocate as usual."""
+    try:
+        n = gr.read_allglen(target.layout, mem)
+    except AgentError:
+        return 0      # the pause will report what is wrong
+    per_g = target.read_per_g.get(pid, 2048)
+    mem.reserve(min((n + n // 8 + 64) * per_g * 5 // 4, 256 << 20))
+    return n
+
+
+def _make_g(layout, table, i, ms, threads, lo, data, read) -> _G:
+    raw = table.raw(i)
+    return _G(raw, gr.start_of(layout, raw, ms, threads), StackImage(lo, data or b"", read))
+
+
+def _capture_in_pause(target, opts, mem, paused, rec, table, live, ms, addrs, stacks) -> dict[int, _G]:
+    """Unwind and capture, still paused, the goroutines a captured function may be on."""
+    budget = ByteBudget(target.plan.budgets.snapshot_bytes)
+    out = {}
+    for k in _capture_candidates(target, table, live, stacks):
+        g = _make_g(target.layout, table, live[k], ms, paused.threads, addrs[k], stacks.get(k), mem.read)
+        _unwind(g, target, opts)
+        g.captures = _capture(g, target, mem, budget)
+        out[k] = g
+        paused.check_deadline()
+    rec.truncated = budget.refused
+    return out
+
+
+def _capture_candidates(target, table, live, stacks) -> list[int]:
+    """Live rows whose stack copy holds a pc of a captured function, or that start in one.
+
+    A captured frame below the innermost one has its return address on the
+    stack, so a goroutine with no such word has no captured frame. Stale words
+    only add candidates (unwound for nothing), never lose one."""
+    pcs = target.capture_pcs()
+    buf = stacks.buf
+    if pcs is None or len(buf) % 8 or any(o % 8 for o in stacks.offsets):
+        return list(range(len(live)))
+    words, off = memoryview(buf).cast("Q"), stacks.offsets
+    sched_pc, sys_pc = table.column("sched.pc"), table.column("syscallpc")
+    return [k for k, i in enumerate(live)
+            if sched_pc[i] in pcs or sys_pc[i] in pcs or k in stacks.failed
+            or not pcs.isdisjoint(words[off[k] // 8:off[k + 1] // 8])
+            or _running(target.layout, table, i)]
+
+
+def _running(layout, table, i) -> bool:
+    return layout.status_names.get(table.column("atomicstatus")[i] & ~layout.gscan) == "running"
 
 
 def _unwind(g: _G, target: Target, opts: SnapshotOptions) -> None:

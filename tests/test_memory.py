@@ -75,6 +75,40 @@ def test_read_many_more_than_iov_max(target):
     assert ProcessMemory(target.pid).read_many(reqs) == expect
 
 
+def _scattered(mem, reqs):
+    """read_into, answered in read_many's shape, so both are held to one oracle."""
+    out = mem.read_into([a for a, _ in reqs], [n for _, n in reqs])
+    return [out.get(i) for i in range(len(reqs))]
+
+
+@needs_root
+def test_read_into_agrees_with_read_many(target):
+    """The bulk pause path: 3,000 ranges of mixed sizes, bad ones among them (also
+    first and last in a batch), zero-sized ones, against read_many and the table."""
+    addr, want = _table(target)
+    reqs = []
+    for i in range(3000):
+        if i % 7 == 3 or i in (0, IOV_MAX - 1, IOV_MAX, 2999):
+            reqs.append((UNMAPPED[i % 4] + 8 * i, 8 + i % 5))
+        else:
+            off = (i * 13) % (len(want) - 40)
+            reqs.append((addr + off, (i % 5) * 8))
+    mem = ProcessMemory(target.pid)
+    got = _scattered(mem, reqs)
+    assert got == mem.read_many(reqs)
+    assert got[0] is None and got[IOV_MAX] is None and got[2999] is None
+    assert got[1] == want[13:21] and got[5] == b""
+    assert got[2] == want[26:26 + 16]
+    assert mem.read_into([], []).buf == bytearray()
+
+
+def test_read_into_fake_memory():
+    mem = FakeMemory({0x1000: b"abcdefgh"})
+    out = mem.read_into([0x1000, 0x5000, 0x1004], [2, 4, 4])
+    assert [out.get(i) for i in range(3)] == [b"ab", None, b"efgh"]
+    assert out.buf == bytearray(b"ab\0\0\0\0efgh")   # a failed range is zeros
+
+
 @needs_root
 def test_read_that_runs_off_the_mapping_fails(target):
     """A read whose tail is unmapped is a short read: an error, not a partial answer."""
@@ -89,6 +123,7 @@ def test_read_that_runs_off_the_mapping_fails(target):
         mem.read(end - 16, 32)
     assert (err.value.addr, err.value.size) == (end - 16, 32)
     assert mem.read_many([(end - 16, 32), (end - 8, 8)]) == [None, mem.read(end - 8, 8)]
+    assert _scattered(mem, [(end - 16, 32), (end - 8, 8)]) == [None, mem.read(end - 8, 8)]
 
 
 @needs_root

@@ -151,15 +151,24 @@ def run_bounded(fn, limit: float):
 DEADLINE = 2.0
 
 
-@pytest.mark.parametrize("delay_ms", [0, 15, 40])
-def test_process_exits_mid_pause(go_build, delay_ms):
-    """10,000 goroutines make a pause of 110-200 ms here; the target is SIGKILLed
-    0, 15 or 40 ms into it (while seizing, while reading allgs, while copying stacks). The record carries the error, the call returns within the
+# Stacks only, 10,000 goroutines pause the target for about 20 ms here; with
+# main.extraWaiter in the spec each of them is unwound in the pause too (a
+# few hundred ms), so a later kill lands among the reads of captured frames.
+UNWIND_ALL_SPEC = "version: 1\nfunctions:\n  main.extraWaiter:\n"
+
+
+@pytest.mark.parametrize("delay_ms,spec_text", [(0, None), (6, None), (40, UNWIND_ALL_SPEC)],
+                         ids=["at-seize", "in-bulk-reads", "in-captures"])
+def test_process_exits_mid_pause(go_build, delay_ms, spec_text):
+    """The target (10,000 goroutines) is SIGKILLed 0, 6 or 40 ms into the pause
+    (while seizing, while copying g structs and stacks, while unwinding for
+    captures). The record carries the error, the call returns within the
     deadline, and no thread of ours is left waiting."""
     binary = go_build("states")
     with run_target(binary, "-extra", "10000", "-busy", "0", "-nospin", ready_timeout=60) as t:
         cache: dict = {}
-        target = load_target(f"/proc/{t.pid}/exe", None, cache)
+        spec = parse_spec(spec_text) if spec_text else None
+        target = load_target(f"/proc/{t.pid}/exe", spec, cache)
         killer = KillWhenTraced(t.pid, delay_ms / 1000)
         killer.start()
         rec, took = run_bounded(lambda: snapshot_process(t.pid, target,
