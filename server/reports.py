@@ -295,9 +295,12 @@ def materialize(db: sqlite3.Connection, spec, *, timeout_s: float = DEFAULT_TIME
 
 
 def _materialize(db: sqlite3.Connection, spec, run: _Runner) -> list[ReportProblem]:
-    with transaction(db):
-        for name, cols in META_TABLES.items():
-            db.execute(f"CREATE TABLE {name} ({cols})")
+    try:
+        with transaction(db):
+            for name, cols in META_TABLES.items():
+                db.execute(f"CREATE TABLE {name} ({cols})")
+    except sqlite3.OperationalError as e:          # opened read-only, disk full, ...
+        raise ReportsError(f"cannot write the snapshot: {e}") from None
     problems: list[ReportProblem] = []
     extras = _materialize_columns(run, spec, problems)
     reports = _materialize_reports(run, spec, problems)

@@ -7,7 +7,6 @@ two processes. Reports include a runtime failure, one that depends on it, and
 write attempts the authorizer must stop."""
 from __future__ import annotations
 
-import json
 import re
 import sqlite3
 from pathlib import Path
@@ -50,6 +49,7 @@ HANDLERS = FunctionSpec("main.handle", "handlers", [cap("req")], 10, 1, columns=
     col("id_plus", "req_id + 1000"),                             # reads the extra column above
     col("bad", "json_extract('not json', '$')"),                 # fails at run time
     col("sneaky", "(SELECT count(*) FROM pragma_table_info('frames'))"),
+    col("inject", "1), goid = (5"),                               # tries to write another column
 ])
 
 
@@ -106,11 +106,13 @@ def test_extra_columns(tmp_path):
         ("1", "/item/1", 999_999_999), ("2", "/item/2", 999_999_998), ("3", "/elsewhere", 999_999_997)]
     # A failing column is reported with its spec position and leaves no column behind.
     by_name = {p.name: p for p in problems}
-    assert set(by_name) == {"handlers.bad", "handlers.sneaky"}
+    assert set(by_name) == {"handlers.bad", "handlers.sneaky", "handlers.inject"}
+    assert "not allowed: UPDATE handlers" in by_name["handlers.inject"].message
+    assert rows(db, "SELECT goid FROM handlers ORDER BY goid") == [(21,), (22,), (23,), (24,)]
     assert "malformed JSON" in by_name["handlers.bad"].message and by_name["handlers.bad"].line == 5
     assert "not allowed: PRAGMA" in by_name["handlers.sneaky"].message
     cols = [r[1] for r in db.execute("PRAGMA table_info(handlers)")]
-    assert "bad" not in cols and "sneaky" not in cols and cols[-1] == "id_plus"
+    assert not {"bad", "sneaky", "inject"} & set(cols) and cols[-1] == "id_plus"
 
 
 def test_all_captured_data_covers_extra_columns(tmp_path):
@@ -209,6 +211,13 @@ def test_runaway_report_times_out(tmp_path):
     problems = materialize(db, s, timeout_s=0.2)
     assert [(p.name, p.message) for p in problems if p.kind == "report"] == [("forever", "ran longer than 0.2 s")]
     assert rows(db, "SELECT * FROM after") == [(1,)]
+
+
+def test_read_only_snapshot_is_refused(tmp_path):
+    path = tmp_path / "snap.sqlite"
+    write_snapshot(path, records(), tables_of(spec()))
+    with pytest.raises(ReportsError, match="cannot write the snapshot: .*readonly"):
+        materialize(open_snapshot(path), spec())
 
 
 def test_materialize_twice_is_refused(tmp_path):
