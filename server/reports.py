@@ -1,7 +1,7 @@
 """Extra columns, derived tables (reports) and links, materialized into a snapshot.
 
 `materialize(db, spec)` runs once on a freshly written snapshot (after
-server.store.write_snapshot), in one transaction:
+server.store.write_snapshot):
 
 1. extra columns: `ALTER TABLE fn ADD COLUMN x` + `UPDATE fn SET x = (<sql>)`;
 2. reports: `CREATE TABLE name AS <sql>`, in the spec's (dependency) order;
@@ -10,8 +10,8 @@ server.store.write_snapshot), in one transaction:
 4. `exray_columns`: where each column came from and its display type;
 5. `all_captured_data` again, so it covers the extra columns.
 
-Each column, report and link runs in a savepoint: a failure rolls back only
-that step, lands in `exray_report_errors` and in the returned problems, and
+Each column, report and link runs in a transaction of its own: a failure
+rolls back only that step, lands in `exray_report_errors` and in the returned problems, and
 the rest goes on. A report that reads a failed one is skipped, with the reason.
 User SQL runs under an authorizer that allows reads and the one write the step
 needs (defense in depth: the spec checker rejects writes statically too).
@@ -114,7 +114,7 @@ class _Guard:
 
 
 class _Runner:
-    """Runs user SQL on `db` under a guard and a time limit, one savepoint per step."""
+    """Runs user SQL on `db` under a guard and a time limit, one transaction per step."""
 
     def __init__(self, db: sqlite3.Connection, timeout_s: float):
         self.db = db
