@@ -154,7 +154,9 @@ def compile_plan(binary, dwarf, spec, budgets: Budgets | None = None, layout=Non
     for fs in spec.functions:
         try:
             plan.functions.append(_function_plan_without_dwarf(fs, binary) if dwarf is None
-                                  else _function_plan(fs, binary, dwarf, plan.types, spec_path))
+                                  else _function_plan(fs, binary, dwarf, plan.types,
+                                                      getattr(fs, "path", spec_path)))
         except SymbolNotFound as e:
-            raise SpecError(str(e), path=spec_path, line=fs.line, column=fs.column) from None
+            raise SpecError(str(e), path=getattr(fs, "path", spec_path), line=fs.line,
+                            column=fs.column) from None
     return plan

@@ -1,6 +1,6 @@
 """The `exray` command.
 
-    exray snapshot --pid PID [--pid PID ...] [--spec exray.yaml] -o snap.sqlite
+    exray snapshot [--pid PID ...] [--spec exray.yaml] [-o snap.sqlite]
     exray goroutines SNAP [--all] [--function PAT] [--status S] [--value T.COL=V] [--label K=V]
     exray sql SNAP "SELECT ..."
     exray check-spec [exray.yaml]
@@ -13,6 +13,7 @@ a failing SQL query exits 2. Never a traceback for those.
 from __future__ import annotations
 
 import argparse
+import os
 import sqlite3
 import sys
 from typing import Sequence
@@ -24,7 +25,8 @@ from .store import SnapshotError, open_snapshot
 
 
 def _our_errors() -> tuple[type[BaseException], ...]:
-    errs: list[type[BaseException]] = [ProbeCompilerError, SnapshotError]
+    from .errors import ServerError
+    errs: list[type[BaseException]] = [ProbeCompilerError, SnapshotError, ServerError]
     try:
         from agent.errors import AgentError
         errs.append(AgentError)
@@ -110,17 +112,23 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
 def cmd_snapshot(args: argparse.Namespace) -> int:
     from server import snapshot_job  # lazy: pulls in the agent and the probe compiler
-    return int(snapshot_job.run(list(args.pid), args.spec, args.out) or 0)
+    spec = args.spec
+    if spec is None and not args.pid and os.path.exists("exray.yaml"):
+        spec = "exray.yaml"     # no arguments at all: the spec here says what to snapshot
+    return int(snapshot_job.run(list(args.pid or []), spec, args.out) or 0)
 
 
 def cmd_check_spec(args: argparse.Namespace) -> int:
     from probe_compiler.spec import load_spec
     spec = load_spec(args.spec)
-    n = len(spec.functions)
-    print(f"{args.spec}: ok, {n} function{'s' if n != 1 else ''}")
-    for f in spec.functions:
-        cols = ", ".join(c.name for c in f.captures) or "(no captures)"
-        print(f"  {f.symbol} -> table {f.table}: {cols}")
+    if args.binary:
+        from probe_compiler.spec_check import check_against_binary
+        problems = check_against_binary(spec, args.binary)
+        for p in problems:
+            print(f"error: {p}", file=sys.stderr)
+        if problems:
+            return 1
+    sys.stdout.write(fmt.format_spec_summary(args.spec, spec, args.binary))
     return 0
 
 
@@ -139,11 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     s = sub.add_parser("snapshot", help="take a snapshot of one or more Go processes")
-    s.add_argument("--pid", type=int, action="append", required=True, metavar="PID",
-                   help="process to snapshot (repeat for several)")
+    s.add_argument("--pid", type=int, action="append", metavar="PID",
+                   help="process to snapshot (repeat for several; default: the spec's targets)")
     s.add_argument("--spec", metavar="exray.yaml", default=None,
-                   help="what to capture (default: stacks only)")
-    s.add_argument("-o", "--out", required=True, metavar="SNAP.sqlite", help="snapshot file to write")
+                   help="what to capture (default: ./exray.yaml when no --pid is given; "
+                        "else stacks only)")
+    s.add_argument("-o", "--out", metavar="SNAP.sqlite",
+                   help="snapshot file to write (default: .exray/snapshots/<time>.sqlite "
+                        "next to the spec)")
     s.set_defaults(func=cmd_snapshot)
 
     g = sub.add_parser("goroutines", help="goroutines of a snapshot, identical stacks grouped")
@@ -172,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("check-spec", help="validate exray.yaml and list the tables it makes")
     c.add_argument("spec", nargs="?", default="exray.yaml", metavar="exray.yaml")
+    c.add_argument("--binary", metavar="GO_BINARY",
+                   help="also check functions, variables and fields against this binary's debug info")
     c.set_defaults(func=cmd_check_spec)
 
     k = sub.add_parser("links", help="rows (and their goroutine frames) linked to one row of a table")

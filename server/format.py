@@ -406,3 +406,25 @@ def format_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], max_widt
     n = len(rows)
     lines.append(f"({n} row{'s' if n != 1 else ''})")
     return "\n".join(lines) + "\n"
+
+
+def format_spec_summary(path: str, spec, binary: str | None = None) -> str:
+    """What `exray check-spec` prints: the tables, reports, links and targets a spec makes."""
+    n = len(spec.functions)
+    checked = f", checked against {binary}" if binary else ""
+    out = [f"{path}: ok, {n} function{'s' if n != 1 else ''}{checked}"]
+    for f in spec.functions:
+        cols = ", ".join([c.name for c in f.captures] + [c.name for c in f.columns]) or "(no captures)"
+        out.append(f"  {f.symbol} -> table {f.table}: {cols}")
+    for r in spec.reports:
+        reads = f" (reads {', '.join(r.depends_on)})" if r.depends_on else ""
+        out.append(f"  report {r.name}{reads}")
+    for k in spec.links:
+        out.append(f"  link {k.name}: {k.left.table}({', '.join(k.left.columns)}) <-> "
+                   f"{k.right.table}({', '.join(k.right.columns)})")
+    for t in spec.targets:
+        what = f"exe {t.exe}" if t.exe else f"pid {t.pid}"
+        out.append(f"  target {what}" + (f" on agent {t.agent}" if t.agent else ""))
+    if len(spec.files) > 1:
+        out.append(f"  files: {', '.join(spec.files)}")
+    return "\n".join(out) + "\n"

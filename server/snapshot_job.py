@@ -48,11 +48,13 @@ def load_target(exe: str, spec, cache: dict, budgets=None) -> Target:
 
 
 def snapshot_pids(pids: list[int], spec, opts: SnapshotOptions | None = None,
-                  budgets=None) -> list[ProcessRecord]:
+                  budgets=None, cache: dict | None = None) -> list[ProcessRecord]:
     """Snapshot each pid; a process that can't be snapshotted gets a record with its error.
 
-    Spec errors (SpecError) are raised before any process is paused."""
-    cache: dict = {}
+    Spec errors (SpecError) are raised before any process is paused. Pass the
+    same `cache` (build id -> Target) to later calls with the same spec to skip
+    loading binaries again."""
+    cache = {} if cache is None else cache
     records = []
     for pid in pids:
         try:
@@ -69,15 +71,56 @@ def _why(pid: int, e: Exception) -> str:
     return f"pid {pid}: {e}"
 
 
-def run(pids: list[int], spec_path: str | None, out: str) -> int:
+def pids_of_targets(spec) -> list[int]:
+    """The local processes the spec's `targets:` name (exe base names and pids).
+
+    An exe target matches every process whose /proc/PID/exe has that base name
+    (deleted binaries too: the kernel appends " (deleted)")."""
+    from server.errors import NoTargets
+    if not spec or not spec.targets:
+        raise NoTargets("nothing to snapshot: give --pid PID, or list `targets:` in the spec")
+    remote = [t for t in spec.targets if t.agent]
+    if remote:
+        t = remote[0]
+        raise NoTargets(f"{t.path}:{t.line}:{t.column}: target on agent {t.agent}: remote agents "
+                        "are not supported yet; snapshot on that machine instead")
+    pids = [t.pid for t in spec.targets if t.pid]
+    names = {t.exe for t in spec.targets if t.exe}
+    if names:
+        pids += [pid for pid, exe in _processes() if os.path.basename(exe).removesuffix(" (deleted)") in names]
+    found = sorted(set(pids))
+    if not found:
+        raise NoTargets(f"no running process matches the targets in {spec.path} "
+                        f"({', '.join(sorted(names)) or 'pids'})")
+    return found
+
+
+def _processes():
+    me = os.getpid()
+    for d in os.listdir("/proc"):
+        if d.isdigit() and int(d) != me:
+            try:
+                yield int(d), os.readlink(f"/proc/{d}/exe")
+            except OSError:       # kernel threads, processes that just exited
+                continue
+
+
+def default_out(spec_path: str | None) -> str:
+    """.exray/snapshots/<UTC time>.sqlite next to the spec (the editor keeps them there too)."""
+    base = os.path.dirname(os.path.abspath(spec_path)) if spec_path else os.getcwd()
+    d = os.path.join(base, ".exray", "snapshots")
+    os.makedirs(d, exist_ok=True)
+    return os.path.join(d, time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + f"-{os.getpid()}.sqlite")
+
+
+def run(pids: list[int], spec_path: str | None, out: str | None) -> int:
     from probe_compiler.spec import load_spec
-    from server.store import FunctionTableDef, write_snapshot
 
     spec = load_spec(spec_path) if spec_path else None
+    pids = pids or pids_of_targets(spec)
     records = snapshot_pids(pids, spec)
-    tables = [FunctionTableDef(f.symbol, f.table, [c.name for c in f.captures])
-              for f in (spec.functions if spec else [])]
-    write_snapshot(out, records, tables, spec_text=spec.text if spec else None)
+    out = out or default_out(spec_path)
+    problems = write(out, records, spec)
     ok = 0
     for r in records:
         if r.error:
@@ -88,5 +131,24 @@ def run(pids: list[int], spec_path: str | None, out: str) -> int:
         print(f"pid {r.pid}: {len(r.goroutines)} goroutines, paused {pause}")
         for w in r.warnings:
             print(f"  warning: {w}", file=sys.stderr)
+    for p in problems:
+        print(f"warning: {p}", file=sys.stderr)
     print(f"wrote {out}")
     return 0 if ok else 1
+
+
+def write(out: str, records: list[ProcessRecord], spec) -> list:
+    """The snapshot file, with the spec's extra columns, reports and links materialized."""
+    from server.reports import materialize
+    from server.store import FunctionTableDef, open_snapshot, write_snapshot
+
+    tables = [FunctionTableDef(f.symbol, f.table, [c.name for c in f.captures])
+              for f in (spec.functions if spec else [])]
+    write_snapshot(out, records, tables, spec_text=spec.text if spec else None)
+    if not spec:
+        return []
+    db = open_snapshot(out, readonly=False)
+    try:
+        return materialize(db, spec)
+    finally:
+        db.close()

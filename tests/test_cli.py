@@ -110,7 +110,8 @@ def test_check_spec(tmp_path):
     (tmp_path / "bad.yaml").write_text("version: 1\nfunctions:\n  f:\n    tabel: x\n")
     r = exray("check-spec", tmp_path / "bad.yaml")
     assert r.returncode == 1 and r.stderr == (
-        f"error: {tmp_path / 'bad.yaml'}:4:5: unknown key 'tabel' in function 'f' (expected one of table, capture)\n")
+        f"error: {tmp_path / 'bad.yaml'}:4:5: unknown key 'tabel' in function 'f' "
+        f"(did you mean 'table'? expected one of table, capture, columns)\n")
 
 
 def test_snapshot_args(monkeypatch):
@@ -144,9 +145,13 @@ def test_snapshot_errors_are_one_line(monkeypatch, capsys):
     assert capsys.readouterr().err == "error: exray.yaml:3:5: unknown key 'x'\n"
 
 
-def test_snapshot_usage_errors():
-    r = exray("snapshot", "-o", "x.sqlite")
-    assert r.returncode == 2 and "--pid" in r.stderr
+def test_snapshot_usage_errors(tmp_path):
+    r = exray("snapshot", "-o", "x.sqlite", cwd=tmp_path)    # no --pid and no exray.yaml here
+    assert r.returncode == 1 and r.stderr.startswith("error: nothing to snapshot") and "--pid" in r.stderr
+    (tmp_path / "exray.yaml").write_text("version: 1\ntargets:\n  - exe: no-such-exray-service\n")
+    r = exray("snapshot", cwd=tmp_path)
+    assert r.returncode == 1 and "no running process matches the targets" in r.stderr, r.stderr
+    assert "no-such-exray-service" in r.stderr and "Traceback" not in r.stderr
     r = exray("snapshot", "--pid", "abc", "-o", "x.sqlite")
     assert r.returncode == 2 and "invalid int value" in r.stderr
 
