@@ -106,8 +106,35 @@ def cmd_sql(args: argparse.Namespace) -> int:
     if not cols:
         print("(statement returned no columns)")
         return 0
+    if not args.raw:
+        rows = _displayed(args.snapshot, args.query, cols, rows)
     sys.stdout.write(fmt.format_table(cols, rows, max_width=args.max_width))
     return 0
+
+
+def _displayed(snapshot: str, query: str, cols: list[str], rows: list) -> list:
+    """Rows with display types applied (durations, timestamps, bytes, hex).
+
+    Only for a query over one table, where a result column named like a
+    column of that table is that column; joins keep the stored integers."""
+    from probe_compiler.spec_sql import tables_read
+    from server.display import display_types, format_value
+    try:
+        tables = tables_read(query)
+    except Exception:           # not parseable by sqlglot: SQLite ran it, show it as stored
+        return rows
+    if len(tables) != 1:
+        return rows
+    db = open_snapshot(snapshot)
+    try:
+        types = display_types(db)
+    finally:
+        db.close()
+    shown = [types.get((tables[0], c)) for c in cols]
+    if not any(shown):
+        return rows
+    return [tuple(v if d is None or v is None else format_value(v, d) for v, d in zip(r, shown))
+            for r in rows]
 
 
 def cmd_snapshot(args: argparse.Namespace) -> int:
@@ -179,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("snapshot", metavar="SNAP")
     q.add_argument("query", metavar="QUERY")
     q.add_argument("--max-width", type=int, default=60, help="cut cells longer than this (default 60)")
+    q.add_argument("--raw", action="store_true",
+                   help="show stored values (no display types: nanoseconds stay integers)")
     q.set_defaults(func=cmd_sql)
 
     c = sub.add_parser("check-spec", help="validate exray.yaml and list the tables it makes")

@@ -79,9 +79,13 @@ def test_sql(snaps):
               "UNION ALL SELECT goid, n, NULL, NULL, _errors FROM main_worker")
     assert r.returncode == 0, r.stderr
     golden("sql_captures.txt", r.stdout)
-    r = exray("sql", snaps["data"], "SELECT goid, status, wait_reason, wait_ns, labels FROM goroutines ORDER BY goid")
+    q = "SELECT goid, status, wait_reason, wait_ns, labels FROM goroutines ORDER BY goid"
+    r = exray("sql", snaps["data"], q, "--raw")
     assert r.returncode == 0, r.stderr
     golden("sql_goroutines.txt", r.stdout)
+    r = exray("sql", snaps["data"], q)       # wait_ns shown as a Go duration
+    assert r.returncode == 0, r.stderr
+    golden("sql_goroutines_display.txt", r.stdout)
 
 
 @pytest.mark.parametrize("query, message", [
