@@ -21,8 +21,8 @@ sleep 0.2
 for sku in sku-001 sku-007 sku-042; do (curl -s --max-time 30 "http://$addr/item/$sku" >/dev/null &) ; done
 sleep 0.5
 
-echo "== exray snapshot --pid $svc --spec examples/inventory/exray.yaml"
-exray snapshot --pid "$svc" --spec examples/inventory/exray.yaml -o "$work/snap.sqlite"
+echo "== exray snapshot   (in examples/inventory: exray.yaml names the target, so no arguments)"
+(cd examples/inventory && exray snapshot -o "$work/snap.sqlite")
 echo
 echo "== exray goroutines (what every goroutine is doing)"
 exray goroutines "$work/snap.sqlite"
@@ -30,3 +30,10 @@ echo
 echo "== the requests stuck in main.(*store).lookup, and the reindex holding the lock"
 exray sql "$work/snap.sqlite" "SELECT goid, req_ID, req_Path, sku, started FROM main_store_lookup ORDER BY req_ID"
 exray sql "$work/snap.sqlite" "SELECT goid, pause, s_reindexN FROM main_store_reindex"
+echo
+echo "== the spec's report: lookups queued on the store lock, oldest first"
+exray sql "$work/snap.sqlite" "SELECT * FROM waiting_lookups"
+echo
+echo "== following the link from the oldest queued lookup to the goroutine holding the lock"
+row=$(exray sql "$work/snap.sqlite" "SELECT rowid AS row FROM main_store_lookup ORDER BY started LIMIT 1" | awk 'NR==3 {print $1}')
+exray links "$work/snap.sqlite" main_store_lookup "$row"
