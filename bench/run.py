@@ -356,8 +356,8 @@ def print_pause(results: dict) -> None:
 class Phases:
     """Times the steps of the paused section by wrapping them in this process only.
 
-    Wraps PausedProcess's stop/registers/release steps and the reads that
-    agent.snapshot._paused_read makes; everything is restored on exit. Calls
+    Wraps PausedProcess's stop/registers/release steps and the reads and
+    column work of the paused section; everything is restored on exit. Calls
     made outside the paused section (the unwind after resuming) are not counted.
     """
 
@@ -370,41 +370,61 @@ class Phases:
                         (pt.PausedProcess, "_read_regs", "read registers"),
                         (pt.PausedProcess, "_release", "detach every thread"),
                         (gr, "read_allgs", "read allgs"),
-                        (gr, "read_gs", "read + decode g structs"),
+                        (gr, "GTable", "read g structs (runs)"),
+                        (gr.GTable, "live_rows", "live goroutines (status column)"),
                         (gr, "read_ms", "read + decode m structs"),
-                        (gr, "start_of", "pick unwind start per g"),
-                        (gr, "copy_stacks", "copy stacks"),
+                        (gr, "start_sps", "stack start per g (columns)"),
+                        (gr, "stack_ranges", "stack ranges to copy"),
+                        (gr, "read_labels", "pprof labels"),
+                        (mem.ProcessMemory, "read_into", "  all bulk reads (read_into)"),
                         (mem.ProcessMemory, "read_many", "  all batched reads (read_many)"),
                         (snap, "_unwind", "unwind in the pause (captures)"),
                         (snap, "_capture", "read + decode captures"),
-                        (snap, "_paused_read", "= whole paused section")]
+                        (pt.PausedProcess, "__exit__", "= whole paused section")]
         self.totals: dict[str, float] = {}
         self.inside = False
         self._saved = []
+        self._entered = 0.0
 
     def _wrap(self, owner, attr, label):
         orig = getattr(owner, attr)
-        outer = attr == "_paused_read"
         me = self
 
         def timed(*a, **kw):
-            if not (outer or me.inside):
+            if not me.inside:
                 return orig(*a, **kw)
-            if outer:
-                me.inside = True
             t = time.perf_counter()
             try:
                 return orig(*a, **kw)
             finally:
                 me.totals[label] = me.totals.get(label, 0.0) + time.perf_counter() - t
-                if outer:
-                    me.inside = False
         self._saved.append((owner, attr, orig))
         setattr(owner, attr, timed)
 
+    def _bracket(self, cls, label):
+        """From PausedProcess.__enter__ to the end of its __exit__: the paused section."""
+        enter, exit_ = cls.__enter__, cls.__exit__
+        me = self
+
+        def entered(pp):
+            me._entered, me.inside = time.perf_counter(), True
+            return enter(pp)
+
+        def exited(pp, *exc):
+            try:
+                return exit_(pp, *exc)
+            finally:
+                me.inside = False
+                me.totals[label] = me.totals.get(label, 0.0) + time.perf_counter() - me._entered
+        self._saved += [(cls, "__enter__", enter), (cls, "__exit__", exit_)]
+        cls.__enter__, cls.__exit__ = entered, exited
+
     def __enter__(self):
         for owner, attr, label in self.targets:
-            self._wrap(owner, attr, label)
+            if attr == "__exit__":
+                self._bracket(owner, label)
+            else:
+                self._wrap(owner, attr, label)
         return self
 
     def __exit__(self, *exc):
