@@ -219,10 +219,12 @@ def test_cli_when_process_exits_mid_snapshot(go_build, tmp_path):
     exit code is non-zero and stderr says what happened, without a traceback."""
     binary = go_build("states")
     out = tmp_path / "snap.sqlite"
-    with run_target(binary, "-extra", "5000", "-busy", "0", "-nospin") as t:
+    # 10,000 goroutines pause the target for about 16 ms here: a kill 3 ms
+    # after the CLI attaches lands inside the pause.
+    with run_target(binary, "-extra", "10000", "-busy", "0", "-nospin", ready_timeout=60) as t:
         cli = subprocess.Popen([EXRAY, "snapshot", "--pid", str(t.pid), "-o", str(out)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        killer = KillWhenTraced(t.pid, 0.01, tracer=cli.pid)
+        killer = KillWhenTraced(t.pid, 0.003, tracer=cli.pid)
         killer.start()
         try:
             stdout, stderr = cli.communicate(timeout=60)
