@@ -1,0 +1,173 @@
+"""workspace/executeCommand handlers: exray.snapshot, exray.listSnapshots,
+exray.useSnapshot, exray.runQuery, exray.openFlameGraph, exray.openDocument.
+
+Each takes the server and the command's arguments, runs blocking work in a
+worker thread, and reports failures with window/showMessage (never raises to
+the client for bad input: the result then has an "error" key).
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lsprotocol import types
+
+from . import documents
+from .agent import Cancelled
+
+if TYPE_CHECKING:
+    from .server import ExrayServer
+
+SNAPSHOT = "exray.snapshot"
+LIST_SNAPSHOTS = "exray.listSnapshots"
+USE_SNAPSHOT = "exray.useSnapshot"
+RUN_QUERY = "exray.runQuery"
+OPEN_FLAME_GRAPH = "exray.openFlameGraph"
+OPEN_DOCUMENT = "exray.openDocument"
+ALL = [SNAPSHOT, LIST_SNAPSHOTS, USE_SNAPSHOT, RUN_QUERY, OPEN_FLAME_GRAPH, OPEN_DOCUMENT]
+
+
+def _arg(args: Any, i: int, name: str):
+    """Argument `i`, or the key `name` of an object passed as the first argument."""
+    if isinstance(args, (list, tuple)):
+        if args and isinstance(args[0], dict) and name in args[0]:
+            return args[0][name]
+        if len(args) > i and not isinstance(args[i], dict):
+            return args[i]
+    return None
+
+
+async def snapshot(ls: "ExrayServer", args) -> dict:
+    """Snapshot the spec's targets with progress; the result becomes current."""
+    from probe_compiler.errors import ProbeCompilerError
+    from probe_compiler.spec import load_spec
+    from server.errors import ServerError
+    from server.snapshot_job import pids_of_targets, write
+
+    ws = ls.state
+    t0 = time.monotonic()
+    spec_path = ws.spec_path
+    if not spec_path.is_file():
+        return ls.fail(f"Ex-Ray: no spec at {spec_path}: create exray.yaml with `targets:` to snapshot")
+    token = str(uuid.uuid4())
+    cancel = threading.Event()
+    progress = await ls.begin_progress(token, "Ex-Ray snapshot", f"reading {spec_path.name}", cancel)
+    loop = asyncio.get_running_loop()
+    try:
+        try:
+            spec = await asyncio.to_thread(load_spec, str(spec_path))
+            pids = await asyncio.to_thread(pids_of_targets, spec)
+        except (ProbeCompilerError, ServerError) as e:
+            return ls.fail(f"Ex-Ray: {e}")
+        progress.report(f"snapshotting {len(pids)} process{'es' if len(pids) != 1 else ''}", 5)
+
+        def on_process(i, n, rec):
+            loop.call_soon_threadsafe(progress.report, f"pid {rec.pid}: {len(rec.goroutines)} goroutines"
+                                      + (f" (error: {rec.error})" if rec.error else ""), 5 + int(80 * i / n))
+        try:
+            records = await asyncio.to_thread(ls.agent.run_plan, pids, spec, None, cancel, on_process)
+        except Cancelled as e:
+            ls.show(types.MessageType.Info, f"Ex-Ray: snapshot cancelled ({e})")
+            return {"cancelled": True}
+        except ProbeCompilerError as e:
+            return ls.fail(f"Ex-Ray: {e}")
+        if cancel.is_set():
+            ls.show(types.MessageType.Info, "Ex-Ray: snapshot cancelled")
+            return {"cancelled": True}
+        errors = [r.error for r in records if r.error]
+        if len(errors) == len(records):
+            return ls.fail("Ex-Ray: no process could be snapshotted: " + "; ".join(errors))
+        progress.report("writing the snapshot", 90)
+        out = ws.new_snapshot_path()
+        problems = await asyncio.to_thread(write, str(out), records, spec)
+        idx = await ls.load_snapshot(out)
+        if idx is None:
+            return {"error": f"could not read back {out}"}
+        for e in errors:
+            ls.show(types.MessageType.Warning, f"Ex-Ray: {e}")
+        for p in problems or []:
+            ls.log(f"Ex-Ray: {p}")
+        result = {"path": str(out), "processes": len(records), "errors": errors,
+                  "goroutines": sum(len(r.goroutines) for r in records),
+                  "seconds": round(time.monotonic() - t0, 3)}
+        progress.end(f"{result['goroutines']} goroutines in {len(records) - len(errors)} "
+                     f"process{'es' if len(records) - len(errors) != 1 else ''}")
+        return result
+    except asyncio.CancelledError:      # the request itself was cancelled ($/cancelRequest)
+        cancel.set()
+        raise
+    finally:
+        progress.end("done")
+
+
+async def list_snapshots(ls: "ExrayServer", args) -> list[dict]:
+    return await asyncio.to_thread(ls.state.list_snapshots)
+
+
+async def use_snapshot(ls: "ExrayServer", args) -> dict:
+    path = _arg(args, 0, "path")
+    if not isinstance(path, str) or not path:
+        return ls.fail("Ex-Ray: exray.useSnapshot needs the path of a snapshot")
+    p = ls.state.resolve_path(path)
+    if not p.exists() and (ls.state.snapshots_dir / path).exists():
+        p = ls.state.snapshots_dir / path
+    idx = await ls.load_snapshot(p)
+    if idx is None:
+        return {"error": f"could not use {p}"}
+    return {"path": str(p), "goroutines": idx.n_goroutines}
+
+
+async def run_query(ls: "ExrayServer", args) -> dict:
+    sql = _arg(args, 0, "sql")
+    if not isinstance(sql, str) or not sql.strip():
+        return ls.fail("Ex-Ray: exray.runQuery needs an SQL query")
+    if ls.state.current is None:
+        return ls.fail("Ex-Ray: no current snapshot: take one with Ex-Ray: Snapshot")
+    n = ls.state.add_query(sql)
+    uri = documents.query_uri(n)
+    doc = await ls.document(uri)
+    await ls.open_document(uri)
+    return {"uri": uri, "text": doc.text if doc else None}
+
+
+async def open_document(ls: "ExrayServer", args) -> dict:
+    uri = _arg(args, 0, "uri")
+    if not isinstance(uri, str) or not documents.is_exray(uri):
+        return ls.fail(f"Ex-Ray: not an exray: URI: {uri!r}")
+    await ls.open_document(uri)
+    return {"uri": uri}
+
+
+async def open_flame_graph(ls: "ExrayServer", args) -> dict:
+    idx = ls.state.current
+    if idx is None:
+        return ls.fail("Ex-Ray: no current snapshot: take one with Ex-Ray: Snapshot")
+
+    def export() -> Path:
+        from server import export as ex, flamegraph
+        from server.store import open_snapshot
+        db = open_snapshot(idx.path)
+        try:
+            procs, gors = ex.load(db)
+        finally:
+            db.close()
+        out = Path(idx.path).with_suffix(".flamegraph.html")
+        flamegraph.write(out, flamegraph.render(procs, gors, title=Path(idx.path).name))
+        return out
+    try:
+        out = await asyncio.to_thread(export)
+    except Exception as e:
+        return ls.fail(f"Ex-Ray: flame graph: {e}")
+    uri = out.as_uri()
+    shown = await ls.show_document(uri, external=True)
+    return {"uri": uri, "path": str(out), "shown": shown}
+
+
+HANDLERS = {
+    SNAPSHOT: snapshot, LIST_SNAPSHOTS: list_snapshots, USE_SNAPSHOT: use_snapshot,
+    RUN_QUERY: run_query, OPEN_FLAME_GRAPH: open_flame_graph, OPEN_DOCUMENT: open_document,
+}

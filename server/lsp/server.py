@@ -1,0 +1,475 @@
+"""The Ex-Ray language server (pygls 2): `python -m server.lsp` over stdio.
+
+Handlers are short and async. Everything that may take long (snapshots,
+opening and indexing a snapshot, rendering virtual documents, DWARF) runs in
+a worker thread; requests on Go files only look things up in the current
+snapshot's `SnapshotIndex`. Bad input (settings, spec, snapshot files, Go
+files) becomes a message; the server keeps serving.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import threading
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+from lsprotocol import types
+from pygls.lsp.server import LanguageServer
+from pygls.protocol import LanguageServerProtocol, lsp_method
+from pygls.uris import to_fs_path
+
+from . import commands, documents, hints
+from .agent import Agent, LocalAgent
+from .sourcemap import SourceMap
+from .workspace import Settings, Workspace, validate_settings
+
+log = logging.getLogger("exray.lsp")
+
+CONTENT_REQUEST = "exray/textDocumentContent"     # fallback for clients without LSP 3.18's
+CONFIG_SECTION = "exray"
+
+
+class ExrayProtocol(LanguageServerProtocol):
+    """Adds `workspace.textDocumentContent` (LSP 3.18) to the initialize result
+    when the client announces support for it."""
+
+    @lsp_method(types.INITIALIZE)
+    def lsp_initialize(self, params: types.InitializeParams):
+        result = yield from super().lsp_initialize(params)
+        ws_caps = params.capabilities.workspace
+        if ws_caps is not None and ws_caps.text_document_content is not None:
+            caps = result.capabilities
+            if caps.workspace is None:
+                caps.workspace = types.WorkspaceOptions()
+            caps.workspace.text_document_content = types.TextDocumentContentOptions(schemes=[documents.SCHEME])
+        return result
+
+
+class _Progress:
+    """window/workDoneProgress for one token; every call is a no-op when the
+    client has no progress support. `end` may be called more than once."""
+
+    def __init__(self, ls: "ExrayServer", token: str | None):
+        self.ls, self.token, self.ended = ls, token, False
+
+    def report(self, message: str, percentage: int | None = None) -> None:
+        if self.token and not self.ended:
+            self.ls.work_done_progress.report(self.token, types.WorkDoneProgressReport(
+                message=message, percentage=percentage, cancellable=True))
+
+    def end(self, message: str = "") -> None:
+        if self.token and not self.ended:
+            self.ended = True
+            self.ls.work_done_progress.end(self.token, types.WorkDoneProgressEnd(message=message))
+            self.ls.work_done_progress.tokens.pop(self.token, None)
+
+
+class ExrayServer(LanguageServer):
+    def __init__(self, agent: Agent | None = None):
+        super().__init__("exray", _version(), protocol_cls=ExrayProtocol)
+        self.agent: Agent = agent or LocalAgent()
+        self.state = Workspace(Path.cwd())
+        self._docs: dict[str, documents.Doc] = {}
+        self._go: dict[str, tuple[str, hints.GoFile]] = {}
+        self._told_unparsed: set[str] = set()
+        self._load_lock = asyncio.Lock()
+        self.init_problems: list[str] = []
+
+    # ---------------------------------------------------------------- messages
+    def show(self, kind: types.MessageType, message: str) -> None:
+        self.window_show_message(types.ShowMessageParams(type=kind, message=message))
+
+    def log(self, message: str, kind: types.MessageType = types.MessageType.Log) -> None:
+        self.window_log_message(types.LogMessageParams(type=kind, message=message))
+
+    def fail(self, message: str) -> dict:
+        self.show(types.MessageType.Error, message)
+        return {"error": message}
+
+    # --------------------------------------------------------------- settings
+    def apply_settings(self, raw: Any, source: str) -> None:
+        settings, problems = validate_settings(raw, self.state.settings)
+        for p in problems:
+            self.show(types.MessageType.Warning, f"Ex-Ray ({source}): {p}")
+        old = self.state.settings
+        self.state.settings = settings
+        if settings.maxHintLength != old.maxHintLength:
+            self.refresh_views()
+
+    async def fetch_configuration(self) -> None:
+        if not _cap(self.client_capabilities, "workspace", "configuration"):
+            return
+        try:
+            got = await asyncio.wait_for(self.workspace_configuration_async(types.ConfigurationParams(
+                items=[types.ConfigurationItem(section=CONFIG_SECTION)])), 5)
+        except Exception as e:            # a client that fails the request: keep what we have
+            self.log(f"Ex-Ray: workspace/configuration failed: {e}")
+            return
+        if got and got[0] is not None:
+            self.apply_settings(got[0], "workspace/configuration")
+
+    # -------------------------------------------------------------- snapshots
+    async def load_snapshot(self, path: Path | str, quiet: bool = False):
+        """Index a snapshot off the loop and make it current; None (and a message) on failure."""
+        from server.store import SnapshotError
+        sm = SourceMap(self.state.root)
+        try:
+            idx = await asyncio.to_thread(hints.SnapshotIndex.load, str(path), sm)
+        except (SnapshotError, sqlite3.Error, OSError, ValueError) as e:
+            self.show(types.MessageType.Error, f"Ex-Ray: cannot use snapshot {path}: {e}")
+            return None
+        except Exception as e:            # a snapshot we did not expect: say so, keep serving
+            log.exception("indexing %s", path)
+            self.show(types.MessageType.Error, f"Ex-Ray: cannot use snapshot {path}: {type(e).__name__}: {e}")
+            return None
+        self.state.current = idx
+        self._docs.clear()
+        self._told_unparsed.clear()
+        if not quiet:
+            self.log(f"Ex-Ray: current snapshot {path} ({idx.n_goroutines} goroutines)", types.MessageType.Info)
+        self.refresh_views()
+        return idx
+
+    def refresh_views(self) -> None:
+        """Ask the client to pull inlay hints and code lenses again, if it can."""
+        caps = self.client_capabilities
+        if _cap(caps, "workspace", "inlay_hint", "refresh_support"):
+            asyncio.ensure_future(self._refresh(self.workspace_inlay_hint_refresh_async))
+        if _cap(caps, "workspace", "code_lens", "refresh_support"):
+            asyncio.ensure_future(self._refresh(self.workspace_code_lens_refresh_async))
+
+    async def _refresh(self, send) -> None:
+        try:
+            await asyncio.wait_for(send(None), 10)
+        except Exception as e:
+            self.log(f"Ex-Ray: refresh failed: {e}")
+
+    async def begin_progress(self, token: str, title: str, message: str,
+                             cancel: threading.Event) -> _Progress:
+        if not _cap(self.client_capabilities, "window", "work_done_progress"):
+            return _Progress(self, None)
+        try:
+            await asyncio.wait_for(self.work_done_progress.create_async(token), 5)
+        except Exception as e:
+            self.log(f"Ex-Ray: no progress: {e}")
+            return _Progress(self, None)
+        self.work_done_progress.begin(token, types.WorkDoneProgressBegin(
+            title=title, message=message, cancellable=True, percentage=0))
+        fut: Future | None = self.work_done_progress.tokens.get(token)
+        if fut is not None:
+            fut.add_done_callback(lambda f: cancel.set() if f.cancelled() else None)
+        return _Progress(self, token)
+
+    # --------------------------------------------------------------- documents
+    async def document(self, uri: str) -> documents.Doc | None:
+        """The exray: document at `uri` (rendered off the loop, cached per snapshot)."""
+        idx = self.state.current
+        key = _norm_uri(uri)
+        if key in self._docs:
+            return self._docs[key]
+        if idx is None:
+            return documents.Doc("No current Ex-Ray snapshot: take one with the exray.snapshot command.\n")
+        try:
+            doc = await asyncio.to_thread(documents.render, key, idx.path, idx.resolve, dict(self.state.queries))
+        except documents.DocumentError as e:
+            return documents.Doc(f"Ex-Ray: {e}\n")
+        except Exception as e:            # a corrupt or vanished snapshot, a failing query
+            log.exception("rendering %s", uri)
+            self.show(types.MessageType.Error, f"Ex-Ray: cannot show {uri}: {e}")
+            return documents.Doc(f"Ex-Ray: cannot show {uri}: {e}\n")
+        if self.state.current is idx:
+            self._docs[key] = doc
+        return doc
+
+    async def open_document(self, uri: str) -> bool:
+        return await self.show_document(uri, external=False)
+
+    async def show_document(self, uri: str, external: bool) -> bool:
+        if not _cap(self.client_capabilities, "window", "show_document", "support"):
+            self.show(types.MessageType.Info, f"Ex-Ray: open {uri}")
+            return False
+        try:
+            res = await asyncio.wait_for(self.window_show_document_async(types.ShowDocumentParams(
+                uri=uri, external=external or None, take_focus=True)), 30)
+            return bool(res and res.success)
+        except Exception as e:
+            self.log(f"Ex-Ray: showDocument {uri} failed: {e}")
+            return False
+
+    # --------------------------------------------------------------- Go files
+    def path_of(self, uri: str) -> str | None:
+        if not uri.startswith("file:"):
+            return None
+        p = to_fs_path(uri)
+        if not p:
+            return None
+        try:
+            return str(Path(p).resolve())
+        except OSError:
+            return None
+
+    def text_of(self, uri: str) -> str | None:
+        try:
+            return self.workspace.get_text_document(uri).source
+        except (OSError, UnicodeDecodeError):
+            return None
+
+    def go_file(self, uri: str, text: str) -> hints.GoFile:
+        cached = self._go.get(uri)
+        if cached and cached[0] is text or (cached and cached[0] == text):
+            return cached[1]
+        go = hints.parse_go(text)
+        self._go[uri] = (text, go)
+        if go.has_error and uri not in self._told_unparsed:
+            self._told_unparsed.add(uri)
+            self.log(f"Ex-Ray: {uri} does not parse; hints and lenses use the lines the snapshot records",
+                     types.MessageType.Warning)
+        return go
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("exray")
+    except Exception:
+        return "0"
+
+
+def _cap(obj, *path) -> Any:
+    for name in path:
+        if obj is None:
+            return None
+        obj = getattr(obj, name, None)
+    return obj
+
+
+def _norm_uri(uri: str) -> str:
+    # Clients write exray:/x and exray:///x; documents are keyed by the first.
+    if uri.startswith(documents.SCHEME + "://"):
+        uri = documents.SCHEME + ":/" + uri[len(documents.SCHEME) + 3:].lstrip("/")
+    return uri
+
+
+def _utf16_len(s: str) -> int:
+    return len(s.encode("utf-16-le")) // 2
+
+
+# ======================================================================= features
+
+def create_server(agent: Agent | None = None) -> ExrayServer:
+    server = ExrayServer(agent)
+
+    @server.feature(types.INITIALIZE)
+    def on_initialize(ls: ExrayServer, params: types.InitializeParams):
+        root = None
+        if params.workspace_folders:
+            root = to_fs_path(params.workspace_folders[0].uri)
+        elif params.root_uri:
+            root = to_fs_path(params.root_uri)
+        elif params.root_path:
+            root = params.root_path
+        ls.state = Workspace(Path(root).resolve() if root else Path.cwd())
+        opts = params.initialization_options
+        if opts is not None:
+            settings, ls.init_problems = validate_settings(opts)
+            ls.state.settings = settings
+
+    @server.feature(types.INITIALIZED)
+    async def on_initialized(ls: ExrayServer, params):
+        for p in ls.init_problems:
+            ls.show(types.MessageType.Warning, f"Ex-Ray (initializationOptions): {p}")
+        caps = ls.client_capabilities
+        if _cap(caps, "workspace", "text_document_content", "dynamic_registration"):
+            try:
+                await ls.client_register_capability_async(types.RegistrationParams(registrations=[
+                    types.Registration(id="exray-content", method=types.WORKSPACE_TEXT_DOCUMENT_CONTENT,
+                                       register_options=types.TextDocumentContentRegistrationOptions(
+                                           schemes=[documents.SCHEME]))]))
+            except Exception as e:
+                ls.log(f"Ex-Ray: could not register workspace/textDocumentContent: {e}")
+        await ls.fetch_configuration()
+        # The newest snapshot of the workspace becomes current, as if just taken.
+        snaps = await asyncio.to_thread(ls.state.list_snapshots)
+        if snaps and ls.state.current is None:
+            await ls.load_snapshot(snaps[0]["path"], quiet=True)
+
+    @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
+    async def on_config(ls: ExrayServer, params: types.DidChangeConfigurationParams):
+        s = params.settings
+        if isinstance(s, dict) and CONFIG_SECTION in s:
+            ls.apply_settings(s[CONFIG_SECTION], "settings")
+        else:
+            await ls.fetch_configuration()
+
+    @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
+    def on_close(ls: ExrayServer, params: types.DidCloseTextDocumentParams):
+        ls._go.pop(params.text_document.uri, None)
+
+    # ---- inlay hints: the goroutines parked at each line, with captured values
+    @server.feature(types.TEXT_DOCUMENT_INLAY_HINT)
+    def inlay_hints(ls: ExrayServer, params: types.InlayHintParams):
+        idx = ls.state.current
+        path = ls.path_of(params.text_document.uri)
+        if idx is None or path is None or path not in idx.lines:
+            return []
+        text = ls.text_of(params.text_document.uri)
+        src = text.split("\n") if text is not None else []
+        lo, hi = params.range.start.line, params.range.end.line
+        max_len = ls.state.settings.maxHintLength
+        out = []
+        for line, agg in idx.lines[path].items():
+            l0 = line - 1
+            if not lo <= l0 <= hi or l0 >= max(len(src), 1) and src:
+                continue
+            end = _utf16_len(src[l0].rstrip("\r")) if l0 < len(src) else 0
+            out.append(types.InlayHint(
+                position=types.Position(line=l0, character=end),
+                label=hints.line_label(agg, max_len), padding_left=True,
+                tooltip=f"Ex-Ray: {len(agg.goroutines)} goroutine(s) at this line in "
+                        f"{', '.join(sorted(agg.functions))}"))
+        out.sort(key=lambda h: h.position.line)
+        return out
+
+    # ---- code lenses above functions with frames
+    @server.feature(types.TEXT_DOCUMENT_CODE_LENS)
+    def code_lens(ls: ExrayServer, params: types.CodeLensParams):
+        idx = ls.state.current
+        uri = params.text_document.uri
+        path = ls.path_of(uri)
+        if idx is None or path is None or path not in idx.functions:
+            return []
+        text = ls.text_of(uri) or ""
+        go = ls.go_file(uri, text)
+        out = []
+        for lens in hints.lenses(idx, path, go):
+            rng = types.Range(types.Position(lens.line, 0), types.Position(lens.line, 0))
+            n = lens.goroutines
+            out.append(types.CodeLens(rng, types.Command(
+                f"{n} goroutine{'s' if n != 1 else ''}", commands.OPEN_DOCUMENT,
+                [documents.stacks_uri(lens.function)]), data={"function": lens.function}))
+            out.append(types.CodeLens(rng, types.Command("open stacks", commands.OPEN_DOCUMENT,
+                                                         [documents.stacks_uri()])))
+            if lens.table:
+                out.append(types.CodeLens(rng, types.Command("open table", commands.OPEN_DOCUMENT,
+                                                             [documents.table_uri(lens.table)])))
+        return out
+
+    # ---- hover on a captured variable: its values across frames
+    @server.feature(types.TEXT_DOCUMENT_HOVER)
+    def hover(ls: ExrayServer, params: types.HoverParams):
+        idx = ls.state.current
+        uri = params.text_document.uri
+        path = ls.path_of(uri)
+        if idx is None or path is None or path not in idx.functions:
+            return None
+        text = ls.text_of(uri)
+        if text is None:
+            return None
+        lines = text.split("\n")
+        pos = params.position
+        if pos.line >= len(lines):
+            return None
+        line = lines[pos.line]
+        col = _utf16_to_index(line, pos.character)
+        expr = hints.expression_at(line, col)
+        if not expr:
+            return None
+        hits = hints.hover_captures(idx, path, ls.go_file(uri, text), pos.line, expr)
+        if not hits:
+            return None
+        md = hints.hover_markdown(hits, ls.state.settings.maxHoverValues)
+        return types.Hover(contents=types.MarkupContent(kind=types.MarkupKind.Markdown, value=md))
+
+    # ---- virtual documents
+    @server.feature(types.WORKSPACE_TEXT_DOCUMENT_CONTENT)
+    async def text_document_content(ls: ExrayServer, params: types.TextDocumentContentParams):
+        doc = await ls.document(params.uri)
+        return types.TextDocumentContentResult(text=doc.text if doc else "")
+
+    @server.feature(CONTENT_REQUEST)
+    async def text_document_content_fallback(ls: ExrayServer, params):
+        uri = params.get("uri") if isinstance(params, dict) else getattr(params, "uri", None)
+        if not isinstance(uri, str):
+            return {"text": "Ex-Ray: exray/textDocumentContent needs {\"uri\": \"exray:/…\"}\n"}
+        doc = await ls.document(uri)
+        return {"text": doc.text if doc else ""}
+
+    @server.feature(types.TEXT_DOCUMENT_DOCUMENT_LINK)
+    async def document_links(ls: ExrayServer, params: types.DocumentLinkParams):
+        uri = params.text_document.uri
+        if not documents.is_exray(uri):
+            return []
+        doc = await ls.document(uri)
+        if doc is None:
+            return []
+        lines = doc.text.split("\n")
+        out = []
+        for n, start, end, target in doc.links:
+            text = lines[n] if n < len(lines) else ""
+            out.append(types.DocumentLink(
+                range=types.Range(types.Position(n, _utf16_len(text[:start])),
+                                  types.Position(n, _utf16_len(text[:end]))),
+                target=target))
+        return out
+
+    # ---- commands
+    for name, handler in commands.HANDLERS.items():
+        def make(h):
+            async def run(ls: ExrayServer, *args):
+                try:
+                    return await h(ls, list(args))
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:          # never let a command take the server down
+                    log.exception("command failed")
+                    return ls.fail(f"Ex-Ray: {type(e).__name__}: {e}")
+            return run
+        server.command(name)(make(handler))
+
+    register_spec_features(server)
+    return server
+
+
+def _utf16_to_index(line: str, character: int) -> int:
+    if line.isascii():
+        return min(character, len(line))
+    units = 0
+    for i, c in enumerate(line):
+        if units >= character:
+            return i
+        units += 2 if ord(c) > 0xFFFF else 1
+    return len(line)
+
+
+# ===================================================== the spec half (issue 4, part 2)
+#
+# >>> Code actions on Go files ("Capture x in F", "Stop capturing …") and
+# >>> diagnostics on exray.yaml are registered HERE, by modules of their own
+# >>> (server/lsp/gosource.py, specedit.py, diagnostics.py). Each may define
+# >>> `register(server: ExrayServer) -> None`, called before `initialize` so
+# >>> that the capabilities it adds are announced. Missing modules are skipped.
+
+SPEC_FEATURE_MODULES = ("diagnostics", "specedit", "gosource")
+
+
+def register_spec_features(server: ExrayServer) -> None:
+    import importlib
+    for name in SPEC_FEATURE_MODULES:
+        try:
+            mod = importlib.import_module(f"{__package__}.{name}")
+        except ImportError:
+            continue
+        reg = getattr(mod, "register", None)
+        if callable(reg):
+            try:
+                reg(server)
+            except Exception:
+                log.exception("registering %s", name)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="exray-lsp %(levelname)s %(name)s: %(message)s")
+    create_server().start_io()

@@ -1,0 +1,125 @@
+"""The language server's state: the workspace root, its settings, the spec's
+path, the snapshots folder and the current snapshot (with its index).
+
+Settings come from `initializationOptions` and from the client's
+`workspace/configuration` section "exray". `validate_settings` keeps the good
+ones and says what was wrong with the others, which fall back to defaults.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+SNAPSHOT_SUFFIX = ".sqlite"
+
+
+@dataclass(frozen=True)
+class Settings:
+    specPath: str = "exray.yaml"            # relative to the workspace root
+    snapshotsDir: str = ".exray/snapshots"  # relative to the workspace root
+    maxHintLength: int = 120                # characters of one inlay hint
+    maxHoverValues: int = 50                # frames listed in a hover
+
+
+_LIMITS = {"maxHintLength": (20, 2000), "maxHoverValues": (1, 10000)}
+
+
+def validate_settings(raw: Any, base: Settings | None = None) -> tuple[Settings, list[str]]:
+    """(settings, problems). `raw` is the "exray" object (or one holding it under
+    "exray"); anything wrong is reported and left at its default."""
+    base = base or Settings()
+    problems: list[str] = []
+    if raw is None:
+        return base, problems
+    if isinstance(raw, dict) and isinstance(raw.get("exray"), dict):
+        raw = raw["exray"]
+    if not isinstance(raw, dict):
+        return base, [f"Ex-Ray settings must be an object, not {type(raw).__name__}; using defaults"]
+    known = {f for f in Settings.__dataclass_fields__}
+    values: dict[str, Any] = {}
+    for key, v in raw.items():
+        if key not in known:
+            problems.append(f"unknown Ex-Ray setting {key!r} (known: {', '.join(sorted(known))})")
+            continue
+        default = getattr(Settings(), key)
+        if isinstance(default, int):
+            if not isinstance(v, int) or isinstance(v, bool):
+                problems.append(f"setting exray.{key} must be an integer, not {v!r}; using {default}")
+                continue
+            lo, hi = _LIMITS[key]
+            if not lo <= v <= hi:
+                problems.append(f"setting exray.{key} must be between {lo} and {hi}, not {v}; using {default}")
+                continue
+        else:
+            if not isinstance(v, str) or not v.strip() or "\0" in v:
+                problems.append(f"setting exray.{key} must be a non-empty path, not {v!r}; using {default!r}")
+                continue
+        values[key] = v
+    return replace(base, **values), problems
+
+
+@dataclass
+class Workspace:
+    root: Path
+    settings: Settings = field(default_factory=Settings)
+    current: Any = None                      # hints.SnapshotIndex of the current snapshot
+    queries: dict[int, str] = field(default_factory=dict)   # exray:/query/<id> -> SQL
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def spec_path(self) -> Path:
+        return _under(self.root, self.settings.specPath)
+
+    @property
+    def snapshots_dir(self) -> Path:
+        return _under(self.root, self.settings.snapshotsDir)
+
+    def ensure_snapshots_dir(self) -> Path:
+        """Create the snapshots folder; an `.exray/` folder gets a `.gitignore` of `*`."""
+        d = self.snapshots_dir
+        d.mkdir(parents=True, exist_ok=True)
+        exray = self.root / ".exray"
+        if exray.is_dir() and not (exray / ".gitignore").exists():
+            (exray / ".gitignore").write_text("# Ex-Ray snapshots and exports: not for version control\n*\n")
+        return d
+
+    def new_snapshot_path(self) -> Path:
+        import time
+        d = self.ensure_snapshots_dir()
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        for i in range(1000):
+            p = d / (f"{stamp}{'-' + str(i) if i else ''}{SNAPSHOT_SUFFIX}")
+            if not p.exists():
+                return p
+        raise OSError(f"{d}: too many snapshots this second")
+
+    def list_snapshots(self) -> list[dict]:
+        """Snapshots in the folder, newest first."""
+        d = self.snapshots_dir
+        if not d.is_dir():
+            return []
+        out = []
+        for p in d.iterdir():
+            if p.suffix == SNAPSHOT_SUFFIX and p.is_file() and not p.name.startswith("."):
+                st = p.stat()
+                out.append({"path": str(p), "name": p.name, "size": st.st_size, "mtime": st.st_mtime,
+                            "current": bool(self.current and Path(self.current.path) == p)})
+        out.sort(key=lambda s: (s["mtime"], s["name"]), reverse=True)
+        return out
+
+    def add_query(self, sql: str) -> int:
+        with self._lock:
+            n = max(self.queries, default=0) + 1
+            self.queries[n] = sql
+            return n
+
+    def resolve_path(self, path: str) -> Path:
+        return _under(self.root, path)
+
+
+def _under(root: Path, p: str) -> Path:
+    p = os.path.expanduser(p)
+    return Path(p) if os.path.isabs(p) else root / p
