@@ -49,6 +49,12 @@ class Target:
         self.binary, self.plan, self.layout, self.dwarf = binary, plan, layout, dwarf
         self.pcln = binary.pclntab
         self.by_symbol = plan.function_by_symbol()
+        # Physical function entry -> (function plan, inlined instance) for every
+        # place a captured function was inlined into it.
+        self.inlined_by_caller: dict[int, list] = {}
+        for f in plan.functions:
+            for inst in f.inlined:
+                self.inlined_by_caller.setdefault(inst.caller_entry, []).append((f, inst))
         self._capture_pcs: frozenset[int] | None | bool = False
         self.read_per_g: dict[int, int] = {}   # pid -> bytes the pause read per g, last time
 
@@ -56,9 +62,13 @@ class Target:
     MAX_CAPTURE_PCS = 1 << 20
 
     def capture_pcs(self) -> frozenset[int] | None:
-        """Every pc inside a captured function (None when too many to keep)."""
+        """Every pc inside a captured function or an inlined instance of one
+        (None when too many to keep). An instance's range gets one more pc:
+        a call that ends it returns just past it."""
         if self._capture_pcs is False:
             spans = [(f.entry, f.end) for f in self.plan.functions if f.end > f.entry]
+            spans += [(lo, hi + 1) for f in self.plan.functions for inst in f.inlined
+                      for lo, hi in inst.ranges]
             total = sum(e - s for s, e in spans)
             self._capture_pcs = (None if total > self.MAX_CAPTURE_PCS
                                  else frozenset(pc for s, e in spans for pc in range(s, e)))
@@ -196,27 +206,43 @@ def _unwind(g: _G, target: Target, opts: SnapshotOptions) -> None:
                            stack_hi=g.raw.f.get("stack.hi"), max_frames=opts.max_frames)
 
 
-def _capture(g: _G, target: Target, mem, snapshot_budget) -> list[CaptureRecord]:
+def _capture(g: _G, target: Target, mem, snapshot_budget) -> list[tuple[int, int, CaptureRecord]]:
+    """(physical frame index, inline depth, record) for every captured frame.
+
+    Inline depth 0 is the physical frame itself; n > 0 is the logical frame
+    n inlined frames inside it, where the plan says a captured function was
+    inlined (its variables live in the physical frame: same CFA; registers
+    only in the innermost physical frame, as for any frame)."""
     out = []
     for depth, pf in enumerate(g.unwound.frames):
-        fplan = target.by_symbol.get(pf.fn.name)
-        if fplan is None:
-            continue
         regs = g.start.regs if depth == 0 else None
-        out.append(_capture_frame(fplan, pf, depth, g, regs, target, mem, snapshot_budget))
+        fplan = target.by_symbol.get(pf.fn.name)
+        if fplan is not None:
+            out.append((depth, 0, _capture_frame(fplan, pf, depth, g, regs, target, mem,
+                                                 snapshot_budget)))
+        for fplan, inst in target.inlined_by_caller.get(pf.fn.entry, ()):
+            if inst.covers(pf.lookup_pc):
+                out.append((depth, inst.inline_depth, _capture_frame(
+                    fplan, pf, depth, g, regs, target, mem, snapshot_budget, inst)))
     return out
 
 
-def _capture_frame(fplan, pf, depth, g, regs, target, mem, snapshot_budget) -> CaptureRecord:
+def _capture_frame(fplan, pf, depth, g, regs, target, mem, snapshot_budget, inst=None) -> CaptureRecord:
     plan = target.plan
     rec = CaptureRecord(function=fplan.symbol, depth=depth, values={}, raw={})
     frame_budget = ByteBudget(plan.budgets.frame_bytes)
+    roots = fplan.roots if inst is None else inst.roots
     for cap in fplan.captures:
         try:
             if fplan.unavailable:
                 raise Unavailable(fplan.unavailable)
-            loc = locate_root(fplan.roots[cap.root], _var_pc(pf), pf, g.stack, regs, mem.read)
-            v = apply_ops(loc, cap.ops, mem.read)
+            locs = roots[cap.root]
+            if inst is not None and not locs:
+                raise Unavailable(f"the compiler left no location for {cap.root} where it inlined "
+                                  f"{fplan.symbol} into {inst.caller}")
+            pc = _var_pc(pf) if inst is None else _inlined_var_pc(locs, pf)
+            loc = locate_root(locs, pc, pf, g.stack, regs, mem.read)
+            v = apply_ops(loc, cap.ops if inst is None else inst.ops[cap.column], mem.read)
             plain, raw = decode_value(plan.types, cap.type_id, v.data, v.addr, mem.read, plan.budgets,
                                       frame_budget=frame_budget, snapshot_budget=snapshot_budget,
                                       func_name=_func_name(target), type_by_rtype=_rtype(target))
@@ -239,6 +265,16 @@ def _var_pc(pf) -> int:
     and the location list says where from the return address on. At pc - 1
     it often still names the (long clobbered) argument register."""
     return pf.pc
+
+
+def _inlined_var_pc(locs, pf) -> int:
+    """As _var_pc, except where an inlined body ends with the call: then the
+    return address is past the variable's last range and its lookup pc
+    (the call itself) is where the location list still speaks of it."""
+    pc = _var_pc(pf)
+    if any(loc.lo <= pc < loc.hi for loc in locs):
+        return pc
+    return pf.lookup_pc
 
 
 def _func_name(target):
@@ -283,14 +319,38 @@ def _goroutine_record(g: _G, target: Target, opts, now_mono: int) -> GoroutineRe
         parent_goid=f.get("parentGoid") or None, labels=g.labels or {},
         is_system=bool(start_fn and start_fn.name.startswith("runtime.") and start_fn.name != "runtime.main"),
         thread_id=g.start.thread_id, error=g.unwound.error)
-    phys_to_capture = {c.depth: c for c in (g.captures or [])}
-    for frame, phys_index in logical_frames(pcln, g.unwound.frames):
-        rec.frames.append(frame)
-        cap = None if frame.inlined else phys_to_capture.pop(phys_index, None)
-        if cap is not None:
-            cap.depth = frame.depth
-            rec.captures.append(cap)
+    logical = logical_frames(pcln, g.unwound.frames)
+    rec.frames = [frame for frame, _ in logical]
+    rec.captures = _place_captures(logical, g.captures or [])
     return rec
+
+
+def _place_captures(logical, captures) -> list[CaptureRecord]:
+    """Give each capture the depth of its logical frame in `frames`.
+
+    A physical frame's own logical frame is the last (outermost) of its
+    group; an inlined instance's is `inline_depth` frames inside it. The
+    plan's DWARF and the pclntab inline tree should agree on the function
+    there; if they don't, the frame of that function in the group is used,
+    and without one the capture is dropped rather than put on a wrong row."""
+    groups: dict[int, list] = {}
+    for frame, phys_index in logical:
+        groups.setdefault(phys_index, []).append(frame)
+    out = []
+    for phys_index, inline_depth, cap in captures:
+        group = groups.get(phys_index)
+        if not group:
+            continue
+        k = len(group) - 1 - inline_depth
+        frame = group[k] if k >= 0 else None
+        if frame is None or frame.function != cap.function or frame.inlined != (inline_depth > 0):
+            frame = next((f for f in group if f.function == cap.function
+                          and f.inlined == (inline_depth > 0)), None)
+        if frame is not None:
+            cap.depth = frame.depth
+            out.append(cap)
+    out.sort(key=lambda c: c.depth)
+    return out
 
 
 def _created_by(pcln, gopc: int):

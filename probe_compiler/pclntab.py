@@ -370,3 +370,61 @@ def _uvarint(buf: memoryview, p: int) -> tuple[int, int]:
         if b < 0x80:
             return v, p
         shift += 7
+
+
+# -- where functions were inlined (additions for inlined-frame captures) --------
+
+def _inline_sites(tab: PcLnTab) -> dict[str, list[int]]:
+    """Inlined function name -> indices of the functions whose inline tree
+    names it, in one pass over every function's inline tree.
+
+    A tree's length is not stored: the largest index its PCDATA_InlTreeIndex
+    table takes bounds every entry a pc can reach (a parent is reached
+    through a pc of the same table too)."""
+    if tab._read_static is None or tab.gofunc is None:
+        return {}
+    table, funcoffs, hdr = tab._pclntable, tab._funcoffs, _FUNC
+    u32 = _U32.unpack_from
+    names: dict[int, str] = {}
+    out: dict[str, list[int]] = {}
+    for i in range(tab.nfunc):
+        off = funcoffs[i]
+        f = hdr.unpack_from(table, off)
+        npcdata, nfuncdata = f[7], f[13]
+        if npcdata <= PCDATA_INL_TREE_INDEX or nfuncdata <= FUNCDATA_INL_TREE:
+            continue
+        tables = off + hdr.size
+        tree_off = u32(table, tables + 4 * (npcdata + FUNCDATA_INL_TREE))[0]
+        pc_off = u32(table, tables + 4 * PCDATA_INL_TREE_INDEX)[0]
+        if tree_off == 0xFFFFFFFF or pc_off == 0:
+            continue
+        vals = tab._tables.get(pc_off)
+        if vals is None:
+            vals = tab._tables[pc_off] = tab._decode_table(pc_off)
+        n = max(vals[1], default=-1) + 1
+        if n <= 0:
+            continue
+        try:
+            raw = tab._read_static(tab.gofunc + tree_off, n * _INLINED_CALL.size)
+        except BinaryError:
+            continue
+        seen = set()
+        for _fid, name_off, _parent, _line in _INLINED_CALL.iter_unpack(raw):
+            if name_off in seen:
+                continue
+            seen.add(name_off)
+            name = names.get(name_off)
+            if name is None:
+                name = names[name_off] = tab.funcname_at(name_off)
+            out.setdefault(name, []).append(i)
+    return out
+
+
+def inlined_into(tab: PcLnTab, name: str) -> list[Func]:
+    """The functions (physical, out of line) into which `name` was inlined,
+    at any nesting depth. The first call scans every inline tree (cached on
+    the table: about a second on cmd/compile); later calls are lookups."""
+    sites = getattr(tab, "_inline_sites", None)
+    if sites is None:
+        sites = tab._inline_sites = _inline_sites(tab)
+    return [tab._func_at(i) for i in sites.get(name, ())]

@@ -36,6 +36,44 @@ class CapturePlan:
 
 
 @dataclass
+class InlinedPlan:
+    """One place where the compiler inlined a captured function into a caller.
+
+    Its frames are logical (inlined) frames of the caller's physical frame:
+    a physical frame of `caller` whose lookup pc (return address - 1 for
+    outer frames) lies in `ranges` holds one. That logical frame sits
+    `inline_depth` frames inside the physical one (1: inlined directly into
+    the caller; 2: into a function itself inlined into the caller, ...), so
+    its depth in `frames` is the physical frame's depth minus inline_depth.
+    Roots come from the inlined subroutine's own variable DIEs; their
+    locations (CFA offsets) are relative to the caller's physical frame.
+    `ops` holds each capture's access ops for this instance (a variable can
+    escape to the heap in one caller and not in another)."""
+    caller: str
+    caller_entry: int
+    caller_end: int
+    ranges: list[list[int]]             # [lo, hi) pcs of the instance (nested inlined calls included)
+    inline_depth: int
+    call_file: str
+    call_line: int
+    roots: dict[str, list[VarLoc]]      # empty list: the instance has no such variable left
+    ops: dict[str, list]                # capture column -> access ops
+
+    def covers(self, pc: int) -> bool:
+        return any(lo <= pc < hi for lo, hi in self.ranges)
+
+    @staticmethod
+    def from_json(d: dict) -> "InlinedPlan":
+        d = dict(d)
+        d["roots"] = _roots_from_json(d["roots"])
+        return InlinedPlan(**d)
+
+
+def _roots_from_json(d: dict) -> dict[str, list[VarLoc]]:
+    return {k: [VarLoc(**v) for v in locs] for k, locs in d.items()}
+
+
+@dataclass
 class FunctionPlan:
     symbol: str
     table: str
@@ -45,6 +83,15 @@ class FunctionPlan:
     roots: dict[str, list[VarLoc]]   # root variable -> its locations by pc range
     root_types: dict[str, int]
     unavailable: str | None = None   # why no capture of this function can be read (no DWARF)
+    inlined: list[InlinedPlan] = field(default_factory=list)  # where the compiler inlined it
+
+    @staticmethod
+    def from_json(d: dict) -> "FunctionPlan":
+        d = dict(d)
+        d["captures"] = [CapturePlan(**c) for c in d["captures"]]
+        d["roots"] = _roots_from_json(d["roots"])
+        d["inlined"] = [InlinedPlan.from_json(i) for i in d.get("inlined", ())]
+        return FunctionPlan(**d)
 
 
 @dataclass
@@ -65,6 +112,14 @@ class ProbePlan:
         d = dataclasses.asdict(self)
         d["types"] = self.types.to_json()
         return json.dumps(d)
+
+    @staticmethod
+    def from_json(text: str) -> "ProbePlan":
+        d = json.loads(text)
+        d["types"] = TypeTable.from_json(d["types"])
+        d["functions"] = [FunctionPlan.from_json(f) for f in d["functions"]]
+        d["budgets"] = Budgets(**d["budgets"])
+        return ProbePlan(**d)
 
 
 def _locations(var) -> list[VarLoc]:
@@ -93,37 +148,88 @@ def _function_plan_without_dwarf(fs, binary) -> FunctionPlan:
                         unavailable=f"{binary.path} has no DWARF (stripped): variables are unavailable")
 
 
-def _function_plan(fs, binary, dwarf, all_types: TypeTable, spec_path: str) -> FunctionPlan:
+# Past this many callers a function inlined everywhere (a tiny accessor) would
+# cost seconds of DWARF parsing: the first ones are kept, with a warning.
+MAX_INLINED_CALLERS = 1000
+
+
+def _inlined_instances(binary, dwarf, symbol: str, warnings: list[str]) -> list[tuple]:
+    """(caller Func, dwarf InlinedCall) for every place `symbol` was inlined."""
+    from .pclntab import inlined_into
+
+    callers = inlined_into(binary.pclntab, symbol)
+    if len(callers) > MAX_INLINED_CALLERS:
+        warnings.append(f"{symbol} is inlined into {len(callers)} functions; only frames inlined "
+                        f"into the first {MAX_INLINED_CALLERS} are captured")
+        callers = callers[:MAX_INLINED_CALLERS]
+    out = []
+    for caller in callers:
+        try:
+            info = dwarf.function(caller.name)
+        except SymbolNotFound:   # assembly or a DWARF-less caller: its frames get no row
+            continue
+        out += [(caller, call) for call in info.inlined if call.function == symbol and call.ranges]
+    return out
+
+
+def _root_var(by_name: dict, root: str):
+    """(the DWARF variable of a root, whether it holds its address `&root`)."""
+    if root in by_name:
+        return by_name[root], False
+    v = by_name.get("&" + root)
+    return v, v is not None
+
+
+def _function_plan(fs, binary, dwarf, all_types: TypeTable, spec_path: str,
+                   warnings: list[str]) -> FunctionPlan:
     from .expr import check_expr, parse_expr
 
-    fn = _func(binary, fs.symbol)
-    info = dwarf.function(fs.symbol)
+    fn = binary.pclntab.func_by_name(fs.symbol)
+    instances = _inlined_instances(binary, dwarf, fs.symbol, warnings)
+    if fn is None and not instances:
+        _func(binary, fs.symbol)   # raises SymbolNotFound, with suggestions
     by_name = {}
-    for v in info.variables:
+    # Only inlined (no out-of-line copy linked in): its instances describe its variables.
+    for v in (dwarf.function(fs.symbol).variables if fn is not None
+              else [v for _, call in instances for v in call.variables]):
         by_name.setdefault(v.name, v)
     types = dwarf.type_table(v.type_id for v in by_name.values())
     var_types = _user_visible(by_name, types)
-    captures, roots = [], {}
+    captures, roots, plain_ops, escaped = [], {}, {}, set()
     for cs in fs.captures:
         try:
             te = check_expr(parse_expr(cs.expr), var_types, types)
         except ExpressionError as e:
             raise SpecError(f"{fs.symbol}: capture {cs.expr!r}: {e}", path=spec_path,
                             line=cs.line, column=cs.column) from None
-        ops = [list(op) for op in te.ops]
-        if te.root not in by_name:  # escaped to the heap: DWARF has `&x`, a pointer to it
-            ops.insert(0, ["deref"])
-            roots[te.root] = _locations(by_name["&" + te.root])
-        else:
-            roots[te.root] = _locations(by_name[te.root])
+        plain_ops[cs.name] = ops = [list(op) for op in te.ops]
+        var, addressed = _root_var(by_name, te.root)
+        if addressed:  # escaped to the heap: DWARF has `&x`, a pointer to it
+            escaped.add(te.root)
+            ops = [["deref"]] + ops
+        roots[te.root] = _locations(var) if fn is not None else []
         captures.append(CapturePlan(cs.name, cs.expr, te.root, ops, te.type_id))
     # check_expr may add synthetic types (len's int) to `types`: keep them all.
     closure = dwarf.type_table([var_types[r] for r in roots] + [c.type_id for c in captures if c.type_id >= 0]
-                               + [by_name["&" + r].type_id for r in roots if r not in by_name])
+                               + [by_name["&" + r].type_id for r in escaped])
     for t in list(closure.types.values()) + [t for t in types.types.values() if t.id < 0]:
         all_types.types.setdefault(t.id, t)
-    return FunctionPlan(fs.symbol, fs.table, fn.entry, fn.end, captures, roots,
-                        {r: var_types[r] for r in roots})
+    inlined = [_inlined_plan(caller, call, captures, plain_ops) for caller, call in instances]
+    return FunctionPlan(fs.symbol, fs.table, fn.entry if fn else 0, fn.end if fn else 0,
+                        captures, roots, {r: var_types[r] for r in roots}, inlined=inlined)
+
+
+def _inlined_plan(caller, call, captures: list[CapturePlan], plain_ops: dict) -> InlinedPlan:
+    by_name = {}
+    for v in call.variables:
+        by_name.setdefault(v.name, v)
+    roots, ops = {}, {}
+    for c in captures:
+        var, addressed = _root_var(by_name, c.root)
+        roots[c.root] = _locations(var) if var is not None else []
+        ops[c.column] = ([["deref"]] if addressed else []) + plain_ops[c.column]
+    return InlinedPlan(caller.name, caller.entry, caller.end, [[lo, hi] for lo, hi in call.ranges],
+                       call.depth, call.call_file, call.call_line, roots, ops)
 
 
 def _user_visible(by_name: dict, types: TypeTable) -> dict[str, int]:
@@ -155,7 +261,7 @@ def compile_plan(binary, dwarf, spec, budgets: Budgets | None = None, layout=Non
         try:
             plan.functions.append(_function_plan_without_dwarf(fs, binary) if dwarf is None
                                   else _function_plan(fs, binary, dwarf, plan.types,
-                                                      getattr(fs, "path", spec_path)))
+                                                      getattr(fs, "path", spec_path), plan.warnings))
         except SymbolNotFound as e:
             raise SpecError(str(e), path=getattr(fs, "path", spec_path), line=fs.line,
                             column=fs.column) from None
