@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from lsprotocol.types import CodeAction, CreateFile, Position, Range, TextDocumentEdit
 
 from probe_compiler.spec import parse_spec

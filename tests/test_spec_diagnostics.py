@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from lsprotocol.types import DiagnosticSeverity, Position, Range
+from lsprotocol.types import DiagnosticSeverity, Range
 
 import gobuild
 from probe_compiler.spec import parse_spec
