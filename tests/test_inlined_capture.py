@@ -83,6 +83,9 @@ def test_plan_lists_every_inlined_instance(binary):
         assert inst.caller_entry <= min(lo for lo, _ in inst.ranges)
         assert max(hi for _, hi in inst.ranges) <= inst.caller_end
         assert set(inst.roots) == {"n", "local", "msg", "r"} and set(inst.ops) == {"n", "local", "msg", "r_ID"}
+    wrap = plan.function_by_symbol()["main.wrap"]   # only ever inlined: no code of its own
+    assert (wrap.entry, wrap.end) == (0, 0)
+    assert [(i.caller, i.inline_depth) for i in wrap.inlined] == [("main.serveC", 1)]
     again = ProbePlan.from_json(plan.to_json())
     assert again.to_json() == plan.to_json()
     assert again.functions[0].inlined[0].roots == plan.functions[0].inlined[0].roots
