@@ -344,17 +344,17 @@ def create_server(agent: Agent | None = None) -> ExrayServer:
         text = ls.text_of(uri) or ""
         go = ls.go_file(uri, text)
         out = []
-        for lens in hints.lenses(idx, path, go):
-            rng = types.Range(types.Position(lens.line, 0), types.Position(lens.line, 0))
-            n = lens.goroutines
-            out.append(types.CodeLens(rng, types.Command(
-                f"{n} goroutine{'s' if n != 1 else ''}", commands.OPEN_DOCUMENT,
-                [documents.stacks_uri(lens.function)]), data={"function": lens.function}))
-            out.append(types.CodeLens(rng, types.Command("open stacks", commands.OPEN_DOCUMENT,
-                                                         [documents.stacks_uri()])))
-            if lens.table:
-                out.append(types.CodeLens(rng, types.Command("open table", commands.OPEN_DOCUMENT,
-                                                             [documents.table_uri(lens.table)])))
+        for lens_ in hints.lenses(idx, path, go):
+            rng = types.Range(types.Position(lens_.line, 0), types.Position(lens_.line, 0))
+            n = lens_.goroutines
+            def lens(title: str, uri: str, **kw) -> types.CodeLens:
+                return types.CodeLens(range=rng, command=types.Command(
+                    title=title, command=commands.OPEN_DOCUMENT, arguments=[uri]), **kw)
+            out.append(lens(f"{n} goroutine{'s' if n != 1 else ''}", documents.stacks_uri(lens_.function),
+                            data={"function": lens_.function}))
+            out.append(lens("open stacks", documents.stacks_uri()))
+            if lens_.table:
+                out.append(lens("open table", documents.table_uri(lens_.table)))
         return out
 
     # ---- hover on a captured variable: its values across frames
