@@ -310,6 +310,8 @@ class PausedProcess:
         self.pause_ns = 0
         self._t: dict[int, _Tracee] = {}
         self._t0 = 0                          # first PTRACE_INTERRUPT, CLOCK_MONOTONIC ns
+        self._begun = 0                       # __enter__, CLOCK_MONOTONIC ns: bounds seizing too
+        self._refused: set[int] = set()       # dying threads the kernel would not let us seize
         self._tracer = 0
         self._leader_exited = False
         self._entered = False                 # __enter__ completed: every tracee is known
@@ -325,6 +327,7 @@ class PausedProcess:
         if _orphans.items:
             release_orphans()
         self._tracer = threading.get_native_id()
+        self._begun = time.monotonic_ns()
         self._check_target()
         self._install_signal_handlers()
         self._raise_priority()
@@ -377,8 +380,7 @@ class PausedProcess:
         listing = True
         while True:
             if listing:
-                new = [tid for tid in self._list_tasks() if tid not in self._t]
-                self._seize(new)
+                self._seize(self._unknown_tasks())
                 listing = False
             pending = self._pending()
             progressed = any([self._poll(t) for t in pending])
@@ -386,15 +388,28 @@ class PausedProcess:
                 if self._process_dead():
                     raise ProcessExited(f"pid {self.pid} exited while being paused")
                 # all known threads stopped: one more listing proves none was missed
-                if not [tid for tid in self._list_tasks() if tid not in self._t]:
+                if not self._unknown_tasks():
                     break
+                self._check_seize_time()
                 listing = True
                 continue
-            self.check_deadline()
+            self._check_seize_time()
             spins = 0 if progressed else _backoff(spins)
             if spins % 16 == 15:
                 self._find_dead()
         self.paused_at_ns = max(t.stop_ns for t in self._t.values() if t.stopped)
+
+    def _unknown_tasks(self) -> list[int]:
+        """Threads in /proc not yet traced, leaving out dying ones that refused a seize
+        (they stay listed until reaped and would keep the listing loop going)."""
+        return [tid for tid in self._list_tasks() if tid not in self._t and tid not in self._refused]
+
+    def _check_seize_time(self) -> None:
+        """The deadline also bounds seizing, even before any thread was interrupted."""
+        self.check_deadline()
+        if time.monotonic_ns() - self._begun > self.deadline_s * 1e9:
+            raise PauseDeadlineExceeded(f"pid {self.pid}: its threads could not all be stopped "
+                                        f"within {self.deadline_s * 1e3:.0f} ms; resuming it")
 
     def _pending(self) -> list[_Tracee]:
         """Tracees we still wait for: not stopped, not reaped, not a zombie."""
@@ -445,9 +460,11 @@ class PausedProcess:
         if e == errno.ESRCH:
             if tid == self.pid and not self._t:
                 raise ProcessNotFound(f"pid {self.pid} does not exist")
+            self._refused.add(tid)
             return   # a thread that exited between the listing and the seize
         if e == errno.EPERM:
             if _proc_state(self.pid, tid) in ("", "Z", "X"):
+                self._refused.add(tid)
                 return   # exiting: the kernel refuses to attach to a dying thread
             tracer = _tracer_of(self.pid, tid)
             if tracer == self._tracer:
