@@ -1,8 +1,9 @@
 """Finds every live goroutine of a paused process and where its stack starts.
 
 All offsets come from the binary's RuntimeLayout (read from DWARF); nothing
-here knows a Go version. Reads are batched: one `read_many` for the g structs,
-one for the Ms, one for the stacks.
+here knows a Go version. Built for the pause: the g structs are read in bulk
+as runs (GTable) and parsed column by column; the Ms and labels, few, with
+read_many; stack ranges come out as lists for one scatter read.
 """
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import struct
 from itertools import groupby
 from dataclasses import dataclass
 
-from .unwind import StackImage
 
 # Widths of the g/m fields we read. The offsets are the binary's; the widths
 # follow the field types (atomic.Uint32 status, uint8 waitReason, the rest
@@ -192,11 +192,6 @@ def _read_runs(mem, addrs: list[int], stride: int) -> tuple[list, list[int]]:
     return chunks, order
 
 
-def read_gs(layout, mem, addrs: list[int]) -> list[RawG]:
-    bufs = mem.read_many([(a, layout.g_size) for a in addrs])
-    return [RawG(a, _fields(b, layout.g_offsets, _G_FIELDS)) for a, b in zip(addrs, bufs) if b]
-
-
 def read_ms(layout, mem, addrs: set[int]) -> dict[int, dict[str, int]]:
     addrs = sorted(a for a in addrs if a)
     bufs = mem.read_many([(a, layout.m_size) for a in addrs])
@@ -205,10 +200,6 @@ def read_ms(layout, mem, addrs: set[int]) -> dict[int, dict[str, int]]:
 
 def status_of(layout, g: RawG) -> int:
     return g.f.get("atomicstatus", 0) & ~layout.gscan
-
-
-def is_dead(layout, g: RawG) -> bool:
-    return layout.status_names.get(status_of(layout, g), "") in ("dead", "deadextra", "idle")
 
 
 def start_of(layout, g: RawG, ms: dict[int, dict[str, int]], threads: dict) -> GStart:
@@ -255,24 +246,6 @@ def stack_ranges(table: GTable, rows: list[int], sps: list[int], max_bytes: int)
     addrs = [sp if lo_col[i] <= sp < hi_col[i] else hi_col[i] for i, sp in zip(rows, sps)]
     sizes = [min(hi_col[i] - a, max_bytes) for i, a in zip(rows, addrs)]
     return addrs, sizes
-
-
-def copy_stacks(mem, gs: list[RawG], starts: dict[int, GStart], max_bytes: int) -> dict[int, StackImage]:
-    """Copy [sp, stack.hi) of each goroutine in one batched read.
-
-    A stack deeper than max_bytes is copied up to that much; the unwinder then
-    reads the rest word by word from the process.
-    """
-    reqs, keys = [], []
-    for g in gs:
-        st = starts[g.addr]
-        hi = g.f["stack.hi"]
-        lo = st.sp if g.f["stack.lo"] <= st.sp < hi else hi
-        reqs.append((lo, min(hi - lo, max_bytes)))
-        keys.append(g.addr)
-    bufs = mem.read_many(reqs)
-    read = mem.read
-    return {k: StackImage(lo, b or b"", read) for k, (lo, _), b in zip(keys, reqs, bufs)}
 
 
 def read_labels(layout, mem, gs: list[RawG], max_labels: int = 64, max_bytes: int = 256) -> dict[int, dict[str, str]]:
