@@ -21,7 +21,7 @@ from typing import Sequence
 from probe_compiler.errors import ProbeCompilerError
 
 from . import format as fmt
-from .store import SnapshotError, open_snapshot
+from .store import SnapshotError, open_snapshot, read_goroutines
 
 
 def _our_errors() -> tuple[type[BaseException], ...]:
@@ -39,36 +39,15 @@ class _SQLFailed(Exception):
     pass
 
 
-def _rows(db: sqlite3.Connection, sql: str, params: Sequence = ()) -> list[dict]:
-    cur = db.execute(sql, tuple(params))
-    cols = [d[0] for d in cur.description]
-    return [dict(zip(cols, r)) for r in cur.fetchall()]
-
-
 def cmd_goroutines(args: argparse.Namespace) -> int:
-    import json
     db = open_snapshot(args.snapshot)
     try:
-        procs = _rows(db, "SELECT * FROM processes ORDER BY id")
-        for p in procs:
-            p["warnings"] = json.loads(p["warnings"]) if p.get("warnings") else []
-        gors: dict[int, list[dict]] = {}
-        for g in _rows(db, "SELECT * FROM goroutines ORDER BY process_id, goid"):
-            gors.setdefault(g["process_id"], []).append(g)
-        frames: dict[tuple[int, int], list[dict]] = {}
-        cur = db.execute("SELECT process_id, goid, function, file, line, hidden FROM frames "
-                         "ORDER BY process_id, goid, depth")
-        for pid, goid, function, file, line, hidden in cur:
-            frames.setdefault((pid, goid), []).append(
-                {"function": function, "file": file, "line": line, "hidden": hidden})
+        procs, gors, frames = read_goroutines(db)
         filt = _goroutine_filter(db, args)
         value_hits = [_value_hits(db, v) for v in filt.values]
     finally:
         db.close()
-    matched = None
-    if filt:
-        matched = {(g["process_id"], g["goid"]) for gs in gors.values() for g in gs
-                   if filt.matches(g, frames.get((g["process_id"], g["goid"]), []), value_hits)}
+    matched = filt.matching(gors, frames, value_hits)
     sys.stdout.write(fmt.format_goroutines(procs, gors, frames, show_all=args.all,
                                            matched=matched, filter_text=filt.describe()))
     return 0

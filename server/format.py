@@ -335,6 +335,13 @@ class GoroutineFilter:
                 and all(key in hits for hits in value_hits)
                 and all(str(labels.get(k)) == v for k, v in self.labels))
 
+    def matching(self, gors: dict[int, list[dict]], frames: dict, value_hits: Sequence[set]) -> set | None:
+        """The (process_id, goid) pairs that match; None when there is no filter."""
+        if not self:
+            return None
+        return {(g["process_id"], g["goid"]) for gs in gors.values() for g in gs
+                if self.matches(g, frames.get((g["process_id"], g["goid"]), []), value_hits)}
+
 
 # ----------------------------------------------------------------------- tables
 

@@ -257,6 +257,32 @@ def function_tables(db: sqlite3.Connection) -> list[FunctionTableDef]:
     return [FunctionTableDef(d["function"], d["table"], list(d["columns"])) for d in json.loads(raw)]
 
 
+def dict_rows(db: sqlite3.Connection, sql: str, params: Iterable = ()) -> list[dict]:
+    """Rows of a query as dicts keyed by column name."""
+    cur = db.execute(sql, tuple(params))
+    cols = [d[0] for d in cur.description]
+    return [dict(zip(cols, r)) for r in cur.fetchall()]
+
+
+def read_goroutines(db: sqlite3.Connection) -> tuple[list[dict], dict[int, list[dict]],
+                                                     dict[tuple[int, int], list[dict]]]:
+    """(processes, goroutines by process id, frames by (process id, goid), innermost first):
+    what the grouped-stacks views (`exray goroutines`, the editor's stacks document) show."""
+    procs = dict_rows(db, "SELECT * FROM processes ORDER BY id")
+    for p in procs:
+        p["warnings"] = json.loads(p["warnings"]) if p.get("warnings") else []
+    gors: dict[int, list[dict]] = {}
+    for g in dict_rows(db, "SELECT * FROM goroutines ORDER BY process_id, goid"):
+        gors.setdefault(g["process_id"], []).append(g)
+    frames: dict[tuple[int, int], list[dict]] = {}
+    for pid, goid, fn, file, line, hidden in db.execute(
+            "SELECT process_id, goid, function, file, line, hidden FROM frames "
+            "ORDER BY process_id, goid, depth"):
+        frames.setdefault((pid, goid), []).append({"function": fn, "file": file, "line": line,
+                                                   "hidden": hidden})
+    return procs, gors, frames
+
+
 def iter_rows(db: sqlite3.Connection, sql: str, params: Iterable = ()) -> tuple[list[str], list[tuple]]:
     """Run one statement; returns (column names, rows)."""
     cur = db.execute(sql, tuple(params))

@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from server import format as fmt
 from server.links import linked_rows
-from server.store import function_tables, open_snapshot, snapshot_meta
+from server.store import dict_rows, function_tables, open_snapshot, read_goroutines, snapshot_meta
 
 SCHEME = "exray"
 MAX_ROWS = 2000          # rows of a table or query shown in a document
@@ -107,12 +107,6 @@ def render(uri: str, snapshot: str, resolve, queries: dict[int, str]) -> Doc:
     raise DocumentError(f"unknown Ex-Ray document {uri} (try {OVERVIEW_URI})")
 
 
-def _rows(db: sqlite3.Connection, sql: str, params=()) -> list[dict]:
-    cur = db.execute(sql, params)
-    cols = [d[0] for d in cur.description]
-    return [dict(zip(cols, r)) for r in cur.fetchall()]
-
-
 def _has_table(db, name: str) -> bool:
     return db.execute("SELECT 1 FROM sqlite_master WHERE name = ? AND type IN ('table','view')",
                       (name,)).fetchone() is not None
@@ -127,7 +121,7 @@ def overview(db: sqlite3.Connection, path: str) -> Doc:
         d.add(f"taken {format_timestamp_ns(int(meta['created_at']))}")
     d.add("")
     d.add("Processes:")
-    for p in _rows(db, "SELECT * FROM processes ORDER BY id"):
+    for p in dict_rows(db, "SELECT * FROM processes ORDER BY id"):
         line = f"  process {p['id']}: pid {p['pid']} {p['exe'] or '?'} {p['go_version'] or ''}".rstrip()
         if p.get("pause_ns") is not None:
             line += f", paused {fmt.format_duration(p['pause_ns'])}"
@@ -155,7 +149,7 @@ def overview(db: sqlite3.Connection, path: str) -> Doc:
             for r in reports:
                 d.add(f"  {r}", table_uri(r), 2)
     if _has_table(db, "exray_link_defs"):
-        defs = _rows(db, "SELECT * FROM exray_link_defs ORDER BY name")
+        defs = dict_rows(db, "SELECT * FROM exray_link_defs ORDER BY name")
         if defs:
             d.add("")
             d.add("Links:")
@@ -164,7 +158,7 @@ def overview(db: sqlite3.Connection, path: str) -> Doc:
                       f"{k['right_table']}({', '.join(json.loads(k['right_columns']))})"
                       + (f"  {k['description']}" if k.get("description") else ""))
     if _has_table(db, "exray_report_errors"):
-        errs = _rows(db, "SELECT * FROM exray_report_errors")
+        errs = dict_rows(db, "SELECT * FROM exray_report_errors")
         if errs:
             d.add("")
             d.add("Report errors:")
@@ -179,21 +173,9 @@ _FRAME_RE = re.compile(r"^\t(.+):(\d+|\?)$")
 
 
 def stacks(db: sqlite3.Connection, resolve, function: str | None = None) -> Doc:
-    procs = _rows(db, "SELECT * FROM processes ORDER BY id")
-    for p in procs:
-        p["warnings"] = json.loads(p["warnings"]) if p.get("warnings") else []
-    gors: dict[int, list[dict]] = {}
-    for g in _rows(db, "SELECT * FROM goroutines ORDER BY process_id, goid"):
-        gors.setdefault(g["process_id"], []).append(g)
-    frames: dict[tuple[int, int], list[dict]] = {}
-    for pid, goid, fn, file, line, hidden in db.execute(
-            "SELECT process_id, goid, function, file, line, hidden FROM frames ORDER BY process_id, goid, depth"):
-        frames.setdefault((pid, goid), []).append({"function": fn, "file": file, "line": line, "hidden": hidden})
-    matched = None
+    procs, gors, frames = read_goroutines(db)
     filt = fmt.GoroutineFilter(functions=[function] if function else [])
-    if filt:
-        matched = {(g["process_id"], g["goid"]) for gs in gors.values() for g in gs
-                   if filt.matches(g, frames.get((g["process_id"], g["goid"]), []), [])}
+    matched = filt.matching(gors, frames, [])
     text = fmt.format_goroutines(procs, gors, frames, matched=matched, filter_text=filt.describe())
     d = Doc()
     process_id = None
@@ -234,7 +216,7 @@ def goroutine(db: sqlite3.Connection, process_id: int, goid: int, resolve) -> Do
     for t in function_tables(db):
         if not _has_table(db, t.table):
             continue
-        for r in _rows(db, f"SELECT rowid AS _rowid, * FROM {_q(t.table)} WHERE process_id = ? AND goid = ?",
+        for r in dict_rows(db, f"SELECT rowid AS _rowid, * FROM {_q(t.table)} WHERE process_id = ? AND goid = ?",
                        (process_id, goid)):
             by_depth.setdefault(r["depth"], []).append((t.table, r.pop("_rowid"), r))
     for depth, fn, file, line, hidden, inlined in db.execute(
