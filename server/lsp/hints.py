@@ -216,30 +216,26 @@ def _compact(v, budget: int) -> str:
     if isinstance(v, str):
         return json.dumps(v, ensure_ascii=False)
     if isinstance(v, list):
-        parts, used = [], 2
-        for x in v:
-            s = _compact(x, budget - used)
-            if used + len(s) > budget:
-                parts.append("…")
-                break
-            parts.append(s)
-            used += len(s) + 2
-        return "[" + ", ".join(parts) + "]"
+        return _bounded(v, _compact, budget, "[]")
     if isinstance(v, dict):
         if set(v) >= {"__addr"} and "value" in v:
             return _compact(v["value"], budget)
-        parts, used = [], 2
-        for k, x in v.items():
-            if k.startswith("__"):
-                continue
-            s = f"{k}:{_compact(x, budget - used)}"
-            if used + len(s) > budget:
-                parts.append("…")
-                break
-            parts.append(s)
-            used += len(s) + 2
-        return "{" + ", ".join(parts) + "}"
+        fields = [(k, x) for k, x in v.items() if not k.startswith("__")]
+        return _bounded(fields, lambda kx, b: f"{kx[0]}:{_compact(kx[1], b)}", budget, "{}")
     return str(v)
+
+
+def _bounded(items, render, budget: int, brackets: str) -> str:
+    """Items rendered and joined until the budget is spent, then `…`."""
+    parts, used = [], 2
+    for x in items:
+        s = render(x, budget - used)
+        if used + len(s) > budget:
+            parts.append("…")
+            break
+        parts.append(s)
+        used += len(s) + 2
+    return brackets[0] + ", ".join(parts) + brackets[1]
 
 
 def _cut(s: str, n: int) -> str:
