@@ -24,7 +24,7 @@ from pygls.uris import to_fs_path
 from . import commands, documents, hints
 from .agent import Agent, LocalAgent
 from .sourcemap import SourceMap
-from .workspace import Settings, Workspace, validate_settings
+from .workspace import Workspace, validate_settings
 
 log = logging.getLogger("exray.lsp")
 
@@ -200,6 +200,14 @@ class ExrayServer(LanguageServer):
             return False
 
     # --------------------------------------------------------------- Go files
+    def in_snapshot(self, uri: str, by: str):
+        """(current snapshot index, workspace path of uri) when the index has that
+        file in its `by` map ("lines": frames, "functions": functions with frames)."""
+        idx, path = self.state.current, self.path_of(uri)
+        if idx is None or path is None or path not in getattr(idx, by):
+            return None
+        return idx, path
+
     def path_of(self, uri: str) -> str | None:
         if not uri.startswith("file:"):
             return None
@@ -311,10 +319,10 @@ def create_server(agent: Agent | None = None) -> ExrayServer:
     # ---- inlay hints: the goroutines parked at each line, with captured values
     @server.feature(types.TEXT_DOCUMENT_INLAY_HINT)
     def inlay_hints(ls: ExrayServer, params: types.InlayHintParams):
-        idx = ls.state.current
-        path = ls.path_of(params.text_document.uri)
-        if idx is None or path is None or path not in idx.lines:
+        found = ls.in_snapshot(params.text_document.uri, "lines")
+        if found is None:
             return []
+        idx, path = found
         text = ls.text_of(params.text_document.uri)
         src = text.split("\n") if text is not None else []
         lo, hi = params.range.start.line, params.range.end.line
@@ -336,11 +344,11 @@ def create_server(agent: Agent | None = None) -> ExrayServer:
     # ---- code lenses above functions with frames
     @server.feature(types.TEXT_DOCUMENT_CODE_LENS)
     def code_lens(ls: ExrayServer, params: types.CodeLensParams):
-        idx = ls.state.current
         uri = params.text_document.uri
-        path = ls.path_of(uri)
-        if idx is None or path is None or path not in idx.functions:
+        found = ls.in_snapshot(uri, "functions")
+        if found is None:
             return []
+        idx, path = found
         text = ls.text_of(uri) or ""
         go = ls.go_file(uri, text)
         out = []
@@ -360,11 +368,11 @@ def create_server(agent: Agent | None = None) -> ExrayServer:
     # ---- hover on a captured variable: its values across frames
     @server.feature(types.TEXT_DOCUMENT_HOVER)
     def hover(ls: ExrayServer, params: types.HoverParams):
-        idx = ls.state.current
         uri = params.text_document.uri
-        path = ls.path_of(uri)
-        if idx is None or path is None or path not in idx.functions:
+        found = ls.in_snapshot(uri, "functions")
+        if found is None:
             return None
+        idx, path = found
         text = ls.text_of(uri)
         if text is None:
             return None
