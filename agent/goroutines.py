@@ -120,11 +120,14 @@ class GTable:
         return out
 
     def live_rows(self) -> list[int]:
+        return self.rows_in_status(range(len(self.addrs)), ("dead", "deadextra", "idle"), negate=True)
+
+    def rows_in_status(self, rows, names, negate: bool = False) -> list[int]:
+        """The rows whose status (scan bit masked) is one of `names` (or, negated, none)."""
         lay = self.layout
-        dead = {code for code, name in lay.status_names.items()
-                if name in ("dead", "deadextra", "idle")}
-        mask = ~lay.gscan
-        return [i for i, st in enumerate(self.column("atomicstatus")) if st & mask not in dead]
+        codes = {code for code, name in lay.status_names.items() if name in names}
+        status, mask = self.column("atomicstatus"), ~lay.gscan
+        return [i for i in rows if (status[i] & mask in codes) != negate]
 
     def raw(self, i: int, names=None) -> RawG:
         """Row i as a RawG; `names` limits the fields (in the pause, parse only what is used)."""
@@ -230,10 +233,9 @@ def start_sps(layout, table: GTable, rows: list[int], ms: dict, threads: dict) -
     for the rest it is syscallsp when set, else sched.sp."""
     sys_sp, sched_sp = table.column("syscallsp"), table.column("sched.sp")
     sps = [sys_sp[i] or sched_sp[i] for i in rows]
-    running = {c for c, name in layout.status_names.items() if name == "running"}
-    status, mask = table.column("atomicstatus"), ~layout.gscan
+    running = set(table.rows_in_status(rows, ("running",)))
     for k, i in enumerate(rows):
-        if status[i] & mask in running:
+        if i in running:
             sps[k] = start_of(layout, table.raw(i, START_FIELDS), ms, threads).sp
     return sps
 

@@ -189,14 +189,11 @@ def _capture_candidates(target, table, live, stacks) -> list[int]:
         return list(range(len(live)))
     words, off = memoryview(buf).cast("Q"), stacks.offsets
     sched_pc, sys_pc = table.column("sched.pc"), table.column("syscallpc")
+    running = set(table.rows_in_status(live, ("running",)))
     return [k for k, i in enumerate(live)
             if sched_pc[i] in pcs or sys_pc[i] in pcs or k in stacks.failed
             or not pcs.isdisjoint(words[off[k] // 8:off[k + 1] // 8])
-            or _running(target.layout, table, i)]
-
-
-def _running(layout, table, i) -> bool:
-    return layout.status_names.get(table.column("atomicstatus")[i] & ~layout.gscan) == "running"
+            or i in running]
 
 
 def _unwind(g: _G, target: Target, opts: SnapshotOptions) -> None:
