@@ -30,6 +30,7 @@ class CaptureRecord:
     values: dict[str, Any]     # column name -> JSON-able value (None: not available at this pc)
     raw: dict[str, Any]        # column name -> value with pointer addresses kept (__addr)
     errors: dict[str, str] = field(default_factory=dict)  # column name -> why it is NULL
+    instance: str | None = None  # the binary's function, where `function` is a generic's `[...]`
 
 
 @dataclass

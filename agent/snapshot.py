@@ -226,7 +226,8 @@ def _capture(g: _G, target: Target, mem, snapshot_budget) -> list[tuple[int, int
 
 def _capture_frame(fplan, pf, depth, g, regs, target, mem, snapshot_budget, inst=None) -> CaptureRecord:
     plan = target.plan
-    rec = CaptureRecord(function=fplan.symbol, depth=depth, values={}, raw={})
+    rec = CaptureRecord(function=fplan.spec_name, depth=depth, values={}, raw={},
+                        instance=fplan.symbol if fplan.spec_symbol else None)
     frame_budget = ByteBudget(plan.budgets.frame_bytes)
     roots = fplan.roots if inst is None else inst.roots
     for cap in fplan.captures:
@@ -340,8 +341,9 @@ def _place_captures(logical, captures) -> list[CaptureRecord]:
             continue
         k = len(group) - 1 - inline_depth
         frame = group[k] if k >= 0 else None
-        if frame is None or frame.function != cap.function or frame.inlined != (inline_depth > 0):
-            frame = next((f for f in group if f.function == cap.function
+        function = cap.instance or cap.function
+        if frame is None or frame.function != function or frame.inlined != (inline_depth > 0):
+            frame = next((f for f in group if f.function == function
                           and f.inlined == (inline_depth > 0)), None)
         if frame is not None:
             cap.depth = frame.depth

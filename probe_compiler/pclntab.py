@@ -420,11 +420,20 @@ def _inline_sites(tab: PcLnTab) -> dict[str, list[int]]:
     return out
 
 
+def _sites(tab: PcLnTab) -> dict[str, list[int]]:
+    sites = getattr(tab, "_inline_sites", None)
+    if sites is None:
+        sites = tab._inline_sites = _inline_sites(tab)
+    return sites
+
+
 def inlined_into(tab: PcLnTab, name: str) -> list[Func]:
     """The functions (physical, out of line) into which `name` was inlined,
     at any nesting depth. The first call scans every inline tree (cached on
     the table: about a second on cmd/compile); later calls are lookups."""
-    sites = getattr(tab, "_inline_sites", None)
-    if sites is None:
-        sites = tab._inline_sites = _inline_sites(tab)
-    return [tab._func_at(i) for i in sites.get(name, ())]
+    return [tab._func_at(i) for i in _sites(tab).get(name, ())]
+
+
+def inlined_names(tab: PcLnTab) -> list[str]:
+    """Every function inlined somewhere (some have no out-of-line copy)."""
+    return list(_sites(tab))

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from .decode import Budgets
 from .errors import ExpressionError, SpecError, SymbolNotFound
+from .generics import is_generic_pattern, spec_instances, suggestion_names
 from .types import TypeTable
 
 PLAN_VERSION = 1
@@ -75,6 +76,12 @@ def _roots_from_json(d: dict) -> dict[str, list[VarLoc]]:
 
 @dataclass
 class FunctionPlan:
+    """One captured function of the binary.
+
+    A spec symbol with `[...]` (a generic function) compiles to one
+    FunctionPlan per instance the compiler made: `symbol` is the instance's
+    name in the binary (`main.Map[go.shape.int]`), `spec_symbol` the spec's
+    (`main.Map[...]`), and all of them share the spec's table."""
     symbol: str
     table: str
     entry: int
@@ -84,6 +91,12 @@ class FunctionPlan:
     root_types: dict[str, int]
     unavailable: str | None = None   # why no capture of this function can be read (no DWARF)
     inlined: list[InlinedPlan] = field(default_factory=list)  # where the compiler inlined it
+    spec_symbol: str | None = None   # the spec's `[...]` symbol when this is one instance of it
+
+    @property
+    def spec_name(self) -> str:
+        """The function as the spec names it: what its rows are filed under."""
+        return self.spec_symbol or self.symbol
 
     @staticmethod
     def from_json(d: dict) -> "FunctionPlan":
@@ -134,10 +147,37 @@ def _locations(var) -> list[VarLoc]:
 def _func(binary, symbol: str):
     fn = binary.pclntab.func_by_name(symbol)
     if fn is None:
-        names = [f.name for f in binary.pclntab.funcs()]
-        raise SymbolNotFound(f"no function {symbol} in {binary.path}",
-                             difflib.get_close_matches(symbol, names, n=3))
+        raise _not_found(binary, symbol, f"no function {symbol} in {binary.path}")
     return fn
+
+
+def _not_found(binary, symbol: str, message: str) -> SymbolNotFound:
+    """With suggestions: close names, and `[...]` for close generic functions
+    (only those, for a `[...]` symbol)."""
+    names = suggestion_names(f.name for f in binary.pclntab.funcs())
+    if is_generic_pattern(symbol):
+        names = {n for n in names if is_generic_pattern(n)}
+    return SymbolNotFound(message, difflib.get_close_matches(symbol, names, n=3))
+
+
+def _instances(fs, binary, with_dwarf: bool, named: set[str]) -> list:
+    """The spec function as one FunctionSpec per function of the binary.
+
+    A `[...]` symbol stands for every instance the compiler made of that
+    generic function (out of line, or only inlined when there is DWARF to
+    read those), except instances the spec names on their own (`named`): those
+    get their own table. Any other symbol is itself."""
+    if not is_generic_pattern(fs.symbol):
+        return [fs]
+    from .pclntab import inlined_names
+
+    pcln = binary.pclntab
+    names = [f.name for f in pcln.funcs()] + (inlined_names(pcln) if with_dwarf else [])
+    found = spec_instances(fs.symbol, names)
+    if not found:
+        raise _not_found(binary, fs.symbol, f"no instance of the generic function {fs.symbol} "
+                                            f"in {binary.path}")
+    return [dataclasses.replace(fs, symbol=name) for name in found if name not in named]
 
 
 def _function_plan_without_dwarf(fs, binary) -> FunctionPlan:
@@ -181,7 +221,7 @@ def _root_var(by_name: dict, root: str):
 
 
 def _function_plan(fs, binary, dwarf, all_types: TypeTable, spec_path: str,
-                   warnings: list[str]) -> FunctionPlan:
+                   warnings: list[str], what: str | None = None) -> FunctionPlan:
     from .expr import check_expr, parse_expr
 
     fn = binary.pclntab.func_by_name(fs.symbol)
@@ -200,7 +240,7 @@ def _function_plan(fs, binary, dwarf, all_types: TypeTable, spec_path: str,
         try:
             te = check_expr(parse_expr(cs.expr), var_types, types)
         except ExpressionError as e:
-            raise SpecError(f"{fs.symbol}: capture {cs.expr!r}: {e}", path=spec_path,
+            raise SpecError(f"{what or fs.symbol}: capture {cs.expr!r}: {e}", path=spec_path,
                             line=cs.line, column=cs.column) from None
         plain_ops[cs.name] = ops = [list(op) for op in te.ops]
         var, addressed = _root_var(by_name, te.root)
@@ -257,12 +297,18 @@ def compile_plan(binary, dwarf, spec, budgets: Budgets | None = None, layout=Non
     if dwarf is None:
         plan.warnings.append(f"{binary.path} has no DWARF: captured values are unavailable")
     spec_path = getattr(spec, "path", "exray.yaml")
+    named = {fs.symbol for fs in spec.functions}
     for fs in spec.functions:
+        path = getattr(fs, "path", spec_path)
         try:
-            plan.functions.append(_function_plan_without_dwarf(fs, binary) if dwarf is None
-                                  else _function_plan(fs, binary, dwarf, plan.types,
-                                                      getattr(fs, "path", spec_path), plan.warnings))
+            for one in _instances(fs, binary, dwarf is not None, named):
+                instance = one is not fs
+                what = f"{fs.symbol} (instance {one.symbol})" if instance else None
+                fp = (_function_plan_without_dwarf(one, binary) if dwarf is None
+                      else _function_plan(one, binary, dwarf, plan.types, path, plan.warnings, what))
+                if instance:
+                    fp.spec_symbol = fs.symbol
+                plan.functions.append(fp)
         except SymbolNotFound as e:
-            raise SpecError(str(e), path=getattr(fs, "path", spec_path), line=fs.line,
-                            column=fs.column) from None
+            raise SpecError(str(e), path=path, line=fs.line, column=fs.column) from None
     return plan

@@ -46,6 +46,7 @@ from lsprotocol.types import Position, Range
 
 from probe_compiler.errors import ExpressionError
 from probe_compiler.expr import format_expr, parse_expr
+from probe_compiler.generics import generic_pattern, symbol_matches  # noqa: F401 (re-exported)
 
 _LANGUAGE = tree_sitter.Language(tree_sitter_go.language())
 _local = threading.local()
@@ -278,16 +279,8 @@ def symbol_prefix(import_path: str | None, package_name: str | None) -> str:
 _SHAPES = re.compile(r"\[[^\[\]]*(?:\[[^\[\]]*\][^\[\]]*)*\]")
 
 
-def generic_pattern(symbol: str) -> str:
-    """`[go.shape.int]`, `[T]` and `[...]` all become `[...]`."""
-    return _SHAPES.sub("[...]", symbol)
-
-
-def symbol_matches(symbol: str, binary_name: str) -> bool:
-    """A source symbol (`G[...]`) against a binary's name (`G[go.shape.int]`)."""
-    if symbol == binary_name:
-        return True
-    return "[" in symbol and generic_pattern(symbol) == generic_pattern(binary_name)
+# generic_pattern and symbol_matches live in probe_compiler/generics.py (imported
+# above), shared with the spec's matching of `[...]` symbols.
 
 
 def package_of_symbol(symbol: str) -> str:
