@@ -21,7 +21,7 @@ from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol, lsp_method
 from pygls.uris import to_fs_path
 
-from . import commands, documents, hints
+from . import commands, documents, editing, hints
 from .agent import Agent, LocalAgent
 from .sourcemap import SourceMap
 from .workspace import Workspace, validate_settings
@@ -77,6 +77,7 @@ class ExrayServer(LanguageServer):
         self._told_unparsed: set[str] = set()
         self._load_lock = asyncio.Lock()
         self.init_problems: list[str] = []
+        self.spec_state = editing.SpecState()
 
     # ---------------------------------------------------------------- messages
     def show(self, kind: types.MessageType, message: str) -> None:
@@ -131,6 +132,7 @@ class ExrayServer(LanguageServer):
         if not quiet:
             self.log(f"Ex-Ray: current snapshot {path} ({idx.n_goroutines} goroutines)", types.MessageType.Info)
         self.refresh_views()
+        editing.recheck_all(self)              # another binary may be bound now
         return idx
 
     def refresh_views(self) -> None:
@@ -303,6 +305,8 @@ def create_server(agent: Agent | None = None) -> ExrayServer:
         snaps = await asyncio.to_thread(ls.state.list_snapshots)
         if snaps and ls.state.current is None:
             await ls.load_snapshot(snaps[0]["path"], quiet=True)
+        else:
+            editing.recheck_all(ls)
 
     @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
     async def on_config(ls: ExrayServer, params: types.DidChangeConfigurationParams):
@@ -315,6 +319,7 @@ def create_server(agent: Agent | None = None) -> ExrayServer:
     @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
     def on_close(ls: ExrayServer, params: types.DidCloseTextDocumentParams):
         ls._go.pop(params.text_document.uri, None)
+        editing.on_close(ls, params.text_document.uri)
 
     # ---- inlay hints: the goroutines parked at each line, with captured values
     @server.feature(types.TEXT_DOCUMENT_INLAY_HINT)
@@ -437,7 +442,7 @@ def create_server(agent: Agent | None = None) -> ExrayServer:
             return run
         server.command(name)(make(handler))
 
-    register_spec_features(server)
+    editing.register(server)      # code actions on Go files, diagnostics on exray.yaml
     return server
 
 
@@ -450,32 +455,6 @@ def _utf16_to_index(line: str, character: int) -> int:
             return i
         units += 2 if ord(c) > 0xFFFF else 1
     return len(line)
-
-
-# ===================================================== the spec half (issue 4, part 2)
-#
-# >>> Code actions on Go files ("Capture x in F", "Stop capturing …") and
-# >>> diagnostics on exray.yaml are registered HERE, by modules of their own
-# >>> (server/lsp/gosource.py, specedit.py, diagnostics.py). Each may define
-# >>> `register(server: ExrayServer) -> None`, called before `initialize` so
-# >>> that the capabilities it adds are announced. Missing modules are skipped.
-
-SPEC_FEATURE_MODULES = ("diagnostics", "specedit", "gosource")
-
-
-def register_spec_features(server: ExrayServer) -> None:
-    import importlib
-    for name in SPEC_FEATURE_MODULES:
-        try:
-            mod = importlib.import_module(f"{__package__}.{name}")
-        except ImportError:
-            continue
-        reg = getattr(mod, "register", None)
-        if callable(reg):
-            try:
-                reg(server)
-            except Exception:
-                log.exception("registering %s", name)
 
 
 def main() -> None:

@@ -22,6 +22,7 @@ class Settings:
     snapshotsDir: str = ".exray/snapshots"  # relative to the workspace root
     maxHintLength: int = 120                # characters of one inlay hint
     maxHoverValues: int = 50                # frames listed in a hover
+    binary: str = ""                        # the Go binary exray.yaml is checked against ("": see editing.py)
 
 
 _LIMITS = {"maxHintLength": (20, 2000), "maxHoverValues": (1, 10000)}
