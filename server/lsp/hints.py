@@ -94,12 +94,33 @@ class SnapshotIndex:
         cur = db.execute("SELECT * FROM processes ORDER BY id")
         cols = [d[0] for d in cur.description]
         idx.processes = [dict(zip(cols, r)) for r in cur]
-        state: dict[tuple[int, int], str] = {}
-        for pid, goid, status, reason in db.execute(
-                "SELECT process_id, goid, status, wait_reason FROM goroutines"):
-            state[pid, goid] = reason or status or "unknown"
+        state = {(pid, goid): reason or status or "unknown" for pid, goid, status, reason in db.execute(
+            "SELECT process_id, goid, status, wait_reason FROM goroutines")}
         idx.n_goroutines = len(state)
-        pairs = db.execute("SELECT DISTINCT function, file FROM frames").fetchall()
+        # Only frames of functions that may be in the workspace can map to it
+        # (SourceMap.resolve and learn ignore the others): SQLite leaves out the
+        # runtime's and the libraries' frames, in rowid order, as a full scan does.
+        fns = [fn for fn, in db.execute("SELECT DISTINCT function FROM frames")]
+        mine = json.dumps([fn for fn in fns if fn and sm.in_module(fn)])
+        try:
+            rows = db.execute(
+                "SELECT rowid, process_id, goid, depth, function, file, line FROM frames NOT INDEXED "
+                "WHERE function IN (SELECT value FROM json_each(?)) OR function IS NULL OR function = '' "
+                "ORDER BY rowid", (mine,)).fetchall()
+        except sqlite3.OperationalError:           # an SQLite without JSON functions
+            keep = set(json.loads(mine))
+            rows = [r for r in db.execute("SELECT rowid, process_id, goid, depth, function, file, line "
+                                          "FROM frames ORDER BY rowid") if not r[4] or r[4] in keep]
+        # Frames grouped by (function, file, line), each group in row order.
+        groups: dict[tuple, list] = {}
+        for r in rows:
+            k = r[4], r[5], r[6]
+            g = groups.get(k)
+            if g is None:
+                groups[k] = [r]
+            else:
+                g.append(r)
+        pairs = {(fn, file) for fn, file, _ in groups}
         for fn, file in pairs:
             if fn and file:
                 sm.learn(fn, file)
@@ -108,28 +129,37 @@ class SnapshotIndex:
         idx.tables = function_tables(db)
         captured_fns = {t.function: t for t in idx.tables}
         frame_at: dict[tuple[int, int, int], tuple[str, int]] = {}
-        lines, funcs = idx.lines, idx.functions
-        for pid, goid, depth, fn, file, line in db.execute(
-                "SELECT process_id, goid, depth, function, file, line FROM frames"):
+        # The groups of each workspace line, in the order of their first frame:
+        # lines, functions and reasons are created in the order frames come.
+        at_line: dict[tuple[str, int], list] = {}
+        in_captured: list = []
+        for (fn, file, line), g in groups.items():
             ws = files.get((fn, file))
             if ws is None or line is None:
                 continue
-            key = (pid, goid)
-            agg = lines.setdefault(ws, {}).get(line)
-            if agg is None:
-                agg = lines[ws][line] = LineAgg()
-            if key not in agg.goroutines:
-                agg.goroutines.add(key)
-                agg.reasons[state.get(key, "gone")] += 1
-            agg.functions.add(fn)
+            at_line.setdefault((ws, line), []).append(g)
+            if fn in captured_fns:
+                in_captured.append((g, ws, line))
+        # Frames of captured functions by (goroutine, depth); a later frame wins, as in row order.
+        for r, ws, line in sorted(((r, ws, line) for g, ws, line in in_captured for r in g), key=lambda x: x[0][0]):
+            frame_at[r[1], r[2], r[3]] = (ws, line)
+        lines, funcs = idx.lines, idx.functions
+        for (ws, line), gs in sorted(at_line.items(), key=lambda kv: min(g[0][0] for g in kv[1])):
+            rs = gs[0] if len(gs) == 1 else sorted((r for g in gs for r in g), key=lambda r: r[0])
+            keys = dict.fromkeys([(r[1], r[2]) for r in rs])      # goroutines, first frame first
+            agg = lines.setdefault(ws, {})[line] = LineAgg()
+            agg.goroutines = set(keys)
+            agg.reasons = Counter([state.get(k, "gone") for k in keys])
+            agg.functions = {g[0][4] for g in gs}
+        for (ws, line), gs in sorted(((k, g) for k, gs in at_line.items() for g in gs), key=lambda kg: kg[1][0][0]):
+            fn = gs[0][4]
             fa = funcs.setdefault(ws, {}).get(fn)
             if fa is None:
                 fa = funcs[ws][fn] = FuncAgg(fn, table=captured_fns[fn].table if fn in captured_fns else None)
             fa.lines.add(line)
-            fa.goroutines.add(key)
-            if fn in captured_fns:
-                frame_at[pid, goid, depth] = (ws, line)
+            fa.goroutines.update([(r[1], r[2]) for r in gs])
         exprs = _capture_exprs(db, meta)
+        short_of: dict[str, str] = {}                         # JSON text -> compact_json(text)
         for t in idx.tables:
             if not t.columns:
                 continue
@@ -138,6 +168,7 @@ class SnapshotIndex:
                 rows = db.execute(f"SELECT rowid, process_id, goid, depth, {sel} FROM {_q(t.table)} ORDER BY process_id, goid, depth").fetchall()
             except sqlite3.Error:
                 continue
+            columns = list(t.columns)
             for rowid, pid, goid, depth, *vals in rows:
                 at = frame_at.get((pid, goid, depth))
                 if at is None:
@@ -148,13 +179,24 @@ class SnapshotIndex:
                     cap = idx.captured[ws, t.function] = Captured(
                         t.function, t.table, list(t.columns),
                         {c: exprs.get((t.table, c), c) for c in t.columns})
-                cap.rows.append(CapturedRow(pid, goid, depth, line, dict(zip(t.columns, vals)), rowid))
+                cap.rows.append(CapturedRow(pid, goid, depth, line, dict(zip(columns, vals)), rowid))
                 cap.lines.add(line)
-                agg = lines[ws][line]
-                for c, v in zip(t.columns, vals):
-                    short = compact_json(v)
-                    agg.values.setdefault(c, Counter())[short] += 1
-                    cap.counts.setdefault(c, Counter())[short] += 1
+                values, counts = lines[ws][line].values, cap.counts
+                for c, v in zip(columns, vals):
+                    if v.__class__ is str:
+                        short = short_of.get(v)
+                        if short is None:
+                            short = short_of[v] = compact_json(v)
+                    else:
+                        short = compact_json(v)
+                    cv = values.get(c)
+                    if cv is None:
+                        cv = values[c] = Counter()
+                    cv[short] += 1
+                    cc = counts.get(c)
+                    if cc is None:
+                        cc = counts[c] = Counter()
+                    cc[short] += 1
         return idx
 
     # ---------------------------------------------------------------- queries
@@ -207,6 +249,11 @@ def compact_json(text: str | None, budget: int = 40) -> str:
 
 
 def _compact(v, budget: int) -> str:
+    t = v.__class__
+    if t is str:                      # the common cases first, by exact type
+        return _encode_str(v)
+    if t is dict:
+        return _compact_dict(v, budget)
     if v is None:
         return "nil"
     if isinstance(v, bool):
@@ -214,15 +261,26 @@ def _compact(v, budget: int) -> str:
     if isinstance(v, (int, float)):
         return repr(v)
     if isinstance(v, str):
-        return json.dumps(v, ensure_ascii=False)
+        return _encode_str(v)
     if isinstance(v, list):
         return _bounded(v, _compact, budget, "[]")
     if isinstance(v, dict):
-        if set(v) >= {"__addr"} and "value" in v:
-            return _compact(v["value"], budget)
-        fields = [(k, x) for k, x in v.items() if not k.startswith("__")]
-        return _bounded(fields, lambda kx, b: f"{kx[0]}:{_compact(kx[1], b)}", budget, "{}")
+        return _compact_dict(v, budget)
     return str(v)
+
+
+def _compact_dict(v: dict, budget: int) -> str:
+    if "__addr" in v and "value" in v:
+        return _compact(v["value"], budget)
+    fields = [(k, x) for k, x in v.items() if not k.startswith("__")]
+    return _bounded(fields, _field, budget, "{}")
+
+
+def _field(kx, budget: int) -> str:
+    return f"{kx[0]}:{_compact(kx[1], budget)}"
+
+
+_encode_str = json.encoder.encode_basestring    # what json.dumps(s, ensure_ascii=False) returns, in C
 
 
 def _bounded(items, render, budget: int, brackets: str) -> str:
