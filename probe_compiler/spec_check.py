@@ -4,6 +4,8 @@ The check runs the real compile path (plan.compile_plan) one function, then
 one capture, at a time, so that every problem is reported, not just the
 first, each at its own line and column with a `did you mean` where the
 binary has a close name. Editors show these as diagnostics when the code moves.
+A generic function's `[...]` symbol is checked against every instance the
+binary has (compile_plan compiles each): an error names the instance.
 """
 from __future__ import annotations
 
