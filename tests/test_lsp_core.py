@@ -245,6 +245,10 @@ async def test_virtual_documents_and_links(lsp, linkpair):
     tl = await lsp.text_document_document_link_async(types.DocumentLinkParams(
         types.TextDocumentIdentifier("exray:/table/handles")))
     assert {f"exray:/goroutine/1/{g}" for g, in db.execute("SELECT goid FROM handles")} <= {l.target for l in tl}
+    # A view (no rowid): every captured row, without links.
+    view = await content(lsp, "exray:/table/all_captured_data")
+    n = db.execute("SELECT count(*) FROM all_captured_data").fetchone()[0]
+    assert n > 0 and view.startswith(f"table all_captured_data: {n} rows"), view[:200]
     # Unknown documents say so.
     assert "no goroutine" in await content(lsp, "exray:/goroutine/1/999999")
     assert "unknown Ex-Ray document" in await content(lsp, "exray:/nope")
@@ -281,6 +285,11 @@ async def test_text_document_content_capability(linkpair):
         got = await c.workspace_text_document_content_async(
             types.TextDocumentContentParams(uri="exray:/snapshot/overview"))
         assert got.text.startswith("Ex-Ray snapshot")
+        # Another snapshot becomes current: the documents read so far are refreshed.
+        refreshed = []
+        c.feature(types.WORKSPACE_TEXT_DOCUMENT_CONTENT_REFRESH)(lambda params: refreshed.append(params.uri))
+        await command(c, "exray.useSnapshot", str(linkpair["snapshot"]))
+        await wait_until(lambda: refreshed == ["exray:/snapshot/overview"], what="textDocumentContent/refresh")
     finally:
         await close(c)
     async with session(linkpair["ws"], "neovim") as c:
@@ -331,6 +340,33 @@ async def test_snapshot_cancelled_by_progress_cancel(linkpair):
         assert any("cancelled" in m.message for m in c.messages)
         # Still serving.
         assert isinstance(await command(c, "exray.listSnapshots"), list)
+
+
+async def test_requests_right_after_start_wait_for_the_newest_snapshot(linkpair):
+    """The newest snapshot loads after `initialized`; a document asked for at once waits for it."""
+    async with session(linkpair["ws"], "neovim") as c:
+        assert (await content(c, "exray:/snapshot/overview")).startswith("Ex-Ray snapshot")
+        res = await command(c, "exray.runQuery", "SELECT count(*) FROM goroutines")
+        assert "error" not in res, res
+
+
+async def test_snapshot_cancelled_by_cancel_request(linkpair):
+    """$/cancelRequest on the command: the request fails with RequestCancelled, the
+    worker stops before writing anything, and the server keeps serving."""
+    snaps = linkpair["ws"] / ".exray" / "snapshots"
+    before = set(snaps.iterdir())
+    async with session(linkpair["ws"], "neovim", EXRAY_LSP_TEST_DELAY="2") as c:
+        fut = asyncio.wrap_future(c.protocol.send_request(types.WORKSPACE_EXECUTE_COMMAND, types.ExecuteCommandParams(
+            command="exray.snapshot", arguments=[]), msg_id="snap-1"))
+        await wait_until(lambda: any(r for r in c.progress_reports.values()), what="progress begin")
+        c.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id="snap-1"))
+        with pytest.raises(Exception, match="cancel"):
+            await asyncio.wait_for(fut, 10)
+        await wait_until(lambda: any("snapshot request cancelled" in m.message for m in c.log_messages),
+                         what="the cancel logged")
+        await asyncio.sleep(3)          # past the agent's delay: a worker still running would write now
+        assert isinstance(await command(c, "exray.listSnapshots"), list)
+    assert set(snaps.iterdir()) == before
 
 
 # ------------------------------------------------------------------- bad input

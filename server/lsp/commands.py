@@ -98,7 +98,8 @@ async def snapshot(ls: "ExrayServer", args) -> dict:
                      f"process{'es' if len(records) - len(errors) != 1 else ''}")
         return result
     except asyncio.CancelledError:      # the request itself was cancelled ($/cancelRequest)
-        cancel.set()
+        cancel.set()                    # the worker thread stops at its next check
+        ls.log("Ex-Ray: snapshot request cancelled", types.MessageType.Info)
         raise
     finally:
         progress.end("done")
@@ -125,7 +126,7 @@ async def run_query(ls: "ExrayServer", args) -> dict:
     sql = _arg(args, 0, "sql")
     if not isinstance(sql, str) or not sql.strip():
         return ls.fail("Ex-Ray: exray.runQuery needs an SQL query")
-    if ls.state.current is None:
+    if await ls.current() is None:
         return ls.fail("Ex-Ray: no current snapshot: take one with Ex-Ray: Snapshot")
     n = ls.state.add_query(sql)
     uri = documents.query_uri(n)
@@ -143,7 +144,7 @@ async def open_document(ls: "ExrayServer", args) -> dict:
 
 
 async def open_flame_graph(ls: "ExrayServer", args) -> dict:
-    idx = ls.state.current
+    idx = await ls.current()
     if idx is None:
         return ls.fail("Ex-Ray: no current snapshot: take one with Ex-Ray: Snapshot")
 

@@ -107,9 +107,15 @@ def render(uri: str, snapshot: str, resolve, queries: dict[int, str]) -> Doc:
     raise DocumentError(f"unknown Ex-Ray document {uri} (try {OVERVIEW_URI})")
 
 
+def _kind(db, name: str) -> str | None:
+    """'table', 'view' or None."""
+    row = db.execute("SELECT type FROM sqlite_master WHERE name = ? AND type IN ('table','view')",
+                     (name,)).fetchone()
+    return row[0] if row else None
+
+
 def _has_table(db, name: str) -> bool:
-    return db.execute("SELECT 1 FROM sqlite_master WHERE name = ? AND type IN ('table','view')",
-                      (name,)).fetchone() is not None
+    return _kind(db, name) is not None
 
 
 def overview(db: sqlite3.Connection, path: str) -> Doc:
@@ -266,16 +272,19 @@ def _q(name: str) -> str:
 
 
 def table(db: sqlite3.Connection, name: str) -> Doc:
-    if not _has_table(db, name) or name.startswith("sqlite_"):
+    kind = _kind(db, name)
+    if kind is None or name.startswith("sqlite_"):
         raise DocumentError(f"no table {name!r} in this snapshot")
-    cur = db.execute(f"SELECT rowid AS rowid, * FROM {_q(name)} LIMIT {MAX_ROWS + 1}")
+    # Views (all_captured_data) have no rowid, and links are recorded by rowid of tables only.
+    rowid = "rowid AS rowid, " if kind == "table" else ""
+    cur = db.execute(f"SELECT {rowid}* FROM {_q(name)} LIMIT {MAX_ROWS + 1}")
     cols = [c[0] for c in cur.description]
     rows = cur.fetchall()
     total = db.execute(f"SELECT count(*) FROM {_q(name)}").fetchone()[0]
     d = Doc()
     d.add(f"table {name}: {total} row{'s' if total != 1 else ''}")
     links: dict[int, list] = {}
-    if _has_table(db, "exray_links"):
+    if kind == "table" and _has_table(db, "exray_links"):
         for rowid, in db.execute("SELECT DISTINCT from_rowid FROM exray_links WHERE from_table = ?", (name,)):
             try:
                 links[rowid] = linked_rows(db, name, rowid)

@@ -18,6 +18,7 @@ from typing import Any
 
 from lsprotocol import types
 from pygls.lsp.server import LanguageServer
+from pygls.exceptions import JsonRpcInvalidParams
 from pygls.protocol import LanguageServerProtocol, lsp_method
 from pygls.uris import to_fs_path
 
@@ -46,6 +47,19 @@ class ExrayProtocol(LanguageServerProtocol):
                 caps.workspace = types.WorkspaceOptions()
             caps.workspace.text_document_content = types.TextDocumentContentOptions(schemes=[documents.SCHEME])
         return result
+
+
+    @lsp_method(types.WORKSPACE_EXECUTE_COMMAND)
+    async def lsp_workspace__execute_command(self, params: types.ExecuteCommandParams):
+        """As pygls's, but a coroutine: pygls runs commands through a generator
+        whose request future, when $/cancelRequest cancels it, leaves the
+        command's own task running (a snapshot would still be written). Run
+        as the request's task, the cancel reaches the command. Our commands
+        take their arguments as given (`*args`)."""
+        handler = self.fm.commands.get(params.command)
+        if handler is None:
+            raise JsonRpcInvalidParams.of(ValueError(f"Command name {params.command!r} is not defined"))
+        return await handler(*(params.arguments or []))
 
 
 class _Progress:
@@ -78,6 +92,7 @@ class ExrayServer(LanguageServer):
         self._load_lock = asyncio.Lock()
         self.init_problems: list[str] = []
         self.spec_state = editing.SpecState()
+        self.startup: asyncio.Future | None = None   # the first snapshot's load, after `initialized`
 
     # ---------------------------------------------------------------- messages
     def show(self, kind: types.MessageType, message: str) -> None:
@@ -127,11 +142,13 @@ class ExrayServer(LanguageServer):
             self.show(types.MessageType.Error, f"Ex-Ray: cannot use snapshot {path}: {type(e).__name__}: {e}")
             return None
         self.state.current = idx
+        shown = list(self._docs)
         self._docs.clear()
         self._told_unparsed.clear()
         if not quiet:
             self.log(f"Ex-Ray: current snapshot {path} ({idx.n_goroutines} goroutines)", types.MessageType.Info)
         self.refresh_views()
+        self.refresh_documents(shown)
         editing.recheck_all(self)              # another binary may be bound now
         return idx
 
@@ -143,9 +160,18 @@ class ExrayServer(LanguageServer):
         if _cap(caps, "workspace", "code_lens", "refresh_support"):
             asyncio.ensure_future(self._refresh(self.workspace_code_lens_refresh_async))
 
-    async def _refresh(self, send) -> None:
+    def refresh_documents(self, uris: list[str]) -> None:
+        """exray: documents the client has read show the old snapshot: ask it to
+        read them again (LSP 3.18's workspace/textDocumentContent/refresh)."""
+        if _cap(self.client_capabilities, "workspace", "text_document_content") is None:
+            return
+        for uri in uris:
+            asyncio.ensure_future(self._refresh(self.workspace_text_document_content_refresh_async,
+                                                types.TextDocumentContentRefreshParams(uri=uri)))
+
+    async def _refresh(self, send, params=None) -> None:
         try:
-            await asyncio.wait_for(send(None), 10)
+            await asyncio.wait_for(send(params), 10)
         except Exception as e:
             self.log(f"Ex-Ray: refresh failed: {e}")
 
@@ -166,9 +192,15 @@ class ExrayServer(LanguageServer):
         return _Progress(self, token)
 
     # --------------------------------------------------------------- documents
+    async def current(self):
+        """The current snapshot's index, once the start-up load (if any) is done."""
+        if self.state.current is None and self.startup is not None and not self.startup.done():
+            await asyncio.shield(self.startup)
+        return self.state.current
+
     async def document(self, uri: str) -> documents.Doc | None:
         """The exray: document at `uri` (rendered off the loop, cached per snapshot)."""
-        idx = self.state.current
+        idx = await self.current()
         key = _norm_uri(uri)
         if key in self._docs:
             return self._docs[key]
@@ -240,6 +272,16 @@ class ExrayServer(LanguageServer):
         return go
 
 
+async def _startup(ls: ExrayServer) -> None:
+    await ls.fetch_configuration()
+    # The newest snapshot of the workspace becomes current, as if just taken.
+    snaps = await asyncio.to_thread(ls.state.list_snapshots)
+    if snaps and ls.state.current is None:
+        await ls.load_snapshot(snaps[0]["path"], quiet=True)
+    else:
+        editing.recheck_all(ls)
+
+
 def _version() -> str:
     try:
         from importlib.metadata import version
@@ -300,13 +342,8 @@ def create_server(agent: Agent | None = None) -> ExrayServer:
                                            schemes=[documents.SCHEME]))]))
             except Exception as e:
                 ls.log(f"Ex-Ray: could not register workspace/textDocumentContent: {e}")
-        await ls.fetch_configuration()
-        # The newest snapshot of the workspace becomes current, as if just taken.
-        snaps = await asyncio.to_thread(ls.state.list_snapshots)
-        if snaps and ls.state.current is None:
-            await ls.load_snapshot(snaps[0]["path"], quiet=True)
-        else:
-            editing.recheck_all(ls)
+        # Requests that need the snapshot (documents, queries) wait for this.
+        ls.startup = asyncio.ensure_future(_startup(ls))
 
     @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
     async def on_config(ls: ExrayServer, params: types.DidChangeConfigurationParams):
