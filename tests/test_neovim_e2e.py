@@ -244,6 +244,14 @@ def test_neovim_capture_snapshot_hints_and_documents(go_build, tmp_path):
         opened = wait_for(lambda: lua("return _G.opened"), 20, "the flame graph")
         assert opened == snap.with_suffix(".flamegraph.html").as_uri() and Path(snap.with_suffix(
             ".flamegraph.html")).stat().st_size > 0
+
+        # --- a second snapshot: the overview buffer (hidden now) is read again
+        overview = next(b for b in nv.buffers if b.name == "exray:/snapshot/overview")
+        assert overview[0] == f"Ex-Ray snapshot {snap}"
+        nv.command("ExraySnapshot")
+        wait_for(lambda: overview[0] != f"Ex-Ray snapshot {snap}", 30, "the overview refreshed")
+        [newer] = set((ws / ".exray" / "snapshots").glob("*.sqlite")) - {snap}
+        assert overview[0] == f"Ex-Ray snapshot {newer}"
     finally:
         if nv is not None:
             try:

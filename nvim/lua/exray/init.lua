@@ -220,6 +220,21 @@ local function on_hint_refresh(err, result, ctx)
   return vim.lsp.handlers['workspace/inlayHint/refresh'](err, result, ctx)
 end
 
+-- LSP 3.18: another snapshot is current, so an exray: buffer we read shows
+-- the old one; read it again (later: a request can't be made from a handler).
+local function on_content_refresh(_, params)
+  for _, b in ipairs(vim.api.nvim_list_bufs()) do
+    if vim.api.nvim_buf_is_loaded(b) and vim.api.nvim_buf_get_name(b) == params.uri then
+      vim.schedule(function()
+        if vim.api.nvim_buf_is_valid(b) then
+          M.read(b)
+        end
+      end)
+    end
+  end
+  return vim.NIL
+end
+
 --- setup{cmd = {…}, settings = {maxHintLength = …, …}} (settings: docs/editor.md).
 function M.setup(opts)
   opts = opts or {}
@@ -232,7 +247,10 @@ function M.setup(opts)
     init_options = { exray = settings },
     settings = { exray = settings },
     capabilities = { workspace = { textDocumentContent = { dynamicRegistration = false } } },
-    handlers = { ['workspace/inlayHint/refresh'] = on_hint_refresh },
+    handlers = {
+      ['workspace/inlayHint/refresh'] = on_hint_refresh,
+      ['workspace/textDocumentContent/refresh'] = on_content_refresh,
+    },
   })
   vim.lsp.enable(NAME)
   vim.api.nvim_create_autocmd('LspAttach', {
