@@ -233,6 +233,12 @@ class PcLnTab:
         i = self._by_name.get(name)
         return None if i is None else self._func_at(i)
 
+    def names(self) -> set[str]:
+        """Every function name in the table (cheap: no Func is decoded)."""
+        if self._by_name is None:
+            self._by_name = self._build_name_index()
+        return set(self._by_name)
+
     def _build_name_index(self) -> dict[str, int]:
         # Read nameOff straight from each _func: decoding full Funcs for 100k
         # functions would cost a second; this costs a few tens of ms.

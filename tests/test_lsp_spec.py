@@ -171,6 +171,21 @@ async def test_capture_actions_resolve_into_spec_edits(lsp, repo):
     assert [c.expr for c in caps] == ["addr", "id", "path"]
 
 
+async def test_a_function_the_running_binary_lacks_is_named_in_the_title(lsp, repo):
+    spec_uri = repo["spec"].as_uri()
+    await wait_until(lambda: any(d.code == "vcs" for d in lsp.diagnostics.get(spec_uri, [])),
+                     timeout=60, what="the spec checked against the running binary")
+    main = repo["main"]
+    text = main.read_text() + "\nfunc added(n int) int {\n\tm := n * 2\n\treturn m\n}\n"
+    _open(lsp, main, text)
+    line = text.split("\n").index("\treturn m")
+    at = types.Position(line, len("\treturn "))
+    (act,) = await _actions(lsp, main, types.Range(at, at))
+    assert act.title == "Capture `m` in `main.added` (not in the running binary linkpair.bin)"
+    (known,) = await _actions(lsp, main, _at(main, "req.Path)", 0, len("req.Path")))
+    assert known.title == "Capture `req.Path` in `main.handle`"
+
+
 async def test_kind_filters_keep_gopls_kinds_apart(lsp, repo):
     main = repo["main"]
     _open(lsp, main)

@@ -9,7 +9,8 @@ converts the result, like the handlers in server.py.
   of …" and "Stop capturing …" (kinds refactor.exray.*), listed without
   edits; codeAction/resolve fills in the WorkspaceEdit on exray.yaml from the
   spec's text at that moment (the editor's buffer when open, else the file).
-  Clients that cannot resolve an edit get it at once. In exray.yaml: the
+  Clients that cannot resolve an edit get it at once. A function missing from
+  the bound binary's pclntab says so in the title. In exray.yaml: the
   did-you-mean quick fixes of our diagnostics.
 - Diagnostics of exray.yaml: pushed on open, change (debounced), save, at
   start-up and when the current snapshot changes. A first pass (YAML, schema,
@@ -52,6 +53,8 @@ class SpecState:
         self.generation: dict[str, int] = {}
         self.published: set[str] = set()
         self.parses = gosource.ParseCache()
+        self.binary: str | None = None          # bound by the last check of the spec
+        self.symbols = BinarySymbols()
 
     def bump(self, uri: str) -> int:
         g = self.generation[uri] = self.generation.get(uri, 0) + 1
@@ -59,6 +62,36 @@ class SpecState:
 
     def current(self, uri: str, g: int) -> bool:
         return self.generation.get(uri) == g
+
+
+class BinarySymbols:
+    """The function names of binaries, read once per file identity (a rebuilt
+    binary is read again). Thread-safe enough: a race reads a binary twice."""
+
+    def __init__(self) -> None:
+        self._names: dict[tuple, set[str]] = {}
+
+    def names(self, path: str) -> set[str] | None:
+        from probe_compiler.gobinary import GoBinary
+        try:
+            st = os.stat(path)
+            key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+            if key not in self._names:
+                with GoBinary.open(path) as b:
+                    self._names = {key: b.pclntab.names()}     # one binary at a time is bound
+            return self._names[key]
+        except Exception:  # noqa: BLE001 - gone, unreadable, not Go: nothing to cross-check
+            return None
+
+    def has(self, path: str, symbol: str) -> bool | None:
+        """Is `symbol` (a spec symbol, `[...]` for every instance) in the binary? None: unknown."""
+        from probe_compiler import generics
+        names = self.names(path)
+        if names is None:
+            return None
+        if symbol in names:
+            return True
+        return generics.is_generic_pattern(symbol) and bool(generics.spec_instances(symbol, names))
 
 
 def is_spec(ls: "ExrayServer", uri: str) -> bool:
@@ -149,6 +182,8 @@ async def _check(ls: "ExrayServer", uri: str, g: int, delay: float) -> None:
             return
         _publish(ls, uri, first)
         binary = await asyncio.to_thread(bound_binary, ls, text, path)
+        if uri == spec_uri(ls):
+            st.binary = binary
         if binary is None or any(d.code == "yaml" for d in first):
             return
         head = await asyncio.to_thread(diagnostics.git_head, root)
@@ -206,10 +241,24 @@ async def go_code_actions(ls: "ExrayServer", params: types.CodeActionParams) -> 
         parsed = ls.spec_state.parses.get(uri, version, source)
         acts = code_actions.code_actions(str(ls.state.root), uri, source, params.range, s_text, s_uri, parsed)
         acts = [a for a in acts if _wanted(only, a.kind)]
+        _cross_check(ls.spec_state, acts)
         if not _can_resolve_edit(ls):
             acts = [code_actions.resolve_code_action(a, s_text) for a in acts]
         return acts
     return await asyncio.to_thread(run)
+
+
+def _cross_check(st: SpecState, acts: list[types.CodeAction]) -> None:
+    """A capture of a function the bound binary lacks (source newer than the
+    build, or a closure numbered differently) says so in its title: the capture
+    still lands in exray.yaml, for the next build, and the spec's diagnostics
+    name the problem."""
+    if st.binary is None:
+        return
+    for a in acts:
+        symbol = a.data.get("symbol") if isinstance(a.data, dict) else None
+        if a.kind != code_actions.KIND_STOP_CAPTURE and symbol and st.symbols.has(st.binary, symbol) is False:
+            a.title += f" (not in the running binary {os.path.basename(os.path.realpath(st.binary))})"
 
 
 def spec_quick_fixes(ls: "ExrayServer", params: types.CodeActionParams) -> list[types.CodeAction]:
