@@ -11,6 +11,8 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
+from probe_compiler import generics
+
 from .store import SnapshotError
 
 ELLIPSIS = "…"
@@ -195,7 +197,11 @@ def _is_glob(pat: str) -> bool:
 
 
 def function_matches(pat: str, function: str) -> bool:
-    """Go symbols are case-sensitive: a substring, or a glob over the whole name."""
+    """Go symbols are case-sensitive: a substring, or a glob over the whole name.
+    `[...]` stands for any type arguments, as in the spec: `main.Map[...]`
+    matches `main.Map[go.shape.int]` (not a glob: brackets are Go's here)."""
+    if generics.ANY in pat:
+        return pat in generics.generic_pattern(function)
     return fnmatch.fnmatchcase(function, pat) if _is_glob(pat) else pat in function
 
 

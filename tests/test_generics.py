@@ -281,3 +281,41 @@ def test_capture_records_name_spec_symbol_and_instance(snap):
     assert {(c.function, c.instance) for c in caps} == (
         {("main.Park[...]", n) for n in PARK} | {("main.(*Cache[...]).Get", n) for n in GET}
         | {("main.Wait[...]", n) for n in WAIT})
+
+
+# ------------------------------------------------------------------ in the editor
+
+def test_the_editor_shows_every_instance_as_the_generic_function(snap, tmp_path):
+    """Lenses, hints, hover and the stacks filter of the language server see
+    one `main.Park[...]`: all its instances' goroutines and values."""
+    from lsp_helpers import make_workspace
+    from server.format import GoroutineFilter
+    from server.lsp import hints
+    from server.lsp.sourcemap import SourceMap
+    from server.store import read_goroutines
+    _, expected, db = snap
+    path = db.execute("PRAGMA database_list").fetchone()[2]
+    ws = make_workspace(tmp_path / "generics", "generics")
+    main = (ws / "main.go").resolve()
+    src = main.read_text().split("\n")
+    park_ids = {i for i, v in expected.items() if v["fn"] == "Park"}
+    idx = hints.SnapshotIndex.load(path, SourceMap(ws))
+    go = hints.parse_go(main.read_text())
+    lenses = {l.function: l for l in hints.lenses(idx, str(main), go)}
+    assert not [f for f in lenses if "go.shape" in f], lenses
+    park = lenses["main.Park[...]"]
+    func = src.index("func Park[T any](id int, v T, box *Box[T]) T {")
+    assert (park.line, park.goroutines, park.table) == (func, len(park_ids), "main_Park")
+    # The hint where Park's goroutines wait: every instance's ids.
+    wait = func + 2
+    assert src[wait].strip() == "<-block"
+    agg = idx.lines[str(main)][wait + 1]
+    assert agg.functions == {"main.Park[...]"}
+    assert {int(v) for v in agg.values["id"]} == park_ids
+    # Hover on `v` in `return v`: one captured function, a row per instance's goroutine.
+    [(cap, col)] = hints.hover_captures(idx, str(main), go, wait + 1, "v")
+    assert cap.function == "main.Park[...]" and col == "v" and len(cap.rows) == len(park_ids)
+    # The lens's stacks filter: `[...]` matches the instances' frames.
+    _, gors, frames = read_goroutines(db)
+    matched = GoroutineFilter(functions=["main.Park[...]"]).matching(gors, frames, [])
+    assert len(matched) == len(park_ids)

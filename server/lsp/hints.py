@@ -16,6 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from probe_compiler import generics
 from server.store import function_tables, open_snapshot, snapshot_meta
 
 from .sourcemap import SourceMap
@@ -128,6 +129,10 @@ class SnapshotIndex:
         idx.files = files
         idx.tables = function_tables(db)
         captured_fns = {t.function: t for t in idx.tables}
+        # Frames name a generic function's instances (`main.Map[go.shape.int]`);
+        # its table and its lens are those of the spec's `main.Map[...]`.
+        table_of = {fn: _table_for(fn, captured_fns) for fn, _, _ in groups}
+        shown_as = {fn: _display_name(fn, table_of[fn]) for fn in table_of}
         frame_at: dict[tuple[int, int, int], tuple[str, int]] = {}
         # The groups of each workspace line, in the order of their first frame:
         # lines, functions and reasons are created in the order frames come.
@@ -138,7 +143,7 @@ class SnapshotIndex:
             if ws is None or line is None:
                 continue
             at_line.setdefault((ws, line), []).append(g)
-            if fn in captured_fns:
+            if table_of[fn] is not None:
                 in_captured.append((g, ws, line))
         # Frames of captured functions by (goroutine, depth); a later frame wins, as in row order.
         for r, ws, line in sorted(((r, ws, line) for g, ws, line in in_captured for r in g), key=lambda x: x[0][0]):
@@ -150,12 +155,13 @@ class SnapshotIndex:
             agg = lines.setdefault(ws, {})[line] = LineAgg()
             agg.goroutines = set(keys)
             agg.reasons = Counter([state.get(k, "gone") for k in keys])
-            agg.functions = {g[0][4] for g in gs}
+            agg.functions = {shown_as[g[0][4]] for g in gs}
         for (ws, line), gs in sorted(((k, g) for k, gs in at_line.items() for g in gs), key=lambda kg: kg[1][0][0]):
-            fn = gs[0][4]
+            fn = shown_as[gs[0][4]]
             fa = funcs.setdefault(ws, {}).get(fn)
             if fa is None:
-                fa = funcs[ws][fn] = FuncAgg(fn, table=captured_fns[fn].table if fn in captured_fns else None)
+                t = table_of[gs[0][4]]
+                fa = funcs[ws][fn] = FuncAgg(fn, table=t.table if t is not None else None)
             fa.lines.add(line)
             fa.goroutines.update([(r[1], r[2]) for r in gs])
         exprs = _capture_exprs(db, meta)
@@ -205,6 +211,23 @@ class SnapshotIndex:
             return self.files[function, file]
         p = self.sourcemap.resolve(file, function) if self.sourcemap else None
         return str(p) if p else None
+
+
+def _table_for(fn: str | None, captured_fns: dict):
+    """The function table whose spec symbol captures frames of `fn`, if any."""
+    t = captured_fns.get(fn)
+    if t is None and fn and "[" in fn:
+        t = captured_fns.get(generics.generic_pattern(fn))
+        if t is not None and not generics.spec_matches(t.function, fn):
+            t = None
+    return t
+
+
+def _display_name(fn: str | None, table) -> str | None:
+    """Instances of a generic function show as one: `main.Map[...]`."""
+    if fn and "[" in fn and generics.is_shape_instance(fn):
+        return table.function if table is not None else generics.generic_pattern(fn)
+    return fn
 
 
 def _q(name: str) -> str:
