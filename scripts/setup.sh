@@ -11,6 +11,8 @@ need_apt=()
 for pkg in python3-venv python3-dev python3-bpfcc gcc curl postgresql chromium; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need_apt+=("$pkg")
 done
+# node + npm: the VS Code extension's modules and tests (vscode-extension/).
+command -v node >/dev/null || need_apt+=(nodejs npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: apt-get install ${need_apt[*]}"
   apt-get update -qq
@@ -26,5 +28,14 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q -e '.[test]'
   touch "$stamp"
+fi
+# The VS Code extension's node_modules (npm ci also copies the spec's schema in).
+ext=vscode-extension
+if command -v node >/dev/null && command -v npm >/dev/null; then
+  if [ ! -f $ext/node_modules/.package-lock.json ] || [ $ext/package-lock.json -nt $ext/node_modules/.package-lock.json ]; then
+    (cd $ext && npm ci --no-audit --no-fund --loglevel=error)
+  elif [ probe_compiler/exray.schema.json -nt $ext/exray.schema.json ]; then
+    (cd $ext && node scripts/prepare.js)
+  fi
 fi
 echo "setup: ready ($(.venv/bin/python -c 'import sys; print(sys.version.split()[0])'), go $(.venv/bin/go version | awk '{print $3}'))"
