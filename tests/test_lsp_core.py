@@ -289,7 +289,8 @@ async def test_text_document_content_capability(linkpair):
         refreshed = []
         c.feature(types.WORKSPACE_TEXT_DOCUMENT_CONTENT_REFRESH)(lambda params: refreshed.append(params.uri))
         await command(c, "exray.useSnapshot", str(linkpair["snapshot"]))
-        await wait_until(lambda: refreshed == ["exray:/snapshot/overview"], what="textDocumentContent/refresh")
+        await wait_until(lambda: refreshed, what="textDocumentContent/refresh")
+        assert refreshed == ["exray:/snapshot/overview"]
     finally:
         await close(c)
     async with session(linkpair["ws"], "neovim") as c:
@@ -434,6 +435,15 @@ async def test_bad_settings_fall_back_to_defaults(linkpair):
         await wait_until(lambda: len(c.messages) >= 2, what="settings messages")
         text = " ".join(m.message for m in c.messages)
         assert "maxHintLength" in text and "bogus" in text
+        # The same settings again (clients resend them): not said twice; a new problem is.
+        n = len(c.messages)
+        c.workspace_did_change_configuration(types.DidChangeConfigurationParams(
+            settings={"exray": {"maxHintLength": "long", "bogus": 1}}))
+        c.workspace_did_change_configuration(types.DidChangeConfigurationParams(
+            settings={"exray": {"maxHoverValues": 0}}))
+        await wait_until(lambda: len(c.messages) > n, what="the new settings problem")
+        assert [m.message for m in c.messages[n:]] == [
+            "Ex-Ray (settings): setting exray.maxHoverValues must be between 1 and 10000, not 0; using 50"]
         await command(c, "exray.useSnapshot", str(linkpair["snapshot"]))
         main = linkpair["main"]
         _open(c, main)

@@ -91,6 +91,7 @@ class ExrayServer(LanguageServer):
         self._told_unparsed: set[str] = set()
         self._load_lock = asyncio.Lock()
         self.init_problems: list[str] = []
+        self._told_settings: set[str] = set()
         self.spec_state = editing.SpecState()
         self.startup: asyncio.Future | None = None   # the first snapshot's load, after `initialized`
 
@@ -109,7 +110,9 @@ class ExrayServer(LanguageServer):
     def apply_settings(self, raw: Any, source: str) -> None:
         settings, problems = validate_settings(raw, self.state.settings)
         for p in problems:
-            self.show(types.MessageType.Warning, f"Ex-Ray ({source}): {p}")
+            if p not in self._told_settings:      # clients resend their settings: say it once
+                self._told_settings.add(p)
+                self.show(types.MessageType.Warning, f"Ex-Ray ({source}): {p}")
         old = self.state.settings
         self.state.settings = settings
         if settings.maxHintLength != old.maxHintLength:
@@ -128,8 +131,10 @@ class ExrayServer(LanguageServer):
             self.apply_settings(got[0], "workspace/configuration")
 
     # -------------------------------------------------------------- snapshots
-    async def load_snapshot(self, path: Path | str, quiet: bool = False):
-        """Index a snapshot off the loop and make it current; None (and a message) on failure."""
+    async def load_snapshot(self, path: Path | str, quiet: bool = False, replace: bool = True):
+        """Index a snapshot off the loop and make it current; None (and a message) on
+        failure. With replace=False (the start-up load) a snapshot that became
+        current meanwhile (the user chose one) stays."""
         from server.store import SnapshotError
         sm = SourceMap(self.state.root)
         try:
@@ -141,6 +146,8 @@ class ExrayServer(LanguageServer):
             log.exception("indexing %s", path)
             self.show(types.MessageType.Error, f"Ex-Ray: cannot use snapshot {path}: {type(e).__name__}: {e}")
             return None
+        if not replace and self.state.current is not None:
+            return self.state.current
         self.state.current = idx
         shown = list(self._docs)
         self._docs.clear()
@@ -277,7 +284,7 @@ async def _startup(ls: ExrayServer) -> None:
     # The newest snapshot of the workspace becomes current, as if just taken.
     snaps = await asyncio.to_thread(ls.state.list_snapshots)
     if snaps and ls.state.current is None:
-        await ls.load_snapshot(snaps[0]["path"], quiet=True)
+        await ls.load_snapshot(snaps[0]["path"], quiet=True, replace=False)
     else:
         editing.recheck_all(ls)
 
@@ -332,6 +339,7 @@ def create_server(agent: Agent | None = None) -> ExrayServer:
     @server.feature(types.INITIALIZED)
     async def on_initialized(ls: ExrayServer, params):
         for p in ls.init_problems:
+            ls._told_settings.add(p)
             ls.show(types.MessageType.Warning, f"Ex-Ray (initializationOptions): {p}")
         caps = ls.client_capabilities
         if _cap(caps, "workspace", "text_document_content", "dynamic_registration"):
