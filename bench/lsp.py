@@ -388,7 +388,7 @@ def report(n: int, res: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.run import machine
+    from bench.run import print_header
     ap = argparse.ArgumentParser(prog="python -m bench.lsp", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="few repetitions, for a smoke run")
     ap.add_argument("--sizes", default="100,10000")
@@ -398,12 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     cmd_reps = 2 if args.quick else 6
     dump_reps = 3 if args.quick else 6
 
-    m = machine()
-    print("Ex-Ray language server benchmark", m["date"])
-    print(f"machine: {m['cpu']}, {m['cores']} cores, Linux {m['kernel']}, "
-          f"Python {m['python']}, {m['go']}, load average {os.getloadavg()[0]:.2f}")
-    print(f"command: {' '.join([Path(sys.executable).name, '-m', 'bench.lsp', *(argv or sys.argv[1:])])}")
-    sys.stdout.flush()
+    print_header("Ex-Ray language server benchmark", "bench.lsp", argv)
     binary = build_program()
     for n in [int(s) for s in args.sizes.split(",") if s]:
         res = bench_size(binary, n, reps, cmd_reps, dump_reps)

@@ -48,6 +48,16 @@ if str(ROOT) not in sys.path:
 
 # ---- machine -----------------------------------------------------------------
 
+def print_header(title: str, module: str, argv: list[str] | None) -> None:
+    """What ran, when, and on which machine (with its load: these machines are noisy)."""
+    m = machine()
+    print(title, m["date"])
+    print(f"machine: {m['cpu']}, {m['cores']} cores, Linux {m['kernel']}, "
+          f"Python {m['python']}, {m['go']}, load average {os.getloadavg()[0]:.2f}")
+    print(f"command: {' '.join([Path(sys.executable).name, '-m', module, *(argv or sys.argv[1:])])}")
+    sys.stdout.flush()
+
+
 def machine() -> dict[str, str]:
     from tests.gobuild import go_version
     cpu = "?"
@@ -514,12 +524,7 @@ def main(argv: list[str] | None = None) -> int:
         child_dwarf(*args.child_dwarf, args.lookup)
         return 0
 
-    m = machine()
-    print("Ex-Ray benchmark", m["date"])
-    print(f"machine: {m['cpu']}, {m['cores']} cores, Linux {m['kernel']}, "
-          f"Python {m['python']}, {m['go']}")
-    print(f"command: {' '.join([Path(sys.executable).name, '-m', 'bench.run', *(argv or sys.argv[1:])])}")
-    sys.stdout.flush()
+    print_header("Ex-Ray benchmark", "bench.run", argv)
 
     if not args.no_dwarf:
         bench_dwarf(cold_reps=2 if args.quick else 5, warm_reps=3 if args.quick else 11)

@@ -103,12 +103,7 @@ def binary(go_build):
 
 @pytest.fixture(scope="module")
 def plan(binary):
-    with GoBinary.open(str(binary)) as b:
-        dw = DwarfInfo.load(str(binary), b.build_id)
-        try:
-            yield compile_plan(b, dw, parse_spec(SPEC))
-        finally:
-            dw.close()
+    return _compile(binary, SPEC)
 
 
 def test_plan_has_one_function_plan_per_instance_sharing_the_table(plan):
