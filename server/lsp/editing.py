@@ -46,12 +46,11 @@ SPEC_NAMES = ("exray.yaml", "exray.yml")
 # ------------------------------------------------------------------- state
 
 class SpecState:
-    """Per-server state of the spec features: diagnostics generations and the
-    parse cache of Go files."""
+    """Per-server state of the spec features: diagnostics generations, the
+    parse cache of Go files, and the bound binary with its function names."""
 
     def __init__(self) -> None:
         self.generation: dict[str, int] = {}
-        self.published: set[str] = set()
         self.parses = gosource.ParseCache()
         self.binary: str | None = None          # bound by the last check of the spec
         self.symbols = BinarySymbols()
@@ -196,7 +195,6 @@ async def _check(ls: "ExrayServer", uri: str, g: int, delay: float) -> None:
 
 
 def _publish(ls: "ExrayServer", uri: str, diags: list[types.Diagnostic]) -> None:
-    ls.spec_state.published.add(uri)
     doc = open_document(ls, uri)
     ls.text_document_publish_diagnostics(types.PublishDiagnosticsParams(
         uri=uri, diagnostics=diags, version=doc.version if doc is not None else None))
