@@ -348,6 +348,10 @@ class PausedProcess:
             raise ProcessExited(f"pid {self.pid} exited during the pause") from exc
         return False
 
+    def elapsed_s(self) -> float:
+        """Seconds since the first thread was interrupted (0 before)."""
+        return (time.monotonic_ns() - self._t0) / 1e9 if self._t0 else 0.0
+
     def check_deadline(self) -> None:
         """Raise PauseDeadlineExceeded once the pause has run past deadline_s."""
         elapsed = time.monotonic_ns() - self._t0

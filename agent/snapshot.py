@@ -11,6 +11,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass
+from functools import partial
 
 from probe_compiler.decode import ByteBudget, decode_value
 from probe_compiler.plan import ProbePlan
@@ -28,6 +29,10 @@ from .unwind import StackImage, Unwound, unwind
 @dataclass
 class SnapshotOptions:
     deadline_s: float = 2.0           # hard bound on the pause
+    # Captures in the pause stop once it has used this share of deadline_s: the
+    # rest of the captured frames get rows saying so, and the snapshot completes
+    # (stacks come from the copies) instead of failing at the deadline.
+    capture_share: float = 0.5
     stack_copy_bytes: int = 256 << 10  # per goroutine; deeper stacks are read word by word
     max_frames: int = 4096
 
@@ -127,15 +132,18 @@ def _paused_read(pid, target, opts, rec) -> tuple[list[_G], int]:
         lab_col = table.column("labels")
         labels = gr.read_labels(layout, mem, [table.raw(i, ("labels",)) for i in live if lab_col[i]])
         paused.check_deadline()
-        early = {}
+        early, unread = {}, []
         if target.by_symbol:
-            early = _capture_in_pause(target, opts, mem, paused, rec, table, live, ms, addrs, stacks)
+            early, unread = _capture_in_pause(target, opts, mem, paused, rec, table, live, ms, addrs, stacks)
         threads = dict(paused.threads)
     rec.pause_ns = paused.pause_ns
     target.read_per_g[pid] = mem.bytes_read // max(1, len(table.addrs), n_before)
     gs = []
     for k, i in enumerate(live):
         g = early.get(k) or _make_g(layout, table, i, ms, threads, addrs[k], stacks.get(k), None)
+        if k in unread:
+            _unwind(g, target, opts)
+            g.captures = _capture(g, target, partial(_unread_frame, reason=unread[k]))
         g.labels = labels.get(table.addrs[i])
         # Stack bytes were copied; past this point words outside the copy would be
         # read from a running process, so cut the unwinder off from memory.
@@ -163,18 +171,30 @@ def _make_g(layout, table, i, ms, threads, lo, data, read) -> _G:
     return _G(raw, gr.start_of(layout, raw, ms, threads), StackImage(lo, data or b"", read))
 
 
-def _capture_in_pause(target, opts, mem, paused, rec, table, live, ms, addrs, stacks) -> dict[int, _G]:
-    """Unwind and capture, still paused, the goroutines a captured function may be on."""
+def _capture_in_pause(target, opts, mem, paused, rec, table, live, ms, addrs, stacks
+                      ) -> tuple[dict[int, _G], dict[int, str]]:
+    """Unwind and capture, still paused, the goroutines a captured function may
+    be on: ({row: goroutine}, {row: why its captures were not read})."""
     budget = ByteBudget(target.plan.budgets.snapshot_bytes)
-    out = {}
-    for k in _capture_candidates(target, table, live, stacks):
+    out, unread = {}, {}
+    candidates = _capture_candidates(target, table, live, stacks)
+    limit = opts.deadline_s * opts.capture_share
+    for n, k in enumerate(candidates):
+        if paused.elapsed_s() > limit:
+            stop = (f"captures stopped when the pause reached {paused.elapsed_s() * 1e3:.0f} ms "
+                    f"({opts.capture_share:.0%} of the {opts.deadline_s * 1e3:.0f} ms deadline)")
+            unread = dict.fromkeys(candidates[n:], f"not read: {stop}; capture less or raise the deadline")
+            rec.warnings.append(f"{stop}: the captures of {len(unread)} of {len(candidates)} goroutines "
+                                "were not read (their rows say so); capture less or raise the deadline")
+            break
         g = _make_g(target.layout, table, live[k], ms, paused.threads, addrs[k], stacks.get(k), mem.read)
         _unwind(g, target, opts)
-        g.captures = _capture(g, target, mem, budget)
+        g.captures = _capture(g, target, partial(_capture_frame, target=target, mem=mem,
+                                                 snapshot_budget=budget))
         out[k] = g
         paused.check_deadline()
     rec.truncated = budget.refused
-    return out
+    return out, unread
 
 
 def _capture_candidates(target, table, live, stacks) -> list[int]:
@@ -203,7 +223,7 @@ def _unwind(g: _G, target: Target, opts: SnapshotOptions) -> None:
                            stack_hi=g.raw.f.get("stack.hi"), max_frames=opts.max_frames)
 
 
-def _capture(g: _G, target: Target, mem, snapshot_budget) -> list[tuple[int, int, CaptureRecord]]:
+def _capture(g: _G, target: Target, capture_frame) -> list[tuple[int, int, CaptureRecord]]:
     """(physical frame index, inline depth, record) for every captured frame.
 
     Inline depth 0 is the physical frame itself; n > 0 is the logical frame
@@ -215,19 +235,30 @@ def _capture(g: _G, target: Target, mem, snapshot_budget) -> list[tuple[int, int
         regs = g.start.regs if depth == 0 else None
         fplan = target.by_symbol.get(pf.fn.name)
         if fplan is not None:
-            out.append((depth, 0, _capture_frame(fplan, pf, depth, g, regs, target, mem,
-                                                 snapshot_budget)))
+            out.append((depth, 0, capture_frame(fplan, pf, depth, g, regs, None)))
         for fplan, inst in target.inlined_by_caller.get(pf.fn.entry, ()):
             if inst.covers(pf.lookup_pc):
-                out.append((depth, inst.inline_depth, _capture_frame(
-                    fplan, pf, depth, g, regs, target, mem, snapshot_budget, inst)))
+                out.append((depth, inst.inline_depth, capture_frame(fplan, pf, depth, g, regs, inst)))
     return out
 
 
-def _capture_frame(fplan, pf, depth, g, regs, target, mem, snapshot_budget, inst=None) -> CaptureRecord:
+def _record(fplan, depth) -> CaptureRecord:
+    return CaptureRecord(function=fplan.spec_name, depth=depth, values={}, raw={},
+                         instance=fplan.symbol if fplan.spec_symbol else None)
+
+
+def _unread_frame(fplan, pf, depth, g, regs, inst, *, reason: str) -> CaptureRecord:
+    """The row of a captured frame whose values were not read: every column NULL, with why."""
+    rec = _record(fplan, depth)
+    for cap in fplan.captures:
+        rec.values[cap.column] = rec.raw[cap.column] = None
+        rec.errors[cap.column] = reason
+    return rec
+
+
+def _capture_frame(fplan, pf, depth, g, regs, inst, *, target, mem, snapshot_budget) -> CaptureRecord:
     plan = target.plan
-    rec = CaptureRecord(function=fplan.spec_name, depth=depth, values={}, raw={},
-                        instance=fplan.symbol if fplan.spec_symbol else None)
+    rec = _record(fplan, depth)
     frame_budget = ByteBudget(plan.budgets.frame_bytes)
     roots = fplan.roots if inst is None else inst.roots
     for cap in fplan.captures:

@@ -362,3 +362,31 @@ def test_ten_thousand_waiter_stacks_match_go(ten_thousand):
         if is_waiter(g):
             assert g.error is None and g.status == "waiting" and g.wait_reason == "chan receive"
             assert g.created_by == "main.main"
+
+
+# ---------------------------------------------------------------------------
+# 5. Captures past the pause's capture share
+
+
+def test_captures_past_the_capture_share_are_rows_that_say_so(go_build):
+    """With no share of the pause left for captures, the snapshot still completes:
+    every captured frame has its row, at the depth a full snapshot gives it,
+    with NULL values and the reason; the process runs on."""
+    spec = parse_spec("version: 1\nfunctions:\n  main.handle:\n    capture: [req]\n")
+    with run_target(go_build("linkpair"), "-self", "4", dump=False) as t:
+        [full] = snapshot_pids([t.pid], spec)
+        [cut] = snapshot_pids([t.pid], spec, SnapshotOptions(capture_share=0.0))
+        os.kill(t.pid, 0)                                   # still there
+    assert full.error is None and cut.error is None, (full.error, cut.error)
+
+    def rows(rec):
+        return {(g.goid, c.depth): c for g in rec.goroutines for c in g.captures}
+    want, got = rows(full), rows(cut)
+    assert len(want) == 4 and all(c.values["req"] for c in want.values())
+    assert got.keys() == want.keys()
+    for c in got.values():
+        assert c.function == "main.handle" and c.values == {"req": None}
+        assert c.errors["req"].startswith("not read: captures stopped when the pause reached")
+    assert any(w.startswith("captures stopped when the pause reached") and "captures of 4 of 4 goroutines"
+               in w for w in cut.warnings), cut.warnings
+    assert {g.goid for g in cut.goroutines} == {g.goid for g in full.goroutines}
