@@ -69,8 +69,8 @@ def assert_free(pid: int) -> None:
         try:
             assert tracer_pid(pid, tid) == 0, f"tid {tid} still traced"
             assert task_state(pid, tid) not in ("t", "T"), f"tid {tid} still stopped"
-        except FileNotFoundError:
-            pass   # a thread that just exited
+        except (FileNotFoundError, ProcessLookupError):
+            pass   # a thread that just exited (ENOENT or ESRCH, by when /proc noticed)
 
 
 __all__ = ["Target", "tasks", "task_state", "tracer_pid", "assert_free", "signal"]
