@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .errors import BinaryError
+from .leb128 import uleb128
 
 MAGIC = b"\xff Go buildinf:"
 HEADER_SIZE = 32
@@ -66,16 +67,10 @@ def parse(data, at: int, where: str = "binary") -> BuildInfo:
 
 
 def _read_string(data, p: int, where: str) -> tuple[str, int]:
-    n, shift = 0, 0
-    while True:
-        if p >= len(data) or shift > 63:
-            raise BinaryError(f"{where}: truncated build info string")
-        b = data[p]
-        p += 1
-        n |= (b & 0x7F) << shift
-        if b < 0x80:
-            break
-        shift += 7
+    try:
+        n, p = uleb128(data, p)
+    except IndexError:
+        raise BinaryError(f"{where}: truncated build info string") from None
     if p + n > len(data):
         raise BinaryError(f"{where}: build info string runs past the end of the file")
     return bytes(data[p:p + n]).decode("utf-8", "replace"), p + n

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from .errors import BinaryError
+from .leb128 import uleb128
 
 GO120_MAGIC = 0xFFFFFFF1
 KNOWN_MAGICS = {
@@ -275,12 +276,12 @@ class PcLnTab:
         ends, vals = [], []
         pc, val, first = 0, -1, True
         while True:
-            uv, p = _uvarint(tab, p)
+            uv, p = uleb128(tab, p)
             if uv == 0 and not first:
                 break
             first = False
             val += -(uv >> 1) - 1 if uv & 1 else uv >> 1
-            pcd, p = _uvarint(tab, p)
+            pcd, p = uleb128(tab, p)
             pc += pcd * q
             ends.append(pc)
             vals.append(val)
@@ -362,20 +363,6 @@ class PcLnTab:
         file, line = self.file_line(fn, pc)
         frames.append(SourceFrame(fn.name, file, line, False, fn.func_id))
         return frames
-
-
-def _uvarint(buf: memoryview, p: int) -> tuple[int, int]:
-    b = buf[p]
-    if b < 0x80:
-        return b, p + 1
-    v, shift = 0, 0
-    while True:
-        b = buf[p]
-        p += 1
-        v |= (b & 0x7F) << shift
-        if b < 0x80:
-            return v, p
-        shift += 7
 
 
 # -- where functions were inlined (additions for inlined-frame captures) --------

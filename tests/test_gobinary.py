@@ -160,3 +160,14 @@ def test_gofunc_from_moduledata_equals_symbol(go_build, name):
 
 def build_example(name):
     return gobuild.build(Path(__file__).parent.parent / "examples" / name)
+
+
+def test_build_info_strings_truncated_or_overlong_are_binary_errors():
+    from probe_compiler.buildinfo import _read_string
+    from probe_compiler.errors import BinaryError
+    assert _read_string(b"\x03abcd", 0, "x") == ("abc", 4)
+    assert _read_string(b"\x00" + b"\x81\x01" + b"a" * 129, 1, "x") == ("a" * 129, 132)   # two-byte length
+    with pytest.raises(BinaryError, match="truncated build info string"):
+        _read_string(b"\x80\x80", 0, "x")                  # the length's varint never ends
+    with pytest.raises(BinaryError, match="runs past the end"):
+        _read_string(b"\x05ab", 0, "x")

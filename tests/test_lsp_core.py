@@ -96,6 +96,13 @@ def _open(c, path: Path, text: str | None = None):
         uri=path.as_uri(), language_id="go", version=1, text=text if text is not None else path.read_text())))
 
 
+async def _hints(c, path: Path, last_line: int = 200):
+    """The inlay hints of lines 0..last_line of `path`."""
+    return await c.text_document_inlay_hint_async(types.InlayHintParams(
+        text_document=types.TextDocumentIdentifier(path.as_uri()),
+        range=types.Range(types.Position(0, 0), types.Position(last_line, 0))))
+
+
 def _db(linkpair):
     return sqlite3.connect(linkpair["snapshot"])
 
@@ -106,9 +113,7 @@ async def test_inlay_hints_at_frame_lines_with_counts(lsp, linkpair):
     main = linkpair["main"]
     _open(lsp, main)
     n_lines = len(main.read_text().splitlines())
-    hints = await lsp.text_document_inlay_hint_async(types.InlayHintParams(
-        text_document=types.TextDocumentIdentifier(main.as_uri()),
-        range=types.Range(types.Position(0, 0), types.Position(n_lines, 0))))
+    hints = await _hints(lsp, main, n_lines)
     got = {}
     for h in hints:
         m = re.match(r"⏸ (\d+) goroutines? · ", h.label)
@@ -134,14 +139,10 @@ async def test_inlay_hints_at_frame_lines_with_counts(lsp, linkpair):
 async def test_inlay_hints_outside_the_range_and_other_files(lsp, linkpair):
     main = linkpair["main"]
     _open(lsp, main)
-    hints = await lsp.text_document_inlay_hint_async(types.InlayHintParams(
-        text_document=types.TextDocumentIdentifier(main.as_uri()),
-        range=types.Range(types.Position(0, 0), types.Position(10, 0))))
+    hints = await _hints(lsp, main, 10)
     assert not hints
     other = linkpair["ws"] / "go.mod"
-    hints = await lsp.text_document_inlay_hint_async(types.InlayHintParams(
-        text_document=types.TextDocumentIdentifier(other.as_uri()),
-        range=types.Range(types.Position(0, 0), types.Position(10, 0))))
+    hints = await _hints(lsp, other, 10)
     assert not hints
 
 
@@ -321,9 +322,7 @@ async def test_snapshot_command_with_progress(lsp, linkpair):
     # Hints from the new snapshot.
     main = linkpair["main"]
     _open(lsp, main)
-    hints = await lsp.text_document_inlay_hint_async(types.InlayHintParams(
-        text_document=types.TextDocumentIdentifier(main.as_uri()),
-        range=types.Range(types.Position(0, 0), types.Position(200, 0))))
+    hints = await _hints(lsp, main)
     assert any(h.position.line + 1 == line_of(main, "<-gate") and h.label.startswith(f"⏸ {N} goroutines")
                for h in hints)
     out.unlink()
@@ -421,9 +420,7 @@ async def test_go_file_that_does_not_parse(linkpair):
         lenses = await c.text_document_code_lens_async(types.CodeLensParams(
             text_document=types.TextDocumentIdentifier(main.as_uri())))
         assert any(l.command.title == f"{N} goroutines" for l in lenses)
-        hints = await c.text_document_inlay_hint_async(types.InlayHintParams(
-            text_document=types.TextDocumentIdentifier(main.as_uri()),
-            range=types.Range(types.Position(0, 0), types.Position(200, 0))))
+        hints = await _hints(c, main)
         assert hints
         await c.text_document_hover_async(types.HoverParams(
             types.TextDocumentIdentifier(main.as_uri()), types.Position(50, 3)))
@@ -447,9 +444,7 @@ async def test_bad_settings_fall_back_to_defaults(linkpair):
         await command(c, "exray.useSnapshot", str(linkpair["snapshot"]))
         main = linkpair["main"]
         _open(c, main)
-        hints = await c.text_document_inlay_hint_async(types.InlayHintParams(
-            text_document=types.TextDocumentIdentifier(main.as_uri()),
-            range=types.Range(types.Position(0, 0), types.Position(200, 0))))
+        hints = await _hints(c, main)
         assert hints and all(len(h.label) <= 120 for h in hints)
 
 
@@ -461,9 +456,7 @@ async def test_settings_from_workspace_configuration(linkpair):
         await command(c, "exray.useSnapshot", str(linkpair["snapshot"]))
         main = linkpair["main"]
         _open(c, main)
-        hints = await c.text_document_inlay_hint_async(types.InlayHintParams(
-            text_document=types.TextDocumentIdentifier(main.as_uri()),
-            range=types.Range(types.Position(0, 0), types.Position(200, 0))))
+        hints = await _hints(c, main)
         assert hints and all(len(h.label) <= 30 for h in hints)
         await c.shutdown_session()
     finally:
@@ -488,8 +481,6 @@ async def test_trimpath_binary_maps_through_the_module_path(go_build, tmp_path):
         await command(c, "exray.useSnapshot", str(snap))
         main = ws / "main.go"
         _open(c, main)
-        hints = await c.text_document_inlay_hint_async(types.InlayHintParams(
-            text_document=types.TextDocumentIdentifier(main.as_uri()),
-            range=types.Range(types.Position(0, 0), types.Position(200, 0))))
+        hints = await _hints(c, main)
         assert {h.position.line + 1 for h in hints} >= {line_of(main, "<-gate"),
                                                         line_of(main, "reply, _ := io.ReadAll(c)")}

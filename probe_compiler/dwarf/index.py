@@ -18,6 +18,7 @@ from pathlib import Path
 from elftools.elf.elffile import ELFFile
 
 from probe_compiler.errors import BinaryError, DebugInfoMissing
+from probe_compiler.leb128 import sleb128, uleb128
 
 INDEX_VERSION = 3
 
@@ -122,30 +123,6 @@ def build_index(elf_path: str, build_id: str) -> NameIndex:
                     build_id).run()
 
 
-def _uleb(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        b = data[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return result, pos
-        shift += 7
-
-
-def _sleb(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        b = data[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        shift += 7
-        if b < 0x80:
-            if b & 0x40:
-                result -= 1 << shift
-            return result, pos
-
-
 class _Abbrev:
     __slots__ = ("tag", "children", "attrs", "fixed")
 
@@ -159,19 +136,19 @@ class _Abbrev:
 def parse_abbrevs(data: bytes, pos: int) -> dict[int, _Abbrev]:
     table = {}
     while True:
-        code, pos = _uleb(data, pos)
+        code, pos = uleb128(data, pos)
         if code == 0:
             return table
-        tag, pos = _uleb(data, pos)
+        tag, pos = uleb128(data, pos)
         children = data[pos] == 1
         pos += 1
         attrs = []
         while True:
-            at, pos = _uleb(data, pos)
-            form, pos = _uleb(data, pos)
+            at, pos = uleb128(data, pos)
+            form, pos = uleb128(data, pos)
             implicit = 0
             if form == _FORM_IMPLICIT:
-                implicit, pos = _sleb(data, pos)
+                implicit, pos = sleb128(data, pos)
             if at == 0 and form == 0:
                 break
             attrs.append((at, form, implicit))
@@ -225,7 +202,7 @@ class _Scanner:
         addr_base = 8
         while pos < end:
             die_off = pos
-            code, pos = _uleb(info, pos)
+            code, pos = uleb128(info, pos)
             if code == 0:
                 depth -= 1
                 continue
@@ -313,23 +290,23 @@ class _Scanner:
                 out[at] = int.from_bytes(info[pos:pos + 8], "little")
                 pos += 8
             elif form == 0x1B:
-                v, pos = _uleb(info, pos)
+                v, pos = uleb128(info, pos)
                 out[at] = ("x", v)
             elif form in (0x29, 0x2A, 0x2B, 0x2C):
                 n = {0x29: 1, 0x2A: 2, 0x2B: 3, 0x2C: 4}[form]
                 out[at] = ("x", int.from_bytes(info[pos:pos + n], "little"))
                 pos += n
             elif form in _ULEB_FORMS:
-                out[at], pos = _uleb(info, pos)
+                out[at], pos = uleb128(info, pos)
             elif form == _FORM_SDATA:
-                out[at], pos = _sleb(info, pos)
+                out[at], pos = sleb128(info, pos)
             elif form in _BLOCKS:
                 n = _BLOCKS[form]
                 ln = int.from_bytes(info[pos:pos + n], "little")
                 out[at] = info[pos + n:pos + n + ln]
                 pos += n + ln
             elif form in _ULEB_BLOCKS:
-                ln, pos = _uleb(info, pos)
+                ln, pos = uleb128(info, pos)
                 out[at] = info[pos:pos + ln]
                 pos += ln
             elif form == _FORM_IMPLICIT:
@@ -356,7 +333,7 @@ class _Scanner:
                 n = _BLOCKS[form]
                 pos += n + int.from_bytes(info[pos:pos + n], "little")
             elif form in _ULEB_BLOCKS:
-                ln, pos = _uleb(info, pos)
+                ln, pos = uleb128(info, pos)
                 pos += ln
             else:
                 raise BinaryError(f"DWARF form {form:#x} at .debug_info+{pos:#x} is not supported")
