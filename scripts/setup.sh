@@ -7,8 +7,9 @@ cd "$here"
 
 need_apt=()
 # postgresql: the report-parity tests run the same SQL on a real server;
-# chromium: the flame-graph test renders it headless.
-for pkg in python3-venv python3-dev python3-bpfcc gcc curl postgresql chromium; do
+# chromium: the flame-graph test renders it headless; git: the VCS-revision
+# tests build Go programs in a repository (go stamps vcs.revision from it).
+for pkg in python3-venv python3-dev python3-bpfcc gcc curl git postgresql chromium; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need_apt+=("$pkg")
 done
 # node + npm: the VS Code extension's modules and tests (vscode-extension/).
