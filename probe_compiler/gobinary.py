@@ -77,7 +77,9 @@ class GoBinary:
     # -- locating .gopclntab -------------------------------------------------
 
     def _locate_pclntab(self) -> tuple[int, int]:
-        sec = self._sections.get(".gopclntab")
+        # PIE builds before Go 1.26 put it in relro: ".data.rel.ro.gopclntab".
+        sec = self._sections.get(".gopclntab") or next(
+            (s for name, s in self._sections.items() if name.endswith(".gopclntab")), None)
         if sec is not None:
             return sec["sh_offset"], sec["sh_size"]
         # With section headers, a missing .gopclntab means "not Go"; scan the file
@@ -183,29 +185,29 @@ class GoBinary:
     def gofunc(self) -> int | None:
         """moduledata.gofunc (go:func.*): base of FUNCDATA offsets.
 
-        From moduledata first: parsing .symtab costs ~20 ms on a big binary."""
-        md = self._moduledata
-        if md is None:
-            sym = self.symbol("go:func.*")
-            return None if sym is None else sym[0]
-        # Go 1.22+: "gofunc, epclntab" are adjacent words; go:func.* follows the
-        # pclntable inside .gopclntab, so pclntable end <= gofunc <= epclntab.
-        # Without section headers epclntab's exact value is unknown: use the bounds.
-        pcheader = self._vaddr(self._pcln_off)
-        epclntab = pcheader + self._pcln_size
-        pclntable_end = md[_MD_PCLNTABLE] + md[_MD_PCLNTABLE + 1]
-        for i in range(_MD_TEXT + 1, len(md)):
-            # gofunc itself must lie in the pclntab: other words can equal
-            # epclntab too (moduledata.types often starts right after it).
-            in_pclntab = pclntable_end <= md[i - 1] < md[i] <= epclntab
-            if in_pclntab and (md[i] == epclntab or not self._sections):
-                return md[i - 1]
-        # Older layouts: gofunc follows rodata.
-        rodata = self._sections.get(".rodata")
-        if rodata is not None and rodata["sh_addr"] in md[_MD_TEXT:]:
-            return md[md.index(rodata["sh_addr"], _MD_TEXT) + 1]
+        In every moduledata layout from Go 1.20 on, gofunc is the word right
+        after rodata (1.27 moved both, together). rodata's value also appears
+        earlier as `types` (types start rodata), so the last occurrence is the
+        field. From moduledata first: parsing .symtab costs ~20 ms on a big
+        binary."""
+        md, rodata = self._moduledata, self._rodata_start()
+        if md is not None and rodata is not None and rodata in md[_MD_TEXT:-1]:
+            last = len(md) - 1 - md[::-1].index(rodata)
+            if last + 1 < len(md):
+                return md[last + 1]
         sym = self.symbol("go:func.*")
         return None if sym is None else sym[0]
+
+    def _rodata_start(self) -> int | None:
+        """Where the linker put rodata: the .rodata section, or without section
+        headers the read-only, non-executable PT_LOAD segment that starts it."""
+        sec = self._sections.get(".rodata")
+        if sec is not None:
+            return sec["sh_addr"]
+        for seg in self._loads:
+            if seg["p_flags"] & 0x7 == 0x4:   # R only
+                return seg["p_vaddr"]
+        return None
 
     @cached_property
     def pclntab(self) -> PcLnTab:

@@ -20,7 +20,7 @@ from elftools.elf.elffile import ELFFile
 from probe_compiler.errors import BinaryError, DebugInfoMissing
 from probe_compiler.leb128 import sleb128, uleb128
 
-INDEX_VERSION = 3
+INDEX_VERSION = 4
 
 # DWARF tags and attributes the index reads (DWARF 5, section 7.5).
 TAG_COMPILE_UNIT = 0x11
@@ -35,6 +35,8 @@ AT_CONST_VALUE = 0x1C
 AT_INLINE = 0x20
 AT_ABSTRACT_ORIGIN = 0x31
 AT_ADDR_BASE = 0x73
+AT_LANGUAGE = 0x13
+DW_LANG_GO = 0x16
 AT_GO_KIND = 0x2900
 AT_GO_RUNTIME_TYPE = 0x2904
 DW_OP_ADDR = 0x03
@@ -214,6 +216,8 @@ class _Scanner:
                     self.idx.cu_offsets.append(cu_off)
                     self.idx.cu_names.append(name if isinstance(name, str) else "")
                     addr_base = attrs.get(AT_ADDR_BASE, 8)
+                    if attrs.get(AT_LANGUAGE, DW_LANG_GO) != DW_LANG_GO:
+                        return  # C of cgo (gcc's DWARF): its names are not Go symbols
                 else:
                     self._record(ab.tag, die_off, attrs, addr_base)
             elif ab.fixed is not None:
