@@ -20,7 +20,7 @@ class Located:
     addr: int | None
 
 
-def _piece_bytes(piece, frame, stack, regs, read) -> tuple[bytes, int | None]:
+def _piece_bytes(piece, frame, stack, regs, read, bias) -> tuple[bytes, int | None]:
     size, kind, reg, offset = piece
     if kind == "cfa":
         addr = frame.cfa + offset
@@ -28,8 +28,8 @@ def _piece_bytes(piece, frame, stack, regs, read) -> tuple[bytes, int | None]:
         if data is None:
             raise Unavailable(f"stack unreadable at {addr:#x}")
         return data, addr
-    if kind == "addr":
-        return read(offset, size), offset
+    if kind == "addr":   # a static address of the binary: moved with it (PIE)
+        return read(offset + bias, size), offset + bias
     if kind == "reg":
         if regs is None:
             raise Unavailable("in a register at this pc; only the innermost frame of a running goroutine has registers")
@@ -39,7 +39,9 @@ def _piece_bytes(piece, frame, stack, regs, read) -> tuple[bytes, int | None]:
     raise Unavailable("optimized out at this pc")
 
 
-def locate_root(locs, lookup_pc: int, frame, stack, regs, read) -> Located:
+def locate_root(locs, lookup_pc: int, frame, stack, regs, read, bias: int = 0) -> Located:
+    """The root variable's bytes at lookup_pc (link-time, as the location
+    lists say); `bias` moves static addresses to where the process has them."""
     for loc in locs:
         if loc.lo <= lookup_pc < loc.hi:
             break
@@ -47,7 +49,7 @@ def locate_root(locs, lookup_pc: int, frame, stack, regs, read) -> Located:
         raise Unavailable("not live at this pc")
     if not loc.pieces:
         raise Unavailable("optimized out at this pc")
-    parts = [_piece_bytes(p, frame, stack, regs, read) for p in loc.pieces]
+    parts = [_piece_bytes(p, frame, stack, regs, read, bias) for p in loc.pieces]
     if len(parts) == 1:
         return Located(parts[0][0], parts[0][1])
     return Located(b"".join(p[0] for p in parts), None)

@@ -125,7 +125,9 @@ class GTable:
     def rows_in_status(self, rows, names, negate: bool = False) -> list[int]:
         """The rows whose status (scan bit masked) is one of `names` (or, negated, none)."""
         lay = self.layout
-        codes = {code for code, name in lay.status_names.items() if name in names}
+        # By constant name too: Go 1.26 prints _Gdeadextra as "waiting for cgo callback".
+        codes = {code for table in (lay.status_names, lay.status_constants)
+                 for code, name in table.items() if name in names}
         status, mask = self.column("atomicstatus"), ~lay.gscan
         return [i for i in rows if (status[i] & mask in codes) != negate]
 

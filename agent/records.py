@@ -66,3 +66,4 @@ class ProcessRecord:
     goroutines: list[GoroutineRecord] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     truncated: bool = False    # the per-snapshot byte budget ran out
+    load_bias: int | None = None  # where the binary was loaded minus its link address (PIE)

@@ -7,6 +7,7 @@ captures the unwind and all symbolization run after the process is resumed.
 """
 from __future__ import annotations
 
+import copy
 import os
 import socket
 import time
@@ -19,6 +20,7 @@ from probe_compiler.plan import ProbePlan
 from . import goroutines as gr
 from .capture import Unavailable, apply_ops, locate_root
 from .errors import AgentError
+from .loadbias import load_bias
 from .memory import ProcessMemory
 from .ptrace import PausedProcess
 from .records import CaptureRecord, GoroutineRecord, ProcessRecord
@@ -62,21 +64,35 @@ class Target:
                 self.inlined_by_caller.setdefault(inst.caller_entry, []).append((f, inst))
         self._capture_pcs: frozenset[int] | None | bool = False
         self.read_per_g: dict[int, int] = {}   # pid -> bytes the pause read per g, last time
+        # Where this process loaded the binary, minus where it was linked (PIE):
+        # pcs read from the process are moved back by it before any pclntab or
+        # DWARF lookup, and the binary's addresses forward before any read.
+        self.bias = 0
+
+    def at_bias(self, bias: int) -> "Target":
+        """This target as loaded `bias` bytes from its link-time addresses;
+        shares everything built from the binary, rebases the layout."""
+        if bias == self.bias:
+            return self
+        t = copy.copy(self)
+        t.bias, t._capture_pcs = bias, False
+        t.layout = self.layout.rebased(bias - self.bias) if self.layout is not None else None
+        return t
 
     # Past this many pcs a set costs more than unwinding every goroutine would.
     MAX_CAPTURE_PCS = 1 << 20
 
     def capture_pcs(self) -> frozenset[int] | None:
-        """Every pc inside a captured function or an inlined instance of one
-        (None when too many to keep). An instance's range gets one more pc:
-        a call that ends it returns just past it."""
+        """Every pc inside a captured function or an inlined instance of one,
+        as the process sees it (None when too many to keep). An instance's
+        range gets one more pc: a call that ends it returns just past it."""
         if self._capture_pcs is False:
             spans = [(f.entry, f.end) for f in self.plan.functions if f.end > f.entry]
             spans += [(lo, hi + 1) for f in self.plan.functions for inst in f.inlined
                       for lo, hi in inst.ranges]
             total = sum(e - s for s, e in spans)
             self._capture_pcs = (None if total > self.MAX_CAPTURE_PCS
-                                 else frozenset(pc for s, e in spans for pc in range(s, e)))
+                                 else frozenset(pc + self.bias for s, e in spans for pc in range(s, e)))
         return self._capture_pcs
 
 
@@ -91,6 +107,8 @@ def snapshot_process(pid: int, target: Target, opts: SnapshotOptions | None = No
         rec.error = f"{b.path} has no DWARF for the runtime layout; can't find goroutines"
         return rec
     try:
+        target = target.at_bias(load_bias(pid, b))
+        rec.load_bias = target.bias
         gs, now_mono = _paused_read(pid, target, opts, rec)
     except AgentError as e:
         rec.error = str(e)
@@ -220,7 +238,8 @@ def _unwind(g: _G, target: Target, opts: SnapshotOptions) -> None:
     if g.unwound is None:
         s = g.start
         g.unwound = unwind(target.pcln, s.pc, s.sp, s.bp, g.stack, trap=s.trap,
-                           stack_hi=g.raw.f.get("stack.hi"), max_frames=opts.max_frames)
+                           stack_hi=g.raw.f.get("stack.hi"), max_frames=opts.max_frames,
+                           bias=target.bias)
 
 
 def _capture(g: _G, target: Target, capture_frame) -> list[tuple[int, int, CaptureRecord]]:
@@ -270,7 +289,7 @@ def _capture_frame(fplan, pf, depth, g, regs, inst, *, target, mem, snapshot_bud
                 raise Unavailable(f"the compiler left no location for {cap.root} where it inlined "
                                   f"{fplan.symbol} into {inst.caller}")
             pc = _var_pc(pf) if inst is None else _inlined_var_pc(locs, pf)
-            loc = locate_root(locs, pc, pf, g.stack, regs, mem.read)
+            loc = locate_root(locs, pc, pf, g.stack, regs, mem.read, target.bias)
             v = apply_ops(loc, cap.ops if inst is None else inst.ops[cap.column], mem.read)
             plain, raw = decode_value(plan.types, cap.type_id, v.data, v.addr, mem.read, plan.budgets,
                                       frame_budget=frame_budget, snapshot_budget=snapshot_budget,
@@ -308,7 +327,7 @@ def _inlined_var_pc(locs, pf) -> int:
 
 def _func_name(target):
     def name(pc: int):
-        fn = target.pcln.func_for_pc(pc)
+        fn = target.pcln.func_for_pc(pc - target.bias)
         return fn.name if fn else None
     return name
 
@@ -338,8 +357,9 @@ def _goroutine_record(g: _G, target: Target, opts, now_mono: int) -> GoroutineRe
     wr = f.get("waitreason", 0)
     since = f.get("waitsince", 0)
     # Go prints no creator for goroutine 1: runtime.main is started by the runtime itself.
-    created = _created_by(pcln, f.get("gopc", 0)) if f["goid"] != 1 else (None, None, None)
-    start_fn = pcln.func_for_pc(f.get("startpc", 0))
+    created = (_created_by(pcln, f.get("gopc", 0) - target.bias) if f["goid"] != 1 and f.get("gopc")
+               else (None, None, None))
+    start_fn = pcln.func_for_pc(f.get("startpc", 0) - target.bias)
     rec = GoroutineRecord(
         goid=f["goid"], status=status,
         wait_reason=layout.wait_reasons.get(wr, "") if status == "waiting" and wr else "",
@@ -348,7 +368,7 @@ def _goroutine_record(g: _G, target: Target, opts, now_mono: int) -> GoroutineRe
         parent_goid=f.get("parentGoid") or None, labels=g.labels or {},
         is_system=bool(start_fn and start_fn.name.startswith("runtime.") and start_fn.name != "runtime.main"),
         thread_id=g.start.thread_id, error=g.unwound.error)
-    logical = logical_frames(pcln, g.unwound.frames)
+    logical = logical_frames(pcln, g.unwound.frames, target.bias)
     rec.frames = [frame for frame, _ in logical]
     rec.captures = _place_captures(logical, g.captures or [])
     return rec
@@ -384,7 +404,7 @@ def _place_captures(logical, captures) -> list[CaptureRecord]:
 
 
 def _created_by(pcln, gopc: int):
-    fn = pcln.func_for_pc(gopc) if gopc else None
+    fn = pcln.func_for_pc(gopc) if gopc > 0 else None
     if fn is None:
         return None, None, None
     file, line = pcln.file_line(fn, gopc - 1 if gopc > fn.entry else gopc)

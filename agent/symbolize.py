@@ -24,15 +24,16 @@ def hidden(name: str, func_id: str, first: bool, callee_id: str) -> bool:
     return False
 
 
-def logical_frames(pcln, phys: list[PhysFrame]) -> list[tuple[FrameRecord, int]]:
-    """Every logical frame, innermost first, with the index of its physical frame."""
+def logical_frames(pcln, phys: list[PhysFrame], bias: int = 0) -> list[tuple[FrameRecord, int]]:
+    """Every logical frame, innermost first, with the index of its physical frame.
+    Records hold pcs as the process has them: link-time + bias (PIE)."""
     out: list[tuple[FrameRecord, int]] = []
     callee_id = "normal"
     for i, pf in enumerate(phys):
         for sf in pcln.frames_at(pf.fn, pf.lookup_pc):
             rec = FrameRecord(
                 depth=len(out), function=sf.function, file=sf.file, line=sf.line,
-                pc=pf.pc, inlined=sf.inlined, entry=pf.fn.entry,
+                pc=pf.pc + bias, inlined=sf.inlined, entry=pf.fn.entry + bias,
                 hidden=hidden(sf.function, sf.func_id, not out, callee_id))
             out.append((rec, i))
             callee_id = sf.func_id

@@ -81,8 +81,12 @@ class Unwound:
 
 
 def unwind(pcln, pc: int, sp: int, bp: int, stack: StackImage, *, trap: bool = False,
-           stack_hi: int | None = None, max_frames: int = 4096) -> Unwound:
+           stack_hi: int | None = None, max_frames: int = 4096, bias: int = 0) -> Unwound:
+    """Walk from (pc, sp, bp) as the process sees them. `bias` is where the
+    process loaded the binary minus its link-time address (PIE): the frames'
+    pcs are link-time, as the pclntab and DWARF speak."""
     out = Unwound([])
+    pc -= bias
     while len(out.frames) < max_frames:
         fn = pcln.func_for_pc(pc)
         if fn is None:
@@ -107,7 +111,7 @@ def unwind(pcln, pc: int, sp: int, bp: int, stack: StackImage, *, trap: bool = F
         saved_bp = stack.word(cfa - 2 * PTR)
         bp = saved_bp if saved_bp is not None and bp == cfa - 2 * PTR else bp
         trap = fn.func_id in INJECTED
-        pc, sp = lr, cfa
+        pc, sp = lr - bias, cfa
     out.error = f"stack deeper than {max_frames} frames: cut"
     return out
 

@@ -115,6 +115,15 @@ class GoBinary:
 
     # -- address translation ---------------------------------------------------
 
+    @property
+    def is_pie(self) -> bool:
+        """Position independent: the kernel loads it at a random base (ET_DYN)."""
+        return self.elf["e_type"] == "ET_DYN"
+
+    def segments(self) -> list[tuple[int, int]]:
+        """(file offset, link-time address) of each loaded segment."""
+        return [(seg["p_offset"], seg["p_vaddr"]) for seg in self._loads]
+
     def _file_offset(self, addr: int, size: int) -> int | None:
         for seg in self._loads:
             start = seg["p_vaddr"]

@@ -34,20 +34,35 @@ class RuntimeLayout:
     g_offsets: dict[str, int]
     m_size: int
     m_offsets: dict[str, int]
-    status_names: dict[int, str]
+    status_names: dict[int, str]            # the words tracebacks print (gStatusStrings)
     gscan: int
     wait_reasons: dict[int, str]
     labels_layout: dict | None = None        # see _labels_layout
     moduledata_types_addr: int | None = None  # value of firstmoduledata.types (runtime types base)
     firstmoduledata_addr: int | None = None
     errors: tuple[str, ...] = ()             # what could not be derived, and why
+    # The runtime's own constant names (_Gdeadextra -> "deadextra"): what a
+    # status means, where the printed word differs ("waiting for cgo callback").
+    status_constants: dict[int, str] = dataclasses.field(default_factory=dict)
+
+    # The fields that hold link-time addresses of the binary.
+    ADDRESS_FIELDS = ("allgs_addr", "allglen_addr", "allm_addr", "moduledata_types_addr",
+                      "firstmoduledata_addr")
+
+    def rebased(self, bias: int) -> "RuntimeLayout":
+        """This layout for a process that loaded the binary `bias` bytes away
+        from its link-time addresses (PIE)."""
+        if not bias:
+            return self
+        return dataclasses.replace(self, **{k: getattr(self, k) + bias for k in self.ADDRESS_FIELDS
+                                            if getattr(self, k) is not None})
 
     def status_name(self, status: int) -> str:
         return self.status_names.get(status & ~self.gscan, f"status {status}")
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
-        for k in ("status_names", "wait_reasons"):
+        for k in ("status_names", "wait_reasons", "status_constants"):
             d[k] = {str(n): s for n, s in d[k].items()}
         d["errors"] = list(self.errors)
         return d
@@ -55,8 +70,8 @@ class RuntimeLayout:
     @staticmethod
     def from_json(d: dict) -> "RuntimeLayout":
         d = dict(d)
-        for k in ("status_names", "wait_reasons"):
-            d[k] = {int(n): s for n, s in d[k].items()}
+        for k in ("status_names", "wait_reasons", "status_constants"):
+            d[k] = {int(n): s for n, s in d.get(k, {}).items()}
         d["errors"] = tuple(d.get("errors", ()))
         return RuntimeLayout(**d)
 
@@ -68,13 +83,15 @@ def read_runtime_layout(dwarf, read_static: ReadStatic) -> RuntimeLayout:
     m = _struct(dwarf, "runtime.m")
     gscan = dwarf.constant("runtime._Gscan")
     md_addr, md_types = _moduledata(dwarf, read_static, errors)
+    constants = _status_constants(dwarf, gscan)
     return RuntimeLayout(
         allgs_addr=dwarf.global_var("runtime.allgs")[0],
         allglen_addr=dwarf.global_var("runtime.allglen")[0],
         allm_addr=dwarf.global_var("runtime.allm")[0],
         g_size=g.size, g_offsets=field_offsets(dwarf, g, G_FIELDS),
         m_size=m.size, m_offsets=field_offsets(dwarf, m, M_FIELDS),
-        status_names=_status_names(dwarf, read_static, gscan, errors), gscan=gscan,
+        status_names=_status_names(dwarf, read_static, constants, errors), gscan=gscan,
+        status_constants=constants,
         wait_reasons=_wait_reasons(dwarf, read_static, errors),
         labels_layout=_labels_layout(dwarf),
         moduledata_types_addr=md_types, firstmoduledata_addr=md_addr,
@@ -131,9 +148,8 @@ def _wait_reasons(dwarf, read_static: ReadStatic, errors: list[str]) -> dict[int
         return {}
 
 
-def _status_names(dwarf, read_static: ReadStatic, gscan: int, errors: list[str]) -> dict[int, str]:
-    # First the constant names (_Grunnable -> "runnable"), then the runtime's
-    # own gStatusStrings on top, since those are the words tracebacks print.
+def _status_constants(dwarf, gscan: int) -> dict[int, str]:
+    """runtime._G* status constants by value: _Grunnable -> "runnable"."""
     names = {}
     for cname, v in dwarf.constants("runtime._G").items():
         short = cname[len("runtime._G"):]
@@ -141,6 +157,14 @@ def _status_names(dwarf, read_static: ReadStatic, gscan: int, errors: list[str])
         if v >= gscan or not short.isalpha() or not short.islower() or short.startswith("scan"):
             continue
         names[v] = short.lower()
+    return names
+
+
+def _status_names(dwarf, read_static: ReadStatic, constants: dict[int, str],
+                  errors: list[str]) -> dict[int, str]:
+    # The constant names, then the runtime's own gStatusStrings on top,
+    # since those are the words tracebacks print.
+    names = dict(constants)
     if dwarf.has_global("runtime.gStatusStrings"):
         try:
             for i, s in enumerate(_read_string_array(dwarf, read_static, "runtime.gStatusStrings")):

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from agent.records import CaptureRecord, FrameRecord, GoroutineRecord, ProcessRecord
-from server.store import (BUILTIN_TABLES, FunctionTableDef, SnapshotError, function_tables,
-                          open_snapshot, snapshot_meta, write_snapshot)
+from server.store import (SCHEMA_VERSION, BUILTIN_TABLES, FunctionTableDef, SnapshotError,
+                          function_tables, open_snapshot, snapshot_meta, write_snapshot)
 
 DOC = Path(__file__).parent.parent / "docs" / "snapshot-schema.md"
 TABLES = [FunctionTableDef("main.(*server).GetInfo", "getinfo", ["req_ID", "mu_state"]),
@@ -77,7 +77,7 @@ def test_contents(snap):
         ("getinfo", 1, 17, 1, "req_ID", "12345678901234567"),
         ("main_worker", 1, 17, 2, "n", None)]
     meta = snapshot_meta(db)
-    assert meta["schema_version"] == "1" and meta["spec"] == "version: 1\n" and meta["exray_version"]
+    assert meta["schema_version"] == str(SCHEMA_VERSION) and meta["spec"] == "version: 1\n" and meta["exray_version"]
     assert function_tables(db) == TABLES
 
 
