@@ -40,3 +40,18 @@ class SpecError(ProbeCompilerError):
         self.path, self.line, self.column, self.detail = path, line, column, message
         where = f"{path}:{line}:{column}" if line else path
         super().__init__(f"{where}: {message}")
+
+
+class DebugFileRejected(DebugInfoMissing):
+    """A separate debug file was found but is not this build's (its CRC32 or
+    build id differ) or holds no DWARF: it would describe other code."""
+
+
+class DebuginfodError(DebugInfoMissing):
+    """A debuginfod server did not deliver the debug file: unreachable, slower
+    than the timeout, bigger than the size cap, or it has none for the build id."""
+
+
+class UnsupportedGoBinary(NotGoBinaryError):
+    """A Go binary Ex-Ray can't read: built by a Go release older than it
+    supports, or by gccgo (no gc pclntab, a libgo runtime)."""

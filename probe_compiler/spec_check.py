@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from .debuginfo import DwarfSource, find_dwarf
 from .errors import DebugInfoMissing, ProbeCompilerError, SpecError
 from .gobinary import GoBinary
 from .plan import compile_plan
@@ -35,22 +36,36 @@ def _compile_errors(binary, dwarf, fn: FunctionSpec) -> list[SpecError]:
     return [e for e in (attempt([c]) for c in fn.captures) if e is not None]
 
 
-def check_against_binary(spec: Spec, binary_path: str, cache_dir: str | None = None) -> list[SpecError]:
-    """Every problem of `spec` against the binary at `binary_path`; empty when it fits.
+@dataclasses.dataclass
+class BinaryCheck:
+    errors: list[SpecError]     # empty when the spec fits the binary
+    dwarf: DwarfSource          # where the DWARF came from, or where Ex-Ray looked
 
-    A binary without DWARF can only be checked for its functions (its
-    variables are unavailable at snapshot time anyway, see stripped.py)."""
+
+def check_against_binary(spec: Spec, binary_path: str, cache_dir: str | None = None) -> list[SpecError]:
+    """Every problem of `spec` against the binary at `binary_path`; empty when it fits."""
+    return check_binary(spec, binary_path, cache_dir).errors
+
+
+def check_binary(spec: Spec, binary_path: str, cache_dir: str | None = None) -> BinaryCheck:
+    """The problems of `spec` against the binary, and where its DWARF is.
+
+    A binary without DWARF (none in it, nor in a debug file found for it) can
+    only be checked for its functions (its variables are unavailable at
+    snapshot time anyway, see stripped.py)."""
     from .dwarf import DwarfInfo
 
     with GoBinary.open(binary_path) as binary:
+        source = find_dwarf(binary_path, binary)
         try:
-            dwarf = DwarfInfo.load(binary_path, binary.build_id, cache_dir)
-        except DebugInfoMissing:
-            dwarf = None
+            dwarf = DwarfInfo.load(binary_path, binary.build_id, cache_dir, source)
+        except DebugInfoMissing as e:
+            dwarf, source = None, source.unusable(str(e))
         try:
-            return [e for fn in spec.functions for e in _compile_errors(binary, dwarf, fn)]
+            errors = [e for fn in spec.functions for e in _compile_errors(binary, dwarf, fn)]
         except ProbeCompilerError as e:     # the binary itself is unreadable past its header
-            return [SpecError(f"cannot check against {binary_path}: {e}", spec.path, 1, 1)]
+            errors = [SpecError(f"cannot check against {binary_path}: {e}", spec.path, 1, 1)]
         finally:
             if dwarf is not None:
                 dwarf.close()
+    return BinaryCheck(errors, source)

@@ -8,8 +8,11 @@ cd "$here"
 need_apt=()
 # postgresql: the report-parity tests run the same SQL on a real server;
 # chromium: the flame-graph test renders it headless; git: the VCS-revision
-# tests build Go programs in a repository (go stamps vcs.revision from it).
-for pkg in python3-venv python3-dev python3-bpfcc gcc curl git postgresql chromium; do
+# tests build Go programs in a repository (go stamps vcs.revision from it);
+# gccgo and golang-1.19-go: binaries Ex-Ray must refuse by name (gccgo's, and
+# a Go release older than it reads).
+for pkg in python3-venv python3-dev python3-bpfcc gcc curl git postgresql chromium debuginfod \
+           gccgo golang-1.19-go; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need_apt+=("$pkg")
 done
 # node + npm: the VS Code extension's modules and tests (vscode-extension/).

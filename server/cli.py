@@ -128,11 +128,15 @@ def cmd_check_spec(args: argparse.Namespace) -> int:
     from probe_compiler.spec import load_spec
     spec = load_spec(args.spec)
     if args.binary:
-        from probe_compiler.spec_check import check_against_binary
-        problems = check_against_binary(spec, args.binary)
-        for p in problems:
+        from probe_compiler.spec_check import check_binary
+        checked = check_binary(spec, args.binary)
+        # Said either way: "no variables" is often a debug file not found.
+        print(f"{args.binary}: {checked.dwarf.describe()}")
+        if checked.dwarf.path is None:
+            print("  so only the functions were checked: captures need DWARF")
+        for p in checked.errors:
             print(f"error: {p}", file=sys.stderr)
-        if problems:
+        if checked.errors:
             return 1
     sys.stdout.write(fmt.format_spec_summary(args.spec, spec, args.binary))
     return 0

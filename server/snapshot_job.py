@@ -12,6 +12,7 @@ import time
 from agent.errors import AgentError, ProcessNotFound
 from agent.records import ProcessRecord
 from agent.snapshot import SnapshotOptions, Target, snapshot_process
+from probe_compiler.debuginfo import find_dwarf
 from probe_compiler.errors import BinaryError, DebugInfoMissing
 from probe_compiler.gobinary import GoBinary
 from probe_compiler.plan import compile_plan
@@ -25,26 +26,41 @@ def _exe_path(pid: int) -> str:
 
 
 def load_target(exe: str, spec, cache: dict, budgets=None) -> Target:
-    from probe_compiler.dwarf import DwarfInfo
-    from probe_compiler.runtime_layout import read_runtime_layout
-
     binary = GoBinary.open(exe)
     if binary.build_id in cache:
         binary.close()
         return cache[binary.build_id]
-    dwarf = layout = None
+    dwarf, layout, missing = _dwarf_and_layout(exe, binary)
+    plan = compile_plan(binary, dwarf, spec, budgets, layout=layout)
+    if missing and spec is not None and spec.functions:
+        plan.warnings.append(missing)      # where Ex-Ray looked for DWARF, and what to do
+    target = Target(binary, plan, layout, dwarf)
+    cache[binary.build_id] = target
+    return target
+
+
+def _dwarf_and_layout(exe: str, binary: GoBinary):
+    """(DwarfInfo or None, runtime layout, why there is no DWARF or None).
+
+    The DWARF may be in a separate debug file; static data always comes from
+    the binary itself (a debug file's code and data are NOBITS). Without
+    DWARF the layout comes from a reference build, and stacks still work."""
+    from probe_compiler.dwarf import DwarfInfo
+    from probe_compiler.runtime_layout import read_runtime_layout
+
+    source, dwarf = find_dwarf(exe, binary), None
     try:
-        dwarf = DwarfInfo.load(exe, binary.build_id)
+        dwarf = DwarfInfo.load(exe, binary.build_id, source=source)
         layout = read_runtime_layout(dwarf, binary.read_static)
-    except DebugInfoMissing:
+    except DebugInfoMissing as e:
         from probe_compiler.stripped import reference_layout
         layout, note = reference_layout(binary)
         if note:
             print(f"note: {note}", file=sys.stderr)
-    plan = compile_plan(binary, dwarf, spec, budgets, layout=layout)
-    target = Target(binary, plan, layout, dwarf)
-    cache[binary.build_id] = target
-    return target
+        return dwarf, layout, str(e)
+    if source.step != "binary":
+        print(f"note: {exe}: {source.describe()}", file=sys.stderr)
+    return dwarf, layout, None
 
 
 def snapshot_pids(pids: list[int], spec, opts: SnapshotOptions | None = None,

@@ -1,9 +1,11 @@
 """Lazy access to a Go binary's DWARF: names from a cached index, DIEs on demand.
 
-`DwarfInfo.load` reads (or builds and caches) a small name index; nothing else
-is parsed until asked. The pyelftools DWARFInfo (which decompresses the debug
-sections) is only created on the first DIE access, and DIEs, types and
-functions are cached by DIE offset. This layer never reads process memory.
+`DwarfInfo.load` finds the file that holds the DWARF (the binary, or its
+separate debug file: see debuginfo.py), then reads (or builds and caches) a
+small name index; nothing else is parsed until asked. The pyelftools
+DWARFInfo (which decompresses the debug sections) is only created on the
+first DIE access, and DIEs, types and functions are cached by DIE offset.
+This layer never reads process memory.
 """
 from __future__ import annotations
 
@@ -12,13 +14,13 @@ import difflib
 from typing import Iterable
 
 from elftools.dwarf.dwarf_expr import DWARFExprParser
-from elftools.elf.elffile import ELFFile
 
 from probe_compiler.dwarf import index as _index
 from probe_compiler.dwarf.typebuild import TypeBuilder
 from probe_compiler.dwarf.variables import (FunctionBuilder, FunctionInfo, InlinedCall,
                                             Location, Piece, Variable, VarRange)
-from probe_compiler.errors import BinaryError, SymbolNotFound
+from probe_compiler.debuginfo import DwarfSource, find_dwarf, has_dwarf
+from probe_compiler.errors import BinaryError, DebugInfoMissing, SymbolNotFound
 from probe_compiler.types import GoType, TypeTable
 
 __all__ = ["DwarfInfo", "FunctionInfo", "InlinedCall", "Location", "Piece", "Variable",
@@ -30,6 +32,7 @@ class DwarfInfo:
         self.elf_path = elf_path
         self.index = idx
         self.from_cache = from_cache       # True when the index came from disk
+        self.source: DwarfSource | None = None   # where load found the DWARF
         self._elf_file = None
         self._dwarf = None
         self._parsers: dict[int, DWARFExprParser] = {}
@@ -38,14 +41,29 @@ class DwarfInfo:
         self.types = TypeBuilder(self._die)
 
     @classmethod
-    def load(cls, elf_path: str, build_id: str, cache_dir: str | None = None) -> "DwarfInfo":
-        """Raises DebugInfoMissing when the binary has no .debug_info."""
+    def load(cls, elf_path: str, build_id: str, cache_dir: str | None = None,
+             source: DwarfSource | None = None) -> "DwarfInfo":
+        """The DWARF of the binary at elf_path, in it or in its separate debug file.
+
+        source: where it is (debuginfo.find_dwarf), when the caller looked
+        already. Raises DebugInfoMissing, naming every place looked at, when
+        there is none. `elf_path` of the result is the file that has the DWARF."""
+        source = source or _find_dwarf(str(elf_path))
+        if source.path is None:
+            raise DebugInfoMissing(source.missing_message())
+        # Checked before the cache: a stripped binary shares its build id with
+        # the unstripped twin, whose index must not make it look as if it had
+        # DWARF. The index itself is the same whichever file holds the build's
+        # DWARF (a debug file keeps the sections as they were), so it stays
+        # keyed by build id; what matters is the file opened for DIEs.
         idx = _index.load_cached(build_id, cache_dir)
-        if idx is not None:
-            return cls(str(elf_path), idx, True)
-        idx = _index.build_index(str(elf_path), build_id)
-        _index.store(idx, cache_dir)
-        return cls(str(elf_path), idx, False)
+        cached = idx is not None
+        if not cached:
+            idx = _index.build_index(source.path, build_id)
+            _index.store(idx, cache_dir)
+        dwarf = cls(source.path, idx, cached)
+        dwarf.source = source
+        return dwarf
 
     # ---- names ----
 
@@ -113,8 +131,8 @@ class DwarfInfo:
     def _dwarfinfo(self):
         if self._dwarf is None:
             try:
-                self._elf_file = open(self.elf_path, "rb")
-                self._dwarf = ELFFile(self._elf_file).get_dwarf_info()
+                self._elf_file = _index.DebugSections(self.elf_path)  # each inflated when read
+                self._dwarf = self._elf_file.dwarfinfo()
             except OSError as e:
                 raise BinaryError(f"{self.elf_path}: cannot reopen the binary to read its DWARF "
                                   f"({e}); the index was cached but the file is gone") from e
@@ -135,11 +153,10 @@ class DwarfInfo:
             p = self._parsers[cu.cu_offset] = DWARFExprParser(cu.structs)
         return p
 
-    def _loclists(self):
-        return self._dwarfinfo().location_lists()
-
-    def _rangelists(self):
-        return self._dwarfinfo().range_lists()
+    def _sections(self) -> _index.DebugSections:
+        """The raw sections, for location and range lists (locations.ListReader)."""
+        self._dwarfinfo()
+        return self._elf_file
 
     def _file_name(self, cu, index: int) -> str:
         """DW_AT_call_file index -> path, from the CU's line table header."""
@@ -156,6 +173,16 @@ class DwarfInfo:
             self._elf_file, self._dwarf = None, None
 
 
+def _find_dwarf(elf_path: str) -> DwarfSource:
+    # Headers only when the file has DWARF itself (the warm load stays cheap,
+    # and any ELF works); the search elsewhere needs the Go binary's notes.
+    if has_dwarf(elf_path):
+        return DwarfSource(elf_path, elf_path, "binary")
+    from probe_compiler.gobinary import GoBinary
+    with GoBinary.open(elf_path) as binary:
+        return find_dwarf(elf_path, binary)
+
+
 def _line_files(dwarf, cu) -> list[str]:
     lp = dwarf.line_program_for_CU(cu)
     if lp is None:
@@ -166,6 +193,8 @@ def _line_files(dwarf, cu) -> list[str]:
     for fe in lp.header.get("file_entry", []):
         name = fe.name.decode() if isinstance(fe.name, bytes) else str(fe.name)
         d = fe.get("dir_index", 0)
+        if cu.header.get("version", 5) < 5:
+            d -= 1  # DWARF 4: directory 0 is the CU's own, include_directory[0] is 1
         if not name.startswith("/") and 0 <= d < len(dirs) and dirs[d] not in ("", "."):
             name = f"{dirs[d]}/{name}"
         out.append(name)
