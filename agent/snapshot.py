@@ -104,14 +104,15 @@ def snapshot_process(pid: int, target: Target, opts: SnapshotOptions | None = No
                         vcs_revision=b.vcs_revision, captured_at_ns=time.time_ns())
     rec.warnings.extend(target.plan.warnings)
     if target.layout is None:
-        rec.error = f"{b.path} has no DWARF for the runtime layout; can't find goroutines"
+        rec.error = (f"{b.path} ({b.build_description}) has no DWARF for the runtime layout "
+                     "and no reference build matched; can't find goroutines")
         return rec
     try:
         target = target.at_bias(load_bias(pid, b))
         rec.load_bias = target.bias
         gs, now_mono = _paused_read(pid, target, opts, rec)
     except AgentError as e:
-        rec.error = str(e)
+        rec.error = f"{e} ({b.build_description})"
         return rec
     for g in gs:
         rec.goroutines.append(_goroutine_record(g, target, opts, now_mono))

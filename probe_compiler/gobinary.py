@@ -9,6 +9,7 @@ their magic numbers and moduledata by its pointer to the pclntab.
 from __future__ import annotations
 
 import mmap
+import re
 import struct
 from functools import cached_property
 
@@ -16,7 +17,7 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
 from . import buildinfo
-from .errors import BinaryError, NotGoBinaryError
+from .errors import BinaryError, NotGoBinaryError, UnsupportedGoBinary
 from .pclntab import GO120_MAGIC, KNOWN_MAGICS, PcLnTab, check_magic
 
 _ARCH = {"EM_X86_64": "amd64", "EM_AARCH64": "arm64", "EM_386": "386", "EM_ARM": "arm",
@@ -25,6 +26,8 @@ _PT_LOAD, _PF_W = "PT_LOAD", 0x2
 # moduledata starts: pcHeader, then 6 slices (funcnametab, cutab, filetab, pctab,
 # pclntable, ftab), findfunctab, minpc, maxpc, text. Stable since Go 1.18.
 _MD_FUNCNAMETAB, _MD_PCLNTABLE, _MD_TEXT = 1, 13, 22
+# The Go releases Ex-Ray reads (the version matrix tests each of them).
+OLDEST_GO, NEWEST_GO = (1, 21), (1, 27)
 
 
 class GoBinary:
@@ -35,6 +38,7 @@ class GoBinary:
         self._loads = [s for s in elf.iter_segments() if s["p_type"] == _PT_LOAD]
         self.arch = _ARCH.get(elf["e_machine"], str(elf["e_machine"]))
         self.ptr_size = 8 if elf.elfclass == 64 else 4
+        self._check_toolchain()
         self._pcln_off, self._pcln_size = self._locate_pclntab()
         # Fail at open, not at the first stack: an old binary is a user error.
         check_magic(struct.unpack_from("<I", data, self._pcln_off)[0], path)
@@ -73,6 +77,44 @@ class GoBinary:
 
     def __exit__(self, *exc):
         self.close()
+
+    # -- which toolchain built it ---------------------------------------------
+
+    def _check_toolchain(self) -> None:
+        """Refuse, by name, what Ex-Ray can't read: gccgo output and releases
+        before OLDEST_GO (Go 1.20 shares 1.21's pclntab magic, so the magic
+        alone can't tell)."""
+        if ".go_export" in self._sections or self._needs_libgo():
+            raise UnsupportedGoBinary(
+                f"{self.path}: built by gccgo (GCC's Go front end, runtime in libgo), which has "
+                "no gc symbol table; Ex-Ray reads binaries of the gc toolchain: build it with "
+                f"`go build` (Go {_release(OLDEST_GO)} to {_release(NEWEST_GO)})")
+        version = self.go_version
+        release = go_release(version)
+        if release is not None and release < OLDEST_GO:
+            raise UnsupportedGoBinary(
+                f"{self.path}: built by {version}; Ex-Ray reads Go {_release(OLDEST_GO)} to "
+                f"{_release(NEWEST_GO)}: rebuild it with Go {_release(OLDEST_GO)} or newer")
+
+    def _needs_libgo(self) -> bool:
+        dynamic = self._sections.get(".dynamic")
+        if dynamic is None or not hasattr(dynamic, "iter_tags"):
+            return False
+        return any(t.entry.d_tag == "DT_NEEDED" and t.needed.startswith("libgo.so")
+                   for t in dynamic.iter_tags())
+
+    @property
+    def build_description(self) -> str:
+        """What a person needs to know about how it was built: "go1.24.11, PIE, cgo"."""
+        settings = self.build_info.settings
+        parts = [self.go_version or "unknown Go release", "PIE" if self.is_pie else "exe"]
+        if settings.get("CGO_ENABLED") == "1":
+            parts.append("cgo")
+        if settings.get("-race") == "true":
+            parts.append("race")
+        if not self.has_dwarf:
+            parts.append("no DWARF")
+        return ", ".join(parts)
 
     # -- locating .gopclntab -------------------------------------------------
 
@@ -319,3 +361,13 @@ class GoBinary:
 
     def __repr__(self) -> str:
         return f"GoBinary({self.path!r}, {self.go_version}, {self.arch})"
+
+
+def go_release(version: str | None) -> tuple[int, int] | None:
+    """(1, 21) from "go1.21.13", "go1.22rc1" or "devel go1.23-abc"; None if unknown."""
+    m = re.search(r"go(\d+)\.(\d+)", version or "")
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def _release(r: tuple[int, int]) -> str:
+    return f"{r[0]}.{r[1]}"

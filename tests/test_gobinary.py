@@ -171,3 +171,47 @@ def test_build_info_strings_truncated_or_overlong_are_binary_errors():
         _read_string(b"\x80\x80", 0, "x")                  # the length's varint never ends
     with pytest.raises(BinaryError, match="runs past the end"):
         _read_string(b"\x05ab", 0, "x")
+
+
+# -- binaries Ex-Ray must refuse by name ---------------------------------------
+
+HELLO = 'package main\n\nimport "fmt"\n\nfunc main() { fmt.Println("hello") }\n'
+GO119 = Path("/usr/lib/go-1.19/bin/go")   # Debian's golang-1.19-go (scripts/setup.sh)
+
+
+def _hello(tmp_path: Path) -> Path:
+    (tmp_path / "main.go").write_text(HELLO)
+    (tmp_path / "go.mod").write_text("module exray.test/hello\n\ngo 1.19\n")
+    return tmp_path
+
+
+@pytest.mark.skipif(not GO119.exists(), reason="Debian's golang-1.19-go is not installed "
+                                               "(scripts/setup.sh installs it)")
+def test_a_release_older_than_supported_is_named(tmp_path):
+    src = _hello(tmp_path)
+    env = dict(gobuild.go_env(), GOROOT="/usr/lib/go-1.19")
+    subprocess.run([str(GO119), "build", "-o", "hello", "."], cwd=src, env=env, check=True,
+                   capture_output=True)
+    with pytest.raises(NotGoBinaryError) as e:
+        GoBinary.open(src / "hello")
+    msg = str(e.value)
+    assert "built by go1.19" in msg and "Go 1.21 to 1.27" in msg and "rebuild it with Go 1.21" in msg
+
+
+@pytest.mark.skipif(shutil.which("gccgo") is None, reason="gccgo is not installed "
+                                                          "(scripts/setup.sh installs it)")
+def test_a_gccgo_binary_is_named(tmp_path):
+    src = _hello(tmp_path)
+    subprocess.run(["gccgo", "-g", "-o", "hello", "main.go"], cwd=src, check=True, capture_output=True)
+    with pytest.raises(NotGoBinaryError) as e:
+        GoBinary.open(src / "hello")
+    assert "built by gccgo" in str(e.value) and "go build" in str(e.value)
+
+
+def test_build_description_says_release_and_mode():
+    pie = gobuild.build(PROG, ("-buildmode=pie",), env={"CGO_ENABLED": "1"})
+    with GoBinary.open(pie) as b:
+        assert b.build_description == f"{gobuild.go_version()}, PIE, cgo"
+    static = gobuild.build(PROG, ("-ldflags=-s -w",))
+    with GoBinary.open(static) as b:
+        assert b.build_description == f"{gobuild.go_version()}, exe, no DWARF"
