@@ -11,6 +11,11 @@ import struct
 from itertools import groupby
 from dataclasses import dataclass
 
+from probe_compiler.decode import Budgets, ByteBudget, cut_at_rune, go_string, map_entries
+from probe_compiler.types import TypeTable
+
+from .errors import AgentError
+
 
 # Widths of the g/m fields we read. The offsets are the binary's; the widths
 # follow the field types (atomic.Uint32 status, uint8 waitReason, the rest
@@ -255,32 +260,145 @@ def stack_ranges(table: GTable, rows: list[int], sps: list[int], max_bytes: int)
 def read_labels(layout, mem, gs: list[RawG], max_labels: int = 64, max_bytes: int = 256) -> dict[int, dict[str, str]]:
     """pprof labels of each goroutine that has any (g.labels -> runtime/pprof.labelMap).
 
-    Only the slice form (Go >= 1.24) is read; older map-form labels come with
-    the map decoder in a later version and are reported as absent."""
+    Go >= 1.24 keeps them in a sorted []label; older releases in a
+    map[string]string, walked by the decoder's own map reader. Either way at
+    most `max_labels` pairs per goroutine, each key and value cut at
+    `max_bytes` bytes."""
     lay = layout.labels_layout
     with_labels = [g for g in gs if g.f.get("labels")]
-    if not lay or lay.get("kind") != "slice" or not with_labels:
+    if not lay or not with_labels:
         return {}
-    heads = mem.read_many([(g.f["labels"] + lay["list_offset"], 16) for g in with_labels])
-    out = {}
-    for g, head in zip(with_labels, heads):
-        if not head:
-            continue
-        arr, n = struct.unpack("<QQ", head)
-        n = min(n, max_labels)
-        raw = mem.read_many([(arr, n * lay["elem_size"])])[0] if n else b""
-        if raw:
-            out[g.addr] = _label_pairs(mem, raw, n, lay, max_bytes)
+    if lay.get("kind") == "map":
+        return _map_labels(lay, mem, with_labels, max_labels, max_bytes)
+    if lay.get("kind") != "slice":
+        return {}
+    # Goroutines started under one pprof.Do share their labelMap: read each once.
+    ptrs = sorted({g.f["labels"] for g in with_labels})
+    heads = mem.read_many([(p + lay["list_offset"], 16) for p in ptrs])
+    lists = []
+    for head in heads:
+        arr, n = struct.unpack("<QQ", head) if head else (0, 0)
+        lists.append((arr, min(n, max_labels)))
+    raws = mem.read_many([(arr, n * lay["elem_size"]) if arr else (0, 0) for arr, n in lists])
+    found = _label_pairs(mem, [(raw, n) if raw else (b"", 0) for raw, (_, n) in zip(raws, lists)],
+                         lay, max_bytes)
+    by_ptr = dict(zip(ptrs, found))
+    return {g.addr: by_ptr[g.f["labels"]] for g in with_labels if by_ptr[g.f["labels"]]}
+
+
+def _label_pairs(mem, lists: list[tuple[bytes, int]], lay: dict, max_bytes: int) -> list[dict[str, str]]:
+    """The labels of each (raw []label array, length), with one read of every string."""
+    heads, lens, counts = [], [], []
+    for raw, n in lists:
+        for i in range(n):
+            base = i * lay["elem_size"]
+            for off in (lay["key_offset"], lay["value_offset"]):
+                p, ln = struct.unpack_from("<QQ", raw, base + off)
+                heads.append((p, min(ln, max_bytes)) if ln else (0, 0))
+                lens.append(ln)
+        counts.append(n)
+    strs = mem.read_many(heads)
+    # A string cut at max_bytes drops the rune the cut split, as the decoder does.
+    texts = [go_string(cut_at_rune(s) if ln < full else s) if s else ""
+             for s, (_, ln), full in zip(strs, heads, lens)]
+    out, at = [], 0
+    for n in counts:
+        mine = texts[at:at + 2 * n]
+        out.append(dict(zip(mine[0::2], mine[1::2])))
+        at += 2 * n
     return out
 
 
-def _label_pairs(mem, raw: bytes, n: int, lay: dict, max_bytes: int) -> dict[str, str]:
-    heads = []
-    for i in range(n):
-        base = i * lay["elem_size"]
-        for off in (lay["key_offset"], lay["value_offset"]):
-            p, ln = struct.unpack_from("<QQ", raw, base + off)
-            heads.append((p, min(ln, max_bytes)))
-    strs = mem.read_many([h if h[1] else (h[0], 0) for h in heads])
-    texts = [(s or b"").decode("utf-8", "replace") if ln else "" for s, (_, ln) in zip(strs, heads)]
-    return dict(zip(texts[0::2], texts[1::2]))
+# Bytes one label may cost beyond its key and value (its share of the hmap
+# header and buckets: a map[string]string bucket is 272 bytes for 8 labels).
+_LABEL_OVERHEAD = 512
+_MAP_READ_ROUNDS = 8
+_label_tables: dict[int, tuple[dict, TypeTable]] = {}
+
+
+def _map_labels(lay: dict, mem, gs: list[RawG], max_labels: int, max_bytes: int) -> dict[int, dict[str, str]]:
+    """Go < 1.24: g.labels points at a labelMap, a map[string]string.
+
+    Goroutines started under one pprof.Do share their labelMap, so each map is
+    read once. The reads are batched: every map is walked against what has
+    been read so far, the reads that missed are done together (read_many),
+    and the walks that missed run again; a walk is as deep as map pointer,
+    header, bucket, strings, so a few rounds read every map."""
+    types = _label_types(lay)
+    if types is None:
+        return {}
+    budgets = Budgets(string_bytes=max_bytes, elements=max_labels, depth=1)
+    per_map = max_labels * (2 * max_bytes + _LABEL_OVERHEAD)
+
+    def walk(p: int, read) -> dict[str, str]:
+        entries, _ = map_entries(types, lay["type"], p, read, budgets, ByteBudget(per_map))
+        pairs = [(_label_text(k), _label_text(v)) for k, v in entries]
+        return dict(sorted((k, v) for k, v in pairs if k is not None and v is not None))
+
+    maps = _batched_walks(mem, sorted({g.f["labels"] for g in gs}), walk)
+    return {g.addr: maps[g.f["labels"]] for g in gs if maps.get(g.f["labels"])}
+
+
+def _label_text(v) -> str | None:
+    """A decoded label string, or its kept prefix when cut at max_bytes."""
+    if isinstance(v, str):
+        return v
+    if isinstance(v, dict) and v.get("__truncated") == "bytes":
+        return v.get("value")
+    return None   # unreadable
+
+
+class _Missed(Exception):
+    pass
+
+
+def _batched_walks(mem, keys: list[int], walk) -> dict:
+    """{key: walk(key, read)}, where `read` serves what earlier rounds read.
+
+    A walk that reads something not read yet is run again after one
+    read_many of every such request; past _MAP_READ_ROUNDS rounds the walks
+    that remain read directly."""
+    cache: dict[tuple[int, int], bytes | None] = {}
+    results, pending = {}, list(keys)
+    for rnd in range(_MAP_READ_ROUNDS + 1):
+        last = rnd == _MAP_READ_ROUNDS
+        wanted: set[tuple[int, int]] = set()
+        for key in pending:
+            missed: list[tuple[int, int]] = []
+
+            def read(addr: int, n: int) -> bytes:
+                got = cache.get((addr, n), _Missed)
+                if got is _Missed:
+                    if last:
+                        return mem.read(addr, n)
+                    missed.append((addr, n))
+                    raise _Missed()
+                if got is None:
+                    raise AgentError(f"cannot read {n} bytes at {addr:#x}")
+                return got
+            value = walk(key, read)
+            if missed:
+                wanted.update(missed)
+            else:
+                results[key] = value
+        pending = [k for k in pending if k not in results]
+        if not pending:
+            break
+        reqs = sorted(wanted)
+        cache.update(zip(reqs, mem.read_many(reqs)))
+    return results
+
+
+def _label_types(lay: dict) -> TypeTable | None:
+    """The labelMap's TypeTable, parsed once per layout (it is part of the
+    layout's JSON; parsing takes longer than reading a few labels)."""
+    hit = _label_tables.get(id(lay))
+    if hit is not None and hit[0] is lay:
+        return hit[1]
+    if "types" not in lay:
+        return None
+    if len(_label_tables) >= 64:
+        _label_tables.clear()
+    table = TypeTable.from_json(lay["types"])
+    _label_tables[id(lay)] = (lay, table)
+    return table

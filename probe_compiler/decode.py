@@ -352,7 +352,7 @@ def go_string(b: bytes) -> str:
     return b.decode("utf-8", "exray-go")
 
 
-def _cut_at_rune(b: bytes) -> bytes:
+def cut_at_rune(b: bytes) -> bytes:
     """Drop a multi-byte sequence that the cut split, rather than show U+FFFD for it."""
     for back in range(1, min(4, len(b) + 1)):
         c = b[-back]
@@ -371,7 +371,7 @@ def _string(d: _Decoder, t, data, addr, depth):
     b = d.read(p, cut)
     if cut == n:
         return go_string(b)
-    return {"__truncated": "bytes", "value": go_string(_cut_at_rune(b)), "len": n}
+    return {"__truncated": "bytes", "value": go_string(cut_at_rune(b)), "len": n}
 
 
 # ---------------------------------------------------------------- composites
@@ -710,6 +710,12 @@ def _map_known(d: _Decoder, t, p, depth):
 
 
 def _map_entries(d: _Decoder, t, key_t: GoType, elem_t: GoType, p: int, depth: int):
+    return _map_json(key_t, *_walk_map(d, t, key_t, elem_t, p, depth))
+
+
+def _walk_map(d: _Decoder, t, key_t: GoType, elem_t: GoType, p: int, depth: int):
+    """(entries as (key, elem) trees, count or None, problem marker or None):
+    the first `elements` entries in memory order."""
     entries, problem = [], None
     try:
         count, lay, slots = MAP_IMPLS[t.map_layout.impl](d, t, p)
@@ -723,7 +729,36 @@ def _map_entries(d: _Decoder, t, key_t: GoType, elem_t: GoType, p: int, depth: i
         problem, count = {"__error": str(e)}, None
     except _OutOfBudget:
         problem, count = {"__truncated": "budget"}, None
-    return _map_json(key_t, entries, count, problem)
+    return entries, count, problem
+
+
+def map_entries(types: TypeTable, type_id: int, addr: int, read: Callable[[int, int], bytes],
+                budgets: Budgets, budget: ByteBudget) -> tuple[list[tuple[Any, Any]], dict | None]:
+    """The entries of the map variable at `addr` (the word that holds the map
+    pointer) as (key, elem) plain JSON values, in memory order, and a marker
+    when the walk stopped early (unreadable memory, `budget` spent, or cut at
+    `budgets.elements`: {"__truncated": {"len": count}}).
+
+    For callers that want the pairs rather than the map's JSON form: the pprof
+    labels of Go < 1.24, a map[string]string. Never raises."""
+    d = _Decoder(types, read, budgets, budget, budget, lambda pc: None, lambda a: None)
+    try:
+        t = d.type(type_id)
+        if t.kind != Kind.MAP or t.map_layout is None or t.map_layout.impl not in MAP_IMPLS:
+            raise _Malformed(f"{t.name} is not a map of a known layout")
+        p = _uint(d.read(addr, PTR), 0)
+        if p == 0:
+            return [], None
+        entries, count, problem = _walk_map(d, t, d.type(t.key), d.type(t.elem), p, 0)
+    except _Unreadable as e:
+        return [], {"__error": str(e)}
+    except _OutOfBudget:
+        return [], {"__truncated": "budget"}
+    except Exception as e:  # malformed types or memory: say so, never raise
+        return [], {"__error": f"cannot read the map: {e}"}
+    if problem is None and count is not None and count > len(entries):
+        problem = {"__truncated": {"len": count}}
+    return [(render(k, raw=False), render(v, raw=False)) for k, v in entries], problem
 
 
 def _object_key(k: Any) -> str:

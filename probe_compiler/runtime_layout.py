@@ -195,14 +195,16 @@ def _labels_layout(dwarf) -> dict | None:
     Go >= 1.24: a struct holding (through embedded structs) a []Label of
     {Key, Value string}: {"kind": "slice", "type": id, "list_offset", "elem_size",
     "key_offset", "value_offset"}. Older: a map[string]string: {"kind": "map",
-    "type": id}. None when pprof labels are not linked in.
+    "type": id, "types": the TypeTable JSON of the map (its hmap header and
+    bucket types included)}, for the decoder's map walk: the pause builds no
+    types. None when pprof labels are not linked in.
     """
     try:
         t = dwarf.type_by_name("runtime/pprof.labelMap")
     except SymbolNotFound:
         return None
     if t.kind == Kind.MAP:
-        return {"kind": "map", "type": t.id}
+        return {"kind": "map", "type": t.id, "types": dwarf.type_table([t.id]).to_json()}
     found = _find_label_slice(dwarf, t, 0, depth=0)
     if found is None:
         return {"kind": "unknown", "type": t.id}

@@ -462,6 +462,18 @@ func capture(i8 int8, i16 int16, i32 int32, i64 int64, i int, u8 uint8, u16 uint
 	mk := id(map[Point]string{{1, 2}: "a", {-3, 4}: "b", {10, 0}: "c"})
 	mb := id(map[bool]string{true: "yes", false: "no"})
 	mu := id(map[uint64]bool{math.MaxUint64: true, 0: false})
+	// Go < 1.24 (hmap): a map mid-grow. Each insert evacuates about two old
+	// buckets; at 400 entries the grow from 64 to 128 buckets has always
+	// begun and never ended (checked by reading hmap on Go 1.21), so entries
+	// sit in both bucket arrays.
+	growing := make(map[int]int)
+	for k := 0; k < 400; k++ {
+		growing[k*3] = -k
+	}
+	growing = id(growing)
+	// Keys and elems over 128 bytes are stored behind a pointer in the slot.
+	bigKeys := id(map[[20]int64]string{{1}: "one", {2, 3}: "two-three", {-1}: "minus"})
+	bigVals := id(map[string][40]int32{"a": {1, 2, 3}, "z": {39: 7}})
 	nilmap := id(map[string]int(nil))
 	emptymap := id(map[string]int{})
 	base := errors.New("disk full")
@@ -512,7 +524,8 @@ func capture(i8 int8, i16 int16, i32 int32, i64 int64, i int, u8 uint8, u16 uint
 		val("f32nan", f32nan), val("bad", bad), val("long", long), val("empty", empty),
 		val("arr", arr), val("bytesl", bytesl), val("nilsl", nilsl), val("emptysl", emptysl),
 		val("structs", structs), val("mp", mp), val("big", big), val("mk", mk), val("mb", mb),
-		val("mu", mu), val("nilmap", nilmap), val("emptymap", emptymap), val("err2", err2),
+		val("mu", mu), val("growing", growing), val("bigKeys", bigKeys), val("bigVals", bigVals),
+		val("nilmap", nilmap), val("emptymap", emptymap), val("err2", err2),
 		val("nilErr", nilErr), val("anyInt", anyInt), val("anyStr", anyStr),
 		val("anyStruct", anyStruct), val("anyPtr", anyPtr), val("anyNilPtr", anyNilPtr),
 		val("nilIface", nilIface), val("closedCh", closedCh), val("nilCh", nilCh),
@@ -569,6 +582,9 @@ func capture(i8 int8, i16 int16, i32 int32, i64 int64, i int, u8 uint8, u16 uint
 	runtime.KeepAlive(mk)
 	runtime.KeepAlive(mb)
 	runtime.KeepAlive(mu)
+	runtime.KeepAlive(growing)
+	runtime.KeepAlive(bigKeys)
+	runtime.KeepAlive(bigVals)
 	runtime.KeepAlive(nilmap)
 	runtime.KeepAlive(emptymap)
 	runtime.KeepAlive(err2)
