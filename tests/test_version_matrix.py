@@ -14,9 +14,12 @@ of it (GOTRACEBACK=system, SIGQUIT). The oracle is that traceback:
 """
 from __future__ import annotations
 
+import contextlib
+import os
+
 import pytest
 
-from gobuild import RELEASES, build
+from gobuild import RELEASES, build, go_exe
 from oracle import parse_go_traceback
 from stack_compare import NAMED, STABLE, assert_stacks_match, elide_like_go
 from targets import run_target
@@ -40,12 +43,30 @@ MODES = {
     "trimpath": (("-trimpath",), {"CGO_ENABLED": "0"}, None),
     "amd64v3": ((), {"CGO_ENABLED": "0", "GOAMD64": "v3"}, None),
     "noopt": (("-gcflags=all=-N -l",), {"CGO_ENABLED": "0"}, None),
+    # No DWARF, no symbols: the runtime layout comes from a reference build
+    # by the same release (EXRAY_GO names its toolchain).
+    "stripped": (("-ldflags=-s -w",), {"CGO_ENABLED": "0"}, None),
 }
 
 BUILDS = ([(r, m) for r in RELEASES for m in ("exe", "pie", "cgo")]
-          + [(r, m) for r in (OLDEST, NEWEST) for m in ("static", "race")]
+          + [(r, m) for r in (OLDEST, NEWEST) for m in ("static", "race", "stripped")]
           + [(NEWEST, m) for m in ("pie-external", "trimpath", "amd64v3", "noopt")]
           + [(OLDEST, "noopt")])
+
+
+@contextlib.contextmanager
+def _exray_go(go: str | None):
+    """EXRAY_GO=go for the snapshot (the toolchain of a stripped binary's reference build)."""
+    old = os.environ.get("EXRAY_GO")
+    if go is not None:
+        os.environ["EXRAY_GO"] = go
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("EXRAY_GO", None)
+        else:
+            os.environ["EXRAY_GO"] = old
 
 
 def _build(release: str, mode: str):
@@ -57,7 +78,8 @@ def _build(release: str, mode: str):
 def snapshot_and_go(request):
     release, mode = request.param
     binary = _build(release, mode)
-    with run_target(binary, env={"GOTRACEBACK": "system"}) as t:
+    with run_target(binary, env={"GOTRACEBACK": "system"}) as t, \
+            _exray_go(go_exe(release) if mode == "stripped" else None):
         [rec] = snapshot_pids([t.pid], None)
         level2 = parse_go_traceback(t.quit_dump())
     assert rec.error is None, f"Go {release} {mode}: {rec.error}"
