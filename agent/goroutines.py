@@ -330,12 +330,25 @@ def _map_labels(lay: dict, mem, gs: list[RawG], max_labels: int, max_bytes: int)
     budgets = Budgets(string_bytes=max_bytes, elements=max_labels, depth=1)
     per_map = max_labels * (2 * max_bytes + _LABEL_OVERHEAD)
 
+    offsets: dict = {}
+
     def walk(p: int, read) -> dict[str, str]:
-        entries, _ = map_entries(types, lay["type"], p, read, budgets, ByteBudget(per_map))
+        entries, _ = map_entries(types, lay["type"], p, read, budgets, ByteBudget(per_map), offsets)
         pairs = [(_label_text(k), _label_text(v)) for k, v in entries]
         return dict(sorted((k, v) for k, v in pairs if k is not None and v is not None))
 
-    maps = _batched_walks(mem, sorted({g.f["labels"] for g in gs}), walk)
+    # The first two reads of every walk need no walking: the map pointer each
+    # g.labels points at, and the map header it points at.
+    ptrs = sorted({g.f["labels"] for g in gs})
+    words = mem.read_many([(p, 8) for p in ptrs])
+    cache = dict(zip(((p, 8) for p in ptrs), words))
+    map_layout = getattr(types.types.get(lay["type"]), "map_layout", None)
+    header = types.types.get(map_layout.header) if map_layout else None
+    hreqs = []
+    if header is not None:
+        hreqs = sorted({(h, header.size) for h in (int.from_bytes(w, "little") for w in words if w) if h})
+    cache.update(zip(hreqs, mem.read_many(hreqs)))
+    maps = _batched_walks(mem, ptrs, walk, cache)
     return {g.addr: maps[g.f["labels"]] for g in gs if maps.get(g.f["labels"])}
 
 
@@ -352,13 +365,13 @@ class _Missed(Exception):
     pass
 
 
-def _batched_walks(mem, keys: list[int], walk) -> dict:
-    """{key: walk(key, read)}, where `read` serves what earlier rounds read.
+def _batched_walks(mem, keys: list[int], walk, cache: dict[tuple[int, int], bytes | None]) -> dict:
+    """{key: walk(key, read)}, where `read` serves what `cache` (read
+    beforehand) and earlier rounds read.
 
     A walk that reads something not read yet is run again after one
     read_many of every such request; past _MAP_READ_ROUNDS rounds the walks
     that remain read directly."""
-    cache: dict[tuple[int, int], bytes | None] = {}
     results, pending = {}, list(keys)
     for rnd in range(_MAP_READ_ROUNDS + 1):
         last = rnd == _MAP_READ_ROUNDS

@@ -192,6 +192,7 @@ class _Decoder:
         self.func_name = func_name
         self.type_by_rtype = type_by_rtype
         self.path: set[tuple[int, int]] = set()   # (addr, type id) being decoded: cycle check
+        self.offsets: dict[tuple[int, str], tuple[int, int]] = {}   # offset()'s answers
 
     # -- memory
 
@@ -223,16 +224,21 @@ class _Decoder:
     # -- types
 
     def type(self, type_id: int | None) -> GoType:
-        if type_id is None or type_id not in self.types:
+        t = self.types.types.get(type_id)
+        if t is None:
             raise _Malformed(f"type {type_id} is not in the type table")
-        return self.types[type_id]
+        return t
 
     def offset(self, t: GoType, name: str) -> tuple[int, int]:
         """(offset, size) of field `name` of runtime header type `t`."""
+        hit = self.offsets.get((t.id, name))
+        if hit is not None:
+            return hit
         f = t.field(name)
         if f is None:
             raise _Malformed(f"{t.name} has no field {name}")
-        return f.offset, self.type(f.type_id).size
+        hit = self.offsets[t.id, name] = f.offset, self.type(f.type_id).size
+        return hit
 
     def fields(self, t: GoType, b: bytes, *names: str) -> list[int]:
         out = []
@@ -733,15 +739,19 @@ def _walk_map(d: _Decoder, t, key_t: GoType, elem_t: GoType, p: int, depth: int)
 
 
 def map_entries(types: TypeTable, type_id: int, addr: int, read: Callable[[int, int], bytes],
-                budgets: Budgets, budget: ByteBudget) -> tuple[list[tuple[Any, Any]], dict | None]:
+                budgets: Budgets, budget: ByteBudget, offsets: dict | None = None,
+                ) -> tuple[list[tuple[Any, Any]], dict | None]:
     """The entries of the map variable at `addr` (the word that holds the map
     pointer) as (key, elem) plain JSON values, in memory order, and a marker
     when the walk stopped early (unreadable memory, `budget` spent, or cut at
     `budgets.elements`: {"__truncated": {"len": count}}).
 
     For callers that want the pairs rather than the map's JSON form: the pprof
-    labels of Go < 1.24, a map[string]string. Never raises."""
-    d = _Decoder(types, read, budgets, budget, budget, lambda pc: None, lambda a: None)
+    labels of Go < 1.24, a map[string]string. Never raises. `offsets`: a
+    dict to keep the header fields' offsets in across calls on one table."""
+    d = _Decoder(types, read, budgets, budget, ByteBudget(budget.limit), lambda pc: None, lambda a: None)
+    if offsets is not None:
+        d.offsets = offsets
     try:
         t = d.type(type_id)
         if t.kind != Kind.MAP or t.map_layout is None or t.map_layout.impl not in MAP_IMPLS:

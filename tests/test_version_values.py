@@ -15,14 +15,21 @@ Builds are cached (tests/gobuild.py), so only the first run pays for them.
 from __future__ import annotations
 
 import json
+import struct
 
 import pytest
 
 import gobuild
+from agent.goroutines import RawG, read_labels
+from agent.memory import FakeMemory
 from targets import run_target
 from test_generics import SPEC as GENERICS_SPEC
 from values_compare import capture_values, mismatches, show
+from probe_compiler.dwarf import DwarfInfo
+from probe_compiler.gobinary import GoBinary
+from probe_compiler.runtime_layout import read_runtime_layout
 from probe_compiler.spec import parse_spec
+from probe_compiler.types import TypeTable
 from server.snapshot_job import snapshot_pids
 
 NO_OPT = ("-gcflags=all=-N -l",)
@@ -186,3 +193,35 @@ def test_pprof_labels_are_the_ones_the_program_set(release, labels_program):
     labeled = {fn for g in rec.goroutines if g.labels
                for fn in [next((f.function for f in g.frames if f.function.startswith("main.")), "")]}
     assert labeled == set(WANT) | {"main.parkMany"}, (release, labeled)
+
+
+def test_map_labels_in_bad_memory_stay_bounded():
+    """Go < 1.24's labels are a map: a header that claims 2^40 buckets and a
+    billion entries, strings of a megabyte, then unreadable memory, give
+    what could be read, cut at read_labels' bounds, and never raise."""
+    binary = gobuild.build("stripped_target", release=gobuild.RELEASES[0])
+    with GoBinary.open(str(binary)) as b:
+        layout = read_runtime_layout(DwarfInfo.load(str(binary), b.build_id), b.read_static)
+    lay = layout.labels_layout
+    assert lay["kind"] == "map"
+    types = TypeTable.from_json(lay["types"])
+    hdr = types[types[lay["type"]].map_layout.header]
+    bucket = types[types[lay["type"]].map_layout.bucket]
+    off = {f.name: f.offset for f in hdr.fields}
+    h = bytearray(hdr.size)
+    struct.pack_into("<Q", h, off["count"], 10**9)
+    h[off["B"]] = 40
+    struct.pack_into("<Q", h, off["buckets"], 0x3000)
+    bk = bytearray(bucket.size)
+    keys, vals = (next(f.offset for f in bucket.fields if f.name == n) for n in ("keys", "values"))
+    for i in range(8):
+        bk[i] = 5 + i                                    # every slot full
+        struct.pack_into("<QQ", bk, keys + 16 * i, 0x10000 + i, 1 << 20)
+        struct.pack_into("<QQ", bk, vals + 16 * i, 0x10000, 1 << 20)
+    mem = FakeMemory({0x1000: (0x2000).to_bytes(8, "little"), 0x2000: bytes(h), 0x3000: bytes(bk),
+                      0x10000: bytes(97 + i % 26 for i in range(4096))})
+    got = read_labels(layout, mem, [RawG(0xc000, {"labels": 0x1000})], max_labels=4, max_bytes=32)
+    [labels] = got.values()
+    assert len(labels) == 4 and all(len(k) == len(v) == 32 for k, v in labels.items())
+    assert mem.bytes_read < 4096
+    assert read_labels(layout, FakeMemory(), [RawG(0xc000, {"labels": 0x1000})]) == {}
