@@ -124,11 +124,12 @@ def find_dwarf(binary_path: str, binary, roots=DEBUG_ROOTS,
     Never raises for a missing or wrong candidate: each becomes a Looked."""
     if binary.has_dwarf:
         return DwarfSource(binary_path, binary_path, "binary")
-    looked = [Looked("binary", binary_path, "no .debug_info (stripped, or built with -ldflags=-w)")]
-    prefix, inside = _split_root(real_path(binary_path))
+    real = real_path(binary_path)      # named in Looked: /proc/PID/exe tells a user little
+    looked = [Looked("binary", real, "no .debug_info (stripped, or built with -ldflags=-w)")]
+    prefix, inside = _split_root(real)
     roots = _roots(prefix, roots)
     build_id = gnu_build_id(binary)
-    steps = [("debuglink", lambda: _by_debuglink(binary, prefix, inside, roots, looked)),
+    steps = [("debuglink", lambda: _by_debuglink(binary, real, prefix, inside, roots, looked)),
              ("build-id", lambda: _by_build_id(build_id, roots, looked)),
              ("debuginfod", lambda: _by_debuginfod(build_id, debuginfod or Debuginfod.from_env(),
                                                    looked))]
@@ -211,10 +212,10 @@ def debuglink_candidates(prefix: str, inside: str, name: str, roots) -> list[str
             + [os.path.join(r + folder, name) for r in roots])
 
 
-def _by_debuglink(binary, prefix, inside, roots, looked) -> str | None:
+def _by_debuglink(binary, real, prefix, inside, roots, looked) -> str | None:
     link = read_debuglink(binary.elf)
     if link is None:
-        looked.append(Looked("debuglink", binary.path, "no .gnu_debuglink section"))
+        looked.append(Looked("debuglink", real, "no .gnu_debuglink section"))
         return None
     name, crc = link
     for path in debuglink_candidates(prefix, inside, name, roots):

@@ -70,6 +70,17 @@ def find(path, roots=(), debuginfod=NOWHERE):
         return find_dwarf(str(path), b, roots=roots, debuginfod=debuginfod)
 
 
+def test_debuginfod_settings_from_the_environment():
+    cfg = Debuginfod.from_env({"DEBUGINFOD_URLS": " http://a:8002  https://b/ ",
+                               "DEBUGINFOD_TIMEOUT": "5", "DEBUGINFOD_MAXSIZE": "1000",
+                               "EXRAY_CACHE_DIR": "/var/cache/exray"})
+    assert cfg == Debuginfod(("http://a:8002", "https://b/"), "/var/cache/exray/debuginfod", 5, 1000)
+    assert str(cfg.cached("ab12")) == "/var/cache/exray/debuginfod/ab12/debuginfo"
+    assert debuginfo.debuginfo_url("https://b/", "ab12") == "https://b/buildid/ab12/debuginfo"
+    home = Debuginfod.from_env({"HOME": "/h"})
+    assert home.urls == () and home.cache_dir.endswith("/.cache/exray/debuginfod")
+
+
 def test_dwarf_in_the_binary_comes_first(build):
     src = find(build["plain"])
     assert (src.step, src.path, src.looked) == ("binary", str(build["plain"]), ())
@@ -146,28 +157,32 @@ def test_twin_index_in_the_cache_is_not_dwarf_for_a_stripped_binary(build, tmp_p
     assert [v.name for v in linked.function("main.waitSleep").variables] == twin_vars == ["d"]
 
 
-@pytest.mark.parametrize("sections", ["compressed", "decompressed"])
+@pytest.mark.parametrize("sections", ["SHF_COMPRESSED", "plain", ".zdebug"])
 def test_debug_file_sections_compressed_or_not(build, tmp_path, sections):
-    """Go writes SHF_COMPRESSED debug sections; objcopy keeps them, or can
-    decompress them (as some packaging tools do)."""
+    """Go writes SHF_COMPRESSED debug sections and objcopy keeps them;
+    packaging tools may decompress them, or compress them the old GNU way."""
     shutil.copy(build["linked"], tmp_path / "app")
     debug = tmp_path / "app.debug"
-    if sections == "compressed":
-        shutil.copy(build["debug"], debug)
-    else:
-        objcopy("--decompress-debug-sections", build["debug"], debug)
-    assert compressed_debug_info(debug) == (sections == "compressed")
+    how = {"SHF_COMPRESSED": [], "plain": ["--decompress-debug-sections"],
+           ".zdebug": ["--compress-debug-sections=zlib-gnu"]}[sections]
+    objcopy(*how, build["debug"], debug)
+    assert debug_info_kind(debug) == sections
     objcopy("--remove-section=.gnu_debuglink", f"--add-gnu-debuglink={debug}",
-            tmp_path / "app")   # the CRC is of this file
+            tmp_path / "app")   # the link's CRC is of this file
     dw = DwarfInfo.load(str(tmp_path / "app"), build["build_id"], str(tmp_path / "idx"))
     assert dw.elf_path == str(debug)
     assert [v.name for v in dw.function("main.waitChan").variables] == ["c"]
+    assert dw.type_by_name("runtime.g").field("goid") is not None
 
 
-def compressed_debug_info(path) -> bool:
+def debug_info_kind(path) -> str:
     from elftools.elf.elffile import ELFFile
     with open(path, "rb") as f:
-        return bool(ELFFile(f).get_section_by_name(".debug_info")["sh_flags"] & 0x800)  # SHF_COMPRESSED
+        elf = ELFFile(f)
+        if elf.get_section_by_name(".zdebug_info") is not None:
+            return ".zdebug"
+        compressed = elf.get_section_by_name(".debug_info")["sh_flags"] & 0x800
+        return "SHF_COMPRESSED" if compressed else "plain"
 
 
 # -- processes ---------------------------------------------------------------
@@ -203,6 +218,17 @@ def test_without_dwarf_stacks_work_and_values_say_why(build):
     caps = [c for *_, cs in bare for c in cs]
     assert caps and all(set(v.values()) == {None} for _, v, _ in caps)
     assert any("no DWARF found" in w and "DEBUGINFOD_URLS" in w for w in rec.warnings), rec.warnings
+
+
+def test_process_whose_binary_was_deleted(build, tmp_path):
+    """/proc/PID/exe names the old path with " (deleted)": look next to that."""
+    shutil.copy(build["linked"], tmp_path / "app")
+    shutil.copy(build["debug"], tmp_path / "app.debug")
+    with run_target(tmp_path / "app", dump=False) as t:
+        (tmp_path / "app").unlink()              # an upgrade replaced it on disk
+        assert os.readlink(f"/proc/{t.pid}/exe").endswith(" (deleted)")
+        src = find(f"/proc/{t.pid}/exe")
+    assert (src.step, src.path) == ("debuglink", str(tmp_path / "app.debug"))
 
 
 def test_process_in_another_mount_namespace(build, tmp_path):
