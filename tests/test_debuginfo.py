@@ -327,9 +327,8 @@ def test_debuginfod_cache_answers_once_the_server_is_gone(build, tmp_path):
     folder = tmp_path / "files"
     folder.mkdir()
     shutil.copy(build["debug"], folder)
-    cfg = Debuginfod(cache_dir=str(tmp_path / "cache"), timeout_s=5)
     with debuginfod_server(folder, tmp_path) as url:
-        cfg = Debuginfod((url,), cfg.cache_dir, cfg.timeout_s)
+        cfg = Debuginfod((url,), str(tmp_path / "cache"), timeout_s=5)
         first = find(build["stripped"], debuginfod=cfg)
     assert first.step == "debuginfod"
     assert first.path == str(cfg.cached(build["build_id"]))
