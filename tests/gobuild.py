@@ -98,14 +98,20 @@ def build(name: str | Path, flags: tuple[str, ...] = (), *, release: str | None 
     return out
 
 
-def build_std_command(pkg: str = "cmd/compile") -> Path:
-    """Build a command from the toolchain's own source tree, with DWARF."""
-    key = _key([go_version().encode(), pkg.encode()])
+def build_std_command(pkg: str = "cmd/compile", env: dict[str, str] | None = None) -> Path:
+    """Build a command from the toolchain's own source tree, with DWARF.
+
+    env: on top of go_env, such as {"GOEXPERIMENT": "nodwarf5"} for DWARF 4
+    (part of the cache key; without it the key and binary are as before)."""
+    parts = [go_version().encode(), pkg.encode()]
+    if env:
+        parts.append(repr(sorted(env.items())).encode())
+    key = _key(parts)
     out = CACHE / "bin" / f"{pkg.replace('/', '_')}-{key}" / Path(pkg).name
     if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(f".tmp{os.getpid()}")
-        subprocess.run([go_exe(), "build", "-o", str(tmp), pkg], env=go_env(), check=True,
+        subprocess.run([go_exe(), "build", "-o", str(tmp), pkg], env=go_env(env), check=True,
                        capture_output=True, text=True)
         os.replace(tmp, out)
     return out

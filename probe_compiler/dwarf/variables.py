@@ -113,7 +113,9 @@ class FunctionBuilder:
         self.dw, self.die, self.cu = dw, die, die.cu
         self.info = FunctionInfo(name, lo, hi, die.offset)
         self.parser = dw._expr_parser(self.cu)
-        self.base = attr(self.cu.get_top_DIE(), "DW_AT_low_pc", 0)
+        top = self.cu.get_top_DIE()
+        self.lists = _loc.ListReader(dw._sections(), self.cu.header["version"],
+                                     attr(top, "DW_AT_low_pc", 0), attr(top, "DW_AT_addr_base", 8))
 
     def build(self) -> FunctionInfo:
         fb = attr(self.die, "DW_AT_frame_base")
@@ -168,9 +170,9 @@ class FunctionBuilder:
         a = die.attributes.get("DW_AT_location")
         if a is None:
             return ()
+        # A loclistx index comes already turned into its offset by pyelftools.
         if a.form in ("DW_FORM_sec_offset", "DW_FORM_loclistx", "DW_FORM_data4"):
-            entries = self.dw._loclists().get_location_list_at_offset(a.value, die=die)
-            return _loc.loclist_to_ranges(entries, self.base, self.parser, size,
+            return _loc.loclist_to_ranges(self.lists.locations(a.value), self.parser, size,
                                           self.info.errors, where)
         loc = _loc.expr_to_location(a.value, self.parser, size)
         if isinstance(loc, _loc.Unsupported):
@@ -180,10 +182,8 @@ class FunctionBuilder:
         return tuple(VarRange(lo, hi, loc) for lo, hi in scope)
 
     def _die_ranges(self, die) -> list[tuple[int, int]]:
-        if "DW_AT_ranges" in die.attributes:
-            entries = self.dw._rangelists().get_range_list_at_offset(
-                attr(die, "DW_AT_ranges"), cu=self.cu)
-            return _loc.ranges_to_pairs(entries, self.base)
+        if "DW_AT_ranges" in die.attributes:   # an offset (pyelftools resolves rnglistx)
+            return self.lists.ranges(attr(die, "DW_AT_ranges"))
         lo = attr(die, "DW_AT_low_pc")
         if lo is None:
             return []
