@@ -113,7 +113,7 @@ class GoBinary:
         if settings.get("-race") == "true":
             parts.append("race")
         if not self.has_dwarf:
-            parts.append("no DWARF")
+            parts.append("stripped")   # its DWARF may still be found elsewhere
         return ", ".join(parts)
 
     # -- locating .gopclntab -------------------------------------------------

@@ -33,7 +33,8 @@ DIALECT = "sqlite"
 BUILTIN_COLUMNS: dict[str, tuple[str, ...]] = {
     "meta": ("key", "value"),
     "processes": ("id", "host", "pid", "exe", "build_id", "go_version", "main_module",
-                  "vcs_revision", "captured_at", "pause_ns", "error", "warnings", "truncated"),
+                  "vcs_revision", "captured_at", "pause_ns", "error", "warnings", "truncated",
+                  "load_bias"),
     "goroutines": ("process_id", "goid", "status", "wait_reason", "wait_ns", "created_by",
                    "created_by_file", "created_by_line", "parent_goid", "labels", "is_system",
                    "thread_id", "error"),

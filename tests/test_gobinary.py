@@ -214,4 +214,4 @@ def test_build_description_says_release_and_mode():
         assert b.build_description == f"{gobuild.go_version()}, PIE, cgo"
     static = gobuild.build(PROG, ("-ldflags=-s -w",))
     with GoBinary.open(static) as b:
-        assert b.build_description == f"{gobuild.go_version()}, exe, no DWARF"
+        assert b.build_description == f"{gobuild.go_version()}, exe, stripped"
