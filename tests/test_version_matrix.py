@@ -131,3 +131,26 @@ def test_wait_reasons_are_go_own(snapshot_and_go):
             assert g.wait_reason == go.wait_reason, f"goroutine {g.goid}"
             compared += 1
     assert compared >= len(NAMED)
+
+
+CHECKED_SPEC = """\
+version: 1
+functions:
+  main.(*server).handle:
+    capture: [s.name, s.reqs]
+  main.recurse:
+    capture: [n]
+  main.recurze:
+    capture: [n]
+"""
+
+
+@pytest.mark.parametrize("release", RELEASES)
+def test_check_spec_reads_every_release(release):
+    """check-spec walks the pclntab's inline trees and the DWARF of each
+    release: the spec's real names pass and a typo gets a did-you-mean."""
+    from probe_compiler.spec import parse_spec
+    from probe_compiler.spec_check import check_against_binary
+
+    errors = check_against_binary(parse_spec(CHECKED_SPEC), str(_build(release, "exe")))
+    assert [(e.line, "did you mean main.recurse" in str(e)) for e in errors] == [(7, True)], errors
