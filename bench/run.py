@@ -6,7 +6,8 @@ Prints, in one run:
   1. the machine;
   2. the cold and warm DWARF load of the cmd/compile binary (GoBinary.open +
      DwarfInfo.load, each in a fresh Python process; cold = empty cache dir)
-     and the first function lookup after a warm load;
+     and the first function lookup after a warm load, for a DWARF 5 build
+     (Go's default) and a DWARF 4 one (GOEXPERIMENT=nodwarf5), with the ratios;
   3. the pause that a Go program (bench/goprogs/pausemeter) observes from inside,
      at 100, 1,000 and 10,000 parked goroutines, for an Ex-Ray snapshot and for
      Go's own full goroutine dump, plus Ex-Ray's own pause_ns, an idle baseline
@@ -140,48 +141,73 @@ def _spawn_child(binary: str, cache_dir: str, lookup: str | None, timeout: float
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
+# The two DWARF versions Go 1.27 writes: DWARF 5 by default, DWARF 4 with
+# GOEXPERIMENT=nodwarf5 (.debug_loc/.debug_ranges instead of the v5 lists).
+DWARF_BUILDS = (("DWARF 5", None), ("DWARF 4", {"GOEXPERIMENT": "nodwarf5"}))
+
+
 def bench_dwarf(cold_reps: int, warm_reps: int) -> None:
+    """Both builds of cmd/compile, their repetitions interleaved (a noisy
+    neighbour then hits both alike), then each build's table and the ratios."""
     from tests.gobuild import build_std_command
-    t = time.perf_counter()
-    binary = str(build_std_command("cmd/compile"))
-    print(f"cmd/compile: {binary} ({os.path.getsize(binary) / 1e6:.1f} MB, "
-          f"built/cached in {time.perf_counter() - t:.1f} s)")
-    cold, cold_dwarf, warm, warm_dwarf, warm_open, lookup, imports = [], [], [], [], [], [], []
-    for _ in range(cold_reps):
-        d = tempfile.mkdtemp(prefix="exray-bench-cold-")
-        try:
-            r = _spawn_child(binary, d, None, timeout=600)
-            assert not r["from_cache"], "cold load found a cache"
-            cold.append(r["load_s"])
-            cold_dwarf.append(r["dwarf_s"])
-        finally:
-            shutil.rmtree(d, ignore_errors=True)
-    d = tempfile.mkdtemp(prefix="exray-bench-warm-")
+    runs = {}
+    for label, env in DWARF_BUILDS:
+        t = time.perf_counter()
+        binary = str(build_std_command("cmd/compile", env=env))
+        print(f"cmd/compile, {label}: {binary} ({os.path.getsize(binary) / 1e6:.1f} MB, "
+              f"built/cached in {time.perf_counter() - t:.1f} s)")
+        runs[label] = (binary, {k: [] for k in ("cold", "cold_dwarf", "warm", "warm_dwarf",
+                                                  "warm_open", "lookup", "imports")},
+                       tempfile.mkdtemp(prefix="exray-bench-warm-"))
     try:
-        _spawn_child(binary, d, None, timeout=600)          # fills the cache
+        for _ in range(cold_reps):
+            for binary, r, _ in runs.values():
+                d = tempfile.mkdtemp(prefix="exray-bench-cold-")
+                try:
+                    out = _spawn_child(binary, d, None, timeout=600)
+                    assert not out["from_cache"], "cold load found a cache"
+                    r["cold"].append(out["load_s"])
+                    r["cold_dwarf"].append(out["dwarf_s"])
+                finally:
+                    shutil.rmtree(d, ignore_errors=True)
+        for binary, _, warm_dir in runs.values():
+            _spawn_child(binary, warm_dir, None, timeout=600)          # fills the cache
         for _ in range(warm_reps):
-            r = _spawn_child(binary, d, COMPILE_FN, timeout=600)
-            if not r["from_cache"]:
-                raise RuntimeError("warm load did not find the cache it just wrote")
-            warm.append(r["load_s"])
-            warm_dwarf.append(r["dwarf_s"])
-            warm_open.append(r["open_s"])
-            lookup.append(r["lookup_s"])
-            imports.append(r["import_s"])
+            for binary, r, warm_dir in runs.values():
+                out = _spawn_child(binary, warm_dir, COMPILE_FN, timeout=600)
+                if not out["from_cache"]:
+                    raise RuntimeError("warm load did not find the cache it just wrote")
+                r["warm"].append(out["load_s"])
+                r["warm_dwarf"].append(out["dwarf_s"])
+                r["warm_open"].append(out["open_s"])
+                r["lookup"].append(out["lookup_s"])
+                r["imports"].append(out["import_s"])
     finally:
-        shutil.rmtree(d, ignore_errors=True)
-    t = Table()
-    t.add("cold load (open + DwarfInfo.load, empty cache)", cold)
-    t.add("  of which DwarfInfo.load", cold_dwarf)
-    t.add("warm load (open + DwarfInfo.load, fresh process)", warm)
-    t.add("  of which GoBinary.open", warm_open)
-    t.add("  of which DwarfInfo.load", warm_dwarf)
-    t.add(f"first function() after warm load", lookup)
-    t.add("  (not counted: importing Ex-Ray's modules)", imports)
-    wm = med(warm)
-    t.note("goal: warm load < 300 ms", "met" if wm is not None and wm < 0.3 else
-           f"MISSED ({wm * 1e3:.0f} ms)" if wm is not None else "n/a")
-    t.print(f"1. DWARF of cmd/compile, lookup {COMPILE_FN}")
+        for _, _, warm_dir in runs.values():
+            shutil.rmtree(warm_dir, ignore_errors=True)
+    for label, (_, r, _) in runs.items():
+        t = Table()
+        t.add("cold load (open + DwarfInfo.load, empty cache)", r["cold"])
+        t.add("  of which DwarfInfo.load", r["cold_dwarf"])
+        t.add("warm load (open + DwarfInfo.load, fresh process)", r["warm"])
+        t.add("  of which GoBinary.open", r["warm_open"])
+        t.add("  of which DwarfInfo.load", r["warm_dwarf"])
+        t.add(f"first function() after warm load", r["lookup"])
+        t.add("  (not counted: importing Ex-Ray's modules)", r["imports"])
+        wm = med(r["warm"])
+        t.note("goal: warm load < 300 ms", "met" if wm is not None and wm < 0.3 else
+               f"MISSED ({wm * 1e3:.0f} ms)" if wm is not None else "n/a")
+        t.print(f"1. DWARF of cmd/compile ({label}), lookup {COMPILE_FN}")
+    (_, r5, _), (_, r4, _) = runs["DWARF 5"], runs["DWARF 4"]
+    print("\n== 1b. DWARF 4 against DWARF 5 (medians; goal: load within 1.2x)")
+    for key, what in (("cold", "cold load"), ("warm", "warm load"),
+                      ("lookup", "first function() after warm load")):
+        m5, m4 = med(r5[key]), med(r4[key])
+        if m5 and m4 is not None:
+            verdict = "" if key == "lookup" else ("  met" if m4 / m5 <= 1.2 else "  MISSED")
+            print(f"{what:34} DWARF 5 {m5 * 1e3:8.1f} ms  DWARF 4 {m4 * 1e3:8.1f} ms  "
+                  f"ratio {m4 / m5:.2f}{verdict}")
+    sys.stdout.flush()
 
 
 # ---- 2. the pause the target observes ------------------------------------------------
