@@ -55,7 +55,7 @@ def cmd_goroutines(args: argparse.Namespace) -> int:
 
 def _goroutine_filter(db: sqlite3.Connection, args: argparse.Namespace) -> fmt.GoroutineFilter:
     from .store import function_tables
-    tables = function_tables(db) if args.value else []
+    tables = function_tables(db, extras=True) if args.value else []
     return fmt.GoroutineFilter(
         functions=list(args.function or []), statuses=list(args.status or []),
         values=[fmt.parse_value_filter(v, tables) for v in args.value or []],

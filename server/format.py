@@ -252,8 +252,13 @@ class ValueFilter:
     raw: str        # what the user typed after the operator
     want: Any       # the same read as JSON when it is JSON, else the string
 
-    def cell(self, text: str | None) -> Any:
-        v = json.loads(text) if text is not None else None
+    def cell(self, text: Any) -> Any:
+        v = text
+        if isinstance(text, str):   # captured columns hold JSON; extra columns any SQL value
+            try:
+                v = json.loads(text)
+            except ValueError:
+                pass
         for key in self.path:
             if isinstance(v, dict):
                 v = v.get(key)

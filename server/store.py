@@ -253,9 +253,19 @@ def snapshot_meta(db: sqlite3.Connection) -> dict[str, str | None]:
     return dict(db.execute("SELECT key, value FROM meta").fetchall())
 
 
-def function_tables(db: sqlite3.Connection) -> list[FunctionTableDef]:
+def function_tables(db: sqlite3.Connection, extras: bool = False) -> list[FunctionTableDef]:
+    """The snapshot's function tables with their captured columns, and with
+    `extras` the spec's extra columns materialized into them too."""
     raw = snapshot_meta(db).get("function_tables") or "[]"
-    return [FunctionTableDef(d["function"], d["table"], list(d["columns"])) for d in json.loads(raw)]
+    tables = [FunctionTableDef(d["function"], d["table"], list(d["columns"])) for d in json.loads(raw)]
+    if extras and db.execute("SELECT 1 FROM sqlite_master WHERE name='exray_columns'").fetchone():
+        added: dict[str, list[str]] = {}
+        for table, column in db.execute("SELECT table_name, column_name FROM exray_columns "
+                                        "WHERE source = 'extra' ORDER BY rowid"):
+            added.setdefault(table, []).append(column)
+        for t in tables:
+            t.columns += added.get(t.table, [])
+    return tables
 
 
 def dict_rows(db: sqlite3.Connection, sql: str, params: Iterable = ()) -> list[dict]:

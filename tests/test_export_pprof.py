@@ -28,6 +28,8 @@ version: 1
 functions:
   main.parkChan:
     capture: [id]
+    columns:
+      id_times_10: "id * 10"
   main.parkLabeled:
     capture: [sku]
   main.parkInlined:

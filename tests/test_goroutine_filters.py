@@ -139,6 +139,9 @@ ALL = "SELECT count(*) FROM goroutines"
     (["--value", "main.parkChan.id>=3"],
      "EXISTS (SELECT 1 FROM main_parkChan t WHERE t.process_id = g.process_id AND t.goid = g.goid "
      "AND t.id ->> '$' >= 3)"),
+    (["--value", "main_parkChan.id_times_10>=30"],      # an extra column of the spec
+     "EXISTS (SELECT 1 FROM main_parkChan t WHERE t.process_id = g.process_id AND t.goid = g.goid "
+     "AND t.id_times_10 >= 30)"),
     (["--value", "main_parkInlined.s_name=main", "--status", "chan receive"],
      "EXISTS (SELECT 1 FROM main_parkInlined t WHERE t.process_id = g.process_id AND t.goid = g.goid)"),
     (["--label", "shard=1", "--function", "parkLabeled"], "g.labels ->> '$.shard' = '1'"),
@@ -177,7 +180,7 @@ def test_no_filter_no_match_line(parkers_snap):  # noqa: F811
 
 @pytest.mark.parametrize("args, needles", [
     (["--value", "main_nope.x=1"], ["no function table 'main_nope'", "main_parkChan"]),
-    (["--value", "main_parkChan.nope=1"], ["has no column 'nope'", "(columns: id)"]),
+    (["--value", "main_parkChan.nope=1"], ["has no column 'nope'", "(columns: id, id_times_10)"]),
     (["--value", "main_parkChan.id"], ["expected TABLE.COLUMN=VALUE"]),
     (["--label", "shard"], ["--label 'shard': expected KEY=VALUE"]),
 ])
