@@ -152,6 +152,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     return int(export.cmd_export(args) or 0)
 
 
+def cmd_lsp(args: argparse.Namespace) -> int:
+    from server.lsp.server import main as serve  # pygls loads only for the editor
+    serve()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="exray", description="Ex-Ray: snapshots of running Go services.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -210,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--format", required=True, choices=["pprof", "flamegraph"])
     e.add_argument("-o", "--out", required=True, metavar="FILE")
     e.set_defaults(func=cmd_export)
+
+    l = sub.add_parser("lsp", help="run the language server over stdio (what editors start; see docs/editor.md)")
+    l.set_defaults(func=cmd_lsp)
     return p
 
 
