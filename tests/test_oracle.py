@@ -197,7 +197,7 @@ def test_target_failure_shows_stderr(states_bin):
 
 VALUE_NAMES = """i8 i16 i32 i64 i u8 u16 u32 u64 u uptr f32 f64 c64 c128 b s st pst nilp sl m e a
 ch fn nan pinf ninf negzero f32nan bad long empty arr bytesl nilsl emptysl structs mp big mk mb
-mu nilmap emptymap err2 nilErr anyInt anyStr anyStruct anyPtr anyNilPtr nilIface closedCh nilCh
+mu growing bigKeys bigVals nilmap emptymap err2 nilErr anyInt anyStr anyStruct anyPtr anyNilPtr nilIface closedCh nilCh
 nilFn namedFn closure tm times tptr zeroTime d negd g gp ring up nilUp pp emptyStruct""".split()
 
 
