@@ -117,6 +117,9 @@ class ProbePlan:
     budgets: Budgets = field(default_factory=Budgets)
     warnings: list[str] = field(default_factory=list)
     version: int = PLAN_VERSION
+    # Spec functions this binary lacks (compile_plan(absent_ok=True)): symbol
+    # -> the binary's closest names. Judged across binaries by absent_errors.
+    absent: dict[str, list[str]] = field(default_factory=dict)
 
     def function_by_symbol(self) -> dict[str, FunctionPlan]:
         return {f.symbol: f for f in self.functions}
@@ -287,8 +290,27 @@ def _user_visible(by_name: dict, types: TypeTable) -> dict[str, int]:
     return out
 
 
-def compile_plan(binary, dwarf, spec, budgets: Budgets | None = None, layout=None) -> ProbePlan:
-    """Compile the spec against one binary. Every spec problem raises SpecError with its line."""
+def _present(fs, binary, with_dwarf: bool, named: set[str]) -> list:
+    """_instances, after checking the binary has the function at all: out of
+    line, or inlined somewhere when there is DWARF to read its variables.
+    Raises SymbolNotFound (with did-you-mean) when it has not."""
+    from .pclntab import inlined_into
+
+    instances = _instances(fs, binary, with_dwarf, named)
+    if not is_generic_pattern(fs.symbol) and binary.pclntab.func_by_name(fs.symbol) is None \
+            and not (with_dwarf and inlined_into(binary.pclntab, fs.symbol)):
+        _func(binary, fs.symbol)
+    return instances
+
+
+def compile_plan(binary, dwarf, spec, budgets: Budgets | None = None, layout=None, *,
+                 absent_ok: bool = False) -> ProbePlan:
+    """Compile the spec against one binary. Every spec problem raises SpecError with its line.
+
+    A spec may span binaries (a client's functions and its server's). With
+    `absent_ok`, a function this binary lacks is no error here: it gets no
+    FunctionPlan, and `plan.absent` lists it with this binary's closest names,
+    for absent_errors to judge against the other binaries of the snapshot."""
     plan = ProbePlan(binary.build_id, binary.go_version,
                      layout.to_json() if layout is not None else None, TypeTable(), [],
                      budgets or Budgets())
@@ -301,7 +323,14 @@ def compile_plan(binary, dwarf, spec, budgets: Budgets | None = None, layout=Non
     for fs in spec.functions:
         path = getattr(fs, "path", spec_path)
         try:
-            for one in _instances(fs, binary, dwarf is not None, named):
+            instances = _present(fs, binary, dwarf is not None, named)
+        except SymbolNotFound as e:
+            if not absent_ok:
+                raise SpecError(str(e), path=path, line=fs.line, column=fs.column) from None
+            plan.absent[fs.symbol] = e.suggestions
+            continue
+        try:
+            for one in instances:
                 instance = one is not fs
                 what = f"{fs.symbol} (instance {one.symbol})" if instance else None
                 fp = (_function_plan_without_dwarf(one, binary) if dwarf is None
@@ -312,3 +341,57 @@ def compile_plan(binary, dwarf, spec, budgets: Budgets | None = None, layout=Non
         except SymbolNotFound as e:
             raise SpecError(str(e), path=path, line=fs.line, column=fs.column) from None
     return plan
+
+
+# ------------------------------------------------------------ one spec, several binaries
+
+@dataclass(frozen=True)
+class BinaryFunctions:
+    """One binary of a snapshot (or of `check-spec --binary ...`), as
+    absent_errors sees it: how to name it, what targets match, what it lacks."""
+    name: str                           # for messages: its path, and its pids if any
+    exe: str                            # base name, which `targets: - exe:` match
+    absent: dict[str, list[str]]        # spec symbol -> this binary's closest names
+    pids: tuple[int, ...] = ()
+
+    def targets(self, spec) -> list:
+        """The spec's targets that stand for this binary (by exe name or pid)."""
+        return [t for t in getattr(spec, "targets", ()) or ()
+                if t.names(self.exe) or any(t.names(self.exe, p) for p in self.pids)]
+
+
+def _lacks(b: BinaryFunctions, symbol: str) -> str:
+    close = b.absent.get(symbol) or []
+    return b.name + (f" (did you mean {', '.join(close[:3])}?)" if close else "")
+
+
+def absent_errors(spec, binaries: list[BinaryFunctions]) -> list[SpecError]:
+    """The rule for a spec that spans binaries, one SpecError per broken function.
+
+    A spec function applies to every binary that has it; a binary without it
+    just gets no rows there. It is an error when no binary has it (naming
+    each, with its did-you-mean), or when a target that expects it (`targets:
+    - exe: X, functions: [...]`) stands for a binary that lacks it. With one
+    binary this is the single-binary rule: a function it lacks is an error."""
+    if not binaries:
+        return []
+    out = []
+    for fs in spec.functions:
+        path = getattr(fs, "path", getattr(spec, "path", "exray.yaml"))
+        lacking = [b for b in binaries if fs.symbol in b.absent]
+        what = ("no instance of the generic function" if is_generic_pattern(fs.symbol)
+                else "no function")
+        if len(lacking) == len(binaries):
+            where = (_lacks(lacking[0], fs.symbol) if len(lacking) == 1 else
+                     f"any of the {len(lacking)} binaries: "
+                     + ", ".join(_lacks(b, fs.symbol) for b in lacking))
+            out.append(SpecError(f"{what} {fs.symbol} in {where}", path, fs.line, fs.column))
+            continue
+        for b in lacking:
+            expecting = [(t, f) for t in b.targets(spec) for f in [t.expects(fs.symbol)] if f]
+            if expecting:
+                t, f = expecting[0]
+                out.append(SpecError(
+                    f"{what} {fs.symbol} in {_lacks(b, fs.symbol)}, though the target at "
+                    f"{t.path}:{f.line} expects it ({f.pattern})", path, fs.line, fs.column))
+    return out

@@ -127,14 +127,44 @@ class LinkSpec:
 
 
 @dataclass(frozen=True)
+class FunctionPattern:
+    """A function a target expects its binary to have: a spec symbol, or a
+    glob over them where only `*` is special (any run of characters, dots,
+    slashes and parentheses included); `[...]` and `(*T)` are literal."""
+    pattern: str
+    line: int = 0
+    column: int = 0
+
+    def matches(self, symbol: str) -> bool:
+        if symbol == self.pattern:
+            return True
+        rx = ".*".join(re.escape(part) for part in self.pattern.split("*"))
+        return re.fullmatch(rx, symbol, re.S) is not None
+
+
+@dataclass(frozen=True)
 class TargetSpec:
-    """Which processes a snapshot takes when given no pids."""
+    """Which processes a snapshot takes when given no pids, and which of the
+    spec's functions their binary must have (`functions`: a missing one is an
+    error, where otherwise a function only some binaries have is fine)."""
     exe: str | None = None              # executable base name, as in /proc/PID/exe
     pid: int | None = None
     agent: str | None = None            # host:port of a remote agent; None = this machine
     line: int = 0
     column: int = 0
     path: str = "exray.yaml"
+    functions: tuple[FunctionPattern, ...] = ()
+
+    def names(self, exe: str | None, pid: int | None = None) -> bool:
+        """Whether this target stands for a process (or binary) with this
+        executable base name and pid (either may be None: unknown)."""
+        if self.pid is not None:
+            return self.pid == pid
+        return exe is not None and exe.removesuffix(" (deleted)") == self.exe
+
+    def expects(self, symbol: str) -> FunctionPattern | None:
+        """The entry of `functions` that names `symbol`, if any."""
+        return next((f for f in self.functions if f.matches(symbol)), None)
 
 
 @dataclass
@@ -521,13 +551,27 @@ def _agent(node: Node, ctx: _Ctx) -> tuple[str, Node]:
     return text, node
 
 
+def _expected_functions(node: Node, ctx: _Ctx) -> tuple[FunctionPattern, ...]:
+    """A target's `functions`: a list of symbols or globs; a single string is a list of one."""
+    nodes = [node] if _is_str(node) else _items(node, ctx, "functions")
+    out = []
+    for n in nodes:
+        text = _scalar_str(n, ctx, "an expected function (a Go symbol or a glob)").strip()
+        if not text:
+            raise ctx.error(n, "empty function symbol")
+        line, column = ctx.value_positions(n)[0]
+        out.append(FunctionPattern(text, line, column))
+    return tuple(out)
+
+
 def _target(node: Node, ctx: _Ctx) -> TargetSpec:
     d = _mapping(node, TARGET_KEYS, ctx, "a target")
     exe, pid = _value(d, "exe"), _value(d, "pid")
     if (exe is None) == (pid is None):
         raise ctx.error(node, "a target names its processes by 'exe' or by 'pid' (one of the two)")
     m = node.start_mark
-    return TargetSpec(exe, pid, _value(d, "agent"), m.line + 1, m.column + 1, ctx.path)
+    expected = d["functions"][0] if "functions" in d else ()
+    return TargetSpec(exe, pid, _value(d, "agent"), m.line + 1, m.column + 1, ctx.path, expected)
 
 
 def _targets(node: Node, ctx: _Ctx) -> list[TargetSpec]:
@@ -621,6 +665,11 @@ TARGET_KEYS: dict[str, Key] = {
     "pid": Key(_pid, doc="a process id", schema=_s(type="integer", minimum=1)),
     "agent": Key(_agent, doc="host:port of a remote agent; default this machine",
                  schema=lambda: {"type": "string", "pattern": _anchored(_AGENT)}),
+    "functions": Key(_expected_functions,
+                     doc="spec functions this target's binary must have (symbols, or globs with *); "
+                         "a missing one is an error",
+                     schema=lambda: {"anyOf": [{"type": "string"},
+                                               {"type": ["array", "null"], "items": {"type": "string"}}]}),
 }
 _LINK_END_SCHEMA = {"type": "string", "pattern": _anchored(_LINK_END)}
 
@@ -762,12 +811,27 @@ def _check_across_files(spec: Spec) -> None:
         if first is not obj:
             raise SpecError(f"duplicate table '{name}' (also defined at {_where(first)}); rename one",
                             obj.path, obj.line, obj.column)
+    _check_expected(spec)
     links: dict[str, LinkSpec] = {}
     for link in spec.links:
         first = links.setdefault(link.name.lower(), link)
         if first is not link:
             raise SpecError(f"duplicate link '{link.name}' (also at {_where(first)}); give one a 'name:'",
                             link.path, link.line, link.column)
+
+
+def _check_expected(spec: Spec) -> None:
+    """Each function a target expects names (or, as a glob, matches) a spec
+    function: expectations are about what the spec captures."""
+    symbols = [fn.symbol for fn in spec.functions]
+    for t in spec.targets:
+        for f in t.functions:
+            if any(f.matches(s) for s in symbols):
+                continue
+            close = difflib.get_close_matches(f.pattern, symbols, n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise SpecError(f"target expects function '{f.pattern}', which matches no function under "
+                            f"'functions:'{hint}", t.path, f.line, f.column)
 
 
 def parse_spec(text: str, path: str = "exray.yaml", check_sql: bool = True) -> Spec:

@@ -3,7 +3,7 @@
     exray snapshot [--pid PID ...] [--spec exray.yaml] [-o snap.sqlite]
     exray goroutines SNAP [--all] [--function PAT] [--status S] [--value T.COL=V] [--label K=V]
     exray sql SNAP "SELECT ..."
-    exray check-spec [exray.yaml]
+    exray check-spec [exray.yaml] [--binary GO_BINARY ...]
     exray links SNAP TABLE ROWID
     exray export SNAP --format pprof|flamegraph -o FILE
 
@@ -127,18 +127,22 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
 def cmd_check_spec(args: argparse.Namespace) -> int:
     from probe_compiler.spec import load_spec
     spec = load_spec(args.spec)
-    if args.binary:
-        from probe_compiler.spec_check import check_binary
-        checked = check_binary(spec, args.binary)
-        # Said either way: "no variables" is often a debug file not found.
-        print(f"{args.binary}: {checked.dwarf.describe()}")
-        if checked.dwarf.path is None:
-            print("  so only the functions were checked: captures need DWARF")
+    binaries = list(args.binary or [])
+    if binaries:
+        from probe_compiler.spec_check import check_binaries
+        checked = check_binaries(spec, binaries)
+        for b in checked.binaries:
+            # Said either way: "no variables" is often a debug file not found.
+            print(f"{b.path}: {b.dwarf.describe()}")
+            if b.dwarf.path is None:
+                print("  so only the functions were checked: captures need DWARF")
+            if b.absent and len(binaries) > 1:
+                print(f"  has no {', '.join(b.absent)}: its processes get no rows there")
         for p in checked.errors:
             print(f"error: {p}", file=sys.stderr)
         if checked.errors:
             return 1
-    sys.stdout.write(fmt.format_spec_summary(args.spec, spec, args.binary))
+    sys.stdout.write(fmt.format_spec_summary(args.spec, spec, ", ".join(binaries) or None))
     return 0
 
 
@@ -201,8 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("check-spec", help="validate exray.yaml and list the tables it makes")
     c.add_argument("spec", nargs="?", default="exray.yaml", metavar="exray.yaml")
-    c.add_argument("--binary", metavar="GO_BINARY",
-                   help="also check functions, variables and fields against this binary's debug info")
+    c.add_argument("--binary", action="append", metavar="GO_BINARY",
+                   help="also check functions, variables and fields against this binary's debug info; "
+                        "repeat for a spec that spans binaries (a function needs to be in one of "
+                        "them, or in each whose target expects it)")
     c.set_defaults(func=cmd_check_spec)
 
     k = sub.add_parser("links", help="rows (and their goroutine frames) linked to one row of a table")

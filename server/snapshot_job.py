@@ -2,6 +2,10 @@
 
 Everything about a binary (pclntab, DWARF index, runtime layout, plan) is
 loaded once per build id, so many processes of one service cost one load.
+One spec may span binaries (a client and its server): each binary's plan
+holds the spec functions it has, and the spec is wrong only when no binary of
+the snapshot has a function, or a target that expects one lacks it
+(probe_compiler.plan.absent_errors), checked before any process is paused.
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from agent.snapshot import SnapshotOptions, Target, snapshot_process
 from probe_compiler.debuginfo import find_dwarf
 from probe_compiler.errors import BinaryError, DebugInfoMissing
 from probe_compiler.gobinary import GoBinary
-from probe_compiler.plan import compile_plan
+from probe_compiler.plan import BinaryFunctions, absent_errors, compile_plan
 
 
 def _exe_path(pid: int) -> str:
@@ -31,7 +35,7 @@ def load_target(exe: str, spec, cache: dict, budgets=None) -> Target:
         binary.close()
         return cache[binary.build_id]
     dwarf, layout, missing = _dwarf_and_layout(exe, binary)
-    plan = compile_plan(binary, dwarf, spec, budgets, layout=layout)
+    plan = compile_plan(binary, dwarf, spec, budgets, layout=layout, absent_ok=True)
     if missing and spec is not None and spec.functions:
         plan.warnings.append(missing)      # where Ex-Ray looked for DWARF, and what to do
     target = Target(binary, plan, layout, dwarf)
@@ -63,24 +67,63 @@ def _dwarf_and_layout(exe: str, binary: GoBinary):
     return dwarf, layout, None
 
 
+def load_targets(pids: list[int], spec, cache: dict, budgets=None) -> dict[int, Target | ProcessRecord]:
+    """pid -> its Target, or the error record of a process whose binary can't be read.
+
+    Raises the first SpecError of the spec against these processes' binaries
+    taken together (check_spans), before anything is paused."""
+    loaded: dict[int, Target | ProcessRecord] = {}
+    for pid in pids:
+        try:
+            loaded[pid] = load_target(_exe_path(pid), spec, cache, budgets)
+        except (AgentError, BinaryError) as e:
+            loaded[pid] = ProcessRecord(pid=pid, host=os.uname().nodename, exe="", error=_why(pid, e),
+                                        captured_at_ns=time.time_ns())
+    errors = check_spans(spec, {pid: t for pid, t in loaded.items() if isinstance(t, Target)})
+    if errors:
+        raise errors[0]
+    return loaded
+
+
+def check_spans(spec, targets: dict[int, Target]) -> list:
+    """The spec's functions against the binaries of these processes, together:
+    a function is missing only when none has it, or when a target expecting it
+    (`targets: - functions:`) stands for a binary that lacks it."""
+    if spec is None or not spec.functions or not targets:
+        return []
+    by_build: dict[str, tuple[Target, list[int]]] = {}
+    for pid, t in targets.items():
+        by_build.setdefault(t.plan.build_id, (t, []))[1].append(pid)
+    binaries = []
+    for t, pids in by_build.values():
+        exe = _real_exe(pids[0])
+        pid_text = ", ".join(map(str, pids))
+        binaries.append(BinaryFunctions(f"{exe} (pid{'s' if len(pids) > 1 else ''} {pid_text})",
+                                        os.path.basename(exe), t.plan.absent, tuple(pids)))
+    return absent_errors(spec, binaries)
+
+
+def _real_exe(pid: int) -> str:
+    """The binary's path as the process started it (/proc/PID/exe when unreadable)."""
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return f"/proc/{pid}/exe"
+
+
 def snapshot_pids(pids: list[int], spec, opts: SnapshotOptions | None = None,
                   budgets=None, cache: dict | None = None) -> list[ProcessRecord]:
     """Snapshot each pid; a process that can't be snapshotted gets a record with its error.
 
-    Spec errors (SpecError) are raised before any process is paused. Pass the
-    same `cache` (build id -> Target) to later calls with the same spec to skip
-    loading binaries again."""
+    The spec is compiled against every pid's binary first, and its errors
+    (SpecError) are raised before any process is paused: a function only some
+    of the binaries have is no error (see check_spans), so give all the
+    processes of one snapshot in one call. Pass the same `cache` (build id ->
+    Target) to later calls with the same spec to skip loading binaries again."""
     cache = {} if cache is None else cache
-    records = []
-    for pid in pids:
-        try:
-            target = load_target(_exe_path(pid), spec, cache, budgets)
-        except (AgentError, BinaryError) as e:
-            records.append(ProcessRecord(pid=pid, host=os.uname().nodename, exe="", error=_why(pid, e),
-                                         captured_at_ns=time.time_ns()))
-            continue
-        records.append(snapshot_process(pid, target, opts))
-    return records
+    loaded = load_targets(pids, spec, cache, budgets)
+    return [t if isinstance(t, ProcessRecord) else snapshot_process(pid, t, opts)
+            for pid, t in loaded.items()]
 
 
 def _why(pid: int, e: Exception) -> str:
