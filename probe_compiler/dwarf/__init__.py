@@ -144,7 +144,7 @@ class DwarfInfo:
         i = bisect.bisect_right(self.index.cu_offsets, off) - 1
         if i < 0:
             raise BinaryError(f"{self.elf_path}: DIE offset {off:#x} is before the first CU")
-        cu = d._cached_CU_at_offset(self.index.cu_offsets[i])
+        cu = d.get_CU_at(self.index.cu_offsets[i])   # bounds-checked, then cached by offset
         return cu.get_DIE_from_refaddr(off)
 
     def _expr_parser(self, cu) -> DWARFExprParser:
