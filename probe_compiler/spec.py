@@ -553,6 +553,9 @@ def _agent(node: Node, ctx: _Ctx) -> tuple[str, Node]:
 
 def _expected_functions(node: Node, ctx: _Ctx) -> tuple[FunctionPattern, ...]:
     """A target's `functions`: a list of symbols or globs; a single string is a list of one."""
+    if not (_is_str(node) or _is_null(node) or isinstance(node, SequenceNode)):
+        raise ctx.error(node, f"expected a list of Go symbols (or globs) for a target's 'functions', "
+                              f"got {_kind(node)}")
     nodes = [node] if _is_str(node) else _items(node, ctx, "functions")
     out = []
     for n in nodes:

@@ -239,6 +239,7 @@ def test_value_positions_of_every_style():
 SCHEMA_INVALID = ["bad_display", "bad_version", "capture_not_list", "capture_number", "empty",
                   "functions_list", "links_mapping", "missing_expr", "missing_version", "report_not_string",
                   "table_not_string", "target_both", "target_bad_agent", "target_pid_string", "top_list",
+                  "target_functions_number", "target_functions_mapping",
                   "unknown_capture_key", "unknown_function_key", "unknown_report_key", "unknown_top_key",
                   "version_string", "bad_column_name", "bad_table_name", "link_bad_end"]
 
@@ -288,3 +289,53 @@ def test_the_documented_example_loads(tmp_path):
     spec = load_spec(tmp_path / "exray.yaml")
     assert [r.name for r in spec.reports] == ["blocked", "short"] and len(spec.links) == 1
     assert list(_validator().iter_errors(yaml.safe_load(example))) == []
+
+
+TWO_BINARIES = """\
+version: 1
+targets:
+  - exe: server
+    functions: ["main.(*Server).*", main.main]
+  - exe: client
+    functions: main.runClient
+  - pid: 77
+functions:
+  main.(*Server).getClient:
+  main.runClient:
+  main.main:
+  main.Map[...]:
+"""
+
+
+def test_targets_expect_functions():
+    from probe_compiler.spec import FunctionPattern
+    spec = parse_spec(TWO_BINARIES)
+    server, client, pid = spec.targets
+    assert server.functions == (FunctionPattern("main.(*Server).*", 4, 18), FunctionPattern("main.main", 4, 37))
+    assert client.functions == (FunctionPattern("main.runClient", 6, 16),)
+    assert pid.functions == ()
+    # Only `*` is special: parentheses, dots and [...] are literal.
+    assert server.expects("main.(*Server).getClient").pattern == "main.(*Server).*"
+    assert server.expects("main.(*Server).a.b") is not None
+    assert server.expects("main.runClient") is None and server.expects("main.mainx") is None
+    assert FunctionPattern("main.Map[...]").matches("main.Map[...]")
+    assert not FunctionPattern("main.Map[...]").matches("main.Map[go.shape.int]")
+    assert FunctionPattern("net/http.*").matches("net/http.(*conn).serve")
+    # Which processes a target stands for: exe base names (deleted too), pids.
+    assert server.names("server") and server.names("server (deleted)") and not server.names("client")
+    assert pid.names("server", 77) and not pid.names("server", 78) and not pid.names("x")
+    assert list(_validator().iter_errors(yaml.safe_load(TWO_BINARIES))) == []
+
+
+def test_target_expectations_across_included_files(tmp_path):
+    """An expectation may name a function of an included file; one that
+    matches no function of the merged spec is an error at its entry."""
+    _write(tmp_path, {"exray.yaml": "version: 1\ninclude: [client.yaml]\n"
+                                    "targets: [{exe: client, functions: [main.runClient]}]\n",
+                      "client.yaml": "version: 1\nfunctions:\n  main.runClient:\n"})
+    assert load_spec(tmp_path / "exray.yaml").targets[0].expects("main.runClient")
+    (tmp_path / "client.yaml").write_text("version: 1\nfunctions:\n  main.runClien:\n")
+    with pytest.raises(SpecError) as e:
+        load_spec(tmp_path / "exray.yaml")
+    assert (e.value.path, e.value.line, e.value.column) == (str(tmp_path / "exray.yaml"), 3, 37)
+    assert "did you mean main.runClien?" in str(e.value)
