@@ -214,6 +214,16 @@ class DebugSections:
             return raw
         return inf if end is not None else inf.all()
 
+    def _size(self, sec) -> int:
+        """Inflated size: pyelftools knows SHF_COMPRESSED; a GNU .zdebug section
+        says it big-endian after its "ZLIB" magic."""
+        if sec.name.startswith(".zdebug_"):
+            self._file.seek(sec["sh_offset"])
+            head = self._file.read(12)
+            if head[:4] == b"ZLIB":
+                return struct.unpack_from(">Q", head, 4)[0]
+        return sec.data_size if hasattr(sec, "data_size") else sec["sh_size"]
+
     def dwarfinfo(self) -> DWARFInfo:
         """A pyelftools DWARFInfo whose sections are each inflated on first read.
 
@@ -227,7 +237,7 @@ class DebugSections:
             if sec is None:
                 return None
             return DebugSectionDescriptor(_LazyStream(lambda: self.data(name)), name,
-                                          sec["sh_offset"], _size(sec), sec["sh_addr"])
+                                          sec["sh_offset"], self._size(sec), sec["sh_addr"])
         elf = self._elf
         return DWARFInfo(
             config=DwarfConfig(little_endian=elf.little_endian,
@@ -246,8 +256,6 @@ class DebugSections:
             gnu_debugaltlink_sec=None, debug_types_sec=desc(".debug_types"))
 
 
-def _size(sec) -> int:
-    return sec.data_size if hasattr(sec, "data_size") else sec["sh_size"]
 
 
 class _Inflater:
