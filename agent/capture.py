@@ -64,6 +64,23 @@ def _word(v: Located, off: int, read, size: int = 8) -> int:
     return int.from_bytes(read(v.addr + off, size), "little")
 
 
+@dataclass
+class OpEnv:
+    """What some access ops need beyond memory. `types`: the plan's types
+    (a map lookup walks the map as the decoder does); `types_base`: where
+    moduledata.types is in this process (load bias included: PIE), which a
+    type assertion adds the asserted type's offset to; `type_by_rtype`: a
+    runtime type address -> its GoType, to name a mismatched dynamic type;
+    `budget`: the frame's byte budget, which a map walk spends."""
+    types: object = None
+    types_base: int | None = None
+    type_by_rtype: object = None
+    budget: object = None
+
+
+NO_ENV = OpEnv()
+
+
 def _offset(v: Located, n: int, read) -> Located:
     data = v.data[n:] if v.data is not None else None
     return Located(data, None if v.addr is None else v.addr + n)
@@ -90,6 +107,52 @@ def _len_indirect(v: Located, op, read) -> Located:
     return _int(0 if p == 0 else int.from_bytes(read(p + off, size), "little"))
 
 
+def _addr(v: Located, op, read) -> Located:
+    if v.addr is None:
+        raise Unavailable("no address: the value is in registers at this pc")
+    return _int(v.addr)
+
+
+def _assert(v: Located, op, read, env: OpEnv) -> Located:
+    _, rtype_off, type_off, itab_type_off, data_off, direct, name = op
+    word = _word(v, type_off, read)
+    rtype = word
+    if word and itab_type_off >= 0:   # non-empty interface: the word is its itab
+        rtype = int.from_bytes(read(word + itab_type_off, 8), "little")
+    if rtype == 0:
+        raise Unavailable(f"the interface is nil, not {name}")
+    if env.types_base is None:
+        raise Unavailable(f"cannot check the dynamic type against {name}: where the "
+                          f"runtime's types are is unknown")
+    if rtype != env.types_base + rtype_off:
+        dyn = env.type_by_rtype(rtype) if env.type_by_rtype else None
+        held = dyn.name if dyn is not None else f"the runtime type at {rtype:#x}"
+        raise Unavailable(f"the interface holds {held}, not {name}")
+    if direct:   # pointer-shaped: the data word is the value itself
+        return _offset(v, data_off, read)
+    p = _word(v, data_off, read)
+    if p == 0:
+        raise Unavailable(f"the interface's {name} has a nil data pointer")
+    return Located(None, p)
+
+
+def _map_index(v: Located, op, read, env: OpEnv) -> Located:
+    from probe_compiler.decode import ByteBudget, map_lookup
+    _, type_id, key = op
+    shown = f"{key!r}" if isinstance(key, str) else str(key).lower() if isinstance(key, bool) else str(key)
+    p = _word(v, 0, read)
+    if p == 0:
+        raise Unavailable(f"key {shown} not present: the map is nil")
+    if env.types is None:
+        raise Unavailable("map lookups need the plan's types")
+    addr, problem = map_lookup(env.types, type_id, p, key, read, env.budget or ByteBudget(64 * 1024))
+    if problem is not None:
+        raise Unavailable(f"key {shown}: {problem}")
+    if addr is None:
+        raise Unavailable(f"key {shown} not present in the map")
+    return Located(None, addr)
+
+
 def _int(n: int) -> Located:
     return Located(n.to_bytes(8, "little"), None)
 
@@ -100,16 +163,27 @@ _OPS = {
     "deref": lambda v, op, read: _deref(v, read),
     "index": _index,
     "len": lambda v, op, read: _int(_word(v, op[1], read)),
+    "cap": lambda v, op, read: _int(_word(v, op[1], read)),
     "len_indirect": _len_indirect,
     "const": lambda v, op, read: _int(op[1]),
+    "addr": _addr,
+}
+# Ops that need more than memory: they get the OpEnv too.
+_ENV_OPS = {
+    "assert": _assert,
+    "map_index": _map_index,
 }
 
 
-def apply_ops(v: Located, ops, read) -> Located:
+def apply_ops(v: Located, ops, read, env: OpEnv = NO_ENV) -> Located:
     """Walk from the root variable to the captured value."""
     for op in ops:
         step = _OPS.get(op[0])
-        if step is None:
+        if step is not None:
+            v = step(v, op, read)
+            continue
+        env_step = _ENV_OPS.get(op[0])
+        if env_step is None:
             raise Unavailable(f"unsupported access op {op[0]!r}")
-        v = step(v, op, read)
+        v = env_step(v, op, read, env)
     return v

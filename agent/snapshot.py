@@ -18,7 +18,7 @@ from probe_compiler.decode import ByteBudget, decode_value
 from probe_compiler.plan import ProbePlan
 
 from . import goroutines as gr
-from .capture import Unavailable, apply_ops, locate_root
+from .capture import OpEnv, Unavailable, apply_ops, locate_root
 from .errors import AgentError
 from .loadbias import load_bias
 from .memory import ProcessMemory
@@ -291,7 +291,9 @@ def _capture_frame(fplan, pf, depth, g, regs, inst, *, target, mem, snapshot_bud
                                   f"{fplan.symbol} into {inst.caller}")
             pc = _var_pc(pf) if inst is None else _inlined_var_pc(locs, pf)
             loc = locate_root(locs, pc, pf, g.stack, regs, mem.read, target.bias)
-            v = apply_ops(loc, cap.ops if inst is None else inst.ops[cap.column], mem.read)
+            v = apply_ops(loc, cap.ops if inst is None else inst.ops[cap.column], mem.read,
+                          OpEnv(plan.types, getattr(target.layout, "moduledata_types_addr", None),
+                                _rtype(target), frame_budget))
             plain, raw = decode_value(plan.types, cap.type_id, v.data, v.addr, mem.read, plan.budgets,
                                       frame_budget=frame_budget, snapshot_budget=snapshot_budget,
                                       func_name=_func_name(target), type_by_rtype=_rtype(target))

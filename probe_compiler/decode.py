@@ -771,6 +771,45 @@ def map_entries(types: TypeTable, type_id: int, addr: int, read: Callable[[int, 
     return [(render(k, raw=False), render(v, raw=False)) for k, v in entries], problem
 
 
+def map_lookup(types: TypeTable, type_id: int, p: int, key: Any, read: Callable[[int, int], bytes],
+               budget: ByteBudget) -> tuple[int | None, str | None]:
+    """Where the map at `p` (the map pointer, not nil) holds `key` (a str,
+    int or bool for a string, integer or bool key type): (elem address, None);
+    (None, None) when the key is not present; (None, why) when the walk
+    stopped first. A linear walk of the slots the decoder reads (Go hashes
+    with a per-process seed, so no bucket can be picked), every read spent
+    from `budget`. Never raises."""
+    d = _Decoder(types, read, Budgets(), budget, ByteBudget(budget.limit), lambda pc: None, lambda a: None)
+    try:
+        t = d.type(type_id)
+        if t.kind != Kind.MAP or t.map_layout is None or t.map_layout.impl not in MAP_IMPLS:
+            raise _Malformed(f"{t.name} is not a map of a known layout")
+        key_t, elem_t = d.type(t.key), d.type(t.elem)
+        _, _, slots = MAP_IMPLS[t.map_layout.impl](d, t, p)
+        for b, base, koff, eoff in slots:
+            if _key_equals(d, key_t, b, koff, key):
+                if elem_t.size > MAX_INLINE_KV:   # stored indirectly: the slot holds a pointer
+                    return _uint(b, eoff), None
+                return base + eoff, None
+        return None, None
+    except _Unreadable as e:
+        return None, str(e)
+    except _OutOfBudget:
+        return None, "the frame's byte budget ran out before the key was found"
+    except Exception as e:  # malformed types or memory: say so, never raise
+        return None, f"cannot read the map: {e}"
+
+
+def _key_equals(d: _Decoder, key_t: GoType, b: bytes, off: int, key: Any) -> bool:
+    if key_t.kind == Kind.STRING:
+        want = key.encode()
+        ptr, n = d.fields(key_t, b[off:off + key_t.size], "str", "len")
+        return n == len(want) and (n == 0 or d.read(ptr, n) == want)
+    if key_t.kind == Kind.BOOL:
+        return (b[off] != 0) == key
+    return int.from_bytes(b[off:off + key_t.size], "little", signed=key_t.kind == Kind.INT) == key
+
+
 def _object_key(k: Any) -> str:
     if isinstance(k, bool):
         return "true" if k else "false"

@@ -225,7 +225,7 @@ def _root_var(by_name: dict, root: str):
 
 def _function_plan(fs, binary, dwarf, all_types: TypeTable, spec_path: str,
                    warnings: list[str], what: str | None = None) -> FunctionPlan:
-    from .expr import check_expr, parse_expr
+    from .expr import check_expr, op_type_ids, parse_expr
 
     fn = binary.pclntab.func_by_name(fs.symbol)
     instances = _inlined_instances(binary, dwarf, fs.symbol, warnings)
@@ -241,7 +241,8 @@ def _function_plan(fs, binary, dwarf, all_types: TypeTable, spec_path: str,
     captures, roots, plain_ops, escaped = [], {}, {}, set()
     for cs in fs.captures:
         try:
-            te = check_expr(parse_expr(cs.expr), var_types, types)
+            te = check_expr(parse_expr(cs.expr), var_types, types, fs.symbol, type_source=dwarf,
+                            addressable=lambda root: _addressable(by_name, root))
         except ExpressionError as e:
             raise SpecError(f"{what or fs.symbol}: capture {cs.expr!r}: {e}", path=spec_path,
                             line=cs.line, column=cs.column) from None
@@ -254,12 +255,23 @@ def _function_plan(fs, binary, dwarf, all_types: TypeTable, spec_path: str,
         captures.append(CapturePlan(cs.name, cs.expr, te.root, ops, te.type_id))
     # check_expr may add synthetic types (len's int) to `types`: keep them all.
     closure = dwarf.type_table([var_types[r] for r in roots] + [c.type_id for c in captures if c.type_id >= 0]
-                               + [by_name["&" + r].type_id for r in escaped])
+                               + [by_name["&" + r].type_id for r in escaped]
+                               + [t for c in captures for t in op_type_ids(c.ops)])
     for t in list(closure.types.values()) + [t for t in types.types.values() if t.id < 0]:
         all_types.types.setdefault(t.id, t)
     inlined = [_inlined_plan(caller, call, captures, plain_ops) for caller, call in instances]
     return FunctionPlan(fs.symbol, fs.table, fn.entry if fn else 0, fn.end if fn else 0,
                         captures, roots, {r: var_types[r] for r in roots}, inlined=inlined)
+
+
+def _addressable(by_name: dict, root: str) -> bool:
+    """Whether `&root` can have a value: the variable escaped to the heap, or
+    some pc range keeps it (or a piece of it) in memory, not only in registers."""
+    if "&" + root in by_name:
+        return True
+    var = by_name.get(root)
+    return var is None or any(p.kind != "reg" for r in var.ranges if r.location is not None
+                              for p in r.location.pieces)
 
 
 def _inlined_plan(caller, call, captures: list[CapturePlan], plain_ops: dict) -> InlinedPlan:

@@ -40,21 +40,38 @@ def test_format_round_trips(text):
 
 @pytest.mark.parametrize("text, column, message", [
     ("", 1, "empty expression"),
-    ("a.", 3, "expected a field name after '.', found end of expression"),
-    ("a.3", 3, "expected a field name after '.', found number 3"),
-    ("a[i]", 3, "index must be a non-negative integer constant"),
-    ("a[-1]", 3, "index must be a non-negative integer constant"),
+    ("a.", 3, "expected a field name or '(' after '.', found end of expression"),
+    ("a.3", 3, "expected a field name or '(' after '.', found number 3"),
+    ("a[i]", 3, "index must be a constant (an integer, a string or true/false), not the variable 'i'"),
+    ("a[]", 3, "expected an index constant (an integer, a string or true/false)"),
     ("a[1", 4, "expected ']' after the index, found end of expression"),
     ("a[0x]", 3, "bad integer constant '0x'"),
     ("(a", 3, "expected ')' to close '(', found end of expression"),
     ("a)", 2, "unexpected ')' after the expression"),
     ("a b", 3, "unexpected 'b' after the expression"),
-    ("f(x)", 2, "cannot call f: only len() is supported"),
+    ("f(x)", 2, "cannot call f: only len() and cap() are supported"),
     ("len()", 5, "len needs an argument"),
+    ("cap()", 5, "cap needs an argument"),
     ("a + b", 3, "unexpected character '+' (arithmetic is not supported in capture expressions)"),
-    ("&x", 1, "unexpected character '&' (taking an address is not supported in capture expressions)"),
-    ('m["k"]', 3, "unexpected character '\"' (string literals are not supported in capture expressions)"),
+    ("a - b", 3, "unexpected character '-' (arithmetic is not supported in capture expressions)"),
+    ("a == b", 3, "unexpected character '=' (comparison is not supported in capture expressions; "
+                  "compare in an extra column's SQL)"),
     ("a[1:2]", 4, "unexpected character ':' (slicing is not supported in capture expressions)"),
+    ("&", 2, "expected an expression after '&'"),
+    ("*&x", 2, "'&' is allowed only at the start of the expression (it yields the address as an integer)"),
+    ("len(&x)", 5, "'&' is allowed only at the start of the expression (it yields the address as an integer)"),
+    ("a & b", 3, "unexpected character '&' (arithmetic is not supported in capture expressions)"),
+    ('m["k]', 3, "string literal not terminated"),
+    ('m["\\q"]', 4, "unknown escape sequence \\q"),
+    ('"k"', 1, 'a string constant can only be a map key (m["k"])'),
+    ("x.()", 4, "expected a type name, found ')'"),
+    ("x.(*)", 5, "expected a type name, found ')'"),
+    ("x.(T", 5, "expected ')' to close the type assertion, found end of expression"),
+    ("x.(type)", 4, "type switches are not supported: assert one type, x.(T)"),
+    ("x.([]int)", 4, "expected a type name, found '['"),
+    ("x.(main.List[int])", 13, "only named types (with '*') can be asserted to: no slices, maps or "
+                               "generic instances"),
+    ('x.("net/http")', 14, "expected '.' after the package path \"net/http\", found ')'"),
 ])
 def test_parse_errors(text, column, message):
     with pytest.raises(ExpressionError) as e:
@@ -190,7 +207,8 @@ def test_string_index_yields_a_byte(types):
     ("n.x", 3, "n (type int) has no fields: cannot select 'x'"),
     ("*n", 1, "cannot dereference n (type int): not a typed pointer"),
     ("*s.raw", 1, "cannot dereference unsafe.Pointer: not a typed pointer"),
-    ("s.counts[1]", 10, "cannot index map[string]int by constant: capture the whole map instead"),
+    ("s.counts[1]", 10, "cannot use 1 (untyped integer constant) as string value in map index of "
+                        "s.counts (type map[string]int)"),
     ("v.arr[4]", 7, "index 4 out of range for [4]uint32 (length 4)"),
     ("n[0]", 3, "cannot index n (type int)"),
     ("len(n)", 1, "invalid argument: n (type int) for len"),
@@ -268,5 +286,5 @@ def test_real_binary(real):
 
     with pytest.raises(ExpressionError, match=r"no field 'nope' in main.server \(fields: inner, name"):
         compile_expr("s.nope", var_types, types, "main.handle")
-    with pytest.raises(ExpressionError, match="cannot index map"):
+    with pytest.raises(ExpressionError, match="as string value in map index of s.counts"):
         compile_expr("s.counts[0]", var_types, types, "main.handle")
