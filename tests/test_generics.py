@@ -285,7 +285,7 @@ def test_the_editor_shows_every_instance_as_the_generic_function(snap, tmp_path)
     one `main.Park[...]`: all its instances' goroutines and values."""
     from lsp_helpers import make_workspace
     from server.format import GoroutineFilter
-    from server.lsp import hints
+    from server.lsp import gosource, hints, render
     from server.lsp.sourcemap import SourceMap
     from server.store import read_goroutines
     _, expected, db = snap
@@ -295,8 +295,8 @@ def test_the_editor_shows_every_instance_as_the_generic_function(snap, tmp_path)
     src = main.read_text().split("\n")
     park_ids = {i for i, v in expected.items() if v["fn"] == "Park"}
     idx = hints.SnapshotIndex.load(path, SourceMap(ws))
-    go = hints.parse_go(main.read_text())
-    lenses = {l.function: l for l in hints.lenses(idx, str(main), go)}
+    go = gosource.parse(main.read_text())
+    lenses = {l.function: l for l in render.lenses(idx, str(main), go)}
     assert not [f for f in lenses if "go.shape" in f], lenses
     park = lenses["main.Park[...]"]
     func = src.index("func Park[T any](id int, v T, box *Box[T]) T {")
@@ -308,7 +308,8 @@ def test_the_editor_shows_every_instance_as_the_generic_function(snap, tmp_path)
     assert agg.functions == {"main.Park[...]"}
     assert {int(v) for v in agg.values["id"]} == park_ids
     # Hover on `v` in `return v`: one captured function, a row per instance's goroutine.
-    [(cap, col)] = hints.hover_captures(idx, str(main), go, wait + 1, "v")
+    fn = gosource.function_in_file(str(ws), str(main), go, wait + 1, 0)
+    [(cap, col)] = render.hover_captures(idx, str(main), go, fn, "v")
     assert cap.function == "main.Park[...]" and col == "v" and len(cap.rows) == len(park_ids)
     # The lens's stacks filter: `[...]` matches the instances' frames.
     _, gors, frames = read_goroutines(db)

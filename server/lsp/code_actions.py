@@ -10,9 +10,6 @@ menu) still show them, and none of them is mistaken for a gopls action.
 """
 from __future__ import annotations
 
-from pathlib import Path
-from urllib.parse import unquote, urlparse
-
 from lsprotocol.types import CodeAction, Range
 
 from . import gosource, specedit
@@ -24,15 +21,7 @@ KINDS = (KIND_CAPTURE, KIND_CAPTURE_ARGUMENTS, KIND_STOP_CAPTURE)
 
 
 def uri_to_path(uri: str) -> str:
-    p = urlparse(uri)
-    return unquote(p.path) if p.scheme in ("file", "") else uri
-
-
-def _function(workspace_root: str | None, go_uri: str, parsed, line: int, character: int):
-    path = uri_to_path(go_uri)
-    import_path = gosource.package_import_path(workspace_root, path) if Path(path).is_absolute() else None
-    counts = gosource.package_counts_before(path, parsed.package) if Path(path).is_file() else (0, 0)
-    return gosource.function_at(parsed, line, character, import_path, counts)
+    return gosource.file_path(uri)
 
 
 def _action(title: str, kind: str, data: dict) -> CodeAction:
@@ -50,7 +39,7 @@ def code_actions(workspace_root: str | None, go_uri: str, source: str | bytes, r
     try:
         parsed = parsed or gosource.parse(source)
         pos = range.start
-        fn = _function(workspace_root, go_uri, parsed, pos.line, pos.character)
+        fn = gosource.function_in_file(workspace_root, go_uri, parsed, pos.line, pos.character)
         if not fn:
             return []
         try:

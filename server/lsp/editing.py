@@ -46,12 +46,11 @@ SPEC_NAMES = ("exray.yaml", "exray.yml")
 # ------------------------------------------------------------------- state
 
 class SpecState:
-    """Per-server state of the spec features: diagnostics generations, the
-    parse cache of Go files, and the bound binary with its function names."""
+    """Per-server state of the spec features: diagnostics generations and the
+    bound binary with its function names (Go files are parsed in gosource.CACHE)."""
 
     def __init__(self) -> None:
         self.generation: dict[str, int] = {}
-        self.parses = gosource.ParseCache()
         self.binary: str | None = None          # bound by the last check of the spec
         self.symbols = BinarySymbols()
 
@@ -236,7 +235,7 @@ async def go_code_actions(ls: "ExrayServer", params: types.CodeActionParams) -> 
     version, source = doc.version, doc.source
 
     def run():
-        parsed = ls.spec_state.parses.get(uri, version, source)
+        parsed = gosource.CACHE.get(uri, version, source)
         acts = code_actions.code_actions(str(ls.state.root), uri, source, params.range, s_text, s_uri, parsed)
         acts = [a for a in acts if _wanted(only, a.kind)]
         _cross_check(ls.spec_state, acts)

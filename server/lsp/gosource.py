@@ -183,22 +183,43 @@ def _error_message(node, lines: LineIndex) -> str:
 
 
 class ParseCache:
-    """Parsed files by (uri, version); keeps the newest `size` entries."""
+    """The language server's parsed Go files, one cache for all of them: open
+    buffers by (uri, version), files on disk by (path, mtime, size). Keeps one
+    version per uri or path, and the newest `size` entries."""
 
-    def __init__(self, size: int = 64):
+    def __init__(self, size: int = 1024):
         self.size = size
         self._items: dict[tuple, ParsedGo] = {}
         self._lock = threading.Lock()
 
     def get(self, uri: str, version, source: str | bytes) -> ParsedGo:
+        """An editor buffer; `version` None (a file the client has not opened)
+        compares the text instead."""
         key = (uri, version)
         with self._lock:
             hit = self._items.get(key)
         if hit is not None and (version is not None or hit.source == _as_bytes(source)):
             return hit
-        parsed = parse(source)
+        return self._put(uri, key, parse(source))
+
+    def file(self, path: str | os.PathLike) -> ParsedGo:
+        """A file on disk (OSError if it can't be read), parsed again when it changes."""
+        st = os.stat(path)
+        key = (str(path), ("file", st.st_mtime_ns, st.st_size))
+        with self._lock:
+            hit = self._items.get(key)
+        if hit is not None:
+            return hit
+        return self._put(str(path), key, parse(Path(path).read_bytes()))
+
+    def forget(self, uri: str) -> None:
         with self._lock:
             for k in [k for k in self._items if k[0] == uri]:
+                del self._items[k]
+
+    def _put(self, name: str, key: tuple, parsed: ParsedGo) -> ParsedGo:
+        with self._lock:
+            for k in [k for k in self._items if k[0] == name]:
                 del self._items[k]
             self._items[key] = parsed
             while len(self._items) > self.size:
@@ -514,7 +535,7 @@ def package_counts_before(file_path: str | os.PathLike, package_name: str | None
         return 0, 0
     for sib in siblings:
         try:
-            parsed = _cached_file(sib)
+            parsed = CACHE.file(sib)
         except OSError:
             continue
         if parsed.package == package_name:
@@ -551,6 +572,56 @@ def function_at(source: str | bytes | ParsedGo, line: int, character: int,
         return best
     except Exception as e:  # noqa: BLE001 - an editor request must never fail on a file
         return GoParseError(f"cannot read the Go file: {e}", Range(Position(line, 0), Position(line, 0)))
+
+
+def file_path(uri_or_path: str) -> str:
+    """A file: URI's path (other strings are paths already)."""
+    if uri_or_path.startswith("file:"):
+        from urllib.parse import unquote, urlparse
+        return unquote(urlparse(uri_or_path).path)
+    return uri_or_path
+
+
+def function_in_file(workspace_root: str | os.PathLike | None, uri_or_path: str, parsed: ParsedGo,
+                     line: int, character: int) -> GoFunction | GoParseError | None:
+    """function_at with the full symbol of a workspace file: its package's import
+    path (from go.mod) and the init functions and closures of the files before it.
+    What code actions name and what hover looks up."""
+    path = file_path(uri_or_path)
+    absolute = Path(path).is_absolute()
+    import_path = package_import_path(workspace_root, path) if absolute else None
+    counts = package_counts_before(path, parsed.package) if absolute and Path(path).is_file() else (0, 0)
+    return function_at(parsed, line, character, import_path, counts)
+
+
+def function_on_line(parsed: ParsedGo, line: int) -> GoFunction | None:
+    """The innermost function whose text covers any of `line` (0-based): where a
+    frame at that line runs, when the column is not known."""
+    best = None
+    for fn in functions(parsed):
+        e = fn.extent
+        if e is not None and e.start.line <= line <= e.end.line and (
+                best is None or (e.start.line, e.start.character) >= (best.extent.start.line,
+                                                                      best.extent.start.character)):
+            best = fn
+    return best
+
+
+_WRAPPER = re.compile(r"(\.gowrap\d+|\.deferwrap\d+|-fm)$")
+_CLOSURE = re.compile(r"\.func\d+(\.\d+)*$")
+
+
+def is_compiler_wrapper(symbol: str, runs_in: GoFunction | None = None) -> bool:
+    """A function the compiler made, not the user: `go f(x)`'s `….gowrapN`,
+    `defer f(x)`'s `….deferwrapN`, a method value's `…-fm`, and a closure
+    name (`….funcN`) whose frames sit outside any function literal of the
+    source (`runs_in`: the source function at its frames' lines), as the
+    wrappers of older Go releases did."""
+    if _WRAPPER.search(symbol):
+        return True
+    if runs_in is not None and _CLOSURE.search(symbol):
+        return runs_in.kind in ("func", "method")
+    return False
 
 
 def _top_extent(parsed: ParsedGo, line: int, character: int) -> Range | None:
@@ -711,21 +782,6 @@ def _locals_around(parsed: ParsedGo, node) -> set[str]:
 # ------------------------------------------------------------------ workspace
 
 _SKIP_DIRS = {"vendor", "testdata", "node_modules"}
-_file_cache: dict[str, tuple[tuple[int, int], ParsedGo]] = {}
-_file_lock = threading.Lock()
-
-
-def _cached_file(path: Path) -> ParsedGo:
-    st = path.stat()
-    key = (st.st_mtime_ns, st.st_size)
-    with _file_lock:
-        hit = _file_cache.get(str(path))
-    if hit is not None and hit[0] == key:
-        return hit[1]
-    parsed = parse(path.read_bytes())
-    with _file_lock:
-        _file_cache[str(path)] = (key, parsed)
-    return parsed
 
 
 def go_files(root: str | os.PathLike) -> list[Path]:
@@ -741,7 +797,7 @@ def go_files(root: str | os.PathLike) -> list[Path]:
 def file_functions(root: str | os.PathLike, path: str | os.PathLike,
                    parsed: ParsedGo | None = None) -> list[GoFunction]:
     """Every function of one workspace file with its full symbols."""
-    parsed = parsed or _cached_file(Path(path))
+    parsed = parsed or CACHE.file(path)
     ip = package_import_path(root, path)
     return functions(parsed, ip, package_counts_before(path, parsed.package))
 

@@ -3,14 +3,14 @@
 `SnapshotIndex.load` reads a snapshot once (in a worker thread) into plain
 dicts: workspace file -> line -> `LineAgg` (goroutines there, their wait
 reasons, captured values), file -> function -> `FuncAgg`, and the captured
-rows per (file, function) for hovers. Requests then only look things up:
-`inlay_labels`, `lenses` and `hover_markdown` are pure functions of the index
-and the document's text.
+rows per (file, function) for hovers, each value with the reason its row's
+`_errors` gives when it is NULL. Requests then only look things up:
+render.py turns the index and the document's source into labels, lenses and
+hovers; goviews.py serves them.
 """
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
@@ -19,9 +19,8 @@ from pathlib import Path
 from probe_compiler import generics
 from server.store import function_tables, open_snapshot, snapshot_meta
 
+from .render import row_errors, value_text
 from .sourcemap import SourceMap
-
-PAUSE = "⏸"
 
 
 @dataclass
@@ -46,8 +45,9 @@ class CapturedRow:
     goid: int
     depth: int
     line: int
-    values: dict                                           # column -> JSON text (None: not available)
+    values: dict                                           # column -> JSON text (None: nil, or unavailable)
     rowid: int = 0
+    errors: dict = field(default_factory=dict)             # column -> why its value is NULL (`_errors`)
 
 
 @dataclass
@@ -58,7 +58,7 @@ class Captured:
     exprs: dict[str, str]                                  # column -> Go expression
     rows: list[CapturedRow] = field(default_factory=list)
     lines: set = field(default_factory=set)                # 1-based lines of its frames
-    counts: dict = field(default_factory=dict)             # column -> Counter of compact values
+    counts: dict = field(default_factory=dict)             # column -> Counter of compact values (render.value_text)
 
 
 @dataclass
@@ -165,17 +165,22 @@ class SnapshotIndex:
             fa.lines.add(line)
             fa.goroutines.update([(r[1], r[2]) for r in gs])
         exprs = _capture_exprs(db, meta)
-        short_of: dict[str, str] = {}                         # JSON text -> compact_json(text)
+        short_of: dict[str, str] = {}                         # JSON text -> render.value_text(text)
         for t in idx.tables:
             if not t.columns:
                 continue
             sel = ", ".join(_q(c) for c in t.columns)
             try:
-                rows = db.execute(f"SELECT rowid, process_id, goid, depth, {sel} FROM {_q(t.table)} ORDER BY process_id, goid, depth").fetchall()
+                rows = db.execute(f"SELECT rowid, process_id, goid, depth, _errors, {sel} FROM {_q(t.table)} "
+                                  "ORDER BY process_id, goid, depth").fetchall()
             except sqlite3.Error:
-                continue
+                try:            # a table without `_errors`: NULLs read as nil
+                    rows = db.execute(f"SELECT rowid, process_id, goid, depth, NULL, {sel} FROM {_q(t.table)} "
+                                      "ORDER BY process_id, goid, depth").fetchall()
+                except sqlite3.Error:
+                    continue
             columns = list(t.columns)
-            for rowid, pid, goid, depth, *vals in rows:
+            for rowid, pid, goid, depth, errors_text, *vals in rows:
                 at = frame_at.get((pid, goid, depth))
                 if at is None:
                     continue
@@ -185,16 +190,17 @@ class SnapshotIndex:
                     cap = idx.captured[ws, t.function] = Captured(
                         t.function, t.table, list(t.columns),
                         {c: exprs.get((t.table, c), c) for c in t.columns})
-                cap.rows.append(CapturedRow(pid, goid, depth, line, dict(zip(columns, vals)), rowid))
+                errors = row_errors(errors_text) if errors_text is not None else {}
+                cap.rows.append(CapturedRow(pid, goid, depth, line, dict(zip(columns, vals)), rowid, errors))
                 cap.lines.add(line)
                 values, counts = lines[ws][line].values, cap.counts
                 for c, v in zip(columns, vals):
                     if v.__class__ is str:
                         short = short_of.get(v)
                         if short is None:
-                            short = short_of[v] = compact_json(v)
+                            short = short_of[v] = value_text(v)
                     else:
-                        short = compact_json(v)
+                        short = value_text(v, errors.get(c))
                     cv = values.get(c)
                     if cv is None:
                         cv = values[c] = Counter()
@@ -256,254 +262,3 @@ def _capture_exprs(db: sqlite3.Connection, meta: dict) -> dict[tuple[str, str], 
         except Exception:        # an old or foreign spec: column names will do
             pass
     return out
-
-
-# ------------------------------------------------------------------ values
-
-def compact_json(text: str | None, budget: int = 40) -> str:
-    """A short view of a captured JSON value: 7, "widget", {ID:7, Path:"/x"}, [1, 2, …]."""
-    if text is None:
-        return "nil"
-    try:
-        v = json.loads(text)
-    except (TypeError, ValueError):
-        return _cut(str(text), budget)
-    return _cut(_compact(v, budget), budget)
-
-
-def _compact(v, budget: int) -> str:
-    t = v.__class__
-    if t is str:                      # the common cases first, by exact type
-        return _encode_str(v)
-    if t is dict:
-        return _compact_dict(v, budget)
-    if v is None:
-        return "nil"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return _encode_str(v)
-    if isinstance(v, list):
-        return _bounded(v, _compact, budget, "[]")
-    if isinstance(v, dict):
-        return _compact_dict(v, budget)
-    return str(v)
-
-
-def _compact_dict(v: dict, budget: int) -> str:
-    if "__addr" in v and "value" in v:
-        return _compact(v["value"], budget)
-    fields = [(k, x) for k, x in v.items() if not k.startswith("__")]
-    return _bounded(fields, _field, budget, "{}")
-
-
-def _field(kx, budget: int) -> str:
-    return f"{kx[0]}:{_compact(kx[1], budget)}"
-
-
-_encode_str = json.encoder.encode_basestring    # what json.dumps(s, ensure_ascii=False) returns, in C
-
-
-def _bounded(items, render, budget: int, brackets: str) -> str:
-    """Items rendered and joined until the budget is spent, then `…`."""
-    parts, used = [], 2
-    for x in items:
-        s = render(x, budget - used)
-        if used + len(s) > budget:
-            parts.append("…")
-            break
-        parts.append(s)
-        used += len(s) + 2
-    return brackets[0] + ", ".join(parts) + brackets[1]
-
-
-def _cut(s: str, n: int) -> str:
-    s = s.replace("\n", "\\n")
-    return s if len(s) <= n else s[: max(1, n - 1)] + "…"
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'s' if n != 1 else ''}"
-
-
-def reasons_text(reasons: Counter) -> str:
-    common = reasons.most_common()
-    if len(common) == 1:
-        return common[0][0]
-    shown = [f"{r} ×{n}" for r, n in common[:2]]
-    if len(common) > 2:
-        shown.append(f"+{len(common) - 2}")
-    return ", ".join(shown)
-
-
-def values_text(values: dict, budget: int) -> str:
-    parts = []
-    for col, counter in values.items():
-        distinct = [v for v, _ in counter.most_common()]
-        s = f"{col}={distinct[0]}"
-        for v in distinct[1:]:
-            if len(s) + len(v) + 1 > max(budget // max(len(values), 1), 24):
-                s += f"|+{len(distinct) - s.count('|') - 1}"
-                break
-            s += "|" + v
-        parts.append(s)
-    return ", ".join(parts)
-
-
-def line_label(agg: LineAgg, max_len: int) -> str:
-    """`⏸ 12 goroutines · chan receive · req_ID=7, sku="widget"`, at most max_len characters."""
-    label = f"{PAUSE} {_plural(len(agg.goroutines), 'goroutine')} · {reasons_text(agg.reasons)}"
-    if agg.values:
-        label += " · " + values_text(agg.values, max_len - len(label) - 3)
-    return _cut(label, max_len)
-
-
-# ------------------------------------------------------------------ Go source
-
-@dataclass(frozen=True)
-class GoFunc:
-    kind: str                   # function_declaration, method_declaration, func_literal
-    start: int                  # 0-based line of `func`
-    start_col: int
-    end: int                    # 0-based last line
-
-
-@dataclass
-class GoFile:
-    funcs: list[GoFunc]
-    has_error: bool
-
-    def innermost(self, line0: int) -> GoFunc | None:
-        best = None
-        for f in self.funcs:
-            if f.start <= line0 <= f.end and (best is None or f.start >= best.start):
-                best = f
-        return best
-
-    def declaration(self, line0: int) -> GoFunc | None:
-        best = None
-        for f in self.funcs:
-            if f.kind != "func_literal" and f.start <= line0 <= f.end:
-                best = f
-        return best
-
-
-_PARSER = None
-
-
-def parse_go(text: str) -> GoFile:
-    """Function ranges of a Go file (tree-sitter-go). A file with syntax errors
-    still yields the functions that parse; has_error says it was broken."""
-    global _PARSER
-    try:
-        if _PARSER is None:
-            import tree_sitter
-            import tree_sitter_go
-            _PARSER = tree_sitter.Parser(tree_sitter.Language(tree_sitter_go.language()))
-        tree = _PARSER.parse(text.encode("utf-8", "surrogatepass"))
-    except Exception:
-        return GoFile(_regex_funcs(text), True)
-    funcs: list[GoFunc] = []
-    stack = [tree.root_node]
-    while stack:
-        n = stack.pop()
-        if n.type in ("function_declaration", "method_declaration", "func_literal"):
-            funcs.append(GoFunc(n.type, n.start_point[0], n.start_point[1], n.end_point[0]))
-        stack.extend(n.children)
-    funcs.sort(key=lambda f: (f.start, f.start_col))
-    return GoFile(funcs, tree.root_node.has_error)
-
-
-def _regex_funcs(text: str) -> list[GoFunc]:
-    starts = [i for i, l in enumerate(text.splitlines()) if l.startswith("func ")]
-    n = text.count("\n") + 1
-    return [GoFunc("function_declaration", s, 0, (starts[k + 1] - 1) if k + 1 < len(starts) else n)
-            for k, s in enumerate(starts)]
-
-
-@dataclass
-class Lens:
-    line: int                   # 0-based
-    function: str
-    goroutines: int
-    table: str | None
-
-
-def lenses(idx: SnapshotIndex, path: str, go: GoFile) -> list[Lens]:
-    """One lens per function with frames in this file, above its `func` line
-    (or at its first frame's line when the source does not say where it is)."""
-    out = []
-    for fn, fa in sorted(idx.functions.get(path, {}).items()):
-        first = min(fa.lines) - 1
-        f = go.innermost(first)
-        out.append(Lens(f.start if f else max(first, 0), fn, len(fa.goroutines), fa.table))
-    return out
-
-
-_IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
-
-
-def expression_at(line_text: str, col: int) -> str | None:
-    """The dotted identifier under the cursor, up to the part it is on:
-    `req.ID` on `ID`, `req` on `req`."""
-    for m in _IDENT_RE.finditer(line_text):
-        if m.start() <= col <= m.end():
-            text = m.group(0)
-            cut_at = text.find(".", col - m.start())
-            return text if cut_at < 0 else text[:cut_at]
-    return None
-
-
-def _root(expr: str) -> str:
-    m = re.match(r"[*&(]*([A-Za-z_][A-Za-z0-9_]*)", expr)
-    return m.group(1) if m else expr
-
-
-def hover_captures(idx: SnapshotIndex, path: str, go: GoFile, line0: int, expr: str
-                   ) -> list[tuple[Captured, str]]:
-    """(captured function, column) pairs the expression under the cursor stands for."""
-    here = go.innermost(line0)
-    if here is None:
-        return []
-    out = []
-    for (p, fn), cap in idx.captured.items():
-        if p != path or not any(go.innermost(n - 1) == here for n in cap.lines):
-            continue
-        for col in cap.columns:
-            e = cap.exprs.get(col, col)
-            base = e.lstrip("*&(")
-            if (base == expr or base.startswith(expr + ".") or base.startswith(expr + "[")
-                    or expr.startswith(base + ".") or col == expr or _root(e) == expr and "." not in expr):
-                out.append((cap, col))
-    return out
-
-
-def hover_markdown(hits: list[tuple[Captured, str]], max_values: int) -> str:
-    blocks = []
-    for cap, col in hits:
-        rows = cap.rows
-        expr = cap.exprs.get(col, col)
-        counts = cap.counts.get(col, Counter())
-        head = (f"**`{expr}`** in `{cap.function}`: {_plural(len(rows), 'frame')} "
-                f"(column `{cap.table}.{col}`)")
-        summary = ", ".join(f"`{v}` ×{n}" if n > 1 else f"`{v}`" for v, n in counts.most_common(10))
-        if len(counts) > 10:
-            summary += f", … {len(counts) - 10} more distinct"
-        shown = sorted(rows[:max_values], key=lambda r: (r.process_id, r.goid, r.depth))
-        full = [{"process": r.process_id, "goroutine": r.goid, "line": r.line,
-                 "value": _loads(r.values.get(col))} for r in shown]
-        body = json.dumps(full, indent=2, ensure_ascii=False)
-        more = f"\n\n… and {len(rows) - len(shown)} more frames" if len(rows) > len(shown) else ""
-        blocks.append(f"{head}\n\n{summary}\n\n```json\n{body}\n```{more}")
-    return "\n\n---\n\n".join(blocks)
-
-
-def _loads(text):
-    if text is None:
-        return None
-    try:
-        return json.loads(text)
-    except (TypeError, ValueError):
-        return text

@@ -22,7 +22,7 @@ from pygls.exceptions import JsonRpcInvalidParams
 from pygls.protocol import LanguageServerProtocol, lsp_method
 from pygls.uris import to_fs_path
 
-from . import commands, documents, editing, hints
+from . import commands, documents, editing, gosource, goviews, hints
 from .agent import Agent, LocalAgent
 from .sourcemap import SourceMap
 from .workspace import Workspace, validate_settings
@@ -87,8 +87,7 @@ class ExrayServer(LanguageServer):
         self.agent: Agent = agent or LocalAgent()
         self.state = Workspace(Path.cwd())
         self._docs: dict[str, documents.Doc] = {}
-        self._go: dict[str, tuple[str, hints.GoFile]] = {}
-        self._told_unparsed: set[str] = set()
+        self.told_unparsed: set[str] = set()           # Go files said not to parse, per snapshot
         self._load_lock = asyncio.Lock()
         self.init_problems: list[str] = []
         self._told_settings: set[str] = set()
@@ -151,7 +150,7 @@ class ExrayServer(LanguageServer):
         self.state.current = idx
         shown = list(self._docs)
         self._docs.clear()
-        self._told_unparsed.clear()
+        self.told_unparsed.clear()
         if not quiet:
             self.log(f"Ex-Ray: current snapshot {path} ({idx.n_goroutines} goroutines)", types.MessageType.Info)
         self.refresh_views()
@@ -266,18 +265,6 @@ class ExrayServer(LanguageServer):
         except (OSError, UnicodeDecodeError):
             return None
 
-    def go_file(self, uri: str, text: str) -> hints.GoFile:
-        cached = self._go.get(uri)
-        if cached and cached[0] is text or (cached and cached[0] == text):
-            return cached[1]
-        go = hints.parse_go(text)
-        self._go[uri] = (text, go)
-        if go.has_error and uri not in self._told_unparsed:
-            self._told_unparsed.add(uri)
-            self.log(f"Ex-Ray: {uri} does not parse; hints and lenses use the lines the snapshot records",
-                     types.MessageType.Warning)
-        return go
-
 
 async def _startup(ls: ExrayServer) -> None:
     await ls.fetch_configuration()
@@ -310,10 +297,6 @@ def _norm_uri(uri: str) -> str:
     if uri.startswith(documents.SCHEME + "://"):
         uri = documents.SCHEME + ":/" + uri[len(documents.SCHEME) + 3:].lstrip("/")
     return uri
-
-
-def _utf16_len(s: str) -> int:
-    return len(s.encode("utf-16-le")) // 2
 
 
 # ======================================================================= features
@@ -363,83 +346,8 @@ def create_server(agent: Agent | None = None) -> ExrayServer:
 
     @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
     def on_close(ls: ExrayServer, params: types.DidCloseTextDocumentParams):
-        ls._go.pop(params.text_document.uri, None)
+        gosource.CACHE.forget(params.text_document.uri)
         editing.on_close(ls, params.text_document.uri)
-
-    # ---- inlay hints: the goroutines parked at each line, with captured values
-    @server.feature(types.TEXT_DOCUMENT_INLAY_HINT)
-    def inlay_hints(ls: ExrayServer, params: types.InlayHintParams):
-        found = ls.in_snapshot(params.text_document.uri, "lines")
-        if found is None:
-            return []
-        idx, path = found
-        text = ls.text_of(params.text_document.uri)
-        src = text.split("\n") if text is not None else []
-        lo, hi = params.range.start.line, params.range.end.line
-        max_len = ls.state.settings.maxHintLength
-        out = []
-        for line, agg in idx.lines[path].items():
-            l0 = line - 1
-            if not lo <= l0 <= hi or l0 >= max(len(src), 1) and src:
-                continue
-            end = _utf16_len(src[l0].rstrip("\r")) if l0 < len(src) else 0
-            out.append(types.InlayHint(
-                position=types.Position(line=l0, character=end),
-                label=hints.line_label(agg, max_len), padding_left=True,
-                tooltip=f"Ex-Ray: {len(agg.goroutines)} goroutine(s) at this line in "
-                        f"{', '.join(sorted(agg.functions))}"))
-        out.sort(key=lambda h: h.position.line)
-        return out
-
-    # ---- code lenses above functions with frames
-    @server.feature(types.TEXT_DOCUMENT_CODE_LENS)
-    def code_lens(ls: ExrayServer, params: types.CodeLensParams):
-        uri = params.text_document.uri
-        found = ls.in_snapshot(uri, "functions")
-        if found is None:
-            return []
-        idx, path = found
-        text = ls.text_of(uri) or ""
-        go = ls.go_file(uri, text)
-        out = []
-        for lens_ in hints.lenses(idx, path, go):
-            rng = types.Range(types.Position(lens_.line, 0), types.Position(lens_.line, 0))
-            n = lens_.goroutines
-            def lens(title: str, uri: str, **kw) -> types.CodeLens:
-                return types.CodeLens(range=rng, command=types.Command(
-                    title=title, command=commands.OPEN_DOCUMENT, arguments=[uri]), **kw)
-            out.append(lens(f"{n} goroutine{'s' if n != 1 else ''}", documents.stacks_uri(lens_.function),
-                            data={"function": lens_.function}))
-            out.append(lens("open stacks", documents.stacks_uri()))
-            if lens_.table:
-                out.append(lens("open table", documents.table_uri(lens_.table)))
-        return out
-
-    # ---- hover on a captured variable: its values across frames
-    @server.feature(types.TEXT_DOCUMENT_HOVER)
-    def hover(ls: ExrayServer, params: types.HoverParams):
-        uri = params.text_document.uri
-        found = ls.in_snapshot(uri, "functions")
-        if found is None:
-            return None
-        idx, path = found
-        text = ls.text_of(uri)
-        if text is None:
-            return None
-        lines = text.split("\n")
-        pos = params.position
-        if pos.line >= len(lines):
-            return None
-        line = lines[pos.line]
-        col = _utf16_to_index(line, pos.character)
-        expr = hints.expression_at(line, col)
-        if not expr:
-            return None
-        hits = hints.hover_captures(idx, path, ls.go_file(uri, text), pos.line, expr)
-        if not hits:
-            return None
-        md = hints.hover_markdown(hits, ls.state.settings.maxHoverValues)
-        return types.Hover(contents=types.MarkupContent(kind=types.MarkupKind.Markdown, value=md))
 
     # ---- virtual documents
     @server.feature(types.WORKSPACE_TEXT_DOCUMENT_CONTENT)
@@ -468,8 +376,8 @@ def create_server(agent: Agent | None = None) -> ExrayServer:
         for n, start, end, target in doc.links:
             text = lines[n] if n < len(lines) else ""
             out.append(types.DocumentLink(
-                range=types.Range(types.Position(n, _utf16_len(text[:start])),
-                                  types.Position(n, _utf16_len(text[:end]))),
+                range=types.Range(types.Position(n, gosource.utf16_len(text[:start])),
+                                  types.Position(n, gosource.utf16_len(text[:end]))),
                 target=target))
         return out
 
@@ -487,19 +395,9 @@ def create_server(agent: Agent | None = None) -> ExrayServer:
             return run
         server.command(name)(make(handler))
 
+    goviews.register(server)      # inlay hints, code lenses and hovers in Go files
     editing.register(server)      # code actions on Go files, diagnostics on exray.yaml
     return server
-
-
-def _utf16_to_index(line: str, character: int) -> int:
-    if line.isascii():
-        return min(character, len(line))
-    units = 0
-    for i, c in enumerate(line):
-        if units >= character:
-            return i
-        units += 2 if ord(c) > 0xFFFF else 1
-    return len(line)
 
 
 def main() -> None:
