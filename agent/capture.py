@@ -55,6 +55,35 @@ def locate_root(locs, lookup_pc: int, frame, stack, regs, read, bias: int = 0) -
     return Located(b"".join(p[0] for p in parts), None)
 
 
+SPILL_SLOT = "spill slot"   # the `_errors` text of a value read from its spill slot starts so
+
+
+def locate_spilled(spills: dict | None, root: str, frame, stack, why: Unavailable
+                   ) -> tuple[Located, str]:
+    """Where DWARF gave up (`why`), the root's bytes from its argument spill
+    slot at the frame's CFA (Go's argp), as Go's traceback reads them, and the
+    note for `_errors`: "spill slot: <why>", or "spill slot, possibly stale
+    (…): <why>" where Go's traceback would print `?`. Raises `why` when the
+    root is no argument the runtime's metadata places."""
+    from probe_compiler.argspill import stale_words
+
+    r = (spills or {}).get("roots", {}).get(root)
+    if r is None:
+        raise why
+    addr = frame.cfa + r["offset"]
+    data = stack.bytes_at(addr, r["size"])
+    if data is None:
+        raise why
+    stale, n = stale_words(spills, root, frame.lookup_pc), len(r["leaves"])
+    if stale:
+        note = f"{SPILL_SLOT}, possibly stale ({stale} of {n} words not stored at this pc): {why}"
+    elif not r["complete"]:
+        note = f"{SPILL_SLOT}, possibly stale (Go's argument metadata covers only part of it): {why}"
+    else:
+        note = f"{SPILL_SLOT}: {why}"
+    return Located(data, addr), note
+
+
 def _word(v: Located, off: int, read, size: int = 8) -> int:
     """An integer inside the current value: from its bytes if we hold them, else memory."""
     if v.data is not None and off + size <= len(v.data):

@@ -18,7 +18,7 @@ from probe_compiler.decode import ByteBudget, decode_value
 from probe_compiler.plan import ProbePlan
 
 from . import goroutines as gr
-from .capture import OpEnv, Unavailable, apply_ops, locate_root
+from .capture import OpEnv, Unavailable, apply_ops, locate_root, locate_spilled
 from .errors import AgentError
 from .loadbias import load_bias
 from .memory import ProcessMemory
@@ -290,7 +290,11 @@ def _capture_frame(fplan, pf, depth, g, regs, inst, *, target, mem, snapshot_bud
                 raise Unavailable(f"the compiler left no location for {cap.root} where it inlined "
                                   f"{fplan.symbol} into {inst.caller}")
             pc = _var_pc(pf) if inst is None else _inlined_var_pc(locs, pf)
-            loc = locate_root(locs, pc, pf, g.stack, regs, mem.read, target.bias)
+            try:
+                loc = locate_root(locs, pc, pf, g.stack, regs, mem.read, target.bias)
+            except Unavailable as why:   # DWARF gave up: an argument may be in its spill slot
+                loc, rec.errors[cap.column] = locate_spilled(
+                    fplan.spills if inst is None else None, cap.root, pf, g.stack, why)
             v = apply_ops(loc, cap.ops if inst is None else inst.ops[cap.column], mem.read,
                           OpEnv(plan.types, getattr(target.layout, "moduledata_types_addr", None),
                                 _rtype(target), frame_budget))

@@ -430,3 +430,47 @@ def inlined_into(tab: PcLnTab, name: str) -> list[Func]:
 def inlined_names(tab: PcLnTab) -> list[str]:
     """Every function inlined somewhere (some have no out-of-line copy)."""
     return list(_sites(tab))
+
+
+# -- argument metadata for tracebacks (additions for spill-slot values) ---------
+
+# internal/abi/symtab.go, the same in Go 1.21-1.27: the layout of a function's
+# arguments as its traceback prints them, which of their register spill slots
+# hold a stored value, and at which pcs that changes (see argspill.py).
+PCDATA_ARG_LIVE_INDEX = 3
+FUNCDATA_ARG_INFO = 5
+FUNCDATA_ARG_LIVE_INFO = 6
+
+
+def funcdata_bytes(tab: PcLnTab, fn: Func, index: int, size: int) -> bytes | None:
+    """Up to `size` bytes of FUNCDATA `index` of fn; None when fn has none (or
+    its bytes can't be reached: no go:func.* address, no static reader).
+    Fewer bytes when the data sits at the end of its section."""
+    if tab._read_static is None:
+        return None
+    addr = tab.funcdata_addr(fn, index)
+    if addr is None:
+        return None
+    while size > 0:
+        try:
+            return tab._read_static(addr, size)
+        except BinaryError:
+            size //= 2
+    return None
+
+
+def pcdata_ranges(tab: PcLnTab, fn: Func, table: int) -> list[tuple[int, int, int]]:
+    """PCDATA table `table` of fn as [(lo, hi, value)] with absolute pcs;
+    empty when fn has no such table (the runtime reads -1 there)."""
+    raw = tab._raw_of(fn)
+    if table >= raw.npcdata:
+        return []
+    off = _U32.unpack_from(tab._pclntable, raw.tables_off + 4 * table)[0]
+    if off == 0:
+        return []
+    ends, vals = tab._tables.get(off) or tab._decode_table(off)
+    out, lo = [], fn.entry
+    for end, v in zip(ends, vals):
+        out.append((lo, fn.entry + end, v))
+        lo = fn.entry + end
+    return out

@@ -92,6 +92,7 @@ class FunctionPlan:
     unavailable: str | None = None   # why no capture of this function can be read (no DWARF)
     inlined: list[InlinedPlan] = field(default_factory=list)  # where the compiler inlined it
     spec_symbol: str | None = None   # the spec's `[...]` symbol when this is one instance of it
+    spills: dict | None = None       # argspill.function_spills: arguments' spill slots, DWARF's fallback
 
     @property
     def spec_name(self) -> str:
@@ -261,7 +262,22 @@ def _function_plan(fs, binary, dwarf, all_types: TypeTable, spec_path: str,
         all_types.types.setdefault(t.id, t)
     inlined = [_inlined_plan(caller, call, captures, plain_ops) for caller, call in instances]
     return FunctionPlan(fs.symbol, fs.table, fn.entry if fn else 0, fn.end if fn else 0,
-                        captures, roots, {r: var_types[r] for r in roots}, inlined=inlined)
+                        captures, roots, {r: var_types[r] for r in roots}, inlined=inlined,
+                        spills=_arg_spills(binary, dwarf, fn, roots) if fn else None)
+
+
+def _arg_spills(binary, dwarf, fn, roots) -> dict | None:
+    """Where the runtime's argument metadata places the captured roots that
+    are input parameters: read where DWARF says a value is not live (see
+    argspill.py). DWARF lists inputs (receiver first) before results."""
+    from .argspill import function_spills
+
+    params = [(v.name, dwarf.type(v.type_id).size) for v in dwarf.function(fn.name).variables
+              if v.is_param and not v.name.startswith(".")]
+    spills = function_spills(binary.pclntab, fn, params)
+    if spills is not None:
+        spills["roots"] = {r: v for r, v in spills["roots"].items() if r in roots}
+    return spills if spills and spills["roots"] else None
 
 
 def _addressable(by_name: dict, root: str) -> bool:
