@@ -16,6 +16,8 @@ import struct
 from dataclasses import dataclass
 from typing import Callable
 
+from .errors import AgentError
+
 PTR = 8
 _U64 = struct.Struct("<Q")
 
@@ -44,7 +46,7 @@ class StackImage:
             return None
         try:
             return _U64.unpack(self.read(addr, PTR))[0]
-        except Exception:  # unreadable: the unwind stops and says so
+        except AgentError:  # unreadable: the unwind stops and says so
             return None
 
     def bytes_at(self, addr: int, size: int) -> bytes | None:
@@ -55,7 +57,7 @@ class StackImage:
             return None
         try:
             return self.read(addr, size)
-        except Exception:
+        except AgentError:
             return None
 
 
