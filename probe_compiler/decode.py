@@ -6,7 +6,8 @@ recorded memory. A decode never raises: unreadable memory, spent budgets and
 malformed data become markers inside the value, and its siblings go on.
 
 The decoder builds one tree in which pointers are `_Ptr` nodes, then renders it
-twice: the plain form flattens them, the raw form keeps `{"__addr", "value"}`.
+twice: the plain form flattens them, the raw form keeps `{"__addr", "value"}`
+(the address an integer, so SQL can join and compare it).
 Keeping pointers out of band means no user data (a map key "__addr", say) can
 be mistaken for a pointer wrapper.
 
@@ -139,7 +140,7 @@ def render(tree: Any, raw: bool) -> Any:
         inner = render(tree.value, raw)
         if not raw or _is_pointer_marker(inner):
             return inner  # a cycle or depth marker already names the address
-        return {"__addr": hex(tree.addr), "value": inner}
+        return {"__addr": tree.addr, "value": inner}
     if isinstance(tree, _MapList):
         items = [{"key": render(k, raw), "value": render(v, raw)} for k, v in tree.entries]
         items.sort(key=lambda e: _json_text(e["key"]))
@@ -165,7 +166,7 @@ class _Malformed(Exception):
 
 
 def _depth_marker(p: int) -> dict:
-    return {"__truncated": "depth", "__addr": hex(p)}
+    return {"__truncated": "depth", "__addr": p}
 
 
 def _uint(b: bytes, off: int, size: int = PTR) -> int:
@@ -494,7 +495,7 @@ def _interface(d: _Decoder, t, data, addr, depth):
     word = d.fields(t, b, "data")[0]
     dyn = d.type_by_rtype(rtype)
     if dyn is None:
-        return {"__type": "unknown", "__addr": hex(word), "__rtype": hex(rtype)}
+        return {"__type": "unknown", "__addr": word, "__rtype": hex(rtype)}
     if direct_iface(d.types, dyn):
         value = d.value(dyn, word.to_bytes(PTR, "little"), None, depth)
     else:

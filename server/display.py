@@ -128,4 +128,9 @@ def display_types(db: sqlite3.Connection) -> dict[tuple[str, str], str]:
     if has:
         out.update({(t, c): d for t, c, d in db.execute(
             "SELECT table_name, column_name, display FROM exray_columns WHERE display IS NOT NULL")})
+        # An address (`&x`) is stored as an integer and shown as Go's %p shows it.
+        for t, c in db.execute("SELECT table_name, column_name FROM exray_columns WHERE source = "
+                               "'capture' AND display IS NULL AND ltrim(expr) LIKE '&%'"):
+            out.setdefault((t, c), "hex")
+            out.setdefault((t, "raw_" + c), "hex")
     return out

@@ -381,6 +381,17 @@ def cut(s: str, width: int) -> str:
     return "".join(out) + ELLIPSIS
 
 
+def hex_addresses(v: Any) -> Any:
+    """A raw value as people read it: every `__addr` (stored as an integer, so
+    SQL can join on it) shown in hex, as Go's %p prints it."""
+    if isinstance(v, dict):
+        return {k: (f"0x{x:x}" if k == "__addr" and isinstance(x, int) and not isinstance(x, bool)
+                    else hex_addresses(x)) for k, x in v.items()}
+    if isinstance(v, list):
+        return [hex_addresses(x) for x in v]
+    return v
+
+
 def format_cell(v: Any) -> str:
     if v is None:
         return "NULL"
@@ -392,7 +403,7 @@ def format_cell(v: Any) -> str:
         s = v
         if s[:1] in ("{", "[") and s[-1:] in ("}", "]"):
             try:
-                s = json.dumps(json.loads(s), separators=(",", ":"), ensure_ascii=False)
+                s = json.dumps(hex_addresses(json.loads(s)), separators=(",", ":"), ensure_ascii=False)
             except ValueError:
                 pass
         return s.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")

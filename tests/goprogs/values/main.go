@@ -4,7 +4,7 @@
 // Ex-Ray's decoder is compared with.
 //
 //	-values PATH  {"<name>": <plain value>, ...} in declaration order
-//	-raw PATH     the same in the raw form (pointers as {"__addr", "value"})
+//	-raw PATH     the same in the raw form (pointers as {"__addr": <integer>, "value"})
 //	-addrs PATH   {"<name>": "0x…"} for the roots that hold an address
 //	              (pointer, unsafe.Pointer, map, chan, slice data)
 //	-dump PATH    where SIGUSR1 writes runtime.Stack(all), then "DUMPED"
@@ -216,8 +216,8 @@ func (e *encoder) value(v reflect.Value) {
 		}
 		e.path[k] = true
 		if e.raw {
-			e.b.WriteString(`{"__addr":`)
-			e.str(hexAddr(k.addr))
+			e.b.WriteString(`{"__addr":`) // an integer, as Ex-Ray stores addresses
+			e.b.WriteString(strconv.FormatUint(uint64(k.addr), 10))
 			e.b.WriteString(`,"value":`)
 			e.value(v.Elem())
 			e.b.WriteByte('}')
