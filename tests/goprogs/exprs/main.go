@@ -48,7 +48,7 @@ type codeErr struct{ code int }
 func (e *codeErr) Error() string { return fmt.Sprintf("code %d", e.code) }
 
 type state struct {
-	Base // embedded: ID and Name are promoted
+	Base   // embedded: ID and Name are promoted
 	mu     sync.Mutex
 	tags   []string
 	arr    [3]int16
@@ -63,13 +63,18 @@ type state struct {
 	p      *inner
 }
 
-var sink []any
+var (
+	sink      []any
+	localAddr string // &local in inspect, as %p prints it
+)
 
 //go:noinline
 func inspect(st *state, sh Shape, sh2 Shape, a any, e error, ready chan<- struct{}, block <-chan struct{}) {
+	local := 99
+	localAddr = fmt.Sprintf("%p", &local) // local escapes: DWARF names it &local
 	ready <- struct{}{}
 	<-block
-	sink = append(sink, st, sh, sh2, a, e) // every argument is live across the receive
+	sink = append(sink, st, sh, sh2, a, e, local) // every argument is live across the receive
 	runtime.KeepAlive(st)
 }
 
@@ -139,19 +144,20 @@ func main() {
 	}
 
 	out := map[string]any{
-		"st":        fmt.Sprintf("%p", st),
-		"st.mu":     fmt.Sprintf("%p", &st.mu),
-		"st.tags":   fmt.Sprintf("%p", &st.tags),
-		"st.p":      fmt.Sprintf("%p", st.p),
-		"rect":      fmt.Sprintf("%p", r),
-		"tags_len":  len(st.tags),
-		"tags_cap":  cap(st.tags),
-		"ch_len":    len(st.ch),
-		"ch_cap":    cap(st.ch),
-		"big_len":   len(st.big),
+		"st":         fmt.Sprintf("%p", st),
+		"st.mu":      fmt.Sprintf("%p", &st.mu),
+		"st.tags":    fmt.Sprintf("%p", &st.tags),
+		"local":      localAddr,
+		"st.p":       fmt.Sprintf("%p", st.p),
+		"rect":       fmt.Sprintf("%p", r),
+		"tags_len":   len(st.tags),
+		"tags_cap":   cap(st.tags),
+		"ch_len":     len(st.ch),
+		"ch_cap":     cap(st.ch),
+		"big_len":    len(st.big),
 		"byName_len": len(st.byName),
-		"s_len":     len(st.s),
-		"s_1":       st.s[1],
+		"s_len":      len(st.s),
+		"s_1":        st.s[1],
 	}
 	b, _ := json.Marshal(out)
 	if *values != "" {
