@@ -131,13 +131,15 @@ def cmd_check_spec(args: argparse.Namespace) -> int:
     if binaries:
         from probe_compiler.spec_check import check_binaries
         checked = check_binaries(spec, binaries)
+        nowhere = set.intersection(*(set(b.absent) for b in checked.binaries))
         for b in checked.binaries:
             # Said either way: "no variables" is often a debug file not found.
             print(f"{b.path}: {b.dwarf.describe()}")
             if b.dwarf.path is None:
                 print("  so only the functions were checked: captures need DWARF")
-            if b.absent and len(binaries) > 1:
-                print(f"  has no {', '.join(b.absent)}: its processes get no rows there")
+            elsewhere = [s for s in b.absent if s not in nowhere]   # in no binary: an error below
+            if elsewhere:
+                print(f"  has no {', '.join(elsewhere)}: its processes get no rows there")
         for p in checked.errors:
             print(f"error: {p}", file=sys.stderr)
         if checked.errors:
