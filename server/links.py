@@ -3,12 +3,15 @@ goroutine and frame each of them stands for.
 
 Links are materialized by server.reports into `exray_links` (both directions)
 and `exray_link_defs`; `linked_rows` reads them, `cmd_links` is `exray links
-SNAP TABLE ROWID`. The two sides may come from different processes: a client
-goroutine in one, the server goroutine serving its request in another.
+SNAP TABLE ROWID`. The two sides may come from different processes, of
+different binaries: a client goroutine in one, the server goroutine serving
+its request in another (each goroutine is named with its process's pid and
+binary). Nothing here assumes one binary: rows carry process_id.
 """
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from dataclasses import dataclass
 
@@ -26,6 +29,7 @@ class Goroutine:
     goid: int
     status: str | None
     wait_reason: str | None
+    exe: str | None = None      # its process's binary: a snapshot may span several
 
 
 @dataclass(frozen=True)
@@ -71,10 +75,11 @@ def goroutine_of(db: sqlite3.Connection, values: dict) -> tuple[Goroutine | None
     pid_, goid = values.get("process_id"), values.get("goid")
     if not isinstance(pid_, int) or not isinstance(goid, int):
         return None, None
-    g = db.execute("SELECT p.pid, g.status, g.wait_reason FROM processes p "
+    g = db.execute("SELECT p.pid, g.status, g.wait_reason, p.exe FROM processes p "
                    "LEFT JOIN goroutines g ON g.process_id = p.id AND g.goid = ? WHERE p.id = ?",
                    (goid, pid_)).fetchone()
-    goroutine = Goroutine(pid_, g[0], goid, g[1], g[2]) if g else Goroutine(pid_, None, goid, None, None)
+    goroutine = Goroutine(pid_, g[0], goid, g[1], g[2], g[3] or None) if g else \
+        Goroutine(pid_, None, goid, None, None)
     depth = values.get("depth")
     if isinstance(depth, int):
         f = db.execute("SELECT depth, function, file, line FROM frames "
@@ -152,6 +157,7 @@ def _print_row(table: str, values: dict, db, shown: dict, indent: str) -> None:
         state = g.status or "gone"
         if g.wait_reason:
             state += f", {g.wait_reason}"
-        print(f"{indent}goroutine {g.goid} [{state}] in process {g.process_id} (pid {g.pid})")
+        exe = f" of {os.path.basename(g.exe)}" if g.exe else ""  # which service, when links cross binaries
+        print(f"{indent}goroutine {g.goid} [{state}] in process {g.process_id} (pid {g.pid}){exe}")
     if f:
         print(f"{indent}  {f.function}\n{indent}      {f.file}:{f.line}")

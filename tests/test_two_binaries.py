@@ -182,7 +182,7 @@ def test_longest_stalled_client_call_to_the_server_goroutine_serving_it(svc):
     out = ok("links", svc["snap"], "calls", top["call_row"])
     assert out.startswith(f"calls #{top['call_row']}\n")
     assert f"goroutine {top['goid']} [waiting, chan receive] in process " in out
-    assert f"(pid {svc['client_pid']})" in out
+    assert f"(pid {svc['client_pid']}) of {svc['client_exe'].name}\n" in out
     assert re.search(rf"main\.\(\*caller\)\.call\n\s+\S+/main\.go:{CALL_WAIT_LINE}\n", out), out
     # Exactly one link: to the deposit handler (no balance query has this id).
     assert out.count("\n-> ") == 1 and "<- " not in out, out
@@ -191,7 +191,7 @@ def test_longest_stalled_client_call_to_the_server_goroutine_serving_it(svc):
     body = m.group("body")
     assert re.search(rf"^\s+id = \"?{rid}\"?$", body, re.M), body
     assert f"goroutine {handler['goid']} [waiting, sync.Mutex.Lock] in process " in body
-    assert f"(pid {svc['server_pid']})" in body
+    assert f"(pid {svc['server_pid']}) of {svc['server_exe'].name}\n" in body
     assert re.search(rf"main\.\(\*Accounts\)\.Deposit\n\s+\S+/main\.go:{LOCK_LINE}\n", body), body
 
 
