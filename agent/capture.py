@@ -39,9 +39,13 @@ def _piece_bytes(piece, frame, stack, regs, read, bias) -> tuple[bytes, int | No
     raise Unavailable("optimized out at this pc")
 
 
-def locate_root(locs, lookup_pc: int, frame, stack, regs, read, bias: int = 0) -> Located:
+def locate_root(locs, lookup_pc: int, frame, stack, regs, read, bias: int = 0,
+                size: int | None = None) -> Located:
     """The root variable's bytes at lookup_pc (link-time, as the location
-    lists say); `bias` moves static addresses to where the process has them."""
+    lists say); `bias` moves static addresses to where the process has them.
+    `size` (the root's type size) refuses composite locations whose pieces
+    don't add up to it: Go 1.21 describes some slices with 4 pieces, the
+    first one twice."""
     for loc in locs:
         if loc.lo <= lookup_pc < loc.hi:
             break
@@ -49,6 +53,9 @@ def locate_root(locs, lookup_pc: int, frame, stack, regs, read, bias: int = 0) -
         raise Unavailable("not live at this pc")
     if not loc.pieces:
         raise Unavailable("optimized out at this pc")
+    covered = sum(p[0] for p in loc.pieces)
+    if len(loc.pieces) > 1 and size is not None and covered != size:
+        raise Unavailable(f"DWARF's pieces cover {covered} bytes of this {size}-byte value")
     parts = [_piece_bytes(p, frame, stack, regs, read, bias) for p in loc.pieces]
     if len(parts) == 1:
         return Located(parts[0][0], parts[0][1])

@@ -291,7 +291,8 @@ def _capture_frame(fplan, pf, depth, g, regs, inst, *, target, mem, snapshot_bud
                                   f"{fplan.symbol} into {inst.caller}")
             pc = _var_pc(pf) if inst is None else _inlined_var_pc(locs, pf)
             try:
-                loc = locate_root(locs, pc, pf, g.stack, regs, mem.read, target.bias)
+                loc = locate_root(locs, pc, pf, g.stack, regs, mem.read, target.bias,
+                                  plan.types[fplan.root_types[cap.root]].size)
             except Unavailable as why:   # DWARF gave up: an argument may be in its spill slot
                 loc, rec.errors[cap.column] = locate_spilled(
                     fplan.spills if inst is None else None, cap.root, pf, g.stack, why)

@@ -54,6 +54,8 @@ var (
 	parked  sync.WaitGroup
 	release = make(chan struct{})
 	out     = make(chan string)
+	pairs   = make(chan Pair)
+	never   sync.WaitGroup
 
 	gInt   int
 	gAny   any
@@ -231,7 +233,14 @@ func many(a, b, c, d, e, f, g, h, i, j, k, l int) {
 
 //go:noinline
 func gen[T any](x T, n int) {
-	report(fmt.Sprintf("main.gen[%T]", x), map[string]arg{"x": {x, nil}, "n": {n, hex(uint64(n))}})
+	var words any
+	switch v := any(x).(type) {
+	case int:
+		words = hex(uint64(v))
+	case string:
+		words = strWords(v)
+	}
+	report(fmt.Sprintf("main.gen[%T]", x), map[string]arg{"x": {x, words}, "n": {n, hex(uint64(n))}})
 	<-release
 	gAny = x
 	gInt = n
@@ -245,6 +254,25 @@ func sender(msg string) {
 	out <- msg
 }
 
+// sendPair blocks sending its argument: the send reads it from its spill slot.
+//
+//go:noinline
+func sendPair(p Pair) {
+	report("main.sendPair", map[string]arg{
+		"p": {map[string]any{"A": p.A, "B": p.B}, []any{hex(uint64(p.A)), strWords(p.B)}}})
+	pairs <- p
+}
+
+// waitOn blocks in a call that takes one of its arguments; the other is
+// only used before.
+//
+//go:noinline
+func waitOn(wg *sync.WaitGroup, tag string) {
+	gStr = tag
+	report("main.waitOn", map[string]arg{"wg": {nil, ptrWord(wg)}, "tag": {tag, strWords(tag)}})
+	wg.Wait()
+}
+
 func main() {
 	values := flag.String("values", "", "write the arguments' values and words here")
 	flag.String("dump", "", "unused")
@@ -252,7 +280,8 @@ func main() {
 	go func() { io.Copy(io.Discard, os.Stdin); os.Exit(0) }()
 
 	n := 42
-	parked.Add(13)
+	parked.Add(15)
+	never.Add(1)
 	go scalars(-7, -3, 65000, true, 2.5, 0xdead)
 	go text("hello, optimized", []byte("abc"), []int{10, 20, 30, 40})
 	go pointers(&Pair{11, "pointed"}, &n, map[string]int{"k": 5}, make(chan int, 3))
@@ -266,12 +295,18 @@ func main() {
 	go gen(51, 52)
 	go gen("g", 53)
 	go sender("from sender")
+	go sendPair(Pair{61, "sent"})
+	go waitOn(&never, "tagged")
 	parked.Wait()
 
 	buf := make([]byte, 1<<20)
 	for {
 		st := string(buf[:runtime.Stack(buf, true)])
-		if strings.Count(st, "[chan receive")+strings.Count(st, "[chan send") >= 13 {
+		blocked := 0
+		for _, state := range []string{"[chan receive", "[chan send", "[semacquire", "[sync.WaitGroup.Wait"} {
+			blocked += strings.Count(st, state)
+		}
+		if blocked >= 15 {
 			break
 		}
 		time.Sleep(time.Millisecond)
