@@ -394,6 +394,7 @@ class _Parser:
             self.next()
             parts.append(t.text)
             self.expect(".", f"after the package path \"{t.text}\"")
+            parts.append(".")
         # pkg/path.Name: identifiers joined by '/' and '.'
         while True:
             name = self.tok
