@@ -13,11 +13,14 @@ The link test keys on addresses: the waiter's `&cs.mu` is the holder's
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 
 import gobuild
 from probe_compiler.spec import parse_spec
+from probe_compiler.spec_check import check_against_binary
 from server.links import linked_rows
 from server.reports import materialize
 from server.snapshot_job import snapshot_pids
@@ -167,3 +170,22 @@ def test_link_on_addresses(snap):
     [back] = linked_rows(db, "holder", holder_row)
     assert (back.direction, back.rowid) == ("reverse", waiter_row)
     assert back.goroutine.wait_reason == "sync.Mutex.Lock"
+
+
+# ------------------------------------------------- errors against the binary
+
+GOLDEN = Path(__file__).parent / "golden" / "expr_check"
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in GOLDEN.glob("*.yaml")))
+def test_check_errors_golden(name, tmp_path):
+    """tests/golden/expr_check/NAME.yaml checked against the exprs program:
+    the error, at its spec line and column, is NAME.err."""
+    binary = gobuild.build("exprs")
+    spec = parse_spec((GOLDEN / f"{name}.yaml").read_text(), "exray.yaml")
+    errors = check_against_binary(spec, str(binary), str(tmp_path))
+    got = "".join(f"{e}\n" for e in errors)
+    want = GOLDEN / f"{name}.err"
+    if os.environ.get("EXRAY_UPDATE_GOLDEN") == "1" or not want.exists():
+        want.write_text(got)
+    assert got == want.read_text() and len(errors) == 1
