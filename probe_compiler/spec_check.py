@@ -53,6 +53,7 @@ class BinaryCheck:
     path: str = ""              # the binary
     absent: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # symbol -> did-you-mean
     readable: bool = True       # False: the binary could not be read past its header
+    warnings: list[str] = dataclasses.field(default_factory=list)  # captures no wait point can read
 
 
 @dataclasses.dataclass
@@ -125,10 +126,85 @@ def _check_one(spec: Spec, binary_path: str, cache_dir: str | None) -> BinaryChe
                 if close is not None:
                     absent[fn.symbol] = close
                 errors += errs
+            warnings = _warnings(binary, dwarf, spec) if dwarf is not None and not errors else []
         except ProbeCompilerError as e:     # the binary itself is unreadable past its header
             errors = [SpecError(f"cannot check against {binary_path}: {e}", spec.path, 1, 1)]
             absent, readable = {}, False
         finally:
             if dwarf is not None:
                 dwarf.close()
-    return BinaryCheck(errors, source, binary_path, absent, readable)
+    return BinaryCheck(errors, source, binary_path, absent, readable, warnings if readable else [])
+
+
+def _warnings(binary, dwarf, spec) -> list[str]:
+    try:
+        return availability_warnings(binary, dwarf, compile_plan(binary, dwarf, spec, absent_ok=True))
+    except SpecError:
+        return []
+
+
+# -- where captures can be read (additions for issue 10) ------------------------
+
+def _return_addresses(binary, fn) -> list[int]:
+    """The return addresses of fn's direct calls to Go functions (E8 rel32 to a
+    function entry; indirect calls are not seen): where an outer frame of fn
+    can be when a goroutine waits."""
+    code = binary.read_static(fn.entry, fn.end - fn.entry)
+    pcln, out = binary.pclntab, []
+    at = code.find(b"\xe8")
+    while 0 <= at <= len(code) - 5:
+        ret = fn.entry + at + 5
+        target = ret + int.from_bytes(code[at + 1:at + 5], "little", signed=True)
+        callee = pcln.func_for_pc(target)
+        if callee is not None and callee.entry == target:
+            out.append(ret)
+        at = code.find(b"\xe8", at + 1)
+    return out
+
+
+def availability_warnings(binary, dwarf, plan) -> list[str]:
+    """A capture that neither DWARF nor an argument spill slot can give at any
+    return address inside its function (where its frames sit while the
+    goroutine waits): say so, and where it can be read instead (the
+    function's entry, the receiver, a caller's frame)."""
+    out = []
+    for fp in plan.functions:
+        fn = binary.pclntab.func_by_name(fp.symbol)
+        if fp.unavailable or fn is None:
+            continue
+        rets = _return_addresses(binary, fn)
+        if not rets:
+            continue
+        recv = _receiver(dwarf, fp)
+        for cap in fp.captures:
+            if any(_readable(fp, cap.root, pc) for pc in rets):
+                continue
+            where = []
+            if any(loc.lo <= fp.entry < loc.hi and loc.pieces for loc in fp.roots.get(cap.root, [])):
+                where.append("at the function's entry (a probe there, not a snapshot)")
+            if recv and recv != cap.root:
+                where.append(f"a field of the receiver {recv} that holds it")
+            where.append("what a caller's frame passed (capture it in the caller)")
+            out.append(f"{fp.spec_name}: {cap.expr!r} is available at none of its {len(rets)} call "
+                       f"sites (where its frames wait); read instead " + "; or ".join(where))
+    return out
+
+
+def _readable(fp, root: str, ret: int) -> bool:
+    """At return address `ret`: a location DWARF gives without registers, or a
+    spill slot Go's traceback would vouch for."""
+    from .argspill import stale_words
+
+    for loc in fp.roots.get(root, []):
+        if loc.lo <= ret < loc.hi and loc.pieces and all(p[1] in ("cfa", "addr", "value") for p in loc.pieces):
+            return True
+    spills = fp.spills or {}
+    return root in spills.get("roots", {}) and stale_words(spills, root, ret - 1) == 0
+
+
+def _receiver(dwarf, fp) -> str | None:
+    """A method's receiver (its first parameter): `main.(*T).m`, `main.T.m`."""
+    if dwarf is None or fp.symbol.rsplit("/", 1)[-1].count(".") < 2:
+        return None
+    params = [v for v in dwarf.function(fp.symbol).variables if v.is_param and not v.name.startswith(".")]
+    return params[0].name.lstrip("&") if params else None

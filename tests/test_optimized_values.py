@@ -219,3 +219,14 @@ def test_words_of_values():
     assert _same_word("0xfd", _snapshot_words(-3, -3, ["0xfd"])[0])
     assert _same_word("0xfffffffffffffff9", _snapshot_words(-7, -7, ["0xfffffffffffffff9"])[0])
     assert not _same_word("0x1", 2)
+
+
+def test_check_spec_warns_where_no_wait_point_has_it():
+    from probe_compiler.spec_check import check_binary
+
+    spec = parse_spec("version: 1\nfunctions:\n  main.strWords: {capture: [s]}\n"
+                      "  main.sender: {capture: [msg]}\n")
+    checked = check_binary(spec, str(build("optvalues")))
+    assert checked.errors == []
+    [w] = checked.warnings     # sender's msg is in its spill slot at the send
+    assert w.startswith("main.strWords: 's' is available at none of its") and "entry" in w
