@@ -71,7 +71,9 @@ def load_targets(pids: list[int], spec, cache: dict, budgets=None) -> dict[int, 
     """pid -> its Target, or the error record of a process whose binary can't be read.
 
     Raises the first SpecError of the spec against these processes' binaries
-    taken together (check_spans), before anything is paused."""
+    taken together (check_spans), before anything is paused. A caller that
+    snapshots the processes one at a time (to report progress) loads them
+    all here first, then calls agent.snapshot.snapshot_process per Target."""
     loaded: dict[int, Target | ProcessRecord] = {}
     for pid in pids:
         try:
@@ -91,12 +93,13 @@ def check_spans(spec, targets: dict[int, Target]) -> list:
     (`targets: - functions:`) stands for a binary that lacks it."""
     if spec is None or not spec.functions or not targets:
         return []
-    by_build: dict[str, tuple[Target, list[int]]] = {}
+    # One entry per binary file: processes of one build under two names are
+    # two binaries to the user (and to `targets: - exe:`).
+    by_file: dict[tuple[str, str], tuple[Target, list[int]]] = {}
     for pid, t in targets.items():
-        by_build.setdefault(t.plan.build_id, (t, []))[1].append(pid)
+        by_file.setdefault((t.plan.build_id, _real_exe(pid)), (t, []))[1].append(pid)
     binaries = []
-    for t, pids in by_build.values():
-        exe = _real_exe(pids[0])
+    for (_, exe), (t, pids) in by_file.items():
         pid_text = ", ".join(map(str, pids))
         binaries.append(BinaryFunctions(f"{exe} (pid{'s' if len(pids) > 1 else ''} {pid_text})",
                                         os.path.basename(exe), t.plan.absent, tuple(pids)))
@@ -122,8 +125,8 @@ def snapshot_pids(pids: list[int], spec, opts: SnapshotOptions | None = None,
     Target) to later calls with the same spec to skip loading binaries again."""
     cache = {} if cache is None else cache
     loaded = load_targets(pids, spec, cache, budgets)
-    return [t if isinstance(t, ProcessRecord) else snapshot_process(pid, t, opts)
-            for pid, t in loaded.items()]
+    return [loaded[pid] if isinstance(loaded[pid], ProcessRecord) else snapshot_process(pid, loaded[pid], opts)
+            for pid in pids]
 
 
 def _why(pid: int, e: Exception) -> str:

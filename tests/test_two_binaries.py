@@ -352,3 +352,18 @@ def test_rule_expected_by_a_target():
                       "main.runClients?), though the target at exray.yaml:6 expects it (main.runClient)")
     # Another pid of the same exe name is not that target.
     assert absent_errors(spec, [server, _binary("client", {"main.runClient": []}, pids=[43])]) == []
+
+
+def test_check_spans_names_each_binary_file_with_its_pids():
+    """snapshot_job.check_spans groups processes by binary file (build id and
+    path) and names each by its real path and pids."""
+    from types import SimpleNamespace
+
+    from server.snapshot_job import check_spans
+    spec = parse_spec("version: 1\nfunctions:\n  main.x:\n  main.y:\n")
+    me = os.getpid()
+    exe = os.readlink(f"/proc/{me}/exe")
+    fake = SimpleNamespace(plan=SimpleNamespace(build_id="b1", absent={"main.x": ["main.xx"]}))
+    [e] = check_spans(spec, {me: fake})
+    assert str(e) == f"exray.yaml:3:3: no function main.x in {exe} (pid {me}) (did you mean main.xx?)"
+    assert check_spans(None, {me: fake}) == [] and check_spans(spec, {}) == []
