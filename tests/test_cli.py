@@ -118,6 +118,32 @@ def test_check_spec(tmp_path):
         f"(did you mean 'table'? expected one of table, capture, columns)\n")
 
 
+def test_check_spec_takes_several_binaries(tmp_path, monkeypatch, capsys):
+    """`--binary` repeats; every binary goes to one check_binaries call, and
+    each binary's DWARF and missing functions are reported."""
+    from probe_compiler import spec_check
+    from probe_compiler.debuginfo import DwarfSource
+    from probe_compiler.errors import SpecError
+    from server import cli
+    (tmp_path / "exray.yaml").write_text("version: 1\nfunctions:\n  main.a:\n  main.b:\n  main.c:\n")
+    calls = []
+
+    def fake(spec, paths, cache_dir=None):
+        calls.append(list(paths))
+        parts = [spec_check.BinaryCheck([], DwarfSource(p, p, "binary"), p, absent)
+                 for p, absent in zip(paths, [{"main.b": [], "main.c": []}, {"main.a": [], "main.c": []}])]
+        return spec_check.SpecCheck([SpecError("no function main.c in any of the 2 binaries: s, c",
+                                               str(tmp_path / "exray.yaml"), 5, 3)], parts)
+    monkeypatch.setattr(spec_check, "check_binaries", fake)
+    assert cli.main(["check-spec", str(tmp_path / "exray.yaml"), "--binary", "s", "--binary", "c"]) == 1
+    out, err = capsys.readouterr()
+    assert calls == [["s", "c"]]
+    # main.c is in neither: an error, not a "has no" line.
+    assert out == ("s: DWARF in the binary itself\n  has no main.b: its processes get no rows there\n"
+                   "c: DWARF in the binary itself\n  has no main.a: its processes get no rows there\n")
+    assert err == f"error: {tmp_path / 'exray.yaml'}:5:3: no function main.c in any of the 2 binaries: s, c\n"
+
+
 def test_snapshot_args(monkeypatch):
     """`exray snapshot` parses its arguments and hands them to snapshot_job.run."""
     import types
