@@ -1,0 +1,479 @@
+"""`exray agent`: the gRPC server that snapshots this machine's Go processes
+for a control plane (agent/proto/exray_agent.proto).
+
+The control plane compiles the probe plan (it holds the DWARF); the agent
+opens each process's binary only for its pclntab, takes the plan as data,
+and runs it with the user-space reader (agent/snapshot.py), every process of
+a request paused at the request's agreed instant. Everything the agent does
+for a client passes agent/policy.py first: allow-list, rate limit, caps,
+deadline, and one audit line per request.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import queue
+import threading
+import time
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+
+from .policy import AuditLog, Policy, ProcFacts, RateLimiter, proc_facts
+from .proto import exray_agent_pb2 as pb
+from .proto import exray_agent_pb2_grpc as pb_grpc
+from .records import ProcessRecord
+from .wire import chunks, record_to_json
+
+PROTOCOL = 1
+CHUNK_BYTES = 1 << 20
+
+
+def exray_version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("exray")
+    except Exception:
+        return "unknown"
+
+
+@dataclass
+class Auth:
+    """How clients prove who they are. `tokens`: token -> name for the audit log."""
+    tokens: dict[str, str] | None = None
+    mtls: bool = False
+
+    @staticmethod
+    def read_token_file(path: str) -> dict[str, str]:
+        """One token per line, optionally `NAME TOKEN`; # comments. The file must
+        not be readable by group or others."""
+        st = os.stat(path)
+        if st.st_mode & 0o077:
+            raise ValueError(f"{path} is readable by others (mode {st.st_mode & 0o777:o}); chmod 600 it")
+        out = {}
+        with open(path) as f:
+            for line in f:
+                line = line.strip()
+                if not line or line.startswith("#"):
+                    continue
+                parts = line.split()
+                token = parts[-1]
+                name = parts[0] if len(parts) > 1 else "token:" + hashlib.sha256(token.encode()).hexdigest()[:8]
+                if len(token) < 16:
+                    raise ValueError(f"{path}: a token shorter than 16 characters is too easy to guess")
+                out[token] = name
+        if not out:
+            raise ValueError(f"{path} holds no token")
+        return out
+
+    def who(self, context) -> str:
+        """The caller, as the audit log names it."""
+        if self.mtls:
+            names = context.auth_context().get("x509_common_name") or []
+            if names:
+                return "cert:" + names[0].decode(errors="replace")
+        if self.tokens is not None:
+            name = self.token_name(context.invocation_metadata())
+            if name:
+                return name
+        return context.peer() or "?"
+
+    def token_name(self, metadata) -> str | None:
+        if self.tokens is None:
+            return None
+        for k, v in metadata or ():
+            if k == "authorization" and isinstance(v, str) and v.startswith("Bearer "):
+                given = v[len("Bearer "):].encode()
+                for token, name in self.tokens.items():
+                    if hmac.compare_digest(given, token.encode()):
+                        return name
+        return None
+
+
+class _TokenCheck(grpc.ServerInterceptor):
+    """Refuses, before any handler runs, a call without a valid bearer token."""
+
+    def __init__(self, auth: Auth, audit: AuditLog):
+        self.auth, self.audit = auth, audit
+
+    def intercept_service(self, continuation, details):
+        if self.auth.token_name(details.invocation_metadata):
+            return continuation(details)
+        self.audit.write(method=details.method, who="?", outcome="refused: no valid bearer token")
+
+        def deny(request, context):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                          "this agent needs a bearer token (authorization: Bearer ...) it knows")
+        handler = continuation(details)
+        if handler is not None and handler.response_streaming:
+            return grpc.unary_stream_rpc_method_handler(
+                lambda req, ctx: iter(deny(req, ctx) or ()), handler.request_deserializer,
+                handler.response_serializer)
+        return grpc.unary_unary_rpc_method_handler(
+            deny, handler.request_deserializer if handler else None,
+            handler.response_serializer if handler else None)
+
+
+class _Binaries:
+    """GoBinary per executable file (device, inode, mtime): pclntab and build id,
+    opened once. Non-Go files are remembered as None."""
+
+    def __init__(self):
+        self._by_file: dict[tuple, object] = {}
+        self._lock = threading.Lock()
+
+    def of(self, pid: int):
+        from probe_compiler.gobinary import GoBinary
+        path = f"/proc/{pid}/exe"
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+        with self._lock:
+            if key in self._by_file:
+                return self._by_file[key]
+        try:
+            b = GoBinary.open(path)
+        except Exception:       # not ELF, not Go, too old, unreadable: not a target
+            b = None
+        with self._lock:
+            self._by_file[key] = b
+            if len(self._by_file) > 512:
+                self._by_file.pop(next(iter(self._by_file)))
+        return b
+
+
+class AgentService(pb_grpc.AgentServicer):
+    def __init__(self, policy: Policy, audit: AuditLog, auth: Auth | None = None,
+                 host: str | None = None, test_delay_s: float = 0.0):
+        import socket
+        self.policy, self.audit, self.auth = policy, audit, auth or Auth()
+        self.host = host or socket.gethostname()
+        self.limiter = RateLimiter(policy.min_interval_s)
+        self.binaries = _Binaries()
+        self._targets: dict[tuple[str, str], object] = {}
+        self._targets_lock = threading.Lock()
+        self.test_delay_s = test_delay_s
+        self.chunk_bytes = min(CHUNK_BYTES, policy.max_message_bytes - (16 << 10))
+
+    # ----------------------------------------------------------------- calls
+
+    def Health(self, request, context):
+        self.audit.write(method="Health", who=self.auth.who(context), outcome="ok")
+        return pb.HealthReply(version=exray_version(), host=self.host, wall_ns=time.time_ns(),
+                              protocol=PROTOCOL, max_message_bytes=self.policy.max_message_bytes)
+
+    def _allowed_go(self):
+        """(facts, GoBinary) of every allowed Go process, and how many the allow-list hid."""
+        out, hidden, me = [], 0, os.getpid()
+        for d in os.listdir("/proc"):
+            if not d.isdigit() or int(d) == me:
+                continue
+            facts = proc_facts(int(d))
+            if facts is None:
+                continue
+            if self.policy.refusal(facts):
+                hidden += 1
+                continue
+            b = self.binaries.of(facts.pid)
+            if b is not None:
+                out.append((facts, b))
+        return out, hidden
+
+    def ListProcesses(self, request, context):
+        procs, hidden = self._allowed_go()
+        self.audit.write(method="ListProcesses", who=self.auth.who(context),
+                         outcome=f"ok: {len(procs)} processes")
+        return pb.ListProcessesReply(hidden=hidden, processes=[
+            pb.ProcessInfo(pid=f.pid, exe=f.exe, build_id=b.build_id or "", go_version=b.go_version or "",
+                           start_time_ns=f.start_time_ns, cgroup=f.cgroup, uid=f.uid)
+            for f, b in sorted(procs, key=lambda p: p[0].pid)])
+
+    def FetchDebugInfo(self, request, context):
+        who = self.auth.who(context)
+        build_id = request.build_id
+        match = next((f for f, b in self._allowed_go()[0] if b.build_id == build_id), None) if build_id else None
+        if match is None:
+            self.audit.write(method="FetchDebugInfo", who=who, build_id=build_id, outcome="not found")
+            context.abort(grpc.StatusCode.NOT_FOUND,
+                          f"no process this agent may snapshot runs build id {build_id!r}")
+        try:
+            f = open(f"/proc/{match.pid}/exe", "rb")
+        except OSError as e:
+            self.audit.write(method="FetchDebugInfo", who=who, build_id=build_id, outcome=f"error: {e}")
+            context.abort(grpc.StatusCode.NOT_FOUND, f"pid {match.pid} exited: {e}")
+        with f:
+            total = os.fstat(f.fileno()).st_size
+            h, off = hashlib.sha256(), 0
+            self.audit.write(method="FetchDebugInfo", who=who, build_id=build_id, exe=match.exe,
+                             outcome=f"sending {total} bytes")
+            while True:
+                data = f.read(self.chunk_bytes)
+                h.update(data)
+                last = off + len(data) >= total or not data
+                yield pb.DebugInfoChunk(offset=off, data=data, total_size=total if off == 0 else 0,
+                                        sha256=h.hexdigest() if last else "", last=last)
+                off += len(data)
+                if last or not context.is_active():
+                    return
+
+    def RunPlan(self, request, context):
+        run = _Run(self, request, context)
+        yield from run.events()
+
+
+def _error_record(pid: int, host: str, error: str, facts: ProcFacts | None = None) -> ProcessRecord:
+    return ProcessRecord(pid=pid, host=host, exe=facts.exe if facts else "", error=error,
+                         captured_at_ns=time.time_ns())
+
+
+class _Run:
+    """One RunPlan request: validate, schedule, pause at the agreed instant, stream."""
+
+    def __init__(self, svc: AgentService, request, context):
+        self.svc, self.req, self.ctx = svc, request, context
+        self.policy = svc.policy
+        self.who = svc.auth.who(context)
+        remaining = context.time_remaining()
+        budget = self.policy.max_request_s if remaining is None else min(remaining, self.policy.max_request_s)
+        self.deadline = time.monotonic() + budget
+        self.outcomes: dict[int, str] = {}
+
+    def _audit(self, outcome: str, **more) -> None:
+        r = self.req
+        self.svc.audit.write(method="RunPlan", who=self.who, request_id=r.request_id, spec=r.spec_name,
+                             spec_sha256=r.spec_sha256, pids=list(r.pids), outcome=outcome, **more)
+
+    def _refuse(self, code, message: str):
+        self._audit(f"refused: {message}")
+        self.ctx.abort(code, message)
+
+    def _plans(self) -> dict:
+        from probe_compiler.plan import ProbePlan
+        plans = {}
+        for build_id, text in self.req.plans.items():
+            try:
+                plans[build_id] = ProbePlan.from_json(text)
+            except Exception as e:     # any malformed plan: the request is refused as a whole
+                self._refuse(grpc.StatusCode.INVALID_ARGUMENT,
+                             f"the plan for build id {build_id} is not a valid probe plan "
+                             f"({type(e).__name__}: {str(e)[:200]})")
+            if plans[build_id].build_id != build_id:
+                self._refuse(grpc.StatusCode.INVALID_ARGUMENT,
+                             f"the plan keyed {build_id} was compiled for build id {plans[build_id].build_id}")
+        return plans
+
+    def _target(self, binary, plan, plan_bytes: bytes):
+        from probe_compiler.runtime_layout import RuntimeLayout
+
+        from .snapshot import Target
+        key = (binary.build_id, hashlib.sha256(plan_bytes).hexdigest())
+        svc = self.svc
+        with svc._targets_lock:
+            t = svc._targets.pop(key, None)
+            if t is None:
+                layout = RuntimeLayout.from_json(plan.layout) if plan.layout else None
+                t = Target(binary, plan, layout, None)
+            svc._targets[key] = t
+            while len(svc._targets) > 16:
+                svc._targets.pop(next(iter(svc._targets)))
+        return t
+
+    def events(self):
+        r, policy = self.req, self.policy
+        pids = list(dict.fromkeys(r.pids))
+        if not pids:
+            self._refuse(grpc.StatusCode.INVALID_ARGUMENT, "no pids")
+        if len(pids) > policy.max_pids:
+            self._refuse(grpc.StatusCode.INVALID_ARGUMENT,
+                         f"{len(pids)} pids in one request; this agent takes at most {policy.max_pids}")
+        if r.pause_deadline_s < 0 or r.capture_share < 0 or r.capture_share > 1:
+            self._refuse(grpc.StatusCode.INVALID_ARGUMENT, "pause_deadline_s and capture_share must be in range")
+        lead_s = (r.pause_at_ns - time.time_ns()) / 1e9 if r.pause_at_ns else 0.0
+        if lead_s > policy.max_pause_lead_s:
+            self._refuse(grpc.StatusCode.INVALID_ARGUMENT,
+                         f"pause instant {lead_s:.1f} s ahead; this agent schedules at most "
+                         f"{policy.max_pause_lead_s:g} s ahead (are the clocks far apart?)")
+        plans = self._plans()
+        self._audit("started")
+        host = self.svc.host
+        total, done = len(pids), 0
+        ready: dict[int, object] = {}
+        for pid in pids:
+            facts = proc_facts(pid)
+            why = None
+            if facts is None:
+                why = f"pid {pid}: no such process on {host}"
+            elif (refusal := policy.refusal(facts)):
+                why = f"pid {pid}: refused by the agent's allow-list: {refusal}"
+            else:
+                b = self.svc.binaries.of(pid)
+                if b is None:
+                    why = f"pid {pid}: {facts.exe} is not a Go binary Ex-Ray reads"
+                elif b.build_id not in plans:
+                    why = f"pid {pid}: the request has no plan for its build id {b.build_id}"
+                elif (limited := self.svc.limiter.acquire(pid, facts.start_time_ns)):
+                    why = f"pid {pid}: {limited}"
+                else:
+                    ready[pid] = self._target(b, plans[b.build_id], r.plans[b.build_id])
+            if why:
+                done += 1
+                self.outcomes[pid] = why
+                yield from self._send(_error_record(pid, host, why, facts), done, total, "refused")
+        if ready:
+            yield from self._pause_all(ready, done, total)
+        errors = {p: o for p, o in self.outcomes.items() if o != "ok"}
+        self._audit("cancelled" if not self.ctx.is_active() else
+                    ("ok" if not errors else f"{len(errors)} of {total} not captured"),
+                    errors=errors or None)
+
+    def _wait_until(self, pause_at_ns: int) -> str | None:
+        """Sleep until the agreed instant (and the test delay); why not, if the
+        client went away or the deadline comes first."""
+        until = time.monotonic() + max(0.0, (pause_at_ns - time.time_ns()) / 1e9 if pause_at_ns else 0.0)
+        until = max(until, time.monotonic() + self.svc.test_delay_s)
+        while True:
+            now = time.monotonic()
+            if not self.ctx.is_active():
+                return "the client cancelled the request before the pause"
+            if now >= self.deadline:
+                return "the request's deadline passed before the pause instant; nothing was paused"
+            if now >= until:
+                return None
+            time.sleep(min(0.02, until - now, self.deadline - now))
+
+    def _pause_all(self, ready: dict, done: int, total: int):
+        from .snapshot import SnapshotOptions
+        host, r = self.svc.host, self.req
+        why = self._wait_until(r.pause_at_ns - 2_000_000 if r.pause_at_ns else 0)  # threads start 2 ms early
+        if why:
+            for pid in ready:
+                done += 1
+                self.outcomes[pid] = why
+                yield from self._send(_error_record(pid, host, f"pid {pid}: {why}"), done, total, "refused")
+            return
+        remaining = self.deadline - time.monotonic()
+        pause_deadline = min(r.pause_deadline_s or self.policy.max_pause_deadline_s,
+                             self.policy.max_pause_deadline_s, max(remaining, 0.001))
+        opts = SnapshotOptions(deadline_s=pause_deadline)
+        if r.capture_share:
+            opts.capture_share = r.capture_share
+        results: queue.Queue = queue.Queue()
+        start_at = r.pause_at_ns or time.time_ns()
+
+        def one(pid, target):
+            try:
+                delay = (start_at - time.time_ns()) / 1e9
+                if delay > 0:
+                    time.sleep(delay)
+                rec = _snapshot(pid, target, opts)
+            except BaseException as e:      # a bug must not leave the stream waiting
+                rec = _error_record(pid, host, f"pid {pid}: agent error: {type(e).__name__}: {e}")
+            rec.host = host
+            results.put(rec)
+
+        threads = [threading.Thread(target=one, args=(pid, t), daemon=True, name=f"pause-{pid}")
+                   for pid, t in ready.items()]
+        for t in threads:
+            t.start()
+        for _ in threads:
+            rec = results.get()
+            done += 1
+            self.outcomes[rec.pid] = rec.error or "ok"
+            if self.ctx.is_active():
+                yield from self._send(rec, done, total, "done")
+
+    def _send(self, rec: ProcessRecord, done: int, total: int, phase: str):
+        yield pb.RunPlanEvent(progress=pb.Progress(done=done, total=total, pid=rec.pid, phase=phase))
+        for data, last in chunks(record_to_json(rec), self.svc.chunk_bytes):
+            yield pb.RunPlanEvent(record=pb.RecordChunk(pid=rec.pid, data=data, last=last))
+
+
+def _snapshot(pid, target, opts) -> ProcessRecord:
+    from . import snapshot
+    return snapshot.snapshot_process(pid, target, opts)
+
+
+# ----------------------------------------------------------------- the server
+
+class ListenError(Exception):
+    """The agent refuses to listen as asked (no auth on TCP, bad socket path, ...)."""
+
+
+def build_server(service: AgentService, listen: str, *, token_file: str | None = None,
+                 tls_cert: str | None = None, tls_key: str | None = None, client_ca: str | None = None,
+                 max_workers: int = 8):
+    """(grpc server, bound address). `listen` is unix:PATH or tcp:HOST:PORT (port 0: any)."""
+    policy = service.policy
+    options = [("grpc.max_receive_message_length", policy.max_message_bytes),
+               ("grpc.max_send_message_length", policy.max_message_bytes),
+               ("grpc.so_reuseport", 0)]
+    interceptors = []
+    if token_file:
+        try:
+            service.auth.tokens = Auth.read_token_file(token_file)
+        except (OSError, ValueError) as e:
+            raise ListenError(f"--token-file: {e}") from None
+        interceptors.append(_TokenCheck(service.auth, service.audit))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="agent"),
+                         options=options, interceptors=interceptors,
+                         maximum_concurrent_rpcs=max_workers * 4)
+    pb_grpc.add_AgentServicer_to_server(service, server)
+    if listen.startswith("unix:"):
+        path = listen[len("unix:"):]
+        if not os.path.isabs(path):
+            raise ListenError(f"{listen}: give an absolute socket path")
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        if os.path.exists(path):
+            os.unlink(path)             # a stale socket of an earlier agent
+        old = os.umask(0o177)           # the socket is born 0600: root only
+        try:
+            server.add_insecure_port(listen)
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+        return server, listen
+    if not listen.startswith("tcp:"):
+        raise ListenError(f"--listen {listen}: write unix:/PATH or tcp:HOST:PORT")
+    hostport = listen[len("tcp:"):]
+    mtls = bool(tls_cert or tls_key or client_ca)
+    if mtls and not (tls_cert and tls_key):
+        raise ListenError("TLS needs both --tls-cert and --tls-key")
+    if not mtls and not token_file:
+        raise ListenError(f"refusing to listen on {hostport} without authentication: give mutual TLS "
+                          "(--tls-cert, --tls-key, --client-ca) or a bearer token (--token-file)")
+    if mtls:
+        try:
+            key, cert = open(tls_key, "rb").read(), open(tls_cert, "rb").read()
+            ca = open(client_ca, "rb").read() if client_ca else None
+        except OSError as e:
+            raise ListenError(f"TLS files: {e}") from None
+        if ca is None and not token_file:
+            raise ListenError("TLS without --client-ca authenticates the agent only: add --client-ca "
+                              "(mutual TLS) or --token-file")
+        creds = grpc.ssl_server_credentials([(key, cert)], root_certificates=ca,
+                                            require_client_auth=ca is not None)
+        service.auth.mtls = ca is not None
+        port = server.add_secure_port(hostport, creds)
+    else:
+        port = server.add_insecure_port(hostport)
+    if not port:
+        raise ListenError(f"cannot listen on {hostport}")
+    return server, f"tcp:{hostport.rsplit(':', 1)[0]}:{port}"
+
+
+def install_test_hold(hold_s: float) -> None:
+    """Test hook (EXRAY_AGENT_TEST_HOLD_S): keep every process paused this long
+    after it stops, so a test can kill the agent mid-pause."""
+    from . import ptrace, snapshot
+
+    class Holding(ptrace.PausedProcess):
+        def __enter__(self):
+            p = super().__enter__()
+            print(f"agent: holding pid {self.pid} paused {hold_s} s (test hook)", flush=True)
+            time.sleep(hold_s)
+            return p
+    snapshot.PausedProcess = Holding
