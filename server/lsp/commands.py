@@ -30,6 +30,28 @@ OPEN_FLAME_GRAPH = "exray.openFlameGraph"
 OPEN_DOCUMENT = "exray.openDocument"
 ALL = [SNAPSHOT, LIST_SNAPSHOTS, USE_SNAPSHOT, RUN_QUERY, OPEN_FLAME_GRAPH, OPEN_DOCUMENT]
 
+# What users type for a command in each editor: the Neovim plugin's user command
+# (nvim/plugin/exray.lua) and the VS Code extension's palette title (package.json).
+EDITOR_COMMANDS = {
+    SNAPSHOT: (":ExraySnapshot", "Ex-Ray: Snapshot"),
+    USE_SNAPSHOT: (":ExraySnapshots", "Ex-Ray: Switch Snapshot"),
+    RUN_QUERY: (":ExrayQuery", "Ex-Ray: Run Query"),
+    OPEN_FLAME_GRAPH: (":ExrayFlameGraph", "Ex-Ray: Open Flame Graph"),
+}
+
+
+def editor_command(client_name: str | None, command: str) -> str:
+    """How a message names a command for this client (LSP clientInfo.name):
+    `:ExraySnapshot` in Neovim, "Ex-Ray: Snapshot" in VS Code's palette; both
+    for a client we don't know. Never a CLI flag."""
+    nvim, palette = EDITOR_COMMANDS[command]
+    name = (client_name or "").lower()
+    if "nvim" in name or "neovim" in name:
+        return nvim
+    if "code" in name or "codium" in name or "cursor" in name:
+        return f'"{palette}" (command palette)'
+    return f'{nvim} in Neovim, "{palette}" in VS Code'
+
 
 def _arg(args: Any, i: int, name: str):
     """Argument `i`, or the key `name` of an object passed as the first argument."""
@@ -39,6 +61,10 @@ def _arg(args: Any, i: int, name: str):
         if len(args) > i and not isinstance(args[i], dict):
             return args[i]
     return None
+
+
+def no_snapshot(ls: "ExrayServer") -> str:
+    return f"Ex-Ray: no current snapshot: take one with {editor_command(ls.client_name, SNAPSHOT)}"
 
 
 async def snapshot(ls: "ExrayServer", args) -> dict:
@@ -52,7 +78,8 @@ async def snapshot(ls: "ExrayServer", args) -> dict:
     t0 = time.monotonic()
     spec_path = ws.spec_path
     if not spec_path.is_file():
-        return ls.fail(f"Ex-Ray: no spec at {spec_path}: create exray.yaml with `targets:` to snapshot")
+        return ls.fail(f"Ex-Ray: no spec at {spec_path}: create it with the processes under `targets:` "
+                       f"(`- pid: 1234` or `- exe: myservice`), then run {editor_command(ls.client_name, SNAPSHOT)}")
     token = str(uuid.uuid4())
     cancel = threading.Event()
     progress = await ls.begin_progress(token, "Ex-Ray snapshot", f"reading {spec_path.name}", cancel)
@@ -60,6 +87,10 @@ async def snapshot(ls: "ExrayServer", args) -> dict:
     try:
         try:
             spec = await asyncio.to_thread(load_spec, str(spec_path))
+            if not spec.targets:
+                return ls.fail(f"Ex-Ray: nothing to snapshot: {spec_path.name} names no `targets:`; list the "
+                               "processes there (`- pid: 1234` or `- exe: myservice`), then run "
+                               f"{editor_command(ls.client_name, SNAPSHOT)} again")
             pids = await asyncio.to_thread(pids_of_targets, spec)
         except (ProbeCompilerError, ServerError) as e:
             return ls.fail(f"Ex-Ray: {e}")
@@ -127,7 +158,7 @@ async def run_query(ls: "ExrayServer", args) -> dict:
     if not isinstance(sql, str) or not sql.strip():
         return ls.fail("Ex-Ray: exray.runQuery needs an SQL query")
     if await ls.current() is None:
-        return ls.fail("Ex-Ray: no current snapshot: take one with Ex-Ray: Snapshot")
+        return ls.fail(no_snapshot(ls))
     n = ls.state.add_query(sql)
     uri = documents.query_uri(n)
     doc = await ls.document(uri)
@@ -146,7 +177,7 @@ async def open_document(ls: "ExrayServer", args) -> dict:
 async def open_flame_graph(ls: "ExrayServer", args) -> dict:
     idx = await ls.current()
     if idx is None:
-        return ls.fail("Ex-Ray: no current snapshot: take one with Ex-Ray: Snapshot")
+        return ls.fail(no_snapshot(ls))
 
     def export() -> Path:
         from server import export as ex, flamegraph

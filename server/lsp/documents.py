@@ -24,6 +24,8 @@ from server import format as fmt
 from server.links import linked_rows
 from server.store import dict_rows, function_tables, open_snapshot, read_goroutines, snapshot_meta
 
+from .render import cell_text, row_errors
+
 SCHEME = "exray"
 MAX_ROWS = 2000          # rows of a table or query shown in a document
 CELL_WIDTH = 60
@@ -219,6 +221,7 @@ def goroutine(db: sqlite3.Connection, process_id: int, goid: int, resolve) -> Do
         d.add(f"stack incomplete: {g['error']}")
     d.add("")
     by_depth: dict[int, list[tuple[str, int, dict]]] = {}
+    captures = {t.table: set(t.columns) for t in function_tables(db)}
     for t in function_tables(db):
         if not _has_table(db, t.table):
             continue
@@ -236,10 +239,16 @@ def goroutine(db: sqlite3.Connection, process_id: int, goid: int, resolve) -> Do
         d.add(where, file_target(ws, line) if ws else None, 4)
         for tname, rowid, r in by_depth.get(depth, []):
             d.add(f"    {tname} #{rowid}:", table_uri(tname), 4, 4 + len(tname))
+            captured, errors = captures.get(tname, ()), row_errors(r.get("_errors"))
             for col, v in r.items():
-                if col in ("process_id", "goid", "depth") or col.startswith("raw_") or (col == "_errors" and v is None):
+                if col in ("process_id", "goid", "depth", "_errors") or col.startswith("raw_"):
                     continue
-                d.add(f"      {col} = {_cell(v)}")
+                shown = cell_text(v, errors.get(col)) if col in captured else None
+                d.add(f"      {col} = {shown if shown is not None else _cell(v)}")
+            # Reasons not shown beside a NULL value (a value that is there, with a note).
+            rest = {c: e for c, e in errors.items() if not (c in captured and r.get(c) is None)}
+            if rest:
+                d.add(f"      _errors = {_cell(json.dumps(rest, ensure_ascii=False))}")
             try:
                 links = linked_rows(db, tname, rowid)
             except Exception as e:            # a broken link table: say so, keep the rest
@@ -290,10 +299,25 @@ def table(db: sqlite3.Connection, name: str) -> Doc:
                 links[rowid] = linked_rows(db, name, rowid)
             except Exception:
                 pass
+    captured = next((set(t.columns) for t in function_tables(db) if t.table == name), set())
+    if captured and "_errors" in cols:
+        rows = [_with_reasons(cols, r, captured) for r in rows]
     _grid(d, cols, rows[:MAX_ROWS], links)
     if total > MAX_ROWS:
-        d.add(f"… {total - MAX_ROWS} more rows (query them with Ex-Ray: Run Query)")
+        d.add(f"… {total - MAX_ROWS} more rows (query them with :ExrayQuery in Neovim, "
+              "\"Ex-Ray: Run Query\" in VS Code)")
     return d
+
+
+def _with_reasons(cols: list[str], row, captured: set[str]) -> list:
+    """A function table's row as the document shows it: a captured NULL is
+    `⊘ <reason>` when `_errors` gives one, else a real Go `nil`."""
+    errors = row_errors(row[cols.index("_errors")])
+    out = list(row)
+    for i, c in enumerate(cols):
+        if c in captured and row[i] is None:
+            out[i] = cell_text(None, errors.get(c))
+    return out
 
 
 def query_doc(db: sqlite3.Connection, sql: str) -> Doc:

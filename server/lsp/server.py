@@ -93,6 +93,7 @@ class ExrayServer(LanguageServer):
         self._told_settings: set[str] = set()
         self.spec_state = editing.SpecState()
         self.startup: asyncio.Future | None = None   # the first snapshot's load, after `initialized`
+        self.client_name: str | None = None          # clientInfo.name: messages name its commands
 
     # ---------------------------------------------------------------- messages
     def show(self, kind: types.MessageType, message: str) -> None:
@@ -211,7 +212,7 @@ class ExrayServer(LanguageServer):
         if key in self._docs:
             return self._docs[key]
         if idx is None:
-            return documents.Doc("No current Ex-Ray snapshot: take one with the exray.snapshot command.\n")
+            return documents.Doc(commands.no_snapshot(self) + "\n")
         try:
             doc = await asyncio.to_thread(documents.render, key, idx.path, idx.resolve, dict(self.state.queries))
         except documents.DocumentError as e:
@@ -314,6 +315,7 @@ def create_server(agent: Agent | None = None) -> ExrayServer:
         elif params.root_path:
             root = params.root_path
         ls.state = Workspace(Path(root).resolve() if root else Path.cwd())
+        ls.client_name = params.client_info.name if params.client_info else None
         opts = params.initialization_options
         if opts is not None:
             settings, ls.init_problems = validate_settings(opts)

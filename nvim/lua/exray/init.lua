@@ -16,7 +16,7 @@ end
 local function default_cmd()
   local here = debug.getinfo(1, 'S').source:sub(2)
   local clone = vim.fs.dirname(vim.fs.dirname(vim.fs.dirname(vim.fs.dirname(here))))
-  return { clone .. '/.venv/bin/python', '-m', 'server.lsp' }
+  return { clone .. '/.venv/bin/exray', 'lsp' }
 end
 
 local function is_exray(buf)
@@ -209,15 +209,29 @@ local function enable_lenses(buf)
   })
 end
 
+-- Hints: Neovim's own handler asks again only for buffers shown in a window;
+-- a hidden buffer would keep the old snapshot's hints (until edited) and show
+-- them when it comes back. Ask for those too, as for the lenses.
 local function on_hint_refresh(err, result, ctx)
-  if not vim.lsp.codelens.enable then
-    for _, b in ipairs(vim.lsp.get_buffers_by_client_id(ctx.client_id)) do
-      if not is_exray(b) then
+  local ret = vim.lsp.handlers['workspace/inlayHint/refresh'](err, result, ctx)
+  if err then
+    return ret
+  end
+  local shown = {}
+  for _, w in ipairs(vim.api.nvim_list_wins()) do
+    shown[vim.api.nvim_win_get_buf(w)] = true
+  end
+  for _, b in ipairs(vim.lsp.get_buffers_by_client_id(ctx.client_id)) do
+    if not is_exray(b) then
+      if not vim.lsp.codelens.enable then
         vim.lsp.codelens.refresh({ bufnr = b })
+      end
+      if not shown[b] and vim.api.nvim_buf_is_loaded(b) and vim.lsp.inlay_hint.is_enabled({ bufnr = b }) then
+        vim.lsp.inlay_hint.enable(true, { bufnr = b }) -- drops its hints and asks the server again
       end
     end
   end
-  return vim.lsp.handlers['workspace/inlayHint/refresh'](err, result, ctx)
+  return ret
 end
 
 -- LSP 3.18: another snapshot is current, so an exray: buffer we read shows
