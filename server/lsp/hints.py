@@ -164,9 +164,15 @@ class SnapshotIndex:
                 fa = funcs[ws][fn] = FuncAgg(fn, table=t.table if t is not None else None)
             fa.lines.add(line)
             fa.goroutines.update([(r[1], r[2]) for r in gs])
-        exprs = _capture_exprs(db, meta)
+        idx._load_captures(db, frame_at, _capture_exprs(db, meta))
+        return idx
+
+    def _load_captures(self, db: sqlite3.Connection, frame_at: dict, exprs: dict) -> None:
+        """The function tables' rows of frames that map to the workspace: per
+        (file, function) its rows, each value with its `_errors` reason, and the
+        compacted values per line and per column."""
         short_of: dict[str, str] = {}                         # JSON text -> render.value_text(text)
-        for t in idx.tables:
+        for t in self.tables:
             if not t.columns:
                 continue
             sel = ", ".join(_q(c) for c in t.columns)
@@ -185,15 +191,15 @@ class SnapshotIndex:
                 if at is None:
                     continue
                 ws, line = at
-                cap = idx.captured.get((ws, t.function))
+                cap = self.captured.get((ws, t.function))
                 if cap is None:
-                    cap = idx.captured[ws, t.function] = Captured(
+                    cap = self.captured[ws, t.function] = Captured(
                         t.function, t.table, list(t.columns),
                         {c: exprs.get((t.table, c), c) for c in t.columns})
                 errors = row_errors(errors_text) if errors_text is not None else {}
                 cap.rows.append(CapturedRow(pid, goid, depth, line, dict(zip(columns, vals)), rowid, errors))
                 cap.lines.add(line)
-                values, counts = lines[ws][line].values, cap.counts
+                values, counts = self.lines[ws][line].values, cap.counts
                 for c, v in zip(columns, vals):
                     if v.__class__ is str:
                         short = short_of.get(v)
@@ -209,7 +215,6 @@ class SnapshotIndex:
                     if cc is None:
                         cc = counts[c] = Counter()
                     cc[short] += 1
-        return idx
 
     # ---------------------------------------------------------------- queries
     def resolve(self, function: str | None, file: str | None) -> str | None:
