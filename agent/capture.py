@@ -91,6 +91,25 @@ def locate_spilled(spills: dict | None, root: str, frame, stack, why: Unavailabl
     return Located(data, addr), note
 
 
+def unvouched_note(spills: dict | None, root: str, frame, locs, lookup_pc: int) -> str | None:
+    """The `_errors` note for an argument DWARF places on the stack where the
+    runtime's liveness does not vouch for its spill slot at this pc (Go's
+    traceback prints `?` there): optimized code may have reused the slot DWARF
+    names after the argument's last use, so the value may be stale. None when
+    it is vouched for, or not an argument the runtime's metadata describes."""
+    from probe_compiler.argspill import stale_words
+
+    r = (spills or {}).get("roots", {}).get(root)
+    loc = next((loc for loc in locs if loc.lo <= lookup_pc < loc.hi), None)
+    if r is None or loc is None or all(p[1] == "reg" for p in loc.pieces):
+        return None     # a register of the innermost frame holds the value now
+    stale = stale_words(spills, root, frame.lookup_pc)
+    if not stale:
+        return None
+    return (f"possibly stale: from DWARF's stack location, but {stale} of {len(r['leaves'])} words "
+            "of this argument are not stored at this pc (Go's traceback prints ?)")
+
+
 def _word(v: Located, off: int, read, size: int = 8) -> int:
     """An integer inside the current value: from its bytes if we hold them, else memory."""
     if v.data is not None and off + size <= len(v.data):

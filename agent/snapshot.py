@@ -18,7 +18,7 @@ from probe_compiler.decode import ByteBudget, decode_value
 from probe_compiler.plan import ProbePlan
 
 from . import goroutines as gr
-from .capture import OpEnv, Unavailable, apply_ops, locate_root, locate_spilled
+from .capture import OpEnv, Unavailable, apply_ops, locate_root, locate_spilled, unvouched_note
 from .errors import AgentError
 from .loadbias import load_bias
 from .memory import ProcessMemory
@@ -290,12 +290,15 @@ def _capture_frame(fplan, pf, depth, g, regs, inst, *, target, mem, snapshot_bud
                 raise Unavailable(f"the compiler left no location for {cap.root} where it inlined "
                                   f"{fplan.symbol} into {inst.caller}")
             pc = _var_pc(pf) if inst is None else _inlined_var_pc(locs, pf)
+            spills = fplan.spills if inst is None else None
             try:
                 loc = locate_root(locs, pc, pf, g.stack, regs, mem.read, target.bias,
                                   plan.types[fplan.root_types[cap.root]].size)
+                note = unvouched_note(spills, cap.root, pf, locs, pc)
+                if note:
+                    rec.errors[cap.column] = note
             except Unavailable as why:   # DWARF gave up: an argument may be in its spill slot
-                loc, rec.errors[cap.column] = locate_spilled(
-                    fplan.spills if inst is None else None, cap.root, pf, g.stack, why)
+                loc, rec.errors[cap.column] = locate_spilled(spills, cap.root, pf, g.stack, why)
             v = apply_ops(loc, cap.ops if inst is None else inst.ops[cap.column], mem.read,
                           OpEnv(plan.types, getattr(target.layout, "moduledata_types_addr", None),
                                 _rtype(target), frame_budget))

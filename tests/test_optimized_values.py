@@ -135,7 +135,8 @@ def _same_word(w: str, ours: int) -> bool:
 
 def _check(rec, expected, traceback, label: str) -> dict:
     """Compare; return the availability counts of this run."""
-    counts = {"captures": 0, "dwarf": 0, "spill": 0, "stale": 0, "vouched": 0, "go_wrong": [], "wrong": []}
+    counts = {"captures": 0, "dwarf": 0, "dwarf_stale": 0, "spill": 0, "stale": 0, "vouched": 0,
+              "go_wrong": [], "wrong": []}
     by_goid = {g.goid: g for g in rec.goroutines}
     problems = []
     for gg in traceback.values():
@@ -153,12 +154,17 @@ def _check(rec, expected, traceback, label: str) -> dict:
                 if cap.values.get(name) is not None or (note.startswith("spill slot") and name in cap.values):
                     if note.startswith("spill slot"):
                         counts["stale" if "possibly stale" in note else "spill"] += 1
+                    elif note.startswith("possibly stale"):
+                        counts["dwarf_stale"] += 1
                     elif not note:
                         counts["dwarf"] += 1
                 want = report[name]["value"]
                 if cap.values.get(name) is not None and want is not None and cap.values[name] != want:
                     counts["wrong"].append(f"{frame.function} {name}: {cap.values[name]} "
                                            f"({cap.errors.get(name) or 'DWARF'}), program {want}")
+                    if "possibly stale" not in note:   # a wrong value must never look trusted
+                        problems.append(f"{label}: {frame.function} {name}: {cap.values[name]!r} "
+                                        f"differs from the program's {want!r} and is not marked stale")
             for name, item in zip(names, _items(frame.args)):
                 words = _words(item)
                 if any(w.endswith("?") or w in ("_", "...") for w in words):
@@ -185,10 +191,11 @@ def _check(rec, expected, traceback, label: str) -> dict:
 
 
 def _summary(mode: str, release: str | None, c: dict) -> str:
-    n, spilled = c["captures"], c["spill"] + c["stale"]
-    return (f"optvalues {mode} go{release or 'default'}: {c['dwarf'] + spilled}/{n} captures available "
-            f"({c['dwarf']} from DWARF, {spilled} from spill slots, {c['stale']} of those possibly "
-            f"stale); DWARF alone {c['dwarf']}/{n}; Go's traceback vouches for {c['vouched']}; "
+    n, spilled, dwarf = c["captures"], c["spill"] + c["stale"], c["dwarf"] + c["dwarf_stale"]
+    return (f"optvalues {mode} go{release or 'default'}: {dwarf + spilled}/{n} captures available "
+            f"({dwarf} from DWARF, {c['dwarf_stale']} of those possibly stale; {spilled} from spill "
+            f"slots, {c['stale']} of those possibly stale); DWARF alone {dwarf}/{n}; "
+            f"Go's traceback vouches for {c['vouched']}; "
             f"differ from the program's own report: {len(c['wrong'])} {c['wrong']}"
             + (f"; Go's traceback printed stale words without '?': {c['go_wrong']}" if c["go_wrong"] else ""))
 
