@@ -67,3 +67,7 @@ class ProcessRecord:
     warnings: list[str] = field(default_factory=list)
     truncated: bool = False    # the per-snapshot byte budget ran out
     load_bias: int | None = None  # where the binary was loaded minus its link address (PIE)
+    # Filled by the control plane for a process snapshotted through an agent (server/fleet.py):
+    agent: str | None = None          # the agent's address
+    clock_offset_ns: int | None = None  # the host's clock minus the control plane's
+    skew_ns: int | None = None        # capture start minus the agreed pause instant, control-plane clock

@@ -18,7 +18,7 @@ from typing import Iterable
 
 from agent.records import ProcessRecord
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
 # Built-in tables: (column, SQL type) in order. docs/snapshot-schema.md documents each.
@@ -29,7 +29,7 @@ BUILTIN_TABLES: dict[str, list[tuple[str, str]]] = {
         ("build_id", "TEXT"), ("go_version", "TEXT"), ("main_module", "TEXT"),
         ("vcs_revision", "TEXT"), ("captured_at", "INTEGER"), ("pause_ns", "INTEGER"),
         ("error", "TEXT"), ("warnings", "TEXT"), ("truncated", "INTEGER"),
-        ("load_bias", "INTEGER"),
+        ("load_bias", "INTEGER"), ("agent", "TEXT"), ("clock_offset_ns", "INTEGER"), ("skew_ns", "INTEGER"),
     ],
     "goroutines": [
         ("process_id", "INTEGER"), ("goid", "INTEGER"), ("status", "TEXT"),
@@ -143,6 +143,8 @@ def write_snapshot(path: str | os.PathLike, processes: list[ProcessRecord],
     by_function = {t.function: t for t in tables}
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
+    # Born 0600: a snapshot holds process memory (values, strings, labels).
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     db = sqlite3.connect(tmp, isolation_level=None)
     try:
         db.execute("PRAGMA journal_mode=OFF")
@@ -161,10 +163,10 @@ def write_snapshot(path: str | os.PathLike, processes: list[ProcessRecord],
                                             "columns": t.columns} for t in tables]),
         }
         db.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
-        db.executemany("INSERT INTO processes VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", (
+        db.executemany("INSERT INTO processes VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", (
             (i, p.host, p.pid, p.exe, p.build_id, p.go_version, p.main_module, p.vcs_revision,
              p.captured_at_ns, p.pause_ns, p.error, _json(p.warnings) if p.warnings else None,
-             int(p.truncated), p.load_bias)
+             int(p.truncated), p.load_bias, p.agent, p.clock_offset_ns, p.skew_ns)
             for i, p in enumerate(processes, 1)))
         db.executemany("INSERT INTO goroutines VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", (
             (i, g.goid, g.status, g.wait_reason, g.wait_since_ns, g.created_by, g.created_by_file,

@@ -223,3 +223,9 @@ def test_write_10k_goroutines(tmp_path):
     db = open_snapshot(tmp_path / "s.sqlite")
     assert rows(db, "SELECT count(*) FROM frames") == [(200_000,)]
     assert rows(db, "SELECT count(*), count(DISTINCT goid) FROM w") == [(10_000, 10_000)]
+
+
+def test_snapshot_file_is_private(snap):
+    import os
+    import stat
+    assert stat.S_IMODE(os.stat(snap).st_mode) == 0o600    # it holds process memory
