@@ -367,3 +367,20 @@ def test_check_spans_names_each_binary_file_with_its_pids():
     [e] = check_spans(spec, {me: fake})
     assert str(e) == f"exray.yaml:3:3: no function main.x in {exe} (pid {me}) (did you mean main.xx?)"
     assert check_spans(None, {me: fake}) == [] and check_spans(spec, {}) == []
+
+
+def test_the_editor_agent_snapshots_both_binaries_with_one_spec(svc):
+    """The language server's LocalAgent (what exray.snapshot runs) takes the
+    same two-binary spec: each process gets the rows of its own functions."""
+    from probe_compiler.spec import load_spec
+    from server.lsp.agent import LocalAgent
+
+    spec = load_spec(svc["dir"] / "exray.yaml")
+    seen = []
+    records = LocalAgent().run_plan([svc["server_pid"], svc["client_pid"]], spec,
+                                    on_process=lambda i, n, rec: seen.append((i, n)))
+    assert seen == [(1, 2), (2, 2)]
+    assert [r.error for r in records] == [None, None]
+    tables = [{c.function for g in r.goroutines for c in g.captures} for r in records]
+    assert "main.(*caller).call" not in tables[0] and "main.(*caller).call" in tables[1]
+    assert any(f.startswith("main.(*Accounts)") for f in tables[0])

@@ -109,8 +109,14 @@ class LocalAgent:
             return cache
 
     def run_plan(self, pids, spec, options=None, cancel=None, on_process=None):
-        from server.snapshot_job import snapshot_pids
+        from agent.records import ProcessRecord
+        from agent.snapshot import snapshot_process
+        from server.snapshot_job import load_targets
         cache = self._cache_for(spec)
+        # The spec against every binary at once (a function only some have is
+        # no error), before any process is paused; then one process at a time
+        # for progress and cancellation.
+        loaded = load_targets(pids, spec, cache)
         records = []
         for i, pid in enumerate(pids):
             if cancel is not None and cancel.is_set():
@@ -120,7 +126,8 @@ class LocalAgent:
                     raise Cancelled(f"cancelled after {i} of {len(pids)} processes")
                 if cancel is None:
                     time.sleep(self.delay_s)
-            [rec] = snapshot_pids([pid], spec, options, None, cache)
+            t = loaded[pid]
+            rec = t if isinstance(t, ProcessRecord) else snapshot_process(pid, t, options)
             records.append(rec)
             if on_process is not None:
                 on_process(i + 1, len(pids), rec)
