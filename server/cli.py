@@ -1,6 +1,7 @@
 """The `exray` command.
 
-    exray snapshot [--pid PID ...] [--spec exray.yaml] [-o snap.sqlite]
+    exray snapshot [--pid PID ...] [--agent ADDR ...] [--spec exray.yaml] [-o snap.sqlite]
+    exray agent [--listen unix:/run/exray/agent.sock | tcp:HOST:PORT] --allow-exe GLOB ...
     exray goroutines SNAP [--all] [--function PAT] [--status S] [--value T.COL=V] [--label K=V]
     exray sql SNAP "SELECT ..."
     exray check-spec [exray.yaml] [--binary GO_BINARY ...]
@@ -121,7 +122,16 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     spec = args.spec
     if spec is None and not args.pid and os.path.exists("exray.yaml"):
         spec = "exray.yaml"     # no arguments at all: the spec here says what to snapshot
+    from server import fleet    # through agents (--agent, or targets that name agents)
+    through_agents = fleet.snapshot_command(args, spec)
+    if through_agents is not None:
+        return through_agents
     return int(snapshot_job.run(list(args.pid or []), spec, args.out) or 0)
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    from agent.main import run     # the gRPC agent of this machine (docs/agent.md)
+    return run(args)
 
 
 def cmd_check_spec(args: argparse.Namespace) -> int:
@@ -140,6 +150,8 @@ def cmd_check_spec(args: argparse.Namespace) -> int:
             elsewhere = [s for s in b.absent if s not in nowhere]   # in no binary: an error below
             if elsewhere:
                 print(f"  has no {', '.join(elsewhere)}: its processes get no rows there")
+            for w in b.warnings:   # captures no wait point of their function can read
+                print(f"  warning: {w}")
         for p in checked.errors:
             print(f"error: {p}", file=sys.stderr)
         if checked.errors:
@@ -177,7 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--out", metavar="SNAP.sqlite",
                    help="snapshot file to write (default: .exray/snapshots/<time>.sqlite "
                         "next to the spec)")
+    __import__("server.fleet").fleet.add_snapshot_arguments(s)
     s.set_defaults(func=cmd_snapshot)
+
+    a = sub.add_parser("agent", help="serve this machine's Go processes to Ex-Ray over gRPC (docs/agent.md)")
+    __import__("agent.main").main.add_arguments(a)
+    a.set_defaults(func=cmd_agent)
 
     g = sub.add_parser("goroutines", help="goroutines of a snapshot, identical stacks grouped")
     g.add_argument("snapshot", metavar="SNAP")

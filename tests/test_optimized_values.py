@@ -14,6 +14,9 @@ from __future__ import annotations
 import json
 import re
 import struct
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -237,3 +240,12 @@ def test_check_spec_warns_where_no_wait_point_has_it():
     assert checked.errors == []
     [w] = checked.warnings     # sender's msg is in its spill slot at the send
     assert w.startswith("main.strWords: 's' is available at none of its") and "entry" in w
+
+
+def test_check_spec_cli_prints_the_warning(tmp_path):
+    spec = tmp_path / "exray.yaml"
+    spec.write_text("version: 1\nfunctions:\n  main.strWords: {capture: [s]}\n")
+    r = subprocess.run([str(Path(sys.prefix) / "bin" / "exray"), "check-spec", str(spec),
+                        "--binary", str(build("optvalues"))], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "  warning: main.strWords: 's' is available at none of its" in r.stdout
