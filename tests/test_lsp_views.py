@@ -109,13 +109,16 @@ def snap(tmp_path_factory):
                                [park, *frames], list(captures))
     work = _line("fmt.Println(*p,")
 
-    def work_capture(xs3):
+    def work_capture(xs3, stale=False):
+        notes = {"p": NOT_LIVE, "s_f_g": "in a register at this pc; only the innermost frame of a running "
+                                         "goroutine has registers", "len_xs": "spill slot: not live at this pc"}
+        if stale:
+            notes["xs_3"] = "spill slot, possibly stale (1 of 3 words not stored at this pc): not live at this pc"
         return CaptureRecord("main.work", 1, {"p": None, "xs_3": xs3, "len_xs": 4, "s_f_g": None, "s_f": None},
-                             {}, {"p": NOT_LIVE, "s_f_g": "in a register at this pc; only the innermost frame "
-                                                          "of a running goroutine has registers"})
+                             {}, notes)
     gors = [
         g(1, [FrameRecord(1, "main.work", f, work, 0x2000)], [work_capture(7)]),
-        g(2, [FrameRecord(1, "main.work", f, work, 0x2000)], [work_capture(8)]),
+        g(2, [FrameRecord(1, "main.work", f, work, 0x2000)], [work_capture(8, stale=True)]),
         g(3, [FrameRecord(1, "main.(*server).handle", f, _line("<-done"), 0x3000)],
           [CaptureRecord("main.(*server).handle", 1, {"srv_name": "x"}, {})]),
         g(4, [FrameRecord(1, "main.(*server).handle.func1", f, _line("done <- id"), 0x4000)],
@@ -135,7 +138,8 @@ def test_a_value_a_nil_and_an_unavailable_value_on_one_line(snap):
     idx, main = snap["idx"], str(snap["main"])
     agg = idx.lines[main][_line("fmt.Println(*p,")]
     label = render.line_label(agg, 2000)
-    assert label == ("⏸ 2 goroutines · chan receive · p=⊘ not live at this pc, xs_3=7|8, len_xs=4, "
+    # A value from a spill slot reads as a value; one that is possibly stale ends in `?`.
+    assert label == ("⏸ 2 goroutines · chan receive · p=⊘ not live at this pc, xs_3=7|8?, len_xs=4, "
                      "s_f_g=⊘ in a register at this pc, s_f=nil"), label
     # The same in a hover: the reason in full where there is no value, null where Go has nil.
     parsed = gosource.parse(SOURCE)
@@ -153,6 +157,11 @@ def test_a_value_a_nil_and_an_unavailable_value_on_one_line(snap):
     first = md.split("\n\n---\n\n")[0]
     assert "`nil` ×2" in first and "⊘" not in first
     assert [fr["value"] for fr in json.loads(first.split("```json\n", 1)[1].split("\n```", 1)[0])] == [None, None]
+    col = SOURCE.splitlines()[ln].index("xs[3]") + 3
+    md = goviews.hover(idx, str(snap["ws"]), snap["main"].as_uri(), main, parsed, ln, col, 50)
+    assert md.startswith("**`xs[3]`**") and "`8?`" in md and "possibly stale" in md, md
+    frames = json.loads(md.split("```json\n", 1)[1].split("\n```", 1)[0])
+    assert [(fr["value"], "possibly stale" in fr.get("note", "")) for fr in frames] == [(7, False), (8, True)]
     # The lens above main.work names what its frames lack.
     lens = next(l for l in render.lenses(idx, main, parsed) if l.function == "main.work")
     assert lens.unavailable == "⊘ p: not live at this pc; s_f_g: in a register at this pc"
@@ -163,6 +172,9 @@ def test_exray_documents_say_unavailable_and_nil(snap):
     doc = documents.render("exray:/goroutine/1/1", str(snap["path"]), resolve, {}).text
     assert "      p = ⊘ not live at this pc\n" in doc and "      s_f = nil\n" in doc, doc
     assert "      xs_3 = 7\n" in doc and "_errors" not in doc
+    assert "      len_xs = 4  (spill slot: not live at this pc)\n" in doc, doc
+    doc = documents.render("exray:/goroutine/1/2", str(snap["path"]), resolve, {}).text
+    assert "      xs_3 = 8?  (spill slot, possibly stale (1 of 3 words" in doc, doc
     table = documents.render("exray:/table/main_work", str(snap["path"]), resolve, {}).text
     row = next(l for l in table.splitlines() if l.startswith("1 ") or re.match(r"^\d+\s+1\s+1\s+1\b", l))
     assert "⊘ not live at this pc" in row and " nil " in row and "NULL" not in row.split("{")[0], row

@@ -24,7 +24,7 @@ from server import format as fmt
 from server.links import linked_rows
 from server.store import dict_rows, function_tables, open_snapshot, read_goroutines, snapshot_meta
 
-from .render import cell_text, row_errors
+from .render import STALE, cell_text, is_stale, row_errors
 
 SCHEME = "exray"
 MAX_ROWS = 2000          # rows of a table or query shown in a document
@@ -243,10 +243,12 @@ def goroutine(db: sqlite3.Connection, process_id: int, goid: int, resolve) -> Do
             for col, v in r.items():
                 if col in ("process_id", "goid", "depth", "_errors") or col.startswith("raw_"):
                     continue
-                shown = cell_text(v, errors.get(col)) if col in captured else None
+                note = errors.get(col) if col in captured else None
+                shown = cell_text(v, note) if col in captured else None
+                if shown is None and note:          # where the value came from: a spill slot, possibly stale
+                    shown = f"{_cell(v)}{STALE if is_stale(note) else ''}  ({note})"
                 d.add(f"      {col} = {shown if shown is not None else _cell(v)}")
-            # Reasons not shown beside a NULL value (a value that is there, with a note).
-            rest = {c: e for c, e in errors.items() if not (c in captured and r.get(c) is None)}
+            rest = {c: e for c, e in errors.items() if c not in captured}
             if rest:
                 d.add(f"      _errors = {_cell(json.dumps(rest, ensure_ascii=False))}")
             try:

@@ -201,7 +201,7 @@ class SnapshotIndex:
                 cap.lines.add(line)
                 values, counts = self.lines[ws][line].values, cap.counts
                 for c, v in zip(columns, vals):
-                    if v.__class__ is str:
+                    if v.__class__ is str and not errors:
                         short = short_of.get(v)
                         if short is None:
                             short = short_of[v] = value_text(v)

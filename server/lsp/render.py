@@ -10,6 +10,10 @@ A captured value is one of three things, and each reads differently:
 - unavailable (not live at this pc, in a register an outer frame does not
   have, optimized out, unreadable): SQL NULL with its reason in `_errors`:
   `⊘ not live at this pc`. Never `nil`.
+
+A value whose `_errors` note says it is possibly stale (read from a stack
+slot the runtime does not vouch for at that pc; docs/values.md) ends in `?`,
+as Go's traceback prints it.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ from .specedit import canonical as _canonical
 PAUSE = "⏸"
 UNAVAILABLE = "⊘"
 NIL = "nil"
+STALE = "?"
 
 
 # ------------------------------------------------------------------ values
@@ -34,7 +39,14 @@ def value_text(text: str | None, reason: str | None = None, budget: int = 40) ->
     `⊘ <reason>` (the reason's first clause) when it is unavailable."""
     if text is None and reason:
         return _cut(f"{UNAVAILABLE} {reason.split(';')[0].strip()}", budget)
+    if text is not None and reason and is_stale(reason):
+        return compact_json(text, budget - 1) + STALE
     return compact_json(text, budget)
+
+
+def is_stale(note: str | None) -> bool:
+    """A note of `_errors` on a value that may not be the variable's (docs/values.md)."""
+    return bool(note) and "possibly stale" in note
 
 
 def cell_text(text: str | None, reason: str | None) -> str | None:
@@ -281,13 +293,18 @@ def hover_markdown(hits: list, max_values: int) -> str:
                 item["unavailable"] = r.errors[col]
             else:
                 item["value"] = _loads(v)
+                if r.errors.get(col):          # where it came from: a spill slot, possibly stale
+                    item["note"] = r.errors[col]
             full.append(item)
         body = json.dumps(full, indent=2, ensure_ascii=False)
         more = f"\n\n… and {len(rows) - len(shown)} more frames" if len(rows) > len(shown) else ""
         legend = ""
         if any(v.startswith(UNAVAILABLE) for v in counts):
-            legend = (f"\n\n{UNAVAILABLE}: not captured in that frame, for the reason given "
-                      f"(the column is NULL and `_errors` says why); `nil` is a real Go nil.")
+            legend += (f"\n\n{UNAVAILABLE}: not captured in that frame, for the reason given "
+                       f"(the column is NULL and `_errors` says why); `nil` is a real Go nil.")
+        if any(v.endswith(STALE) for v in counts):
+            legend += (f"\n\n`{STALE}` after a value: possibly stale, read from a stack slot the "
+                       "runtime does not vouch for at that pc (Go's traceback prints `?` too).")
         blocks.append(f"{head}\n\n{summary}{legend}\n\n```json\n{body}\n```{more}")
     return "\n\n---\n\n".join(blocks)
 
