@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from .decode import Budgets
 from .errors import ExpressionError, SpecError, SymbolNotFound
 from .generics import is_generic_pattern, spec_instances, suggestion_names
-from .types import TypeTable
+from .types import Kind, TypeTable
 
 PLAN_VERSION = 1
 
@@ -247,6 +247,7 @@ def _function_plan(fs, binary, dwarf, all_types: TypeTable, spec_path: str,
         except ExpressionError as e:
             raise SpecError(f"{what or fs.symbol}: capture {cs.expr!r}: {e}", path=spec_path,
                             line=cs.line, column=cs.column) from None
+        _check_display(cs, types[te.type_id], what or fs.symbol, spec_path)
         plain_ops[cs.name] = ops = [list(op) for op in te.ops]
         var, addressed = _root_var(by_name, te.root)
         if addressed:  # escaped to the heap: DWARF has `&x`, a pointer to it
@@ -301,6 +302,18 @@ def _inlined_plan(caller, call, captures: list[CapturePlan], plain_ops: dict) ->
         ops[c.column] = ([["deref"]] if addressed else []) + plain_ops[c.column]
     return InlinedPlan(caller.name, caller.entry, caller.end, [[lo, hi] for lo, hi in call.ranges],
                        call.depth, call.call_file, call.call_line, roots, ops)
+
+
+def _check_display(cs, t, where: str, spec_path: str) -> None:
+    """A display type says how to show an integer: refuse it on anything else,
+    where it would show text as a number and SQL would compare text with one."""
+    if cs.display is None or t.kind in (Kind.INT, Kind.UINT):
+        return
+    hint = (" a time.Time is stored as an RFC 3339 string in UTC, which sorts and compares "
+            "as text (started < '2026-01-01T00:00:00Z');" if t.name == "time.Time" else "")
+    raise SpecError(f"{where}: capture {cs.expr!r} is a {t.name or t.kind.value}, but display "
+                    f"'{cs.display}' shows an integer;{hint} drop the display",
+                    path=spec_path, line=cs.line, column=cs.column)
 
 
 def _user_visible(by_name: dict, types: TypeTable) -> dict[str, int]:

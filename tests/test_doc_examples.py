@@ -58,3 +58,17 @@ def test_readme_spec_fits_the_inventory_service(tmp_path):
     spec = load_spec(_as_spec_file(body, tmp_path))
     binary = gobuild.build(ROOT / "examples" / "inventory")
     assert check_against_binary(spec, str(binary)) == []
+
+
+def test_an_integer_display_on_a_time_is_refused_where_it_is_written(tmp_path):
+    """display: timestamp_ns on a time.Time would show text as a number and
+    compare text with integers in SQL: check-spec refuses it, at its line."""
+    spec = tmp_path / "exray.yaml"
+    spec.write_text("version: 1\nfunctions:\n  main.(*store).lookup:\n    capture:\n"
+                    "      - req.ID\n      - {expr: req.Started, display: timestamp_ns}\n"
+                    "      - {expr: req.ID, name: id_hex, display: hex}\n")
+    binary = gobuild.build(ROOT / "examples" / "inventory")
+    [e] = check_against_binary(load_spec(spec), str(binary))
+    assert (e.line, e.column) == (6, 9)
+    assert "is a time.Time, but display 'timestamp_ns' shows an integer" in str(e)
+    assert "RFC 3339 string in UTC" in str(e)
