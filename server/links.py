@@ -90,6 +90,46 @@ def goroutine_of(db: sqlite3.Connection, values: dict) -> tuple[Goroutine | None
     return goroutine, Frame(*f) if f else None
 
 
+def user_frame(db: sqlite3.Connection, g: Goroutine) -> Frame | None:
+    """The goroutine's innermost frame of the user's own code: shown by Go's
+    traceback and not in the standard library (whose package paths have no
+    dot in their first element, as `go` itself tells them apart)."""
+    for depth, function, file, line in db.execute(
+            "SELECT depth, function, file, line FROM frames WHERE process_id = ? AND goid = ? "
+            "AND NOT hidden ORDER BY depth", (g.process_id, g.goid)):
+        first = function.split("/", 1)[0] if "/" in function else function.split(".", 1)[0]
+        if first == "main" or "." in first:
+            return Frame(depth, function, file, line)
+    return None
+
+
+@dataclass(frozen=True)
+class Unlinked:
+    link: str
+    columns: tuple[str, ...]    # this row's key columns that are NULL
+    why: dict                   # column -> its `_errors` note, where the row has one
+
+
+def unlinked(db: sqlite3.Connection, table: str, rowid: int, values: dict) -> list[Unlinked]:
+    """The links this row can't take part in because its side of the key is NULL."""
+    if not _has_table(db, "exray_link_defs"):
+        return []
+    errors = json.loads(values["_errors"]) if isinstance(values.get("_errors"), str) else {}
+    out = []
+    for name, lt, lcols, rt, rcols in db.execute(
+            "SELECT name, left_table, left_columns, right_table, right_columns FROM exray_link_defs "
+            "WHERE left_table = ? OR right_table = ? ORDER BY name", (table, table)):
+        sides = [json.loads(c) for t, c in ((lt, lcols), (rt, rcols)) if t == table]
+        for cols in sides:
+            keys = db.execute(f"SELECT {', '.join(key_sql(db, table, c) for c in cols)} "
+                              f"FROM {q(table)} WHERE rowid = ?", (rowid,)).fetchone()
+            null = tuple(c for c, k in zip(cols, keys) if k is None)
+            if null:
+                out.append(Unlinked(name, null, {c: errors[c] for c in null if c in errors}))
+                break
+    return out
+
+
 def linked_rows(db: sqlite3.Connection, table: str, rowid: int) -> list[LinkedRow]:
     """Every row linked to row `rowid` of `table`, by every link, in both directions."""
     row_values(db, table, rowid)               # raises for an unknown table or row
@@ -133,6 +173,10 @@ def cmd_links(args) -> int:
         _print_row(args.table, values, db, shown, indent="  ")
         if not rows:
             print("no linked rows")
+        for u in unlinked(db, args.table, args.rowid, values):
+            why = "; ".join(f"{c}: {w}" for c, w in u.why.items())
+            print(f"not linked by {u.link}: its key {', '.join(u.columns)} is NULL"
+                  + (f" ({why})" if why else ""))
         for r in rows:
             arrow = "->" if r.direction == "forward" else "<-"
             desc = f": {r.description}" if r.description else ""
@@ -161,3 +205,6 @@ def _print_row(table: str, values: dict, db, shown: dict, indent: str) -> None:
         print(f"{indent}goroutine {g.goid} [{state}] in process {g.process_id} (pid {g.pid}){exe}")
     if f:
         print(f"{indent}  {f.function}\n{indent}      {f.file}:{f.line}")
+    mine = user_frame(db, g) if g else None
+    if mine and (f is None or mine.depth != f.depth):   # where the user's code waits
+        print(f"{indent}  in the user's code: {mine.function}\n{indent}      {mine.file}:{mine.line}")

@@ -11,7 +11,7 @@ import pytest
 
 from targets import run_target
 from probe_compiler.spec import CaptureSpec, ColumnSpec, FunctionSpec, LinkEnd, LinkSpec, Spec
-from server.links import LinkError, linked_rows
+from server.links import LinkError, linked_rows, row_values
 from server.reports import materialize
 from server.snapshot_job import snapshot_pids
 from server.store import FunctionTableDef, SnapshotError, open_snapshot, write_snapshot
@@ -179,3 +179,26 @@ def test_cli_errors(two_processes, args, needle):
     r = exray("links", path, *args)
     assert r.returncode == 1 and r.stderr.startswith("error:") and needle in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_user_frame_is_the_innermost_frame_of_the_users_code(one_process):
+    """main.call waits in the standard library's net code; its first user frame
+    is main.call itself, below the visible frames of package net and io."""
+    from server.links import goroutine_of, user_frame
+    path, pid, _ = one_process
+    db = open_snapshot(path)
+    values = row_values(db, "calls", rowid_of(db, "calls", "id = '1'"))
+    g, frame = goroutine_of(db, values)
+    mine = user_frame(db, g)
+    assert (mine.function, mine.depth) == ("main.call", values["depth"])
+    above = [r[0] for r in db.execute("SELECT function FROM frames WHERE process_id = ? AND goid = ? "
+                                      "AND depth < ? AND NOT hidden", (g.process_id, g.goid, mine.depth))]
+    assert above and all(not f.startswith("main.") for f in above)
+
+
+def test_cli_names_the_links_a_null_key_left_out(one_process):
+    path, _, _ = one_process
+    db = open_snapshot(path)
+    out = exray("links", path, "calls", rowid_of(db, "calls", "id = '1'")).stdout
+    assert "not linked by same_addr: its key addr_trusted is NULL\n" in out
+    assert "not linked by serves" not in out
