@@ -52,8 +52,9 @@ ext=vscode-extension
 if command -v node >/dev/null && command -v npm >/dev/null; then
   if [ ! -f $ext/node_modules/.package-lock.json ] || [ $ext/package-lock.json -nt $ext/node_modules/.package-lock.json ]; then
     (cd $ext && npm ci --no-audit --no-fund --loglevel=error)
-  elif [ probe_compiler/exray.schema.json -nt $ext/exray.schema.json ]; then
-    (cd $ext && node scripts/prepare.js)
+  elif [ probe_compiler/exray.schema.json -nt $ext/exray.schema.json ] || \
+       [ $ext/extension.js -nt $ext/dist/extension.js ]; then
+    (cd $ext && node scripts/prepare.js && npm run --silent bundle)
   fi
 fi
 echo "setup: ready ($(.venv/bin/python -c 'import sys; print(sys.version.split()[0])'), go $(.venv/bin/go version | awk '{print $3}'))"

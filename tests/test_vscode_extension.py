@@ -106,3 +106,16 @@ def test_vscode_settings_are_the_servers_settings_plus_server_command():
             assert (p["minimum"], p["maximum"]) == _LIMITS[f.name], f.name
     cmd = props["exray.serverCommand"]
     assert cmd["type"] == "array" and cmd["default"] == ["${exrayRoot}/.venv/bin/exray", "lsp"]
+
+
+def test_package_builds_a_bundled_vsix_without_a_terminal(tmp_path):
+    """`npm run package` (vsce, a devDependency) needs no terminal and packs
+    the esbuild bundle, not node_modules."""
+    import zipfile
+    r = subprocess.run([NPM, "run", "package", "--", "--out", str(tmp_path / "exray.vsix")], cwd=EXT,
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    names = set(zipfile.ZipFile(tmp_path / "exray.vsix").namelist())
+    assert {"extension/package.json", "extension/dist/extension.js", "extension/exray.schema.json",
+            "extension/exray-root.json"} <= names
+    assert not any("node_modules" in n or n.endswith("/extension.js") and "dist" not in n for n in names)

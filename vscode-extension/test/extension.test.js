@@ -21,7 +21,8 @@ Module._resolveFilename = function (request, ...rest) {
   return request === 'vscode' ? FAKE : resolve.call(this, request, ...rest);
 };
 const vscode = require('vscode');
-const extension = require('../extension.js');
+// What VS Code loads: package.json's main, the esbuild bundle (npm ci / npm run bundle makes it).
+const extension = require(path.join('..', require('../package.json').main));
 const { fake } = vscode;
 
 const env = process.env;
