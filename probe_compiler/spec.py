@@ -610,7 +610,7 @@ _IDENT_SCHEMA = {"type": "string", "pattern": _anchored(_IDENT)}
 TOP_KEYS: dict[str, Key] = {
     "version": Key(_version, required=True, doc="spec format version; must be 1",
                    schema=_s(const=SPEC_VERSION)),
-    "targets": Key(_targets, doc="processes `exray snapshot` takes when given no --pid",
+    "targets": Key(_targets, doc="the processes a snapshot takes: the editor's snapshot command, and `exray snapshot` with no pids",
                    schema=lambda: {"type": ["array", "null"], "items": _ref("target")}),
     "include": Key(_includes, doc="other spec files to merge, paths or globs relative to this file",
                    schema=lambda: {"anyOf": [{"type": "string"},
