@@ -26,11 +26,14 @@ The SQL in extra columns and reports is checked by probe_compiler.spec_sql.
 from __future__ import annotations
 
 import bisect
+import collections
 import difflib
+import fnmatch
 import glob
 import json
 import os
 import re
+import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -223,9 +226,12 @@ class _Ctx:
         elif node.style in ("'", '"'):
             i += 1
         out = []
+        absent: set[str] = set()    # not in the rest of the slice: no need to search again
         for ch in node.value:
-            j = src.find(ch, i, end)
-            if j >= 0:
+            j = -1 if ch in absent else src.find(ch, i, end)
+            if j < 0:
+                absent.add(ch)
+            else:
                 i = j + 1
             out.append(self.position(j if j >= 0 else i))
         out.append(self.position(min(i, end)))
@@ -716,9 +722,228 @@ def schema_text() -> str:
 SCHEMA_PATH = Path(__file__).with_name("exray.schema.json")
 
 
+# ------------------------------------------------------------ reading files, bounded
+
+@dataclass(frozen=True)
+class ReadLimits:
+    """Bounds on reading a spec and the files it includes. A committed spec
+    is untrusted input (it may come from a colleague or a stranger): reading
+    it ends soon, in bounded memory, without leaving the module's folder.
+    docs/security.md lists them."""
+    max_file_bytes: int = 1 << 20       # one spec file, the top one and each include
+    max_total_bytes: int = 8 << 20      # every file merged into one spec
+    max_files: int = 256                # files merged into one spec, the top one included
+    max_glob_entries: int = 20_000      # directory entries one include pattern may look at
+    max_glob_depth: int = 16            # folders one `**` may descend
+    max_nodes: int = 1_000_000          # YAML nodes of one file, each alias counted as what it repeats
+
+
+READ_LIMITS = ReadLimits()
+
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+               (stat.S_ISSOCK, "a socket"))
+
+
+class _Refused(Exception):
+    """Why a file can't be read as a spec; the caller says where."""
+
+
+def _file_kind(mode: int) -> str:
+    return next((what for test, what in _FILE_KINDS if test(mode)), "not a regular file")
+
+
+def _read_bounded(path: str, limit: int, what: str = "the limit of one spec file") -> str:
+    """A regular file's UTF-8 text, or _Refused. Never blocks and never reads
+    more than `limit` + 1 bytes: the type is checked before the open, the open
+    is non-blocking, and the open file is checked again (a FIFO swapped in
+    between is still refused)."""
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise _Refused(f"it is {_file_kind(st.st_mode)}, not a regular file")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise _Refused("no such file") from None
+    except OSError as e:
+        raise _Refused(e.strerror or str(e)) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _Refused(f"it is {_file_kind(st.st_mode)}, not a regular file")
+        if st.st_size > limit:
+            raise _Refused(f"it is {st.st_size:,} bytes, over {what} ({limit:,} bytes); "
+                           f"split the spec or trim it")
+        chunks, size = [], 0
+        while size <= limit:
+            b = os.read(fd, min(1 << 20, limit + 1 - size))
+            if not b:
+                break
+            chunks.append(b)
+            size += len(b)
+        if size > limit:
+            raise _Refused(f"it grew past {what} ({limit:,} bytes) while being read")
+    except OSError as e:
+        raise _Refused(e.strerror or str(e)) from None
+    finally:
+        os.close(fd)
+    try:
+        return b"".join(chunks).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _Refused(f"not UTF-8 text ({e.reason} at byte {e.start}); a spec is YAML text") from None
+
+
+def _inside(path: str, root: str) -> bool:
+    return root == os.sep or path == root or path.startswith(root + os.sep)
+
+
+class _Includes:
+    """Finds and reads the files `include:` names, within `limits`: regular
+    files inside the module root (the top spec's folder, symlinks resolved),
+    found by a glob walk that looks at a bounded number of entries."""
+
+    def __init__(self, top: str, limits: ReadLimits, top_bytes: int):
+        self.root = os.path.realpath(os.path.dirname(os.path.abspath(top)) or ".")
+        self.limits, self.total, self.files = limits, top_bytes, 1
+
+    def match(self, pattern: str, node: Node, ctx: _Ctx) -> list[str]:
+        """The files `pattern` (relative to ctx's file) names, sorted; SpecError at the node."""
+        def fail(why: str) -> SpecError:
+            return ctx.error(node, f"include '{pattern}' {why}")
+        if "\0" in pattern:
+            raise fail("contains a NUL character")
+        full = os.path.normpath(os.path.join(os.path.dirname(ctx.path), pattern))
+        parts = full.split(os.sep)
+        magic = next((i for i, p in enumerate(parts) if glob.has_magic(p)), len(parts))
+        prefix = os.sep.join(parts[:magic]) or (os.sep if full.startswith(os.sep) else ".")
+        real = os.path.realpath(prefix)
+        if not _inside(real, self.root):
+            via = f" (through a symlink to {real})" if real != os.path.abspath(prefix) else ""
+            raise fail(f"is outside the module root {self.root} (the folder of the top spec "
+                       f"file){via}: a spec includes only files of its own module")
+        if magic == len(parts):                     # a plain path
+            if not os.path.lexists(full):
+                raise fail(f"matches no file (paths are relative to {ctx.path})")
+            found = [full]
+        else:
+            found = sorted(self._walk(prefix, parts[magic:], fail))
+            if not found:
+                raise fail(f"matches no file (paths are relative to {ctx.path})")
+        found = [os.path.normpath(f) for f in found]
+        for f in found:
+            real = os.path.realpath(f)
+            if not _inside(real, self.root):
+                raise fail(f"names {f}, a symlink to {real}, outside the module root {self.root} "
+                           f"(the folder of the top spec file)")
+        return found
+
+    def _walk(self, top: str, parts: list[str], fail) -> list[str]:
+        """Files under `top` matching the pattern's components (fnmatch; `**`:
+        any number of folders; names starting with '.' only by a pattern that
+        does). Visits at most max_glob_entries entries, never descends more
+        than max_glob_depth folders for one `**`, and never follows a symlink
+        to a folder out of the root."""
+        lim, seen, out = self.limits, 0, []
+        stack = [(top, 0, 0)]               # (folder, index into parts, depth of the current **)
+        while stack:
+            folder, i, depth = stack.pop()
+            part, last = parts[i], i == len(parts) - 1
+            if part == "**":
+                if depth > lim.max_glob_depth:
+                    raise fail(f"descends more than {lim.max_glob_depth} folders at '**'; "
+                               f"name the folders the spec files are in")
+                if not last:
+                    stack.append((folder, i + 1, 0))
+            elif not glob.has_magic(part):
+                path = os.path.join(folder, part)
+                if last:
+                    out += [path] if os.path.lexists(path) else []
+                elif os.path.isdir(path):
+                    stack.append((path, i + 1, 0))
+                continue
+            try:
+                entries = list(os.scandir(folder))
+            except OSError:
+                continue                     # unreadable or gone: nothing of it matches
+            for e in entries:
+                seen += 1
+                if seen > lim.max_glob_entries:
+                    raise fail(f"looks at more than {lim.max_glob_entries:,} directory entries; "
+                               f"narrow it (e.g. services/*/exray.yaml)")
+                hidden = e.name.startswith(".") and not part.startswith(".")
+                try:
+                    is_dir = e.is_dir()
+                except OSError:
+                    continue
+                if part == "**":
+                    if hidden:
+                        continue
+                    if is_dir and self._may_enter(e):
+                        stack.append((e.path, i, depth + 1))
+                    elif not is_dir and last:
+                        out.append(e.path)
+                elif not hidden and fnmatch.fnmatchcase(e.name, part):
+                    if last and not is_dir:
+                        out.append(e.path)
+                    elif not last and is_dir and self._may_enter(e):
+                        stack.append((e.path, i + 1, 0))
+        return out
+
+    def _may_enter(self, e: os.DirEntry) -> bool:
+        return not e.is_symlink() or _inside(os.path.realpath(e.path), self.root)
+
+    def read(self, path: str, node: Node, ctx: _Ctx) -> str:
+        lim = self.limits
+        if self.files >= lim.max_files:
+            raise ctx.error(node, f"cannot include {path}: the spec would span more than "
+                                  f"{lim.max_files} files")
+        room = lim.max_total_bytes - self.total
+        try:
+            text = (_read_bounded(path, lim.max_file_bytes) if room >= lim.max_file_bytes else
+                    _read_bounded(path, room, f"what is left of the limit of all the spec's files "
+                                              f"together ({lim.max_total_bytes:,} bytes)"))
+        except _Refused as e:
+            raise ctx.error(node, f"cannot include {path}: {e}") from None
+        self.files += 1
+        self.total += len(text.encode("utf-8", "surrogatepass"))
+        return text
+
+
 # ------------------------------------------------------------------------ API
 
-def _compose(text: str, path: str) -> Node:
+def _expanded_size(root: Node, limit: int) -> int:
+    """How many nodes the document has with every alias counted as the nodes
+    it repeats (the cost of walking it); stops counting past `limit`. An
+    alias of an enclosing node (a cycle) counts as `limit`."""
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if isinstance(node, ScalarNode):
+            sizes[key] = 1
+            continue
+        kids = [n for kv in node.value for n in (kv if isinstance(node, MappingNode) else (kv,))]
+        if done:
+            on_path.discard(key)
+            sizes[key] = min(limit + 1, 1 + sum(sizes.get(id(k), 0) for k in kids))
+            continue
+        if key in sizes:
+            continue
+        if key in on_path:
+            return limit + 1
+        on_path.add(key)
+        stack.append((node, True))
+        for k in kids:
+            if id(k) in on_path:
+                return limit + 1
+            if id(k) not in sizes:
+                stack.append((k, False))
+    return sizes[id(root)]
+
+
+def _compose(text: str, path: str, limits: ReadLimits = READ_LIMITS) -> Node:
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as e:
@@ -731,15 +956,24 @@ def _compose(text: str, path: str) -> Node:
         raise SpecError(msg, path, mark.line + 1, mark.column + 1) from None
     except yaml.YAMLError as e:
         raise SpecError(f"invalid YAML: {e}", path) from None
+    except RecursionError:
+        raise SpecError("invalid YAML: nested too deeply for a spec", path, 1, 1) from None
     if root is None or _is_null(root):
         raise SpecError("empty spec: expected a mapping with 'version' and 'functions'", path, 1, 1)
+    if _expanded_size(root, limits.max_nodes) > limits.max_nodes:
+        raise SpecError(f"the YAML's aliases (*name) expand to more than {limits.max_nodes:,} "
+                        f"nodes, or refer to themselves; write the repeated parts out", path, 1, 1)
     return root
 
 
-def _parse_file(text: str, path: str) -> tuple[Spec, list[tuple[str, Node, _Ctx]]]:
+def _parse_file(text: str, path: str, limits: ReadLimits = READ_LIMITS
+                ) -> tuple[Spec, list[tuple[str, Node, _Ctx]]]:
     """One file, without its includes; returns its include patterns with their nodes."""
     ctx = _Ctx(path, text)
-    d = _mapping(_compose(text, path), TOP_KEYS, ctx, "the spec")
+    try:
+        d = _mapping(_compose(text, path, limits), TOP_KEYS, ctx, "the spec")
+    except RecursionError:
+        raise SpecError("the spec is nested too deeply", path, 1, 1) from None
     def section(key: str) -> list:
         return d[key][0] if key in d else []
     spec = Spec(functions=section("functions"), version=d["version"][0], path=path, text=text,
@@ -749,26 +983,12 @@ def _parse_file(text: str, path: str) -> tuple[Spec, list[tuple[str, Node, _Ctx]
     return spec, includes
 
 
-def _glob(pattern: str, base: str, node: Node, ctx: _Ctx) -> list[str]:
-    full = os.path.join(base, pattern)
-    found = sorted(glob.glob(full, recursive=True)) if glob.has_magic(pattern) else (
-        [full] if os.path.isfile(full) else [])
-    if not found:
-        raise ctx.error(node, f"include '{pattern}' matches no file (paths are relative to {ctx.path})")
-    return [os.path.normpath(f) for f in found]
-
-
-def _read(path: str, ctx: _Ctx | None = None, node: Node | None = None) -> str:
-    def fail(why: str) -> SpecError:
-        return ctx.error(node, f"cannot include {path}: {why}") if ctx else SpecError(why, path)
+def _read(path: str, limits: ReadLimits = READ_LIMITS) -> str:
+    """The top spec file's text (SpecError naming the file: it has no line yet)."""
     try:
-        return Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise fail("no such file") from None
-    except UnicodeDecodeError as e:
-        raise fail(f"not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except OSError as e:
-        raise fail(e.strerror or str(e)) from None
+        return _read_bounded(path, limits.max_file_bytes)
+    except _Refused as e:
+        raise SpecError(f"cannot read the spec: {e}", path) from None
 
 
 def _merge(into: Spec, other: Spec) -> None:
@@ -779,17 +999,19 @@ def _merge(into: Spec, other: Spec) -> None:
     into.files += other.files
 
 
-def _with_includes(spec: Spec, includes: list) -> Spec:
+def _with_includes(spec: Spec, includes: list, limits: ReadLimits = READ_LIMITS) -> Spec:
     """Merge every included file (breadth first, each file once: cycles are harmless)."""
+    files = _Includes(spec.path, limits, len(spec.text.encode("utf-8", "surrogatepass")))
     seen = {os.path.realpath(spec.path)}
-    queue = list(includes)
+    queue = collections.deque(includes)
     while queue:
-        pattern, node, ctx = queue.pop(0)
-        for path in _glob(pattern, os.path.dirname(ctx.path), node, ctx):
+        pattern, node, ctx = queue.popleft()
+        for path in files.match(pattern, node, ctx):
+            path = os.path.normpath(path)
             if os.path.realpath(path) in seen:
                 continue
             seen.add(os.path.realpath(path))
-            sub, more = _parse_file(_read(path, ctx, node), path)
+            sub, more = _parse_file(files.read(path, node, ctx), path, limits)
             _merge(spec, sub)
             queue += more
     return spec
@@ -827,9 +1049,11 @@ def _check_expected(spec: Spec) -> None:
     """Each function a target expects names (or, as a glob, matches) a spec
     function: expectations are about what the spec captures."""
     symbols = [fn.symbol for fn in spec.functions]
+    exact = set(symbols)
     for t in spec.targets:
         for f in t.functions:
-            if any(f.matches(s) for s in symbols):
+            # a plain symbol is a set lookup: only globs scan the symbols
+            if f.pattern in exact or ("*" in f.pattern and any(f.matches(s) for s in symbols)):
                 continue
             close = difflib.get_close_matches(f.pattern, symbols, n=3)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
@@ -843,8 +1067,13 @@ def parse_spec(text: str, path: str = "exray.yaml", check_sql: bool = True) -> S
     With check_sql (the default) the SQL of extra columns, reports and links is
     checked too (probe_compiler.spec_sql) and `reports` come in dependency
     order. Without it, call spec_sql.check_spec(spec) to get every SQL problem."""
-    spec, includes = _parse_file(text, path)
-    spec = _with_includes(spec, includes)
+    limits = READ_LIMITS
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > limits.max_file_bytes:
+        raise SpecError(f"the spec is {size:,} bytes, over the limit of one spec file "
+                        f"({limits.max_file_bytes:,} bytes); split it or trim it", path)
+    spec, includes = _parse_file(text, path, limits)
+    spec = _with_includes(spec, includes, limits)
     _check_across_files(spec)
     if check_sql:
         from .spec_sql import check_spec

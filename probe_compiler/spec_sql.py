@@ -202,8 +202,11 @@ def _unresolved(tree: exp.Expression, message: str, schema: dict[str, list[str]]
 def output_columns(tree: exp.Expression, schema: dict[str, list[str]]) -> list[str] | None:
     """Resolve every column of a query against `schema` (table -> columns);
     returns the query's output columns (stars expanded), None when unknowable."""
-    sg_schema = {t: {c: "TEXT" for c in cols} for t, cols in schema.items()}
     tables = list(dict.fromkeys(name for name, _ in table_refs(tree)))
+    # Only the tables it reads: sqlglot normalizes the whole schema on every
+    # call, and a spec's thousands of reports would make checking quadratic.
+    sg_schema = {t.lower(): {c: "TEXT" for c in schema[t.lower()]}
+                 for t in tables if t.lower() in schema}
     try:
         qualified = qualify(tree.copy(), schema=sg_schema, dialect=DIALECT)
     except OptimizeError as e:
@@ -230,6 +233,15 @@ class _Checker:
         self.reports = {r.name.lower(): r for r in spec.reports}
         self.trees: dict[str, exp.Expression] = {}
         self.broken: set[str] = set()      # reports whose columns are unknown: not checked further
+        self.suggestions = 200             # "did you mean" searches left: each scans every name
+
+    def suggest(self, name: str, candidates) -> str:
+        """_suggest over a spec-sized list, for the first errors only (the
+        checking stays linear in the spec's size when every report is wrong)."""
+        if self.suggestions <= 0:
+            return ""
+        self.suggestions -= 1
+        return _suggest(name, candidates)
 
     def fail(self, obj, problem: _Problem, prefix: str, shift: int = 0) -> None:
         pos = getattr(obj, "sql_pos", ())
@@ -265,33 +277,41 @@ class _Checker:
         return refs
 
     def unknown_tables(self, r: ReportSpec, refs: list) -> bool:
-        known = self.schema.keys() | self.reports.keys()
-        bad = [(t, off) for t, off in refs if t.lower() not in known]
+        bad = [(t, off) for t, off in refs if t.lower() not in self.schema and t.lower() not in self.reports]
         for t, off in bad:
-            self.fail(r, _Problem(f"unknown table '{t}'{_suggest(t, known)}", off), f"report '{r.name}'")
+            known = self.schema.keys() | self.reports.keys()
+            self.fail(r, _Problem(f"unknown table '{t}'{self.suggest(t, known)}", off), f"report '{r.name}'")
         return bool(bad)
 
     def order(self, refs: dict[str, list]) -> list[ReportSpec]:
-        """Depth first in file order: dependencies first, file order otherwise."""
+        """Depth first in file order: dependencies first, file order otherwise.
+
+        Iterative, with the path as a list and a dict of its positions: a
+        chain of thousands of reports neither recurses nor rescans the path."""
         done: set[str] = set()
         out: list[ReportSpec] = []
-
-        def visit(name: str, stack: list[str]) -> None:
-            if name in done:
-                return
-            stack.append(name)
-            for dep, off in refs.get(name, []):
-                dep = dep.lower()
-                if dep in stack:
-                    self.cycle(stack[stack.index(dep):] + [dep], off)
-                elif dep in self.reports:
-                    visit(dep, stack)
-            stack.pop()
-            done.add(name)
-            out.append(self.reports[name])
-
         for r in self.spec.reports:
-            visit(r.name.lower(), [])
+            first = r.name.lower()
+            if first in done:
+                continue
+            path, at = [first], {first: 0}                 # the reports being visited
+            deps = [iter(refs.get(first, []))]             # each one's dependencies left
+            while path:
+                step = next(deps[-1], None)
+                if step is None:
+                    name = path.pop()
+                    deps.pop()
+                    del at[name]
+                    done.add(name)
+                    out.append(self.reports[name])
+                    continue
+                dep, off = step[0].lower(), step[1]
+                if dep in at:
+                    self.cycle(path[at[dep]:] + [dep], off)
+                elif dep in self.reports and dep not in done:
+                    at[dep] = len(path)
+                    path.append(dep)
+                    deps.append(iter(refs.get(dep, [])))
         return out
 
     def cycle(self, names: list[str], offset: int | None) -> None:
@@ -328,11 +348,12 @@ class _Checker:
                 return False
             known = self.schema.keys()
             self.errors.append(SpecError(f"{what}: unknown table '{end.table}' in '{side}'"
-                                         f"{_suggest(end.table, known)}", link.path, end.line, end.column))
+                                         f"{self.suggest(end.table, known)}", link.path, end.line, end.column))
             return False
         ok = True
+        lower = {x.lower() for x in cols}
         for i, c in enumerate(end.columns):
-            if c.lower() not in (x.lower() for x in cols):
+            if c.lower() not in lower:
                 line, column = end.column_pos[i] if i < len(end.column_pos) else (end.line, end.column)
                 self.errors.append(SpecError(f"{what}: table '{end.table}' has no column '{c}'"
                                              f"{_suggest(c, cols)}", link.path, line, column))
