@@ -145,6 +145,54 @@ class ProcessMemory:
         self.bytes_read += len(out.buf)
         return out
 
+    def read_scatter(self, addrs, sizes):
+        """read_into for numpy columns (the read program's levels): returns
+        (buf, offsets, ok) as numpy arrays; offsets has one more entry than
+        addrs, and ok[i] is False where range i faulted (its bytes are zero).
+        Negative addresses fail without a syscall."""
+        import numpy as np
+        n = len(addrs)
+        offs = np.zeros(n + 1, np.int64)
+        np.cumsum(sizes, out=offs[1:])
+        total = int(offs[-1])
+        arena = self._take(total)
+        buf = np.frombuffer(arena, np.uint8) if arena is not None else np.zeros(total, np.uint8)
+        ok = np.ones(n, bool)
+        if not n:
+            return buf, offs, ok
+        bad = addrs < 0
+        remote = np.empty((n, 2), np.uint64)
+        remote[:, 0] = np.where(bad, 0, addrs).astype(np.uint64)
+        remote[:, 1] = sizes.astype(np.uint64)
+        remote[bad, 1] = 0
+        ok[bad] = False
+        lbase = buf.ctypes.data
+        rbase = remote.ctypes.data
+        start = 0
+        while start < n:
+            end = min(start + IOV_MAX, n)
+            local = _Iovec(lbase + int(offs[start]), int(offs[end] - offs[start]))
+            got = _libc.process_vm_readv(self.pid, ctypes.byref(local), 1,
+                                         ctypes.cast(rbase + 16 * start, ctypes.POINTER(_Iovec)),
+                                         end - start, 0)
+            if got < 0:
+                self._raise_for(ctypes.get_errno(), (0, 0))
+                got = 0
+            stop = int(offs[start]) + got
+            if stop >= offs[end]:
+                start = end
+                continue
+            # the kernel stopped inside (or right before) range k: it faulted; go on after it
+            k = int(np.searchsorted(offs, stop, side="right")) - 1
+            k = max(k, start)
+            while k < end and offs[k + 1] == offs[k]:   # empty ranges never fault
+                k += 1
+            ok[k] = False
+            buf[offs[k]:offs[k + 1]] = 0
+            start = k + 1
+        self.bytes_read += total
+        return buf, offs, ok
+
     def _scatter_batch(self, out: Scatter, start: int, end: int, rbase: int, lbase: int) -> int:
         """Read ranges [start, end); return where to go on (past a faulting range)."""
         off = out.offsets

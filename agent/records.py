@@ -71,3 +71,6 @@ class ProcessRecord:
     agent: str | None = None          # the agent's address
     clock_offset_ns: int | None = None  # the host's clock minus the control plane's
     skew_ns: int | None = None        # capture start minus the agreed pause instant, control-plane clock
+    # Filled by agent.snapshot.snapshot_processes, which pauses a snapshot's processes together:
+    pause_start_ns: int | None = None   # CLOCK_MONOTONIC ns when every thread of it was stopped
+    pause_skew_ns: int | None = None    # its pause start minus the earliest one of the same call

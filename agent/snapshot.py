@@ -11,7 +11,8 @@ import copy
 import os
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from contextlib import ExitStack
 from functools import partial
 
 from probe_compiler.decode import ByteBudget, decode_value
@@ -37,6 +38,14 @@ class SnapshotOptions:
     capture_share: float = 0.5
     stack_copy_bytes: int = 256 << 10  # per goroutine; deeper stacks are read word by word
     max_frames: int = 4096
+    # Who reads captured values: "program" copies bytes in the pause as the read
+    # program says and decodes them after the resume (docs/read-program.md);
+    # "reference" reads and decodes in the pause; "compare" runs both in one
+    # pause and raises CaptureMismatch where their rows differ (tests). The
+    # environment's EXRAY_CAPTURE_EXECUTOR sets the default, so a whole test
+    # suite can run in "compare".
+    capture_executor: str = field(default_factory=lambda: os.environ.get("EXRAY_CAPTURE_EXECUTOR",
+                                                                         "reference"))
 
 
 @dataclass
@@ -68,6 +77,10 @@ class Target:
         # pcs read from the process are moved back by it before any pclntab or
         # DWARF lookup, and the binary's addresses forward before any read.
         self.bias = 0
+        # Built before a pause and shared by every at_bias copy: "program" (the
+        # read program), "spans" (pc span tables), "recipes" (root_recipe by
+        # function, instance, pc and root), "phys" (pc -> captured instances).
+        self.shared: dict = {}
 
     def at_bias(self, bias: int) -> "Target":
         """This target as loaded `bias` bytes from its link-time addresses;
@@ -96,28 +109,125 @@ class Target:
         return self._capture_pcs
 
 
-def snapshot_process(pid: int, target: Target, opts: SnapshotOptions | None = None) -> ProcessRecord:
+class CaptureMismatch(AssertionError):
+    """capture_executor="compare": the read program's rows differ from the reference's."""
+
+
+def snapshot_process(pid: int, target: Target, opts: SnapshotOptions | None = None, *,
+                     mem=None, pause=None) -> ProcessRecord:
+    """Pause one process, copy, resume, decode. `mem` (a Memory) and `pause` (a
+    context manager like PausedProcess) default to the real process's; tests
+    pass fakes, as Delve's stack programs take readMemory."""
+    return snapshot_processes([(pid, target)], opts, mems={pid: mem} if mem else None,
+                              pauses={pid: pause} if pause else None)[0]
+
+
+def snapshot_processes(targets: list[tuple[int, Target]], opts: SnapshotOptions | None = None, *,
+                       mems: dict | None = None, pauses: dict | None = None) -> list[ProcessRecord]:
+    """One snapshot of several processes at one instant: every process is
+    paused first, then each is read, then all are resumed. Each record keeps
+    its pause start (CLOCK_MONOTONIC ns) and its distance from the earliest."""
     opts = opts or SnapshotOptions()
-    b = target.binary
-    rec = ProcessRecord(pid=pid, host=socket.gethostname(), exe=_exe(pid), build_id=b.build_id,
-                        go_version=b.go_version, main_module=b.main_module,
-                        vcs_revision=b.vcs_revision, captured_at_ns=time.time_ns())
-    rec.warnings.extend(target.plan.warnings)
-    if target.layout is None:
-        rec.error = (f"{b.path} ({b.build_description}) has no DWARF for the runtime layout "
-                     "and no reference build matched; can't find goroutines")
-        return rec
-    try:
-        target = target.at_bias(load_bias(pid, b))
-        rec.load_bias = target.bias
-        gs, now_mono = _paused_read(pid, target, opts, rec)
-    except AgentError as e:
-        rec.error = f"{e} ({b.build_description})"
-        return rec
-    for g in gs:
-        rec.goroutines.append(_goroutine_record(g, target, opts, now_mono))
-    rec.goroutines.sort(key=lambda g: g.goid)
-    return rec
+    jobs = [_Job(pid, target, opts, (mems or {}).get(pid), (pauses or {}).get(pid))
+            for pid, target in targets]
+    live = [j for j in jobs if j.prepare()]
+    with ExitStack() as stack:
+        entered = []
+        for j in live:
+            try:
+                j.paused = stack.enter_context(_Guard(j, j.pause))
+                entered.append(j)
+            except AgentError as e:
+                j.fail(e)
+        for j in entered:
+            j.read_in_pause()
+    for j in live:
+        j.finish()
+    starts = [j.rec.pause_start_ns for j in jobs if j.rec.pause_start_ns]
+    for j in jobs:
+        if j.rec.pause_start_ns:
+            j.rec.pause_skew_ns = j.rec.pause_start_ns - min(starts)
+    return [j.rec for j in jobs]
+
+
+class _Guard:
+    """Enters a job's pause; an AgentError inside the block (a deadline, the
+    process gone) ends that job with its error and lets the others go on."""
+
+    def __init__(self, job, pause):
+        self.job, self.pause = job, pause
+
+    def __enter__(self):
+        return self.pause.__enter__()
+
+    def __exit__(self, et, e, tb):
+        try:
+            self.pause.__exit__(et, e, tb)
+        except AgentError as err:
+            self.job.fail(err)
+        self.job.rec.pause_ns = getattr(self.pause, "pause_ns", 0)
+        self.job.rec.pause_start_ns = getattr(self.pause, "paused_at_ns", 0) or None
+        return False
+
+
+class _Job:
+    """One process of a snapshot, through its phases: prepare (unpaused),
+    read_in_pause, finish (after the resume)."""
+
+    def __init__(self, pid, target, opts, mem, pause):
+        self.pid, self.target, self.opts = pid, target, opts
+        self.mem, self.pause, self.paused = mem, pause, None
+        self.state = None
+        b = target.binary
+        self.rec = ProcessRecord(pid=pid, host=socket.gethostname(), exe=_exe(pid), build_id=b.build_id,
+                                 go_version=b.go_version, main_module=b.main_module,
+                                 vcs_revision=b.vcs_revision, captured_at_ns=time.time_ns())
+        self.rec.warnings.extend(target.plan.warnings)
+
+    def fail(self, e: AgentError) -> None:
+        if self.rec.error is None:
+            self.rec.error = f"{e} ({self.target.binary.build_description})"
+        self.state = None
+
+    def prepare(self) -> bool:
+        b = self.target.binary
+        if self.target.layout is None:
+            self.rec.error = (f"{b.path} ({b.build_description}) has no DWARF for the runtime layout "
+                              "and no reference build matched; can't find goroutines")
+            return False
+        try:
+            self.target = self.target.at_bias(self.mem_bias())
+            self.rec.load_bias = self.target.bias
+            self.mem = self.mem or ProcessMemory(self.pid)
+            self.n_before = _reserve(self.mem, self.target, self.pid)
+            if self.target.by_symbol and self.opts.capture_executor != "reference":
+                _prepare_program(self.target)
+        except AgentError as e:
+            self.fail(e)
+            return False
+        self.pause = self.pause or PausedProcess(self.pid, deadline_s=self.opts.deadline_s)
+        return True
+
+    def mem_bias(self) -> int:
+        return load_bias(self.pid, self.target.binary)
+
+    def read_in_pause(self) -> None:
+        try:
+            self.state = _read_in_pause(self.pid, self.target, self.opts, self.rec, self.mem, self.paused)
+        except AgentError as e:
+            self.fail(e)
+
+    def finish(self) -> None:
+        if self.state is None:
+            return
+        target = self.target
+        target.read_per_g[self.pid] = self.mem.bytes_read // max(1, self.state["n_gs"], self.n_before)
+        gs, now_mono = _after_resume(self.state, target, self.opts, self.rec)
+        for g in gs:
+            self.rec.goroutines.append(_goroutine_record(g, target, self.opts, now_mono))
+        self.rec.goroutines.sort(key=lambda g: g.goid)
+        if self.state.get("mismatches"):
+            raise CaptureMismatch("\n".join(self.state["mismatches"][:20]))
 
 
 def _exe(pid: int) -> str:
@@ -127,48 +237,75 @@ def _exe(pid: int) -> str:
         return ""
 
 
-def _paused_read(pid, target, opts, rec) -> tuple[list[_G], int]:
+def _read_in_pause(pid, target, opts, rec, mem, paused) -> dict:
     """Copy what the snapshot needs while the process is stopped; parse later.
 
-    The pause is bulk reads plus column-wise Python: allgs, every g, the Ms of
-    goroutines on a thread, every live stack, labels. Goroutines are unwound
-    in the pause only when a captured function may be on their stack (their
-    captures need live memory); every other stack is unwound from its copy
-    after the process runs again."""
+    The pause is bulk reads plus column-wise work: allgs, every g, the Ms of
+    goroutines on a thread, every live stack, labels, and the captures: with
+    the read program, the bytes it names, level by level (docs/read-program.md);
+    with the reference reader, goroutines a captured function may be on are
+    unwound and their values read and decoded here."""
     layout = target.layout
-    mem = ProcessMemory(pid)
-    n_before = _reserve(mem, target, pid)
-    with PausedProcess(pid, deadline_s=opts.deadline_s) as paused:
-        now_mono = time.monotonic_ns()
-        table = gr.GTable(layout, mem, gr.read_allgs(layout, mem))
-        live = table.live_rows()
-        paused.check_deadline()
-        m_col = table.column("m")
-        ms = gr.read_ms(layout, mem, {m_col[i] for i in live})
-        sps = gr.start_sps(layout, table, live, ms, paused.threads)
-        addrs, sizes = gr.stack_ranges(table, live, sps, opts.stack_copy_bytes)
-        stacks = mem.read_into(addrs, sizes)
-        lab_col = table.column("labels")
-        labels = gr.read_labels(layout, mem, [table.raw(i, ("labels",)) for i in live if lab_col[i]])
-        paused.check_deadline()
-        early, unread = {}, []
-        if target.by_symbol:
-            early, unread = _capture_in_pause(target, opts, mem, paused, rec, table, live, ms, addrs, stacks)
-        threads = dict(paused.threads)
-    rec.pause_ns = paused.pause_ns
-    target.read_per_g[pid] = mem.bytes_read // max(1, len(table.addrs), n_before)
+    now_mono = time.monotonic_ns()
+    table = gr.GTable(layout, mem, gr.read_allgs(layout, mem))
+    live = table.live_rows()
+    paused.check_deadline()
+    m_col = table.column("m")
+    ms = gr.read_ms(layout, mem, {m_col[i] for i in live})
+    sps = gr.start_sps(layout, table, live, ms, paused.threads)
+    addrs, sizes = gr.stack_ranges(table, live, sps, opts.stack_copy_bytes)
+    stacks = mem.read_into(addrs, sizes)
+    lab_col = table.column("labels")
+    labels = gr.read_labels(layout, mem, [table.raw(i, ("labels",)) for i in live if lab_col[i]])
+    paused.check_deadline()
+    st = {"now_mono": now_mono, "table": table, "live": live, "ms": ms, "addrs": addrs,
+          "stacks": stacks, "labels": labels, "early": {}, "unread": {}, "n_gs": len(table.addrs),
+          "program": None, "mismatches": []}
+    if target.by_symbol:
+        budget = ByteBudget(target.plan.budgets.snapshot_bytes)
+        st["budget"] = budget
+        if opts.capture_executor == "reference":
+            st["early"], st["unread"] = _capture_in_pause(target, opts, mem, paused, rec, table, live,
+                                                          ms, addrs, stacks, budget)
+        else:
+            st["program"] = _program_in_pause(target, opts, mem, paused, rec, table, live, ms,
+                                              addrs, stacks, budget)
+            st["early"], st["unread"] = st["program"]["early"], st["program"]["unread"]
+            if opts.capture_executor == "compare":
+                st["reference"] = _capture_in_pause(target, opts, mem, paused, rec, table, live, ms,
+                                                    addrs, stacks, ByteBudget(budget.limit))[0]
+    st["threads"] = dict(paused.threads)
+    return st
+
+
+def _after_resume(st, target, opts, rec) -> tuple[list[_G], int]:
+    layout, table, live, ms, threads = target.layout, st["table"], st["live"], st["ms"], st["threads"]
+    early, unread, stacks, addrs = st["early"], st["unread"], st["stacks"], st["addrs"]
+    prog = st["program"]
     gs = []
     for k, i in enumerate(live):
         g = early.get(k) or _make_g(layout, table, i, ms, threads, addrs[k], stacks.get(k), None)
-        if k in unread:
-            _unwind(g, target, opts)
-            g.captures = _capture(g, target, partial(_unread_frame, reason=unread[k]))
-        g.labels = labels.get(table.addrs[i])
         # Stack bytes were copied; past this point words outside the copy would be
         # read from a running process, so cut the unwinder off from memory.
         g.stack.read = None
+        if k in unread:
+            _unwind(g, target, opts)
+            g.captures = _capture(g, target, partial(_unread_frame, reason=unread[k]))
+        elif prog is not None and k not in early:
+            _unwind(g, target, opts)
+            g.captures = _capture(g, target, partial(_program_frame, k=k, prog=prog, target=target,
+                                                     snapshot_budget=st["budget"]))
+        g.labels = st["labels"].get(table.addrs[i])
         gs.append(g)
-    return gs, now_mono
+    if prog is not None:
+        _learn_types(target, prog)
+        if prog["copies"].misses:
+            rec.warnings.append(f"read program: {len(prog['copies'].misses)} reads after the resume "
+                                "were not in the pause's copies (their values say so)")
+        if "reference" in st:
+            st["mismatches"] = _compare(gs, st["reference"])
+        rec.truncated = rec.truncated or st["budget"].refused
+    return gs, st["now_mono"]
 
 
 def _reserve(mem, target, pid) -> int:
@@ -190,21 +327,18 @@ def _make_g(layout, table, i, ms, threads, lo, data, read) -> _G:
     return _G(raw, gr.start_of(layout, raw, ms, threads), StackImage(lo, data or b"", read))
 
 
-def _capture_in_pause(target, opts, mem, paused, rec, table, live, ms, addrs, stacks
-                      ) -> tuple[dict[int, _G], dict[int, str]]:
+def _capture_in_pause(target, opts, mem, paused, rec, table, live, ms, addrs, stacks, budget,
+                      rows: list[int] | None = None) -> tuple[dict[int, _G], dict[int, str]]:
     """Unwind and capture, still paused, the goroutines a captured function may
-    be on: ({row: goroutine}, {row: why its captures were not read})."""
-    budget = ByteBudget(target.plan.budgets.snapshot_bytes)
+    be on (or `rows`), reading `mem` live: ({row: goroutine}, {row: why its
+    captures were not read})."""
     out, unread = {}, {}
-    candidates = _capture_candidates(target, table, live, stacks)
+    candidates = _capture_candidates(target, table, live, stacks) if rows is None else rows
     limit = opts.deadline_s * opts.capture_share
     for n, k in enumerate(candidates):
         if paused.elapsed_s() > limit:
-            stop = (f"captures stopped when the pause reached {paused.elapsed_s() * 1e3:.0f} ms "
-                    f"({opts.capture_share:.0%} of the {opts.deadline_s * 1e3:.0f} ms deadline)")
-            unread = dict.fromkeys(candidates[n:], f"not read: {stop}; capture less or raise the deadline")
-            rec.warnings.append(f"{stop}: the captures of {len(unread)} of {len(candidates)} goroutines "
-                                "were not read (their rows say so); capture less or raise the deadline")
+            unread = dict.fromkeys(candidates[n:], _stopped(opts, paused, rec, len(candidates) - n,
+                                                            len(candidates)))
             break
         g = _make_g(target.layout, table, live[k], ms, paused.threads, addrs[k], stacks.get(k), mem.read)
         _unwind(g, target, opts)
@@ -212,8 +346,242 @@ def _capture_in_pause(target, opts, mem, paused, rec, table, live, ms, addrs, st
                                                  snapshot_budget=budget))
         out[k] = g
         paused.check_deadline()
-    rec.truncated = budget.refused
+    rec.truncated = rec.truncated or budget.refused
     return out, unread
+
+
+def _stopped(opts, paused, rec, n_unread: int, n_all: int) -> str:
+    """The reason on rows not read when the captures' share of the deadline ran out."""
+    stop = (f"captures stopped when the pause reached {paused.elapsed_s() * 1e3:.0f} ms "
+            f"({opts.capture_share:.0%} of the {opts.deadline_s * 1e3:.0f} ms deadline)")
+    rec.warnings.append(f"{stop}: the captures of {n_unread} of {n_all} goroutines "
+                        "were not read (their rows say so); capture less or raise the deadline")
+    return f"not read: {stop}; capture less or raise the deadline"
+
+
+# ---------------------------------------------------------------- the read program
+
+# Frames the frame-pointer walk can't see through: injected calls (their
+# caller was interrupted, maybe before it pushed BP) and SP-writing asm.
+_STOP_IDS = {"sigpanic", "asyncPreempt", "debugCallV2"}
+# A binary with up to this many runtime types gets every one shaped before its
+# first pause (about 0.1 s per thousand); a bigger one learns the dynamic types
+# its snapshots meet, and a frame that meets a new one is read the reference way.
+PREBUILD_RTYPES = 20_000
+
+
+def _prepare_program(target) -> None:
+    """Before the pause: the read program and the pc span tables (once per build and spec)."""
+    sh = target.shared
+    if "program" not in sh:
+        from probe_compiler.readprog import compile_read_program
+        known = target.dwarf.index.runtime_types if target.dwarf is not None else {}
+        sh["known_rtypes"] = known
+        sh["program"] = compile_read_program(target.plan)
+        sh["recipes"] = {}
+        if len(known) <= PREBUILD_RTYPES:
+            _learn_types(target, {"missing": set(known)})
+    if "spans" not in sh:
+        plan = target.plan
+        cap = [(f.entry, f.end) for f in plan.functions if f.end > f.entry]
+        cap += [(lo, hi + 1) for f in plan.functions for inst in f.inlined for lo, hi in inst.ranges]
+        stop, top = [], []
+        for fn in target.pcln.funcs():
+            if fn.func_id in _STOP_IDS or fn.is_spwrite:
+                stop.append((fn.entry, fn.end))
+            if fn.is_topframe:
+                top.append((fn.entry, fn.end))
+        sh["spans"] = (cap, stop, top)
+    key = ("tables", target.bias)
+    if key not in sh:
+        from .readexec import span_table
+        sh[key] = tuple(span_table([(lo + target.bias, hi + target.bias) for lo, hi in spans])
+                        for spans in sh["spans"])
+
+
+def _program_in_pause(target, opts, mem, paused, rec, table, live, ms, addrs, stacks, budget) -> dict:
+    """Find the captured frames by frame pointers in the stack copies and copy
+    what the read program names, level by level; goroutines it can't vouch
+    for are read the reference way (recorded, so they decode from copies too)."""
+    import numpy as np
+    from .readexec import Copies, RecordingMemory, Run, fp_walk, root_recipe
+
+    sh, bias, plan = target.shared, target.bias, target.plan
+    cap_t, stop_t, top_t = sh[("tables", bias)]
+    copies = Copies(target_pid(mem))
+    n = len(live)
+    col = lambda name: np.array(table.column(name), np.int64)[np.array(live, np.int64)] if n \
+        else np.zeros(0, np.int64)
+    sys_sp, sys_pc, sys_bp = col("syscallsp"), col("syscallpc"), col("syscallbp")
+    pc0 = np.where(sys_sp != 0, sys_pc, col("sched.pc"))
+    bp0 = np.where(sys_sp != 0, sys_bp, col("sched.bp"))
+    lo = np.array(addrs, np.int64)
+    offs = np.array(stacks.offsets, np.int64)
+    soff, size = offs[:-1], offs[1:] - offs[:-1]
+    sbuf = np.frombuffer(stacks.buf, np.uint8) if len(stacks.buf) else np.zeros(8, np.uint8)
+    walk = fp_walk(pc0, bp0, lo, size, soff, sbuf, cap_t, stop_t, top_t, opts.max_frames)
+    running = set(table.rows_in_status(live, ("running",)))
+    fallback = set(walk.fallback) | {k for k, i in enumerate(live) if i in running} | set(stacks.failed)
+
+    # Captured frames: one per (hit, instance captured at its pc).
+    fk, fcfa, groups = [], [], []
+    pcs_u, inv = np.unique(walk.pc, return_inverse=True) if len(walk.pc) else (np.zeros(0, np.int64), None)
+    nf = 0
+    for u, pc in enumerate(pcs_u.tolist()):
+        insts = _captured_at(target, pc)
+        if not insts:
+            continue
+        idx = np.flatnonzero(inv == u)
+        for fplan, inst in insts:
+            fk.append(walk.k[idx]); fcfa.append(walk.cfa[idx])
+            groups.append((pc, fplan, inst, np.arange(nf, nf + len(idx))))
+            nf += len(idx)
+    cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0, np.int64)
+    fk, fcfa = cat(fk), cat(fcfa)
+    run = Run(sh["program"], mem, copies, nf, types_base=getattr(target.layout, "moduledata_types_addr", None),
+              known_rtypes=sh["known_rtypes"], snapshot_left=budget.remaining)
+    for pc, fplan, inst, frames in groups:
+        _roots_column(target, run, fplan, inst, pc - bias, frames, fk, fcfa, lo, soff, size, sbuf,
+                      root_recipe)
+    limit = opts.deadline_s * opts.capture_share
+    done = run.run_levels(lambda: paused.elapsed_s() > limit)
+    fallback |= set(fk[run.bad].tolist())
+    read = {(int(k), int(c)) for k, c, b in zip(fk.tolist(), fcfa.tolist(), run.bad.tolist()) if not b}
+    out = {"copies": copies, "read": read, "missing": run.missing, "levels": run.levels,
+           "bytes": run.bytes, "frames": len(fk), "fallback": len(fallback), "why": run.why}
+    early, unread = {}, {}
+    if not done:
+        reason = _stopped(opts, paused, rec, len(set(fk.tolist())), len(set(fk.tolist())))
+        unread = dict.fromkeys(set(fk.tolist()) - fallback, reason)
+    if fallback:
+        early, more = _capture_in_pause(target, opts, RecordingMemory(mem, copies), paused, rec, table,
+                                        live, ms, addrs, stacks, budget, rows=sorted(fallback))
+        unread.update(more)
+    out["early"], out["unread"] = early, unread
+    return out
+
+
+def target_pid(mem) -> int:
+    return getattr(mem, "pid", 0)
+
+
+def _captured_at(target, pc: int) -> list:
+    """(function plan, instance or None) captured in a physical frame whose
+    return address is `pc` (runtime), as _capture would find them."""
+    phys = target.shared.setdefault(("phys", target.bias), {})
+    got = phys.get(pc)
+    if got is None:
+        fn = target.pcln.func_for_pc(pc - target.bias)
+        got = []
+        if fn is not None:
+            f = target.by_symbol.get(fn.name)
+            if f is not None:
+                got.append((f, None))
+            lpc = pc - target.bias
+            lookup = lpc - 1 if lpc > fn.entry else lpc
+            for f, inst in target.inlined_by_caller.get(fn.entry, ()):
+                if inst.covers(lookup):
+                    got.append((f, inst))
+        phys[pc] = got
+    return got
+
+
+def _roots_column(target, run, fplan, inst, lpc, frames, fk, fcfa, lo, soff, size, sbuf, root_recipe):
+    """Start every capture of these frames (same function, instance and pc) at its root."""
+    import numpy as np
+    plan, recipes = target.plan, target.shared["recipes"]
+    if fplan.unavailable:
+        return
+    roots = fplan.roots if inst is None else inst.roots
+    k, cfa = fk[frames], fcfa[frames]
+    for cap in fplan.captures:
+        locs = roots.get(cap.root) or []
+        if inst is not None and not locs:
+            continue
+        lookup = lpc - 1
+        var_pc = lpc if inst is None or any(l.lo <= lpc < l.hi for l in locs) else lookup
+        key = (id(fplan), id(inst), lpc, cap.root)
+        r = recipes.get(key, False)
+        if r is False:
+            rsize = plan.types[fplan.root_types[cap.root]].size
+            r = recipes[key] = root_recipe(locs, var_pc, lookup, rsize,
+                                           fplan.spills if inst is None else None, cap.root)
+        if r is None:
+            continue
+        pieces = r[1]
+        ops = cap.ops if inst is None else inst.ops[cap.column]
+        if len(pieces) == 1 and pieces[0][1] == "cfa":
+            psize, _, _, off = pieces[0]
+            addr = cfa + off
+            inside = (addr >= lo[k]) & (addr + psize <= lo[k] + size[k])
+            run.mark(frames[~inside], "a root outside the stack copy")
+            m = inside
+            run.run_ops(ops, 0, cap.type_id, sbuf, soff[k[m]] + addr[m] - lo[k[m]], addr[m], frames[m])
+        elif len(pieces) == 1 and pieces[0][1] == "addr":
+            psize, _, _, off = pieces[0]
+            run.add(np.full(len(frames), off + target.bias, np.int64), psize, frames, "ops",
+                    ops=ops, i=0, tid=cap.type_id)
+        elif all(p[1] in ("cfa", "value") for p in pieces):
+            total = sum(p[0] for p in pieces)
+            synth = np.zeros((len(frames), total), np.uint8)
+            at, ok = 0, np.ones(len(frames), bool)
+            for psize, kind, _, off in pieces:
+                if kind == "cfa":
+                    a = cfa + off
+                    ok &= (a >= lo[k]) & (a + psize <= lo[k] + size[k])
+                    src = np.where(ok, soff[k] + a - lo[k], 0)
+                    synth[:, at:at + psize] = sbuf[src[:, None] + np.arange(psize)]
+                else:
+                    synth[:, at:at + psize] = np.frombuffer(
+                        int(off).to_bytes(8, "little", signed=off < 0)[:psize], np.uint8)
+                at += psize
+            run.mark(frames[~ok], "a root outside the stack copy")
+            run.run_ops(ops, 0, cap.type_id, synth.ravel(), (np.arange(len(frames)) * total)[ok],
+                        np.full(int(ok.sum()), -1, np.int64), frames[ok])
+        else:
+            run.mark(frames, "a root in static memory and pieces")
+
+
+def _program_frame(fplan, pf, depth, g, regs, inst, *, k, prog, target, snapshot_budget) -> CaptureRecord:
+    """After the resume: a captured frame decoded from the pause's copies, by
+    the reference code with the copies as its only memory."""
+    if (k, pf.cfa) not in prog["read"]:
+        return _unread_frame(fplan, pf, depth, g, regs, inst,
+                             reason="not read: the pause's frame-pointer walk did not find this frame")
+    return _capture_frame(fplan, pf, depth, g, regs, inst, target=target, mem=prog["copies"],
+                          snapshot_budget=snapshot_budget)
+
+
+def _learn_types(target, prog) -> None:
+    """After the resume: shape the dynamic types the pause met without one, for the next pause."""
+    program, base = target.shared["program"], getattr(target.layout, "moduledata_types_addr", None)
+    if not prog["missing"] or target.dwarf is None:
+        return
+    for off in prog["missing"]:
+        t = target.dwarf.type_by_runtime_type(off)
+        if t is None:
+            continue
+        for tid, tt in target.dwarf.type_table([t.id]).types.items():
+            target.plan.types.types.setdefault(tid, tt)
+        program.rtypes[off] = t.id
+    program.add_types(target.plan.types)
+
+
+def _compare(gs: list[_G], reference: dict) -> list[str]:
+    """Differences between the program's capture rows and the reference's."""
+    out = []
+    for k, g in enumerate(gs):
+        ref = reference.get(k)
+        want = [_row(c) for c in (ref.captures if ref is not None else None) or []]
+        got = [_row(c) for c in g.captures or []]
+        if want != got:
+            out.append(f"goroutine {g.raw.f.get('goid')}: reference {want!r} != program {got!r}")
+    return out
+
+
+def _row(c) -> tuple:
+    depth, inline, r = c
+    return (depth, inline, r.function, r.instance, r.values, r.raw, r.errors)
 
 
 def _capture_candidates(target, table, live, stacks) -> list[int]:

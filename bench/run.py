@@ -238,10 +238,11 @@ def build_pausemeter() -> Path:
 class PauseMeter:
     """The running pausemeter program: line commands with bounded waits."""
 
-    def __init__(self, binary: Path, n: int, timeout: float = 60.0):
+    def __init__(self, binary: Path, n: int, timeout: float = 60.0, requests: bool = False):
         env = dict(os.environ)
         env.pop("GOMAXPROCS", None)
-        self.proc = subprocess.Popen([str(binary), "-n", str(n), "-timeout", "30m"],
+        self.proc = subprocess.Popen([str(binary), "-n", str(n), "-timeout", "30m"]
+                                     + (["-requests"] if requests else []),
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.DEVNULL, env=env)
         self.pid = self.proc.pid
@@ -298,12 +299,12 @@ class PauseMeter:
                 self.proc.stdout.close()
 
 
-def exray_once(pm: PauseMeter, spec=None) -> tuple[float, float, float, object]:
+def exray_once(pm: PauseMeter, spec=None, opts=None) -> tuple[float, float, float, object]:
     """reset -> snapshot -> gap: (gap the target saw, Ex-Ray's pause_ns, wall time, record)."""
     from server.snapshot_job import snapshot_pids
     pm.reset()
     t0 = time.perf_counter()
-    [rec] = snapshot_pids([pm.pid], spec)
+    [rec] = snapshot_pids([pm.pid], spec, opts)
     wall = time.perf_counter() - t0
     gap = pm.gap_s()
     if rec.error:
@@ -363,6 +364,57 @@ def bench_pause(binary: Path, n: int, reps: int, results: dict, with_captures: b
             r["cap_gap"], r["cap_pause"], r["cap_rows"] = cg, cp, len(caps)
     finally:
         pm.close()
+
+
+REQUEST_SPEC = "version: 1\nfunctions:\n  main.serve:\n    capture: [req]\n"
+
+
+def bench_capture(binary: Path, n: int, reps: int, executors: list[str]) -> dict:
+    """Issue 11's capture load: n goroutines parked in main.serve, each frame
+    capturing its whole request; Ex-Ray's pause per executor beside Go's own
+    dump of the same process, interleaved."""
+    from agent.snapshot import SnapshotOptions
+    from probe_compiler.spec import parse_spec
+    spec = parse_spec(REQUEST_SPEC)
+    pm = PauseMeter(binary, n, requests=True)
+    out: dict = {e: {"gap": [], "pause": [], "wall": []} for e in executors}
+    out["dump"] = {"gap": [], "took": []}
+    try:
+        for e in executors:   # warm-up: DWARF index, plan, read program
+            _, _, _, rec = exray_once(pm, spec, SnapshotOptions(capture_executor=e))
+            caps = [c for g in rec.goroutines for c in g.captures]
+            bad = [c.errors for c in caps if c.errors]
+            print(f"  {e} warm-up: {len(caps)} main.serve rows, {len(bad)} with _errors"
+                  + (f" (e.g. {bad[0]})" if bad else "") + f"; warnings {rec.warnings[:2]}", flush=True)
+            if caps:
+                print(f"    e.g. {json.dumps(caps[-1].values)[:300]}", flush=True)
+        for _ in range(reps):
+            for e in executors:
+                g, p, w, _ = exray_once(pm, spec, SnapshotOptions(capture_executor=e))
+                out[e]["gap"].append(g); out[e]["pause"].append(p); out[e]["wall"].append(w)
+            g, took = dump_once(pm)
+            out["dump"]["gap"].append(g); out["dump"]["took"].append(took)
+    finally:
+        pm.close()
+    return out
+
+
+def print_capture(results: dict) -> None:
+    t = Table()
+    for n, r in results.items():
+        for e, v in r.items():
+            if e == "dump":
+                t.add(f"N={n} Go dump: gap the target saw", v["gap"])
+                t.add(f"N={n} Go dump: its own duration", v["took"])
+            else:
+                t.add(f"N={n} Ex-Ray {e}: gap the target saw", v["gap"])
+                t.add(f"N={n} Ex-Ray {e}: pause_ns", v["pause"])
+                t.add(f"N={n} Ex-Ray {e}: snapshot wall time", v["wall"])
+        d = med(r["dump"]["gap"])
+        for e, v in r.items():
+            if e != "dump" and d:
+                t.note(f"N={n} {e} / Go dump (gap medians)", f"{med(v['gap']) / d:.2f}")
+    t.print("2b. Whole-request captures (issue 11): Ex-Ray's pause beside Go's dump")
 
 
 def print_pause(results: dict) -> None:
@@ -543,6 +595,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-dwarf", action="store_true", help="skip the cmd/compile loads")
     ap.add_argument("--no-profile", action="store_true", help="skip the cProfile section")
     ap.add_argument("--sizes", default="100,1000,10000")
+    ap.add_argument("--capture-sizes", default="1000,10000",
+                    help="goroutines of the whole-request capture load (section 2b)")
+    ap.add_argument("--only-captures", action="store_true", help="run section 2b only")
     ap.add_argument("--child-dwarf", nargs=2, metavar=("BINARY", "CACHE_DIR"), help=argparse.SUPPRESS)
     ap.add_argument("--lookup", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -551,6 +606,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     print_header("Ex-Ray benchmark", "bench.run", argv)
+
+    if args.only_captures:
+        args.no_dwarf, args.sizes = True, ""
 
     if not args.no_dwarf:
         bench_dwarf(cold_reps=2 if args.quick else 5, warm_reps=3 if args.quick else 11)
@@ -562,7 +620,17 @@ def main(argv: list[str] | None = None) -> int:
         reps = (3 if args.quick else 15) if n < 10000 else (3 if args.quick else 11)
         print(f"\nN={n}: {reps} repetitions", flush=True)
         bench_pause(binary, n, reps, results, with_captures=(n == 1000))
-    print_pause(results)
+    if results:
+        print_pause(results)
+
+    cap_results: dict = {}
+    for n in [int(s) for s in args.capture_sizes.split(",") if s]:
+        reps = 3 if args.quick else (11 if n < 10000 else 7)
+        executors = ["program", "reference"] if n <= 1000 else ["program"]
+        print(f"\nwhole-request captures, N={n}: {reps} repetitions of {executors} and Go's dump", flush=True)
+        cap_results[n] = bench_capture(binary, n, reps, executors)
+    if cap_results:
+        print_capture(cap_results)
 
     if not args.no_profile and sizes:
         n = max(sizes)

@@ -18,7 +18,7 @@ from typing import Iterable
 
 from agent.records import ProcessRecord
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
 # Built-in tables: (column, SQL type) in order. docs/snapshot-schema.md documents each.
@@ -30,6 +30,7 @@ BUILTIN_TABLES: dict[str, list[tuple[str, str]]] = {
         ("vcs_revision", "TEXT"), ("captured_at", "INTEGER"), ("pause_ns", "INTEGER"),
         ("error", "TEXT"), ("warnings", "TEXT"), ("truncated", "INTEGER"),
         ("load_bias", "INTEGER"), ("agent", "TEXT"), ("clock_offset_ns", "INTEGER"), ("skew_ns", "INTEGER"),
+        ("pause_start_ns", "INTEGER"), ("pause_skew_ns", "INTEGER"),
     ],
     "goroutines": [
         ("process_id", "INTEGER"), ("goid", "INTEGER"), ("status", "TEXT"),
@@ -163,10 +164,11 @@ def write_snapshot(path: str | os.PathLike, processes: list[ProcessRecord],
                                             "columns": t.columns} for t in tables]),
         }
         db.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
-        db.executemany("INSERT INTO processes VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", (
+        db.executemany("INSERT INTO processes VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", (
             (i, p.host, p.pid, p.exe, p.build_id, p.go_version, p.main_module, p.vcs_revision,
              p.captured_at_ns, p.pause_ns, p.error, _json(p.warnings) if p.warnings else None,
-             int(p.truncated), p.load_bias, p.agent, p.clock_offset_ns, p.skew_ns)
+             int(p.truncated), p.load_bias, p.agent, p.clock_offset_ns, p.skew_ns,
+             p.pause_start_ns, p.pause_skew_ns)
             for i, p in enumerate(processes, 1)))
         db.executemany("INSERT INTO goroutines VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", (
             (i, g.goid, g.status, g.wait_reason, g.wait_since_ns, g.created_by, g.created_by_file,

@@ -12,6 +12,11 @@
 //	dump   pprof.Lookup("goroutine").WriteTo(io.Discard, 2), Go's own full
 //	       goroutine dump (it stops the world)          -> "<ns it took>"
 //
+// With -requests the goroutines park in main.serve instead, each holding a
+// whole request (the capture benchmark of issue 11): strings, a map of 3, a
+// slice, an interface holding a pointer to a struct with a 200-byte slice,
+// and a pointer to a session.
+//
 // It prints "READY pid=<pid> n=<n> gomaxprocs=<p>" once every goroutine is
 // parked, and exits when stdin closes or after -timeout.
 package main
@@ -53,6 +58,56 @@ func note(id int, name string) {
 	sink.Add(int64(id + len(name)))
 }
 
+type session struct {
+	User    string
+	Token   string
+	Expires int64
+}
+
+type blob struct {
+	Kind string
+	Data []byte
+}
+
+type request struct {
+	ID      int
+	Method  string
+	Path    string
+	Headers map[string]string
+	Tags    []string
+	Body    any
+	Session *session
+}
+
+// serve is the frame the whole-request capture reads (`req`).
+//
+//go:noinline
+func serve(req *request, ready *sync.WaitGroup) {
+	ready.Done()
+	<-release
+	note(req.ID, req.Path)
+}
+
+func newRequest(i int) *request {
+	data := make([]byte, 200)
+	for k := range data {
+		data[k] = byte('a' + (i+k)%26)
+	}
+	return &request{
+		ID:     i,
+		Method: "GET",
+		Path:   "/api/v1/items/" + strconv.Itoa(i),
+		Headers: map[string]string{
+			"Accept":       "application/json",
+			"User-Agent":   "bench/" + strconv.Itoa(i%7),
+			"X-Request-Id": "req-" + strconv.Itoa(i),
+		},
+		Tags:    []string{"bench", "tag-" + strconv.Itoa(i%5), "parked"},
+		Body:    &blob{Kind: "payload", Data: data},
+		Session: &session{User: "user-" + strconv.Itoa(i%100), Token: "tok-" + strconv.Itoa(i), Expires: int64(i)},
+	}
+}
+
 func meter() {
 	runtime.LockOSThread()
 	epoch := time.Now()
@@ -83,6 +138,7 @@ func settle() {
 
 func main() {
 	n := flag.Int("n", 100, "parked goroutines")
+	requests := flag.Bool("requests", false, "park in main.serve, each holding a whole request")
 	timeout := flag.Duration("timeout", 30*time.Minute, "exit after this long")
 	flag.Parse()
 	if runtime.GOMAXPROCS(0) < 2 {
@@ -97,7 +153,11 @@ func main() {
 	var ready sync.WaitGroup
 	ready.Add(*n)
 	for i := 0; i < *n; i++ {
-		go park(i, "worker-"+strconv.Itoa(i), &ready)
+		if *requests {
+			go serve(newRequest(i), &ready)
+		} else {
+			go park(i, "worker-"+strconv.Itoa(i), &ready)
+		}
 	}
 	ready.Wait()
 	go meter()

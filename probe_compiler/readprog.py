@@ -1,0 +1,208 @@
+"""The read program: what the pause copies for the captures, as plain data.
+
+Compiled from a ProbePlan before the first pause of a target (docs/read-program.md).
+It mirrors probe_compiler.decode: every read the decoder would make of a value
+is a slot here, so an executor that copies what the slots say, level by level,
+holds every byte the decoder reads afterwards. Nothing here touches memory;
+the user-space executor is agent/readexec.py, and an eBPF one runs the same
+data.
+
+A shape is `{"need": bytes, "slots": [...]}`: `need` is what the decoder reads
+to hold one value that it doesn't have yet; each slot sits at an offset in the
+value's own bytes (structs and arrays are flattened into their parent):
+
+    ["str", ptr_off, len_off]
+    ["ptr", off, elem_type]                      one indirection
+    ["slice", ptr_off, len_off, elem_type, elem_size]
+    ["map", off, map_type]                       swiss tables (see map_shapes)
+    ["iface", type_or_tab_off, data_off, itab_type_off]   -1: eface
+    ["chan", off, header_size]
+    ["func", off]
+    ["fallback", off, why]                       non-nil: the executor can't copy it
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+from .decode import (EAGER_BYTES, HCHAN_OFFSETS, MAX_INLINE_KV, SPECIAL_TYPES, Budgets,
+                     ByteBudget, _Decoder, _itab_type_offset, direct_iface, swiss_group_layout)
+from .types import Kind, TypeTable
+
+READ_PROGRAM_VERSION = 1
+MAX_SLOTS = 4096      # past this a type's flattened slots go to the fallback reader
+
+
+@dataclass
+class ReadProgram:
+    """Shapes by type id, the runtime type table, and the budgets to cut by.
+
+    `rtypes`: runtime type offset (from moduledata.types) -> type id, for
+    every type DWARF gives a runtime type (the keys are complete, so a key
+    that is missing means the decoder will say "unknown" too). `direct`:
+    the dynamic types an interface holds in its data word. `maps`: map type
+    id -> the swiss layout numbers the executor reads by."""
+    budgets: Budgets
+    shapes: dict[int, dict] = field(default_factory=dict)
+    rtypes: dict[int, int] = field(default_factory=dict)
+    direct: set[int] = field(default_factory=set)
+    maps: dict[int, dict] = field(default_factory=dict)
+    key: str = ""
+    version: int = READ_PROGRAM_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps({"version": self.version, "key": self.key,
+                           "budgets": self.budgets.__dict__,
+                           "shapes": {str(k): v for k, v in self.shapes.items()},
+                           "rtypes": {str(k): v for k, v in self.rtypes.items()},
+                           "direct": sorted(self.direct),
+                           "maps": {str(k): v for k, v in self.maps.items()}})
+
+    @staticmethod
+    def from_json(text: str) -> "ReadProgram":
+        d = json.loads(text)
+        return ReadProgram(Budgets(**d["budgets"]), {int(k): v for k, v in d["shapes"].items()},
+                           {int(k): v for k, v in d["rtypes"].items()}, set(d["direct"]),
+                           {int(k): v for k, v in d["maps"].items()}, d["key"], d["version"])
+
+    def add_types(self, types: TypeTable) -> None:
+        """Shapes for every type of `types` not shaped yet (before a pause, or
+        after one that met new dynamic types)."""
+        c = _Compiler(types, self)
+        for tid in list(types.types):
+            if tid not in self.shapes:
+                c.shape(tid)
+
+
+def program_key(build_id: str, plan_json: str) -> str:
+    """The cache key of a program: the build and the spec compiled into the plan."""
+    return hashlib.sha256(f"{build_id}\0{plan_json}".encode()).hexdigest()[:16]
+
+
+def compile_read_program(plan, runtime_types: dict[int, int] | None = None) -> ReadProgram:
+    """The read program of `plan`. `runtime_types`: rtype offset -> type id of
+    every type of the binary (the DWARF index's DW_AT_go_runtime_type)."""
+    prog = ReadProgram(plan.budgets, rtypes=dict(runtime_types or {}))
+    prog.key = program_key(plan.build_id, json.dumps([[f.symbol, [c.expr for c in f.captures]]
+                                                      for f in plan.functions]))
+    prog.add_types(plan.types)
+    return prog
+
+
+class _Compiler:
+    def __init__(self, types: TypeTable, prog: ReadProgram):
+        self.types, self.prog, self.b = types, prog, prog.budgets
+        self.dec = _Decoder(types, None, prog.budgets, ByteBudget(0), ByteBudget(0), None, None)
+
+    def shape(self, tid: int) -> dict | None:
+        got = self.prog.shapes.get(tid)
+        if got is not None:
+            return got
+        t = self.types.types.get(tid)
+        if t is None:
+            return None
+        self.prog.shapes[tid] = {"need": t.size, "slots": []}   # a recursive type sees this first
+        slots: list = []
+        try:
+            self._slots(tid, 0, slots)
+        except _TooMany:
+            slots = [["fallback", 0, f"{t.name} has more than {MAX_SLOTS} pointers"]]
+        need = t.size
+        if t.kind == Kind.ARRAY and t.elem in self.types and t.name not in SPECIAL_TYPES:
+            need = min(t.length or 0, self.b.elements) * self.types[t.elem].size
+        if direct_iface(self.types, t):
+            self.prog.direct.add(tid)
+        shape = self.prog.shapes[tid] = {"need": need, "slots": slots}
+        return shape
+
+    def _slots(self, tid: int, base: int, out: list) -> None:
+        if len(out) > MAX_SLOTS:
+            raise _TooMany()
+        t = self.types.types.get(tid)
+        if t is None or t.name in SPECIAL_TYPES:
+            return
+        k = t.kind
+        if k == Kind.STRING:
+            s, n = t.field("str"), t.field("len")
+            if s and n:
+                out.append(["str", base + s.offset, base + n.offset])
+        elif k == Kind.STRUCT:
+            for f in t.fields:
+                self._slots(f.type_id, base + f.offset, out)
+        elif k == Kind.ARRAY:
+            e = self.types.types.get(t.elem)
+            if e is not None and e.size:
+                probe: list = []
+                self._slots(e.id, 0, probe)
+                if probe:
+                    for i in range(min(t.length or 0, self.b.elements)):
+                        self._slots(e.id, base + i * e.size, out)
+        elif k == Kind.POINTER:
+            if t.elem is not None and t.elem in self.types:
+                self.shape(t.elem)
+                out.append(["ptr", base, t.elem])
+        elif k == Kind.SLICE:
+            a, n = t.field("array"), t.field("len")
+            e = self.types.types.get(t.elem)
+            if a and n and e is not None:
+                self.shape(e.id)
+                out.append(["slice", base + a.offset, base + n.offset, e.id, e.size])
+        elif k == Kind.MAP:
+            why = self._map(t)
+            out.append(["map", base, tid] if why is None else ["fallback", base, why])
+        elif k == Kind.CHAN:
+            h = self.types.types.get(t.chan_header)
+            size = h.size if h is not None else max(o + s for o, s in HCHAN_OFFSETS.values())
+            out.append(["chan", base, size])
+        elif k == Kind.FUNC:
+            out.append(["func", base])
+        elif k == Kind.INTERFACE:
+            d = t.field("data")
+            if d is None:
+                return
+            if t.empty:
+                ty = t.field("_type")
+                if ty:
+                    out.append(["iface", base + ty.offset, base + d.offset, -1])
+            else:
+                tab = t.field("tab")
+                if tab:
+                    out.append(["iface", base + tab.offset, base + d.offset,
+                                _itab_type_offset(self.dec, t)])
+
+    def _map(self, t) -> str | None:
+        """Record the swiss layout of map type t; say why not when the
+        executor can't walk it (the fallback reader does)."""
+        lay = t.map_layout
+        if lay is None or lay.impl != "swiss":
+            return f"{t.name}: only swiss maps are walked by the read program"
+        key, elem = self.types.types.get(t.key), self.types.types.get(t.elem)
+        header = self.types.types.get(lay.header)
+        if key is None or elem is None or header is None:
+            return f"{t.name}: types missing"
+        if key.size > MAX_INLINE_KV or elem.size > MAX_INLINE_KV:
+            return f"{t.name}: indirect keys or elems"
+        try:
+            g = swiss_group_layout(self.dec, t)
+            off = {n: self.dec.offset(header, n) for n in ("used", "dirPtr", "dirLen")}
+        except Exception as e:   # a layout the decoder would call malformed: let it say so
+            return f"{t.name}: {e}"
+        if any(size != 8 for _, size in off.values()):
+            return f"{t.name}: unexpected header field sizes"
+        self.shape(key.id)
+        self.shape(elem.id)
+        self.prog.maps[t.id] = {"header": header.size, "used": off["used"][0],
+                                "dir_ptr": off["dirPtr"][0], "dir_len": off["dirLen"][0],
+                                "group": g.size, "ctrl": g.ctrl, "keys": g.keys,
+                                "key_stride": g.key_stride, "elems": g.elems,
+                                "elem_stride": g.elem_stride, "key": key.id, "elem": elem.id}
+        return None
+
+
+class _TooMany(Exception):
+    pass
+
+
+__all__ = ["ReadProgram", "compile_read_program", "program_key", "READ_PROGRAM_VERSION",
+           "EAGER_BYTES"]

@@ -1,0 +1,180 @@
+"""The read program (docs/read-program.md) against the reference reader.
+
+1. Unit: the executor over FakeMemory copies what the decoder reads; the
+   decoder then runs on the copies alone (the fake memory is wiped first, so
+   a live read would fail) and gives the reference's values: cycles, nil and
+   dangling pointers, depth, element and string cuts, interfaces.
+2. Live: capture_executor="compare" reads every captured frame both ways in
+   one pause and raises where the rows differ; here on the values program
+   one variable at a time, and under tight budgets.
+3. Several processes paused together record their pause skew.
+"""
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from agent.memory import FakeMemory
+from agent.readexec import Copies, Run, fp_walk, span_table
+from probe_compiler.decode import Budgets, ByteBudget, decode_value
+from probe_compiler.readprog import ReadProgram, compile_read_program
+from test_decode import RTYPES, TYPES, Mem, T, _list, gostr, u64
+
+
+def _program(budgets):
+    plan = SimpleNamespace(types=TYPES, budgets=budgets, build_id="x", functions=[])
+    return compile_read_program(plan, {rt: t.id for rt, t in RTYPES.items()})
+
+
+def _both(tid, data, mem: Mem, budgets=Budgets()):
+    """(reference, from copies) decodes of a value whose own bytes are `data`."""
+    def decode(read):
+        return decode_value(TYPES, tid, data, None, read, budgets,
+                            frame_budget=ByteBudget(budgets.frame_bytes),
+                            snapshot_budget=ByteBudget(budgets.snapshot_bytes),
+                            type_by_rtype=RTYPES.get)
+    want = decode(mem.read)
+    fake = FakeMemory({a: bytes(b) for a, b in mem.regions.items()})
+    copies = Copies(0)
+    prog = _program(budgets)
+    run = Run(prog, fake, copies, 1, types_base=0, known_rtypes=set(RTYPES), snapshot_left=1 << 30)
+    run.expand(tid, np.frombuffer(data, np.uint8), np.zeros(1, np.int64), np.zeros(1, np.int64),
+               np.zeros(1, np.int64))
+    assert run.run_levels(lambda: False)
+    assert not run.bad.any(), run.why
+    fake.regions.clear()      # after the "resume": nothing live is left to read
+    got = decode(copies.read)
+    assert not copies.misses, copies.misses
+    return want, got
+
+
+def test_list_nil_cycle_and_depth():
+    mem = Mem()
+    head = _list(mem, 3, cyclic=False)
+    want, got = _both(T.PNODE, u64(head), mem)
+    assert got == want and want[0]["Next"]["Next"] == {"Val": 2, "Next": None}
+    ring = _list(mem, 3, cyclic=True)
+    want, got = _both(T.PNODE, u64(ring), mem)
+    assert got == want and want[0]["Next"]["Next"]["Next"] == {"__cycle": hex(ring)}
+    long = _list(mem, 6, cyclic=False)
+    want, got = _both(T.PNODE, u64(long), mem, Budgets(depth=2))
+    assert got == want and want[0]["Next"]["Next"]["__truncated"] == "depth"
+
+
+def test_dangling_pointer_is_unreadable_from_the_copies_too():
+    mem = Mem()
+    want, got = _both(T.PNODE, u64(0xdead0000), mem)
+    assert got == want and "unreadable memory at 0xdead0000" in json.dumps(want)
+
+
+def test_strings_and_slices_cut_where_the_decoder_cuts():
+    mem = Mem()
+    b = Budgets(string_bytes=4, elements=2)
+    want, got = _both(T.STRING, gostr(mem, "héllo world"), mem, b)
+    assert got == want and want[0]["__truncated"] == "bytes"
+    strs = b"".join(gostr(mem, s) for s in ("a", "bb", "ccc"))
+    arr = mem.put(strs)
+    want, got = _both(T.STRINGS, u64(arr, 3, 3), mem, b)
+    assert got == want and want[0][-1] == {"__truncated": "elements", "len": 3}
+
+
+def test_interfaces_direct_and_indirect():
+    from test_decode import RT_INT, RT_POINT, RT_PPOINT
+    mem = Mem()
+    pt = mem.put(u64(1, 2))
+    for data in (u64(RT_INT, mem.put(u64(42))), u64(RT_POINT, pt), u64(RT_PPOINT, pt), u64(0x123, pt),
+                 u64(0, 0)):
+        want, got = _both(T.ANY, data, mem)
+        assert got == want
+
+
+def test_program_is_plain_data():
+    prog = _program(Budgets())
+    again = ReadProgram.from_json(prog.to_json())
+    assert again.shapes == prog.shapes and again.rtypes == prog.rtypes and again.maps == prog.maps
+
+
+def test_a_frame_over_its_byte_budget_goes_to_the_fallback():
+    mem = Mem()
+    head = _list(mem, 6, cyclic=False)
+    fake = FakeMemory({a: bytes(b) for a, b in mem.regions.items()})
+    b = Budgets(frame_bytes=40)
+    run = Run(_program(b), fake, Copies(0), 1, types_base=0, known_rtypes=set(), snapshot_left=1 << 30)
+    run.expand(T.PNODE, np.frombuffer(u64(head), np.uint8), np.zeros(1, np.int64), np.zeros(1, np.int64),
+               np.zeros(1, np.int64))
+    run.run_levels(lambda: False)
+    assert run.bad[0] and run.why[0] == "the frame's byte budget"
+
+
+def test_frame_pointer_walk_over_stack_copies():
+    # one goroutine: frames at BP 0x1000 (pc 0x10), 0x1040 (pc 0x20: captured), 0x1080 (pc 0x30: top)
+    lo, stack = 0x1000, bytearray(0x100)
+    def put(at, v):
+        stack[at - lo:at - lo + 8] = v.to_bytes(8, "little")
+    put(0x1000, 0x1040); put(0x1008, 0x20)
+    put(0x1040, 0x1080); put(0x1048, 0x30)
+    put(0x1080, 0); put(0x1088, 0x99)
+    a = lambda *xs: np.array(xs, np.int64)
+    w = fp_walk(a(0x10), a(0x1000), a(lo), a(len(stack)), a(0), np.frombuffer(bytes(stack), np.uint8),
+                span_table([(0x20, 0x21)]), span_table([]), span_table([(0x30, 0x31)]), 100)
+    assert w.k.tolist() == [0] and w.pc.tolist() == [0x20] and w.cfa.tolist() == [0x1040 + 16]
+    assert not w.fallback
+    # the same chain without a top frame at its end can't be vouched for
+    w = fp_walk(a(0x10), a(0x1000), a(lo), a(len(stack)), a(0), np.frombuffer(bytes(stack), np.uint8),
+                span_table([(0x20, 0x21)]), span_table([]), span_table([]), 100)
+    assert w.fallback == {0}
+    # a captured innermost pc goes to the fallback (its registers matter)
+    w = fp_walk(a(0x20), a(0x1000), a(lo), a(len(stack)), a(0), np.frombuffer(bytes(stack), np.uint8),
+                span_table([(0x20, 0x21)]), span_table([]), span_table([(0x30, 0x31)]), 100)
+    assert w.fallback == {0}
+
+
+# ---------------------------------------------------------------- live, both executors in one pause
+
+def _values_names(binary, workdir):
+    from targets import run_target
+    with run_target(binary, "-values", str(workdir / "v.json")) as t:
+        pass
+    return list(json.loads((workdir / "v.json").read_text()))
+
+
+def test_values_program_each_variable_compared(go_build, tmp_path):
+    from agent.snapshot import SnapshotOptions
+    from probe_compiler.dwarf import DwarfInfo
+    from probe_compiler.gobinary import GoBinary
+    from probe_compiler.spec import parse_spec
+    from server.snapshot_job import snapshot_pids
+    from targets import run_target
+    binary = go_build("values")
+    with run_target(binary, "-values", str(tmp_path / "v.json")) as t:
+        expected = json.loads((tmp_path / "v.json").read_text())
+        with GoBinary.open(str(binary)) as b:
+            described = {v.name.lstrip("&") for v in
+                         DwarfInfo.load(str(binary), b.build_id).function("main.capture").variables}
+        names = [k for k in expected if k in described]
+        assert len(names) > 20
+        spec = "version: 1\nfunctions:\n  main.capture:\n    capture: [%s]\n"
+        for budgets in (Budgets(), Budgets(string_bytes=3, elements=2, depth=2, frame_bytes=300)):
+            for name in names:   # one at a time: a frame the program can't finish falls back whole
+                [rec] = snapshot_pids([t.pid], parse_spec(spec % name),
+                                      SnapshotOptions(capture_executor="compare"), budgets=budgets)
+                assert rec.error is None, rec.error
+
+
+def test_two_processes_paused_together_record_their_skew(go_build):
+    from agent.snapshot import SnapshotOptions, snapshot_processes
+    from server.snapshot_job import load_targets
+    from targets import run_target
+    binary = go_build("parkers")
+    with run_target(binary) as a, run_target(binary) as b:
+        targets = load_targets([a.pid, b.pid], None, {})
+        recs = snapshot_processes([(a.pid, targets[a.pid]), (b.pid, targets[b.pid])],
+                                  SnapshotOptions(capture_executor="program"))
+    assert all(r.error is None for r in recs), [r.error for r in recs]
+    assert sorted(r.pause_skew_ns for r in recs)[0] == 0
+    # generous: both are seized one after the other, before either is read (about 0.2 ms here)
+    assert max(r.pause_skew_ns for r in recs) < 50e6
+    assert all(r.pause_start_ns and r.pause_ns for r in recs)
