@@ -22,7 +22,8 @@ from typing import Sequence
 from probe_compiler.errors import ProbeCompilerError
 
 from . import format as fmt
-from .store import SnapshotError, open_snapshot, read_goroutines
+from .sqlguard import check_statement, describe, fetch, is_damage, quote_ident
+from .store import SnapshotError, read_error, read_goroutines, reading
 
 
 def _our_errors() -> tuple[type[BaseException], ...]:
@@ -41,13 +42,10 @@ class _SQLFailed(Exception):
 
 
 def cmd_goroutines(args: argparse.Namespace) -> int:
-    db = open_snapshot(args.snapshot)
-    try:
+    with reading(args.snapshot) as db:
         procs, gors, frames = read_goroutines(db)
         filt = _goroutine_filter(db, args)
         value_hits = [_value_hits(db, v) for v in filt.values]
-    finally:
-        db.close()
     matched = filt.matching(gors, frames, value_hits)
     sys.stdout.write(fmt.format_goroutines(procs, gors, frames, show_all=args.all,
                                            matched=matched, filter_text=filt.describe()))
@@ -66,33 +64,39 @@ def _goroutine_filter(db: sqlite3.Connection, args: argparse.Namespace) -> fmt.G
 def _value_hits(db: sqlite3.Connection, v: fmt.ValueFilter) -> set[tuple[int, int]]:
     """The goroutines with a frame in v.table whose column passes v. Compared in
     Python: the column holds JSON text and the user typed a bare value."""
-    q = '"' + v.table.replace('"', '""') + '"'
-    c = '"' + v.column.replace('"', '""') + '"'
+    q, c = quote_ident(v.table), quote_ident(v.column)
     return {(pid, goid) for pid, goid, cell in db.execute(f"SELECT process_id, goid, {c} FROM {q}")
             if v.matches(cell)}
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
-    db = open_snapshot(args.snapshot)
-    try:
+    """The query runs read-only, under the read bounds (docs/security.md): a
+    statement that writes, attaches or vacuums is refused, one that runs too
+    long is stopped, and at most limits.table_rows rows are read."""
+    with reading(args.snapshot) as db:
         try:
+            check_statement(db, args.query)
             cur = db.execute(args.query)
             cols = [d[0] for d in cur.description] if cur.description else []
-            rows = cur.fetchall()
-        except (sqlite3.Error, sqlite3.Warning) as e:
-            raise _SQLFailed(str(e)) from None
-    finally:
-        db.close()
+            rows, more = fetch(cur, db.limits.table_rows)
+        except (sqlite3.Error, sqlite3.Warning, MemoryError) as e:
+            if is_damage(e):
+                raise SnapshotError(read_error(args.snapshot, e, db)) from None
+            raise _SQLFailed(describe(e, db)) from None
+        if cols and not args.raw:
+            rows = _displayed(db, args.query, cols, rows)
+        max_rows = db.limits.table_rows
     if not cols:
         print("(statement returned no columns)")
         return 0
-    if not args.raw:
-        rows = _displayed(args.snapshot, args.query, cols, rows)
     sys.stdout.write(fmt.format_table(cols, rows, max_width=args.max_width))
+    if more:
+        print(f"note: only the first {max_rows:,} rows are shown (the read limit; docs/security.md)",
+              file=sys.stderr)
     return 0
 
 
-def _displayed(snapshot: str, query: str, cols: list[str], rows: list) -> list:
+def _displayed(db: sqlite3.Connection, query: str, cols: list[str], rows: list) -> list:
     """Rows with display types applied (durations, timestamps, bytes, hex).
 
     Only for a query over one table, where a result column named like a
@@ -105,11 +109,7 @@ def _displayed(snapshot: str, query: str, cols: list[str], rows: list) -> list:
         return rows
     if len(tables) != 1:
         return rows
-    db = open_snapshot(snapshot)
-    try:
-        types = display_types(db)
-    finally:
-        db.close()
+    types = display_types(db)
     shown = [types.get((tables[0], c)) for c in cols]
     if not any(shown):
         return rows
@@ -126,7 +126,7 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     through_agents = fleet.snapshot_command(args, spec)
     if through_agents is not None:
         return through_agents
-    return int(snapshot_job.run(list(args.pid or []), spec, args.out) or 0)
+    return int(snapshot_job.run(list(args.pid or []), spec, args.out, executor=args.executor) or 0)
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
@@ -189,6 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--out", metavar="SNAP.sqlite",
                    help="snapshot file to write (default: .exray/snapshots/<time>.sqlite "
                         "next to the spec)")
+    s.add_argument("--executor", choices=("ptrace", "ebpf", "auto"), default=None,
+                   help="who walks the stacks: ptrace (user space), ebpf (a probe in the kernel; "
+                        "stacks only for now), auto (eBPF where the kernel and privileges allow, "
+                        "else ptrace, saying why); default: $EXRAY_EXECUTOR or ptrace")
     __import__("server.fleet").fleet.add_snapshot_arguments(s)
     s.set_defaults(func=cmd_snapshot)
 

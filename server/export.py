@@ -12,7 +12,7 @@ import json
 import sqlite3
 from dataclasses import dataclass, field
 
-from .store import open_snapshot
+from .store import reading
 
 
 @dataclass(frozen=True)
@@ -78,11 +78,8 @@ def state_of(g: Goroutine) -> str:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    db = open_snapshot(args.snapshot)
-    try:
+    with reading(args.snapshot) as db:
         procs, gors = load(db)
-    finally:
-        db.close()
     if args.format == "pprof":
         from . import pprof
         pprof.write(args.out, pprof.build(procs, gors, source=str(args.snapshot)))

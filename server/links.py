@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from server.display import display_types, format_value
 from server.reports import LinkError, key_sql, q
-from server.store import open_snapshot
+from server.store import reading
 
 VALUE_WIDTH = 100      # the CLI cuts longer values (JSON of big structs) to this
 
@@ -164,8 +164,7 @@ def _direction(db, this, other, lt, lcols, rt, rcols) -> str:
 # ------------------------------------------------------------------ the command
 
 def cmd_links(args) -> int:
-    db = open_snapshot(args.snapshot)
-    try:
+    with reading(args.snapshot) as db:
         values = row_values(db, args.table, args.rowid)
         rows = linked_rows(db, args.table, args.rowid)
         shown = display_types(db)
@@ -183,8 +182,6 @@ def cmd_links(args) -> int:
             print(f"\n{arrow} {r.link}{desc}")
             print(f"   {r.table} #{r.rowid}")
             _print_row(r.table, r.values, db, shown, indent="     ")
-    finally:
-        db.close()
     return 0
 
 

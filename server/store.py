@@ -8,15 +8,20 @@ compares the two) and bump SCHEMA_VERSION.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 from agent.records import ProcessRecord
+from probe_compiler.sql_limits import DEFAULTS, SqlLimits
+
+from .sqlguard import connect_read_only, describe, is_damage, quote_ident
 
 SCHEMA_VERSION = 4
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -61,8 +66,7 @@ class FunctionTableDef:
     columns: list[str] = field(default_factory=list)
 
 
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
+_q = quote_ident
 
 
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
@@ -213,8 +217,15 @@ def _insert_captures(db: sqlite3.Connection, processes: list[ProcessRecord],
 
 # ---------------------------------------------------------------------- reading
 
-def open_snapshot(path: str | os.PathLike, readonly: bool = True) -> sqlite3.Connection:
-    """Open a snapshot, checking it is one. Raises SnapshotError with a clear message."""
+def open_snapshot(path: str | os.PathLike, readonly: bool = True, *, limits: SqlLimits = DEFAULTS,
+                  cancel: threading.Event | None = None) -> sqlite3.Connection:
+    """Open a snapshot, checking it is one. Raises SnapshotError with a clear message.
+
+    Read-only (the default) is how every reader opens a snapshot, which may
+    come from anyone: nothing run on the connection can write (server.sqlguard),
+    each statement and the whole session run under `limits` (and stop when
+    `cancel` is set), and the file is checked (check_snapshot) before it is
+    trusted. readonly=False is for the writer that just made the file."""
     p = Path(path)
     name = str(path)
     try:
@@ -228,17 +239,25 @@ def open_snapshot(path: str | os.PathLike, readonly: bool = True) -> sqlite3.Con
         raise SnapshotError(f"{name}: {e.strerror or e}") from None
     if head != SQLITE_MAGIC:
         raise SnapshotError(f"{name} is not an Ex-Ray snapshot (not a SQLite database)")
+    db = None
     try:
-        uri = p.resolve().as_uri() + ("?mode=ro" if readonly else "")
-        db = sqlite3.connect(uri, uri=True)
+        if readonly:
+            db = connect_read_only(p, limits, cancel)
+        else:
+            db = sqlite3.connect(p.resolve().as_uri(), uri=True)
         has_meta = db.execute(
             "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
         if not has_meta:
             db.close()
             raise SnapshotError(f"{name} is not an Ex-Ray snapshot (no meta table)")
         row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-    except sqlite3.DatabaseError as e:
-        raise SnapshotError(f"{name} is not an Ex-Ray snapshot ({e})") from None
+    except (sqlite3.Error, MemoryError) as e:
+        why = describe(e, db)
+        if db is not None:
+            db.close()
+        if is_damage(e):
+            raise SnapshotError(f"{name} is damaged ({why}): it can't be read; take the snapshot again") from None
+        raise SnapshotError(f"{name} is not an Ex-Ray snapshot ({why})") from None
     if row is None:
         db.close()
         raise SnapshotError(f"{name} is not an Ex-Ray snapshot (no schema_version in meta)")
@@ -250,7 +269,115 @@ def open_snapshot(path: str | os.PathLike, readonly: bool = True) -> sqlite3.Con
         db.close()
         raise SnapshotError(f"{name} has snapshot schema version {row[0]}; this Ex-Ray reads "
                             f"versions up to {SCHEMA_VERSION} (upgrade Ex-Ray)")
+    if readonly:
+        try:
+            check_snapshot(db, name)
+        except BaseException:
+            db.close()
+            raise
     return db
+
+
+# Columns every snapshot since schema 1 has: readers may rely on them. Later
+# versions only add columns (to `processes`).
+REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "meta": ("key", "value"),
+    "processes": ("id", "host", "pid", "exe", "build_id", "go_version", "main_module", "vcs_revision",
+                  "captured_at", "pause_ns", "error", "warnings", "truncated"),
+    "goroutines": tuple(c for c, _ in BUILTIN_TABLES["goroutines"]),
+    "frames": tuple(c for c, _ in BUILTIN_TABLES["frames"]),
+}
+_CHECKED: dict[tuple, None] = {}      # files that passed check_snapshot: (path, inode, size, mtime)
+_CHECKED_MAX = 64
+
+
+def check_snapshot(db: sqlite3.Connection, name: str) -> None:
+    """Trust a snapshot file only once it is checked, under the connection's
+    time budget: SQLite's quick_check (pages, records, indexes), then that the
+    built-in tables, the function tables `meta` lists and Ex-Ray's own tables
+    are plain tables (not views that could loop, virtual or generated
+    columns) with the columns readers use. Raises SnapshotError.
+    A file already checked unchanged (same inode, size and mtime) is not checked again."""
+    key = _file_key(db)
+    if key is not None and key in _CHECKED:
+        return
+    try:
+        problems = [r[0] for r in db.execute("PRAGMA quick_check(5)")]
+        if problems != ["ok"]:
+            raise SnapshotError(f"{name} is damaged (SQLite's quick_check: {'; '.join(map(str, problems))}): "
+                                "it can't be trusted; take the snapshot again")
+        kinds = {n: (t, sql or "") for t, n, sql in db.execute(
+            "SELECT type, name, sql FROM sqlite_master WHERE type IN ('table', 'view')")}
+        tables = dict(REQUIRED_COLUMNS)
+        try:
+            listed = json.loads(dict(db.execute("SELECT key, value FROM meta")).get("function_tables") or "[]")
+            tables.update({str(d["table"]): ("process_id", "goid", "depth") for d in listed})
+        except (ValueError, TypeError, KeyError):
+            raise SnapshotError(f"{name} is damaged (meta's function_tables is not the list it should be): "
+                                "take the snapshot again") from None
+        tables.update({t: () for t in ("exray_columns", "exray_links", "exray_link_defs",
+                                       "exray_report_errors") if t in kinds})
+        for table, required in tables.items():
+            _check_table(db, name, table, required, kinds.get(table))
+    except (sqlite3.Error, MemoryError) as e:
+        why = describe(e, db)
+        if is_damage(e):
+            raise SnapshotError(f"{name} is damaged ({why}): it can't be read; take the snapshot again") from None
+        raise SnapshotError(f"{name}: cannot check the snapshot: {why}") from None
+    if key is not None:
+        if len(_CHECKED) >= _CHECKED_MAX:
+            _CHECKED.pop(next(iter(_CHECKED)))
+        _CHECKED[key] = None
+
+
+def _check_table(db: sqlite3.Connection, name: str, table: str, required: tuple[str, ...],
+                 kind: tuple[str, str] | None) -> None:
+    if kind is None:
+        raise SnapshotError(f"{name} is not a complete Ex-Ray snapshot: it has no table {table}")
+    if kind[0] != "table" or kind[1].lstrip().upper().startswith("CREATE VIRTUAL"):
+        what = "a view" if kind[0] == "view" else "a virtual table"
+        raise SnapshotError(f"{name} is not a snapshot Ex-Ray wrote: {table} is {what}, not a table; "
+                            "it may not be safe to read")
+    cols = {r[1]: r[6] for r in db.execute(f"PRAGMA table_xinfo({_q(table)})")}
+    generated = [c for c, hidden in cols.items() if hidden in (2, 3)]
+    if generated:
+        raise SnapshotError(f"{name} is not a snapshot Ex-Ray wrote: {table}.{generated[0]} is a generated "
+                            "column; it may not be safe to read")
+    missing = [c for c in required if c not in cols]
+    if missing:
+        raise SnapshotError(f"{name} is not a complete Ex-Ray snapshot: table {table} has no column "
+                            f"{missing[0]}")
+
+
+def _file_key(db: sqlite3.Connection) -> tuple | None:
+    try:
+        path = db.execute("SELECT file FROM pragma_database_list WHERE name = 'main'").fetchone()[0]
+        st = os.stat(path)
+    except (sqlite3.Error, OSError, TypeError):
+        return None
+    return path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+@contextlib.contextmanager
+def reading(path: str | os.PathLike, *, limits: SqlLimits = DEFAULTS, cancel: threading.Event | None = None):
+    """`with reading(snap) as db:` a checked, read-only, bounded connection;
+    an SQLite error inside the block (a damaged page, a bound hit) becomes a
+    SnapshotError that names the file and the bound, never a traceback."""
+    db = open_snapshot(path, limits=limits, cancel=cancel)
+    try:
+        yield db
+    except (sqlite3.Error, MemoryError) as e:
+        raise SnapshotError(read_error(path, e, db)) from None
+    finally:
+        db.close()
+
+
+def read_error(path: str | os.PathLike, e: BaseException, db: sqlite3.Connection | None) -> str:
+    """The message for an SQLite error while reading `path`."""
+    why = describe(e, db)
+    if is_damage(e):
+        return f"{path} is damaged ({why}): it can't be read; take the snapshot again"
+    return f"{path}: {why}"
 
 
 def snapshot_meta(db: sqlite3.Connection) -> dict[str, str | None]:

@@ -91,7 +91,7 @@ def test_sql(snaps):
 @pytest.mark.parametrize("query, message", [
     ("SELECT * FROM nope", "error: no such table: nope"),
     ("SELEC 1", 'error: near "SELEC": syntax error'),
-    ("DELETE FROM processes", "error: attempt to write a readonly database"),
+    ("DELETE FROM processes", "error: not allowed: DELETE on processes (a snapshot is read-only here)"),
 ])
 def test_sql_errors(snaps, query, message):
     r = exray("sql", snaps["data"], query)

@@ -181,12 +181,9 @@ async def open_flame_graph(ls: "ExrayServer", args) -> dict:
 
     def export() -> Path:
         from server import export as ex, flamegraph
-        from server.store import open_snapshot
-        db = open_snapshot(idx.path)
-        try:
+        from server.store import reading
+        with reading(idx.path) as db:        # checked, read-only, under the read bounds
             procs, gors = ex.load(db)
-        finally:
-            db.close()
         out = Path(idx.path).with_suffix(".flamegraph.html")
         flamegraph.write(out, flamegraph.render(procs, gors, title=Path(idx.path).name))
         return out

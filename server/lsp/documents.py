@@ -22,7 +22,9 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from server import format as fmt
 from server.links import linked_rows
-from server.store import dict_rows, function_tables, open_snapshot, read_goroutines, snapshot_meta
+from server.sqlguard import check_statement, describe, fetch, quote_ident as _q
+from server.store import (SnapshotError, dict_rows, function_tables, open_snapshot, read_error, read_goroutines,
+                          snapshot_meta)
 
 from .render import STALE, cell_text, is_stale, row_errors
 
@@ -82,14 +84,19 @@ def is_exray(uri: str) -> bool:
 
 # -------------------------------------------------------------------- render
 
-def render(uri: str, snapshot: str, resolve, queries: dict[int, str]) -> Doc:
-    """`resolve(function, file)` -> workspace path or None."""
+def render(uri: str, snapshot: str, resolve, queries: dict[int, str], cancel=None) -> Doc:
+    """`resolve(function, file)` -> workspace path or None. The snapshot is read
+    under the read bounds (server.sqlguard); setting the threading.Event
+    `cancel` stops a running query at SQLite's next progress check."""
     parts = urlsplit(uri)
     if parts.scheme != SCHEME:
         raise DocumentError(f"not an Ex-Ray document: {uri}")
     segs = [unquote(s) for s in parts.path.strip("/").split("/") if s]
     query = parse_qs(parts.query)
-    db = open_snapshot(snapshot)
+    try:
+        db = open_snapshot(snapshot, cancel=cancel)
+    except SnapshotError as e:
+        raise DocumentError(str(e)) from None
     try:
         if segs == ["snapshot", "overview"]:
             return overview(db, snapshot)
@@ -104,6 +111,8 @@ def render(uri: str, snapshot: str, resolve, queries: dict[int, str]) -> Doc:
             if sql is None:
                 raise DocumentError(f"no query {segs[1]} in this session")
             return query_doc(db, sql)
+    except (sqlite3.Error, MemoryError) as e:       # a damaged page, a bound: say so, no traceback
+        raise DocumentError(read_error(snapshot, e, db)) from None
     finally:
         db.close()
     raise DocumentError(f"unknown Ex-Ray document {uri} (try {OVERVIEW_URI})")
@@ -278,10 +287,6 @@ def _cell(v) -> str:
     return fmt.cut(fmt.format_cell(v), 200)
 
 
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def table(db: sqlite3.Connection, name: str) -> Doc:
     kind = _kind(db, name)
     if kind is None or name.startswith("sqlite_"):
@@ -326,11 +331,12 @@ def query_doc(db: sqlite3.Connection, sql: str) -> Doc:
     d = Doc()
     d.add("-- " + " ".join(sql.split()))
     try:
+        check_statement(db, sql)      # read-only: no VACUUM, ATTACH, PRAGMA writes (docs/security.md)
         cur = db.execute(sql)
         cols = [c[0] for c in cur.description] if cur.description else []
-        rows = cur.fetchmany(MAX_ROWS + 1)
-    except (sqlite3.Error, sqlite3.Warning) as e:
-        d.add(f"error: {e}")
+        rows, _ = fetch(cur, MAX_ROWS + 1)
+    except (sqlite3.Error, sqlite3.Warning, MemoryError) as e:
+        d.add(f"error: {describe(e, db)}")
         return d
     if not cols:
         d.add("(statement returned no columns)")

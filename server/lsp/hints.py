@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from probe_compiler import generics
-from server.store import function_tables, open_snapshot, snapshot_meta
+from server.sqlguard import quote_ident as _q
+from server.store import function_tables, reading, snapshot_meta
 
 from .render import row_errors, value_text
 from .sourcemap import SourceMap
@@ -77,12 +78,10 @@ class SnapshotIndex:
     # ----------------------------------------------------------------- loading
     @classmethod
     def load(cls, path: str | Path, sourcemap: SourceMap) -> "SnapshotIndex":
-        """Read a snapshot (SnapshotError if it is not one; sqlite3 errors if it is corrupt)."""
-        db = open_snapshot(path)
-        try:
+        """Read a snapshot, checked and under the read bounds (SnapshotError if it
+        is not one, is damaged, or a bound stops the reading)."""
+        with reading(path) as db:
             return cls._load(db, str(path), sourcemap)
-        finally:
-            db.close()
 
     @classmethod
     def _load(cls, db: sqlite3.Connection, path: str, sm: SourceMap) -> "SnapshotIndex":
@@ -239,10 +238,6 @@ def _display_name(fn: str | None, table) -> str | None:
     if fn and "[" in fn and generics.is_shape_instance(fn):
         return table.function if table is not None else generics.generic_pattern(fn)
     return fn
-
-
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _capture_exprs(db: sqlite3.Connection, meta: dict) -> dict[tuple[str, str], str]:

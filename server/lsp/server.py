@@ -213,8 +213,13 @@ class ExrayServer(LanguageServer):
             return self._docs[key]
         if idx is None:
             return documents.Doc(commands.no_snapshot(self) + "\n")
+        cancel = threading.Event()        # set when the request is cancelled: the query stops
         try:
-            doc = await asyncio.to_thread(documents.render, key, idx.path, idx.resolve, dict(self.state.queries))
+            doc = await asyncio.to_thread(documents.render, key, idx.path, idx.resolve, dict(self.state.queries),
+                                          cancel)
+        except asyncio.CancelledError:
+            cancel.set()
+            raise
         except documents.DocumentError as e:
             return documents.Doc(f"Ex-Ray: {e}\n")
         except Exception as e:            # a corrupt or vanished snapshot, a failing query
