@@ -45,7 +45,12 @@ class SnapshotOptions:
     # environment's EXRAY_CAPTURE_EXECUTOR sets the default, so a whole test
     # suite can run in "compare".
     capture_executor: str = field(default_factory=lambda: os.environ.get("EXRAY_CAPTURE_EXECUTOR",
-                                                                         "reference"))
+                                                                         "program"))
+    # Who walks the stacks: "ptrace" (this module), "ebpf" (agent/ebpf: the
+    # probe in the kernel, stacks only for now) or "auto" (eBPF where the
+    # kernel and privileges allow, else ptrace, saying why). EXRAY_EXECUTOR
+    # sets the default.
+    executor: str = field(default_factory=lambda: os.environ.get("EXRAY_EXECUTOR", "ptrace"))
 
 
 @dataclass
@@ -128,6 +133,10 @@ def snapshot_processes(targets: list[tuple[int, Target]], opts: SnapshotOptions 
     paused first, then each is read, then all are resumed. Each record keeps
     its pause start (CLOCK_MONOTONIC ns) and its distance from the earliest."""
     opts = opts or SnapshotOptions()
+    if opts.executor != "ptrace" and not (mems or pauses):
+        from dataclasses import replace
+        from .ebpf.executor import snapshot_processes as by_executor
+        return by_executor(targets, opts, partial(snapshot_processes, opts=replace(opts, executor="ptrace")))
     jobs = [_Job(pid, target, opts, (mems or {}).get(pid), (pauses or {}).get(pid))
             for pid, target in targets]
     live = [j for j in jobs if j.prepare()]

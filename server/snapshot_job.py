@@ -15,7 +15,7 @@ import time
 
 from agent.errors import AgentError, ProcessNotFound
 from agent.records import ProcessRecord
-from agent.snapshot import SnapshotOptions, Target, snapshot_process
+from agent.snapshot import SnapshotOptions, Target, snapshot_process, snapshot_processes
 from probe_compiler.debuginfo import find_dwarf
 from probe_compiler.errors import BinaryError, DebugInfoMissing
 from probe_compiler.gobinary import GoBinary
@@ -125,8 +125,17 @@ def snapshot_pids(pids: list[int], spec, opts: SnapshotOptions | None = None,
     Target) to later calls with the same spec to skip loading binaries again."""
     cache = {} if cache is None else cache
     loaded = load_targets(pids, spec, cache, budgets)
-    return [loaded[pid] if isinstance(loaded[pid], ProcessRecord) else snapshot_process(pid, loaded[pid], opts)
-            for pid in pids]
+    # Every process paused at one instant (all stopped, then read, then resumed);
+    # a pid given twice is taken again after the others.
+    batch = list(dict.fromkeys(p for p in pids if not isinstance(loaded[p], ProcessRecord)))
+    together = dict(zip(batch, snapshot_processes([(p, loaded[p]) for p in batch], opts)))
+    out = []
+    for pid in pids:
+        if isinstance(loaded[pid], ProcessRecord):
+            out.append(loaded[pid])
+        else:
+            out.append(together.pop(pid, None) or snapshot_process(pid, loaded[pid], opts))
+    return out
 
 
 def _why(pid: int, e: Exception) -> str:
@@ -175,12 +184,13 @@ def default_out(spec_path: str | None) -> str:
     return os.path.join(d, time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + f"-{os.getpid()}.sqlite")
 
 
-def run(pids: list[int], spec_path: str | None, out: str | None) -> int:
+def run(pids: list[int], spec_path: str | None, out: str | None, executor: str | None = None) -> int:
     from probe_compiler.spec import load_spec
 
     spec = load_spec(spec_path) if spec_path else None
     pids = pids or pids_of_targets(spec)
-    records = snapshot_pids(pids, spec)
+    opts = SnapshotOptions(executor=executor) if executor else None
+    records = snapshot_pids(pids, spec, opts)
     out = out or default_out(spec_path)
     problems = write(out, records, spec)
     ok = 0
@@ -190,7 +200,9 @@ def run(pids: list[int], spec_path: str | None, out: str | None) -> int:
             continue
         ok += 1
         pause = f"{r.pause_ns / 1e6:.2f} ms" if r.pause_ns is not None else "?"
-        print(f"pid {r.pid}: {len(r.goroutines)} goroutines, paused {pause}")
+        skew = (f" (started {r.pause_skew_ns / 1e6:.3f} ms after the first)"
+                if len(records) > 1 and r.pause_skew_ns is not None else "")
+        print(f"pid {r.pid}: {len(r.goroutines)} goroutines, paused {pause}{skew}")
         for w in r.warnings:
             print(f"  warning: {w}", file=sys.stderr)
     for p in problems:

@@ -272,8 +272,15 @@ HARD_MARGIN_MS = 50.0
 BASELINE_S = 3.0
 
 
-def test_thousand_snapshots_never_harm_the_target(go_build):
+# With captures on (the read program copies them in the pause), the same bounds.
+WORKER_SPEC = "version: 1\nfunctions:\n  main.worker:\n    capture: [id]\n"
+
+
+@pytest.mark.parametrize("spec_text,n", [(None, None), (WORKER_SPEC, 200)], ids=["stacks", "captures"])
+def test_thousand_snapshots_never_harm_the_target(go_build, spec_text, n):
     binary = go_build("ptrace_target")
+    spec = parse_spec(spec_text) if spec_text else None
+    n = n or N_SNAPSHOTS
     t = WatchdogTarget(binary, "-threads", "2")
     try:
         time.sleep(0.3)
@@ -287,10 +294,14 @@ def test_thousand_snapshots_never_harm_the_target(go_build):
         pauses = []
         t0 = time.monotonic()
         opts = SnapshotOptions(deadline_s=2)
-        for i in range(N_SNAPSHOTS):
-            [rec] = snapshot_pids([t.pid], None, opts)
+        cache: dict = {}    # one Target (plan, read program) for every snapshot, as a server keeps
+        for i in range(n):
+            [rec] = snapshot_pids([t.pid], spec, opts, cache=cache)
             assert rec.error is None, f"snapshot {i}: {rec.error}"
             assert rec.goroutines, f"snapshot {i}: no goroutines"
+            if spec is not None:
+                caps = [c for g in rec.goroutines for c in g.captures]
+                assert caps, f"snapshot {i}: no main.worker rows"
             gap_ms = t.ask("gap", "GAP")["max_ns"] / 1e6    # longest stall since the previous snapshot
             pause_ms = rec.pause_ns / 1e6
             pauses.append(pause_ms)
@@ -308,7 +319,7 @@ def test_thousand_snapshots_never_harm_the_target(go_build):
         excess = sorted(w[0] for w in worst)
         p50, p99 = excess[len(excess) // 2], excess[int(len(excess) * 0.99) - 1]
         worst.sort(reverse=True)
-        print(f"\n{N_SNAPSHOTS} snapshots in {elapsed:.1f}s ({elapsed / N_SNAPSHOTS * 1000:.1f} ms each); "
+        print(f"\n{n} snapshots in {elapsed:.1f}s ({elapsed / n * 1000:.1f} ms each); "
               f"pause max {max(pauses):.2f} ms, median {sorted(pauses)[len(pauses) // 2]:.2f} ms; "
               f"gap-pause median {p50:.2f} ms, p99 {p99:.2f} ms, max {worst[0][0]:.2f} ms "
               f"(snapshot {worst[0][1]}: gap {worst[0][2]:.2f}, pause {worst[0][3]:.2f}); "
