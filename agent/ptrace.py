@@ -300,8 +300,12 @@ def _backoff(spins: int) -> int:
 class PausedProcess:
     """Context manager: all threads of pid stopped inside the with-block."""
 
-    def __init__(self, pid: int, deadline_s: float = 1.0, boost: bool = True):
+    def __init__(self, pid: int, deadline_s: float = 1.0, boost: bool = True,
+                 leave_running: int | None = None):
         self.pid = pid
+        # One thread not to seize: the eBPF executor's probe runs in it (a
+        # SIGURG makes it enter runtime.sigtramp, where the uprobe fires).
+        self.leave_running = leave_running
         self.deadline_s = deadline_s
         self.threads: dict[int, Regs] = {}
         self.signals: dict[int, int] = {}     # tid -> signal held back during the pause (re-injected)
@@ -406,7 +410,8 @@ class PausedProcess:
     def _unknown_tasks(self) -> list[int]:
         """Threads in /proc not yet traced, leaving out dying ones that refused a seize
         (they stay listed until reaped and would keep the listing loop going)."""
-        return [tid for tid in self._list_tasks() if tid not in self._t and tid not in self._refused]
+        return [tid for tid in self._list_tasks()
+                if tid not in self._t and tid not in self._refused and tid != self.leave_running]
 
     def _check_seize_time(self) -> None:
         """The deadline also bounds seizing, even before any thread was interrupted."""

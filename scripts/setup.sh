@@ -23,6 +23,35 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
+# eBPF executor (agent/ebpf, docs/ebpf.md): bcc compiles its probe against
+# kernel headers at /lib/modules/$(uname -r)/build. A kernel with none of its
+# own (a VM's) gets Debian's: linux-headers-amd64 pulls the -amd64 and
+# -common folders, and build/source link to them. bpftool lists BPF programs
+# (the leak tests). Then tracefs: bcc attaches uprobes through it.
+for pkg in linux-headers-amd64 bpftool; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || {
+    echo "setup: apt-get install $pkg"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" >/dev/null
+  }
+done
+kbuild=/lib/modules/$(uname -r)
+if [ ! -e "$kbuild/build/include" ]; then
+  amd64=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -1)
+  common=$(ls -d /usr/src/linux-headers-*-common 2>/dev/null | sort -V | tail -1)
+  if [ -n "$amd64" ] && [ -n "$common" ]; then
+    mkdir -p "$kbuild"
+    ln -sfn "$amd64" "$kbuild/build"
+    ln -sfn "$common" "$kbuild/source"
+    echo "setup: $kbuild/build -> $amd64, source -> $common"
+  fi
+fi
+[ -e "$kbuild/build/include" ] || echo "setup: warning: no kernel headers at $kbuild/build; the eBPF executor will fall back to ptrace" >&2
+if [ -d /sys/kernel/tracing ] && [ ! -e /sys/kernel/tracing/uprobe_events ]; then
+  mount -t tracefs nodev /sys/kernel/tracing && echo "setup: mounted tracefs at /sys/kernel/tracing"
+fi
+[ -e /sys/kernel/tracing/uprobe_events ] || echo "setup: warning: no tracefs at /sys/kernel/tracing; the eBPF executor will fall back to ptrace" >&2
+
 # A venv over Debian's python3 so bcc (dist-packages) stays importable.
 if [ ! -x .venv/bin/python ]; then
   /usr/bin/python3 -m venv --system-site-packages .venv

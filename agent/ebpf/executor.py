@@ -1,0 +1,259 @@
+"""The eBPF executor: a snapshot's stacks walked by the probe in the kernel.
+
+    rec = snapshot_process(pid, target, opts)        # a ProcessRecord, as agent.snapshot's
+
+The pause: attach the uprobe (before), stop every thread but one with ptrace,
+hand the stopped threads' registers to the probe, SIGURG the one left
+running: it enters runtime.sigtramp, where the uprobe fires in the target's
+own context and the probe walks allgs and every frame-pointer chain into the
+ring buffer; then resume. After the resume, Python reads the records and
+does what the ptrace executor does with its copies: the pcsp unwinder
+(agent/unwind.py) over the words the probe copied (it refines the
+frame-pointer chain: leaf, prologue and fresh-goroutine frames), then
+agent/symbolize.py's logical frames. The records come out the same.
+
+Stacks only: a plan with captured functions needs the read program in the
+probe (issue 11), so `ebpf` refuses it and `auto` uses ptrace.
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import socket
+import threading
+import time
+
+from .. import goroutines as gr
+from ..errors import AgentError
+from ..loadbias import load_bias
+from ..memory import ProcessMemory
+from ..ptrace import PausedProcess, Regs
+from ..records import GoroutineRecord, ProcessRecord
+from ..symbolize import logical_frames
+from ..unwind import StackImage, unwind
+from .availability import why_unavailable
+from .plan import StackBudgets, StackPlan
+from .probe import ProbeError, StackProbe
+from .records import START_REGS, START_SYSCALL, ProbeGoroutine, parse
+
+EXECUTORS = ("ptrace", "ebpf", "auto")
+SIGTRAMP = "runtime.sigtramp"
+
+_shared: StackProbe | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_probe() -> StackProbe:
+    """This process's probe, loaded on first use and closed at exit: bcc
+    compiles the C at every load (about a second), so snapshots share one."""
+    global _shared
+    with _shared_lock:
+        if _shared is None or _shared.closed:
+            _shared = StackProbe()
+            atexit.register(close_shared_probe)
+        return _shared
+
+
+def close_shared_probe() -> None:
+    global _shared
+    with _shared_lock:
+        if _shared is not None:
+            _shared.close()
+            _shared = None
+
+
+def choose(executor: str, target) -> tuple[str, str | None]:
+    """(the executor to use, why `auto` fell back or why `ebpf` can't run)."""
+    if executor not in EXECUTORS:
+        raise ValueError(f"unknown executor {executor!r}: one of {', '.join(EXECUTORS)}")
+    if executor == "ptrace":
+        return "ptrace", None
+    why = why_unavailable()
+    if why is None and target.plan.functions:
+        why = ("the spec captures values, and the eBPF probe runs stacks only until it executes "
+               "the read program")
+    if why is None:
+        return "ebpf", None
+    return ("ptrace" if executor == "auto" else "ebpf"), why
+
+
+def snapshot_process(pid: int, target, opts, probe: StackProbe | None = None,
+                     budgets: StackBudgets | None = None) -> ProcessRecord:
+    b = target.binary
+    rec = ProcessRecord(pid=pid, host=socket.gethostname(), exe=_exe(pid), build_id=b.build_id,
+                        go_version=b.go_version, main_module=b.main_module,
+                        vcs_revision=b.vcs_revision, captured_at_ns=time.time_ns())
+    rec.warnings.extend(target.plan.warnings)
+    if target.layout is None:
+        rec.error = (f"{b.path} ({b.build_description}) has no DWARF for the runtime layout "
+                     "and no reference build matched; can't find goroutines")
+        return rec
+    try:
+        target = target.at_bias(load_bias(pid, b))
+        rec.load_bias = target.bias
+        out, threads, now_mono, report = _paused_walk(pid, target, opts, probe or shared_probe(),
+                                                      budgets or StackBudgets(max_frames=opts.max_frames),
+                                                      rec)
+    except (AgentError, ValueError) as e:
+        rec.error = f"{e} ({b.build_description})"
+        return rec
+    _report_limits(rec, out, report)
+    labels = _labels(pid, target.layout, out.goroutines)
+    for g in out.goroutines:
+        rec.goroutines.append(_goroutine_record(g, target, opts, threads, labels, now_mono))
+    rec.goroutines.sort(key=lambda g: g.goid)
+    return rec
+
+
+def _exe(pid: int) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return ""
+
+
+def sigtramp_offset(binary) -> int:
+    """File offset of runtime.sigtramp (the .abi0 assembly entry the kernel
+    calls): a uprobe is placed by file offset, so PIE or not is the same."""
+    fn = binary.pclntab.func_by_name(SIGTRAMP)
+    if fn is None:
+        raise ProbeError(f"{binary.path} has no {SIGTRAMP}: not a Go binary the probe can trigger in")
+    off = binary._file_offset(fn.entry, 1)
+    if off is None:
+        raise ProbeError(f"{SIGTRAMP} at {fn.entry:#x} is not in a file-backed segment of {binary.path}")
+    return off
+
+
+def _paused_walk(pid, target, opts, probe, budgets, rec):
+    plan = StackPlan.from_layout(target.layout, pid, gr._G_FIELDS, budgets)
+    offset = sigtramp_offset(target.binary)
+    runner = pid          # the thread left running: SIGURG sends it into sigtramp
+    with probe.attached(pid, f"/proc/{pid}/exe", offset):
+        probe.prepare(plan)
+        try:
+            with PausedProcess(pid, deadline_s=opts.deadline_s, leave_running=runner) as paused:
+                probe.set_thread_regs({tid: (r.rip, r.rsp, r.rbp) for tid, r in paused.threads.items()})
+                now_mono = time.monotonic_ns()
+                left = max(0.0, opts.deadline_s - paused.elapsed_s())
+                report = probe.trigger(pid, runner, now_mono + int(left * 1e9))
+                threads = dict(paused.threads)
+        finally:
+            probe.finish()
+    rec.pause_ns = paused.pause_ns
+    rec.pause_start_ns = paused.paused_at_ns or None
+    out = parse(probe.drain())
+    if out.thread is not None:
+        tid, regs = out.thread
+        threads[tid] = _regs(regs)
+    return out, threads, now_mono, report
+
+
+def _regs(gregs: dict[str, int]) -> Regs:
+    """A ptrace Regs from the probing thread's ucontext registers."""
+    vals = {f: 0 for f in Regs.__dataclass_fields__}
+    vals.update({k: v for k, v in gregs.items() if k in vals})
+    return Regs(**vals)
+
+
+def _report_limits(rec: ProcessRecord, out, report) -> None:
+    if report.dropped:
+        rec.truncated = True
+        rec.warnings.append(f"the probe's ring buffer was full: {report.dropped} records lost "
+                            f"({out.orphan_frames} frame records without their goroutine); "
+                            "their goroutines are missing or their stacks cut")
+    if report.budget_cuts:
+        rec.truncated = True
+        rec.warnings.append(f"{report.budget_cuts} goroutines past the probe's goroutine budget "
+                            "were not walked")
+
+
+def _labels(pid, layout, gs: list[ProbeGoroutine]) -> dict[int, dict[str, str]]:
+    """pprof labels, read after the resume from the label maps the pause saw
+    (immutable once set; see docs/ebpf.md for the window this leaves)."""
+    raws = [gr.RawG(g.gaddr, gr._fields(g.g, layout.g_offsets, {"labels": 8})) for g in gs]
+    raws = [r for r in raws if r.f.get("labels")]
+    if not raws:
+        return {}
+    try:
+        return gr.read_labels(layout, ProcessMemory(pid), raws)
+    except AgentError:
+        return {}
+
+
+def _start(g: ProbeGoroutine, threads: dict) -> gr.GStart:
+    tid = g.tid or None
+    if g.start == START_REGS:
+        return gr.GStart(g.pc, g.sp, g.bp, trap=True, thread_id=tid, regs=threads.get(tid))
+    if g.start == START_SYSCALL:
+        return gr.GStart(g.pc, g.sp, g.bp, thread_id=tid)
+    return gr.GStart(g.pc, g.sp, g.bp, thread_id=None)
+
+
+def _sparse_reader(words: dict[int, int]):
+    def read(addr: int, n: int) -> bytes:
+        if n == 8 and addr in words:
+            return words[addr].to_bytes(8, "little")
+        raise AgentError(f"the probe did not copy the stack word at {addr:#x}")
+    return read
+
+
+def _goroutine_record(g: ProbeGoroutine, target, opts, threads, labels, now_mono) -> GoroutineRecord:
+    """As agent/snapshot.py's _goroutine_record, from the probe's copy (the
+    differential tests hold the two to the same output)."""
+    layout, pcln = target.layout, target.pcln
+    f = gr._fields(g.g, layout.g_offsets, gr._G_FIELDS)
+    raw = gr.RawG(g.gaddr, f)
+    start = _start(g, threads)
+    status = layout.status_names.get(gr.status_of(layout, raw), "unknown")
+    if start.thread_id is None and status == "running":
+        start.thread_id = g.tid or None
+    stack = StackImage(g.sp, g.top, _sparse_reader(g.words()))
+    unwound = unwind(pcln, start.pc, start.sp, start.bp, stack, trap=start.trap,
+                     stack_hi=f.get("stack.hi"), max_frames=opts.max_frames, bias=target.bias)
+    wr = f.get("waitreason", 0)
+    since = f.get("waitsince", 0)
+    created = (_created_by(pcln, f.get("gopc", 0) - target.bias) if f["goid"] != 1 and f.get("gopc")
+               else (None, None, None))
+    start_fn = pcln.func_for_pc(f.get("startpc", 0) - target.bias)
+    rec = GoroutineRecord(
+        goid=f["goid"], status=status,
+        wait_reason=layout.wait_reasons.get(wr, "") if status == "waiting" and wr else "",
+        wait_since_ns=(now_mono - since) if since and status in ("waiting", "syscall") else None,
+        created_by=created[0], created_by_file=created[1], created_by_line=created[2],
+        parent_goid=f.get("parentGoid") or None, labels=labels.get(g.gaddr) or {},
+        is_system=bool(start_fn and start_fn.name.startswith("runtime.") and start_fn.name != "runtime.main"),
+        thread_id=start.thread_id, error=unwound.error)
+    rec.frames = [frame for frame, _ in logical_frames(pcln, unwound.frames, target.bias)]
+    return rec
+
+
+def _created_by(pcln, gopc: int):
+    fn = pcln.func_for_pc(gopc) if gopc > 0 else None
+    if fn is None:
+        return None, None, None
+    file, line = pcln.file_line(fn, gopc - 1 if gopc > fn.entry else gopc)
+    return fn.name, file, line
+
+
+def snapshot_processes(targets: list, opts, ptrace) -> list[ProcessRecord]:
+    """agent.snapshot.snapshot_processes's executor switch (opts.executor):
+    each process goes to the eBPF executor, or to `ptrace` (a callable taking
+    [(pid, target)]) where `auto` falls back, which its record's warnings say.
+    eBPF processes are paused one after another, not together."""
+    routed = [(pid, t, *choose(opts.executor, t)) for pid, t in targets]
+    fallback = [(pid, t) for pid, t, ex, _ in routed if ex == "ptrace"]
+    by_pid = dict(zip((pid for pid, _ in fallback), ptrace(fallback))) if fallback else {}
+    out = []
+    for pid, t, ex, why in routed:
+        if ex == "ptrace":
+            rec = by_pid[pid]
+            if why:
+                rec.warnings.append(f"executor auto: used ptrace, because {why}")
+        elif why:
+            rec = ProcessRecord(pid=pid, host=socket.gethostname(), exe=_exe(pid),
+                                build_id=t.binary.build_id, go_version=t.binary.go_version,
+                                captured_at_ns=time.time_ns(), error=f"executor ebpf: {why}")
+        else:
+            rec = snapshot_process(pid, t, opts)
+        out.append(rec)
+    return out

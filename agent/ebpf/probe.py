@@ -1,0 +1,220 @@
+"""The live stack probe: the one object that owns kernel resources.
+
+    with StackProbe() as probe:                  # compiles (once per process) and loads
+        with probe.attached(pid, exe, offset):   # uprobe on runtime.sigtramp of that process
+            probe.prepare(plan)                  # the plan map, state reset, old records dropped
+            ... pause every thread but one ...
+            report = probe.trigger(pid, tid, deadline)   # SIGURG to tid; the probe walks
+        records = probe.drain()                  # after the resume: the ring buffer's bytes
+
+Everything the probe needs about a target comes through maps (plan.py); the
+BPF C (probe.bpf.c) never changes per binary or per request, so it is
+compiled once per agent process (`_compiled`, keyed by its text and flags)
+and only loaded per StackProbe. `close()` (or the with-statement) detaches
+every uprobe this object attached, frees the ring buffer and closes every
+program and map: nothing is left in the kernel on any path, errors included.
+"""
+from __future__ import annotations
+
+import ctypes as ct
+import os
+import signal
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import AgentError
+from ..ptrace import tgkill
+from .plan import StackPlan
+
+SOURCE = Path(__file__).with_name("probe.bpf.c")
+RINGBUF_PAGES = 8192           # 32 MiB: ~10,000 goroutines of 30 frames
+GS_STEPS = 64                  # allgs entries per gstart run (the verifier's budget)
+FR_STEPS = 512                 # frames per frames run
+
+PH_IDLE, PH_ARMED, PH_RUNNING, PH_MORE, PH_DONE, PH_FAILED = range(6)
+
+
+class ProbeError(AgentError):
+    """The eBPF probe could not be loaded, attached or run."""
+
+
+@dataclass
+class RunReport:
+    """What the probe says about one run (the `state` map after it)."""
+    triggers: int
+    records: int
+    dropped: int               # records the ring buffer had no room for
+    frames: int
+    goroutines: int
+    read_errors: int
+    budget_cuts: int           # goroutines past plan.max_gs (queue full)
+    pause_trigger_ns: int      # from the first SIGURG to the probe's DONE
+    allglen: int
+
+
+class StackProbe:
+    def __init__(self, ringbuf_pages: int = RINGBUF_PAGES):
+        try:
+            from bcc import BPF
+        except ImportError as e:
+            raise ProbeError("bcc is not importable (Debian's python3-bpfcc; run scripts/setup.sh)") from e
+        self._BPF = BPF
+        self._uprobes: dict[int, int] = {}      # pid -> perf event fd
+        self._records: list[bytes] = []
+        self._bpf = None
+        try:
+            self._bpf = BPF(text=SOURCE.read_text(), cflags=[
+                f"-DRINGBUF_PAGES={ringbuf_pages}", f"-DGS_STEPS={GS_STEPS}", f"-DFR_STEPS={FR_STEPS}"])
+            self._entry = self._bpf.load_func(b"on_sigtramp", BPF.KPROBE)
+            progs = self._bpf[b"progs"]
+            for i, name in enumerate((b"gstart", b"frames")):
+                fn = self._bpf.load_func(name, BPF.KPROBE)
+                progs[ct.c_int(i)] = ct.c_int(fn.fd)
+            self._plan = self._bpf[b"plan"]
+            self._state = self._bpf[b"state"]
+            self._regs = self._bpf[b"regs"]
+            self._cb = self._bpf[b"out"].open_ring_buffer(self._on_record)
+        except BaseException as e:
+            self.close()
+            if isinstance(e, Exception) and not isinstance(e, ProbeError):
+                raise ProbeError(f"loading the eBPF stack probe failed: {e}") from e
+            raise
+
+    # -- lifetime
+
+    def close(self) -> None:
+        for pid in list(self._uprobes):
+            self._detach(pid)
+        if self._bpf is not None:
+            bpf, self._bpf = self._bpf, None
+            bpf.cleanup()
+
+    def __enter__(self) -> "StackProbe":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._bpf is None
+
+    # -- uprobes
+
+    @contextmanager
+    def attached(self, pid: int, path: str, offset: int):
+        """A uprobe on the file offset `offset` of `path` (runtime.sigtramp),
+        for process pid only; detached when the block ends, however it ends."""
+        from bcc.libbcc import lib
+        self._check_open()
+        if pid in self._uprobes:
+            raise ProbeError(f"pid {pid} already has the probe attached")
+        ev = f"exray_{os.getpid()}_{pid}_{offset:x}".encode()
+        fd = lib.bpf_attach_uprobe(self._entry.fd, 0, ev, path.encode(), offset, pid)
+        if fd < 0:
+            raise ProbeError(f"attaching a uprobe to {path}+{offset:#x} for pid {pid} failed "
+                             f"({os.strerror(ct.get_errno() or 1)})")
+        self._uprobes[pid] = fd
+        self._events = getattr(self, "_events", {})
+        self._events[pid] = ev
+        try:
+            yield
+        finally:
+            self._detach(pid)
+
+    def _detach(self, pid: int) -> None:
+        from bcc.libbcc import lib
+        fd = self._uprobes.pop(pid, None)
+        if fd is not None:
+            lib.bpf_close_perf_event_fd(fd)
+            lib.bpf_detach_uprobe(self._events.pop(pid))   # a tracefs event, when one was made
+
+    # -- one run
+
+    def prepare(self, plan: StackPlan) -> None:
+        """Before the pause: the plan in, the state idle, no regs, no old records."""
+        self._check_open()
+        self._plan[ct.c_int(0)] = self._plan.Leaf.from_buffer_copy(plan.pack())
+        self._set_phase(PH_IDLE)
+        self._regs.clear()
+        self.drain()
+
+    def set_thread_regs(self, regs: dict) -> None:
+        """tid -> (pc, sp, bp) of the stopped threads, for running goroutines."""
+        leaf, key = self._regs.Leaf, self._regs.Key
+        for tid, (pc, sp, bp) in regs.items():
+            self._regs[key(tid)] = leaf(pc, sp, bp)
+
+    def trigger(self, pid: int, tid: int, deadline_ns: int) -> RunReport:
+        """Arm, SIGURG the unstopped thread tid, and wait for the probe to finish
+        (triggering again while it says MORE). Raises ProbeError at the deadline,
+        leaving the probe disarmed."""
+        self._set_phase(PH_ARMED)
+        t0 = time.monotonic_ns()
+        phase = PH_ARMED
+        try:
+            tgkill(pid, tid, signal.SIGURG)
+            spins = 0
+            while True:
+                st = self._state[ct.c_int(0)]
+                phase = st.phase
+                if phase == PH_DONE:
+                    break
+                if phase == PH_FAILED:
+                    raise ProbeError(f"the probe could not start in pid {pid} (allgs unreadable, "
+                                     f"or its tail calls are not in place): {st.read_errors} read errors")
+                if phase == PH_MORE:
+                    tgkill(pid, tid, signal.SIGURG)
+                    self._wait_phase_change(PH_MORE, deadline_ns)
+                    continue
+                if time.monotonic_ns() > deadline_ns:
+                    raise ProbeError(
+                        f"the probe did not finish in pid {pid} within the deadline (phase {phase}, "
+                        f"{st.triggers} runs, {st.gs} goroutines, {st.frames} frames): thread {tid} "
+                        "may block SIGURG or be stuck in the kernel")
+                spins += 1
+                if spins > 50:
+                    os.sched_yield()
+        except BaseException:
+            self._set_phase(PH_IDLE)
+            raise
+        done = time.monotonic_ns()
+        return RunReport(triggers=st.triggers, records=st.records, dropped=st.dropped, frames=st.frames,
+                         goroutines=st.gs, read_errors=st.read_errors, budget_cuts=st.budget_cuts,
+                         pause_trigger_ns=done - t0, allglen=st.n)
+
+    def _wait_phase_change(self, phase: int, deadline_ns: int) -> None:
+        while self._state[ct.c_int(0)].phase == phase:
+            if time.monotonic_ns() > deadline_ns:
+                raise ProbeError("the probe was triggered again but did not run before the deadline")
+            os.sched_yield()
+
+    def finish(self) -> None:
+        """After the resume: whatever SIGURG is still pending finds the probe idle."""
+        if not self.closed:
+            self._set_phase(PH_IDLE)
+
+    def drain(self) -> list[bytes]:
+        """Every record in the ring buffer, in order; empties it."""
+        self._check_open()
+        self._records = []
+        self._bpf.ring_buffer_consume()
+        out, self._records = self._records, []
+        return out
+
+    # -- internals
+
+    def _on_record(self, ctx, data, size) -> int:
+        self._records.append(ct.string_at(data, size))
+        return 0
+
+    def _set_phase(self, phase: int) -> None:
+        leaf = self._state.Leaf()
+        leaf.phase = phase
+        self._state[ct.c_int(0)] = leaf
+
+    def _check_open(self) -> None:
+        if self._bpf is None:
+            raise ProbeError("the probe is closed")

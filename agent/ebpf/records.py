@@ -1,0 +1,103 @@
+"""The probe's ring-buffer records, parsed (pure: bytes in, data out).
+
+Kinds (probe.bpf.c): K_THREAD, the registers of the thread that ran the
+probe (from the signal's ucontext); K_G, a goroutine's header, the bytes of
+its g and the words at its stack pointer; K_FRAMES, (saved bp, return
+address) pairs of the frames of the goroutine at allgs index `gi`, in order.
+`ProbeGoroutine.stack()` turns them into the sparse stack image the pcsp
+unwinder (agent/unwind.py) walks: the words at sp, and at each frame
+pointer fp the saved bp (at fp) and the return address (at fp + 8).
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from ..errors import AgentError
+
+K_G, K_FRAMES, K_THREAD = 1, 2, 3
+START_SCHED, START_SYSCALL, START_REGS = 0, 1, 2
+
+F_TOP, F_RANGE, F_READ, F_BUDGET, F_DROPPED, F_GREAD = 1, 2, 4, 8, 16, 32
+_WHY = {F_RANGE: "a frame pointer left the stack", F_READ: "a frame could not be read",
+        F_BUDGET: "the frame budget ran out", F_GREAD: "the g could not be read"}
+
+# struct rec_hdr
+_HDR = struct.Struct("<IIQQQQIIIIII")
+# uc_mcontext.gregs order (asm/sigcontext.h, amd64)
+GREGS = ("r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rdi", "rsi", "rbp", "rbx",
+         "rdx", "rax", "rcx", "rsp", "rip", "eflags", "csgsfs", "err", "trapno", "oldmask", "cr2")
+
+
+class RecordError(AgentError):
+    """A record from the probe that does not parse."""
+
+
+@dataclass
+class ProbeGoroutine:
+    gi: int
+    gaddr: int
+    pc: int
+    sp: int
+    bp: int
+    start: int
+    tid: int
+    g: bytes
+    top: bytes
+    flags: int = 0
+    pairs: list[tuple[int, int]] = field(default_factory=list)   # (saved bp, return address)
+
+    def words(self) -> dict[int, int]:
+        """Stack words the frame chain read, by address."""
+        out, fp = {}, self.bp
+        for saved, ret in self.pairs:
+            out[fp], out[fp + 8] = saved, ret
+            fp = saved
+        return out
+
+    def chain_error(self) -> str | None:
+        for bit, why in _WHY.items():
+            if self.flags & bit:
+                return why
+        return None
+
+
+@dataclass
+class ProbeOutput:
+    thread: tuple[int, dict[str, int]] | None = None    # (tid, registers) of the probing thread
+    goroutines: list[ProbeGoroutine] = field(default_factory=list)
+    orphan_frames: int = 0     # frame records with no goroutine record (its was dropped)
+
+
+def parse(records: list[bytes]) -> ProbeOutput:
+    out = ProbeOutput()
+    by_gi: dict[int, ProbeGoroutine] = {}
+    for raw in records:
+        if len(raw) < _HDR.size:
+            raise RecordError(f"a probe record of {len(raw)} bytes is shorter than its header")
+        kind, gi, gaddr, pc, sp, bp, start, tid, g_len, top_len, nframes, flags = _HDR.unpack_from(raw)
+        body = memoryview(raw)[_HDR.size:]
+        if kind == K_G:
+            if g_len + top_len > len(body):
+                raise RecordError(f"goroutine record {gi}: {g_len}+{top_len} bytes claimed, {len(body)} sent")
+            g = ProbeGoroutine(gi, gaddr, pc, sp, bp, start, tid, bytes(body[:g_len]),
+                               bytes(body[g_len:g_len + top_len]), flags)
+            by_gi[gi] = g
+            if not flags & F_GREAD:
+                out.goroutines.append(g)
+        elif kind == K_FRAMES:
+            if 16 * nframes > len(body):
+                raise RecordError(f"frame record {gi}: {nframes} frames claimed, {len(body)} bytes sent")
+            g = by_gi.get(gi)
+            if g is None:
+                out.orphan_frames += 1
+                continue
+            w = struct.unpack_from(f"<{2 * nframes}Q", body)
+            g.pairs.extend(zip(w[0::2], w[1::2]))
+            g.flags |= flags
+        elif kind == K_THREAD:
+            regs = dict(zip(GREGS, struct.unpack_from(f"<{g_len // 8}Q", body))) if g_len else {}
+            out.thread = (tid, regs)
+        else:
+            raise RecordError(f"a probe record of unknown kind {kind}")
+    return out

@@ -1,0 +1,135 @@
+"""The eBPF executor against the ptrace executor and against Go's own traceback.
+
+The states program parks goroutines in known states; each build is
+snapshotted by both executors (eBPF first, then ptrace) and then Go dumps
+its own traceback (SIGQUIT, GOTRACEBACK=system). The eBPF snapshot must list
+the same goroutines with the same statuses, wait reasons, creators, labels
+and frames as the ptrace one, for every goroutine parked in a stable state
+(the others may move between the two snapshots), and its parked stacks must
+be Go's own. Skips, naming what is missing, where the kernel can't run BPF.
+"""
+from __future__ import annotations
+
+import pytest
+
+from ebpf_helpers import our_bpf_programs, our_uprobes, require_ebpf
+from gobuild import build
+from oracle import parse_go_traceback
+from stack_compare import NAMED, STABLE, assert_stacks_match
+from targets import run_target
+
+
+@pytest.fixture(scope="module")
+def probe():
+    require_ebpf()
+    from agent.ebpf.probe import StackProbe
+    with StackProbe() as p:
+        yield p
+    assert not our_uprobes()
+
+
+def _snap(pid, target, probe, executor):
+    from agent.snapshot import SnapshotOptions, snapshot_process
+    from agent.ebpf import executor as ebpf
+    opts = SnapshotOptions(executor="ptrace")
+    if executor == "ebpf":
+        return ebpf.snapshot_process(pid, target, opts, probe=probe)
+    return snapshot_process(pid, target, opts)
+
+
+def _both(binary, probe):
+    from server.snapshot_job import load_target
+    with run_target(binary, env={"GOTRACEBACK": "system"}) as t:
+        target = load_target(str(binary), None, {})
+        ebpf = _snap(t.pid, target, probe, "ebpf")
+        ptrace = _snap(t.pid, target, probe, "ptrace")
+        level2 = parse_go_traceback(t.quit_dump())
+    assert ebpf.error is None, ebpf.error
+    assert ptrace.error is None, ptrace.error
+    return ebpf, ptrace, level2
+
+
+def _frames(g):
+    return [(f.function, f.file, f.line, f.pc, f.inlined, f.hidden, f.entry) for f in g.frames]
+
+
+def assert_same_as_ptrace(ebpf, ptrace, level2):
+    ours, theirs = {g.goid: g for g in ebpf.goroutines}, {g.goid: g for g in ptrace.goroutines}
+    assert set(ours) == set(theirs)
+    compared = 0
+    for goid, g in ours.items():
+        p = theirs[goid]
+        assert (g.created_by, g.created_by_file, g.created_by_line, g.parent_goid, g.is_system,
+                g.labels) == (p.created_by, p.created_by_file, p.created_by_line, p.parent_goid,
+                              p.is_system, p.labels), f"goroutine {goid}"
+        go = level2.get(goid)
+        if go is None or go.wait_reason not in STABLE:
+            continue
+        assert (g.status, g.wait_reason, g.error) == (p.status, p.wait_reason, p.error), f"goroutine {goid}"
+        assert _frames(g) == _frames(p), f"goroutine {goid}"
+        compared += 1
+    assert compared >= len(NAMED)
+
+
+@pytest.fixture(scope="module")
+def states(probe):
+    return _both(build("states"), probe)
+
+
+def test_same_goroutines_and_frames_as_ptrace(states):
+    assert_same_as_ptrace(*states)
+
+
+def test_parked_stacks_are_go_own(states):
+    ebpf, _, level2 = states
+    assert assert_stacks_match(ebpf, level2) >= len(NAMED)
+
+
+def test_the_probe_saw_every_goroutine_go_shows(states):
+    ebpf, _, level2 = states
+    assert {g.goid for g in ebpf.goroutines} == set(level2) - {0}
+
+
+def test_running_and_syscall_goroutines_unwind(states):
+    """The spinning goroutine runs on a thread (registers) or waits to; the
+    blocked syscall starts at syscallsp: both unwind to their Go function."""
+    ebpf, _, _ = states
+    by_fn = {f.function: g for g in ebpf.goroutines for f in g.frames}
+    assert by_fn["main.blockedSyscall"].status == "syscall"
+    assert by_fn["main.blockedSyscall"].error is None
+    spin = by_fn["main.spin"]
+    assert spin.status in ("running", "runnable") and spin.error is None
+
+
+# Go 1.21 has no g.syscallbp (the probe copies the stack at syscallsp instead);
+# PIE moves every address by the load bias.
+MATRIX = [("1.21.13", "exe"), ("1.21.13", "pie"), ("1.27.3", "exe"), ("1.27.3", "pie")]
+
+
+@pytest.mark.parametrize("release,mode", MATRIX, ids=[f"go{r}-{m}" for r, m in MATRIX])
+def test_version_matrix(probe, release, mode):
+    flags = ("-buildmode=pie",) if mode == "pie" else ()
+    binary = build("states", flags, release=release, env={"CGO_ENABLED": "1"})
+    ebpf, ptrace, level2 = _both(binary, probe)
+    assert ebpf.go_version == f"go{release}"
+    assert (ebpf.load_bias not in (0, None)) == (mode == "pie")
+    assert_same_as_ptrace(ebpf, ptrace, level2)
+    assert assert_stacks_match(ebpf, level2) >= len(NAMED)
+
+
+def test_nothing_left_in_the_kernel_after_close():
+    """A probe that was loaded, attached and closed leaves no uprobe and no
+    BPF program behind (nor does the module's probe: see its fixture)."""
+    require_ebpf()
+    from agent.ebpf.probe import StackProbe
+    before = len(our_bpf_programs())
+    with run_target(build("states")) as t:
+        from server.snapshot_job import load_target
+        from agent.ebpf.executor import sigtramp_offset
+        target = load_target(str(build("states")), None, {})
+        with StackProbe() as p:
+            assert len(our_bpf_programs()) == before + 3
+            with p.attached(t.pid, f"/proc/{t.pid}/exe", sigtramp_offset(target.binary)):
+                pass
+    assert len(our_bpf_programs()) == before
+    assert not our_uprobes()
