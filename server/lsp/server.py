@@ -23,6 +23,7 @@ from pygls.protocol import LanguageServerProtocol, lsp_method
 from pygls.uris import to_fs_path
 
 from . import commands, documents, editing, gosource, goviews, hints
+from .framing import ResilientProtocol, serve_stdio
 from .agent import Agent, LocalAgent
 from .sourcemap import SourceMap
 from .workspace import Workspace, validate_settings
@@ -33,9 +34,10 @@ CONTENT_REQUEST = "exray/textDocumentContent"     # fallback for clients without
 CONFIG_SECTION = "exray"
 
 
-class ExrayProtocol(LanguageServerProtocol):
+class ExrayProtocol(ResilientProtocol, LanguageServerProtocol):
     """Adds `workspace.textDocumentContent` (LSP 3.18) to the initialize result
-    when the client announces support for it."""
+    when the client announces support for it. ResilientProtocol answers every
+    request, whatever the client sends (framing.py)."""
 
     @lsp_method(types.INITIALIZE)
     def lsp_initialize(self, params: types.InitializeParams):
@@ -94,6 +96,10 @@ class ExrayServer(LanguageServer):
         self.spec_state = editing.SpecState()
         self.startup: asyncio.Future | None = None   # the first snapshot's load, after `initialized`
         self.client_name: str | None = None          # clientInfo.name: messages name its commands
+
+    def start_io(self, stdin=None, stdout=None) -> None:
+        """As pygls's, with framing that survives a bad client (framing.py)."""
+        serve_stdio(self, stdin, stdout)
 
     # ---------------------------------------------------------------- messages
     def show(self, kind: types.MessageType, message: str) -> None:
