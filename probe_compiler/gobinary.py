@@ -8,7 +8,9 @@ their magic numbers and moduledata by its pointer to the pclntab.
 """
 from __future__ import annotations
 
+import errno
 import mmap
+import os
 import re
 import struct
 from functools import cached_property
@@ -30,6 +32,38 @@ _MD_FUNCNAMETAB, _MD_PCLNTABLE, _MD_TEXT = 1, 13, 22
 OLDEST_GO, NEWEST_GO = (1, 21), (1, 27)
 
 
+_PROC_EXE = re.compile(r"/proc/(\d+)/exe\Z")
+
+
+def _open_failed(path: str, e: OSError) -> str:
+    """Why a binary can't be opened, in the terms of what the user asked for:
+    a process's /proc/PID/exe fails when the process exited, or when this
+    user may not trace it (the kernel's ptrace access check guards the link)."""
+    m = _PROC_EXE.match(path)
+    if m is None:
+        return f"{path}: cannot open the binary: {e.strerror}; check the path and read permission"
+    pid = int(m.group(1))
+    if e.errno in (errno.ENOENT, errno.ESRCH) or not os.path.exists(f"/proc/{pid}"):
+        return (f"{path}: the process is not running (it exited, or never existed); "
+                f"snapshot a running process (pgrep -a NAME lists them)")
+    if e.errno in (errno.EACCES, errno.EPERM):
+        try:
+            owner = os.stat(f"/proc/{pid}").st_uid
+        except OSError:
+            owner = None
+        me = os.geteuid()
+        whose = ("root's" if owner == 0 else f"uid {owner}'s") if owner is not None else "its"
+        if me != 0:
+            return (f"{path}: pid {pid} is {whose} process and this is uid {me}: reading a process takes "
+                    f"ptrace permission over it, which the kernel gives root (or the process's "
+                    f"own user, when kernel.yama.ptrace_scope allows): run exray as root, e.g. "
+                    f"with sudo")
+        return (f"{path}: the kernel refused to open the binary ({e.strerror}) even to root: "
+                f"ptrace is restricted here (kernel.yama.ptrace_scope 3, a security module, "
+                f"or another PID namespace)")
+    return f"{path}: cannot open the process's binary: {e.strerror}"
+
+
 class GoBinary:
     def __init__(self, path: str, fileobj, elf: ELFFile, data: mmap.mmap):
         self.path = path
@@ -49,8 +83,7 @@ class GoBinary:
         try:
             f = open(path, "rb")
         except OSError as e:
-            raise BinaryError(f"{path}: cannot open the binary: {e.strerror}; "
-                              "check the path and read permission") from e
+            raise BinaryError(_open_failed(path, e)) from e
         try:
             data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
             if data[:4] != b"\x7fELF":

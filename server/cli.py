@@ -14,6 +14,7 @@ a failing SQL query exits 2. Never a traceback for those.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sqlite3
 import sys
@@ -117,8 +118,23 @@ def _displayed(db: sqlite3.Connection, query: str, cols: list[str], rows: list) 
             for r in rows]
 
 
+def _check_out_path(out: str | None) -> None:
+    """Refuse an output path that can't be written, before anything is paused."""
+    if out is None:
+        return
+    from .errors import ServerError
+    folder = os.path.dirname(os.path.abspath(out))
+    if os.path.isdir(out):
+        raise ServerError(f"-o {out}: that is a directory; give a file name, e.g. {os.path.join(out, 'snap.sqlite')}")
+    if not os.path.isdir(folder):
+        raise ServerError(f"-o {out}: the folder {folder} does not exist; create it first")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ServerError(f"-o {out}: this user may not create files in {folder}; choose another folder")
+
+
 def cmd_snapshot(args: argparse.Namespace) -> int:
     from server import snapshot_job  # lazy: pulls in the agent and the probe compiler
+    _check_out_path(args.out)
     spec = args.spec
     if spec is None and not args.pid and os.path.exists("exray.yaml"):
         spec = "exray.yaml"     # no arguments at all: the spec here says what to snapshot
@@ -265,10 +281,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:             # `exray sql ... | head`
-        import os
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # no second complaint when Python flushes at exit
         return 141
+    except OSError as e:                # a file of the user's: say which, and why
+        print(f"error: {_os_error(e)}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print("error: out of memory; the input is larger than this machine can hold", file=sys.stderr)
+        return 1
+    except Exception as e:              # noqa: BLE001 - a bug: one line, and how to see more
+        if os.environ.get("EXRAY_DEBUG"):
+            raise
+        print(f"error: internal error in exray {args.command}: {type(e).__name__}: {e}; this is a "
+              f"bug in Ex-Ray: please report it with the command (EXRAY_DEBUG=1 shows the "
+              f"traceback)", file=sys.stderr)
+        return 70                       # EX_SOFTWARE
+
+
+def _os_error(e: OSError) -> str:
+    what = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+    why = e.strerror or str(e)
+    hint = {errno.EACCES: "check its permissions", errno.EPERM: "check its permissions",
+            errno.ENOSPC: "free some space", errno.EISDIR: "give a file, not a directory",
+            errno.ENOENT: "check the path", errno.EROFS: "choose a writable place"}.get(e.errno)
+    return f"{what + ': ' if what else ''}{why}{'; ' + hint if hint else ''}"
 
 
 if __name__ == "__main__":
