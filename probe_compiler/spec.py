@@ -44,6 +44,8 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from .errors import ExpressionError, SpecError
 from .expr import Expr, parse_expr, sanitize_identifier
+from .sql_limits import CEILINGS, DEFAULTS, SqlLimits
+from . import sql_limits
 
 SPEC_VERSION = 1
 
@@ -180,6 +182,8 @@ class Spec:
     links: list[LinkSpec] = field(default_factory=list)
     targets: list[TargetSpec] = field(default_factory=list)
     files: list[str] = field(default_factory=list)            # every file merged into this spec
+    sql_limits: SqlLimits = DEFAULTS                          # bounds on its SQL (`limits:`)
+    limits_set: dict = field(default_factory=dict, repr=False, compare=False)  # what this file's `limits:` says
 
     def function(self, symbol: str) -> FunctionSpec | None:
         for f in self.functions:
@@ -587,6 +591,34 @@ def _targets(node: Node, ctx: _Ctx) -> list[TargetSpec]:
     return [_target(item, ctx) for item in _items(node, ctx, "targets")]
 
 
+def _limit(name: str) -> Parser:
+    """A bound of `limits:`: a positive number, at most its ceiling (which a spec cannot raise)."""
+    integer = sql_limits.is_integer_key(name)
+
+    def parse(node: Node, ctx: _Ctx):
+        tags = ("tag:yaml.org,2002:int",) if integer else ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+        if not isinstance(node, ScalarNode) or node.tag not in tags:
+            raise ctx.error(node, f"expected {'an integer' if integer else 'a number'} for "
+                                  f"'limits.{name}', got {_kind(node)}")
+        v = yaml.safe_load(node.value)
+        ceiling = getattr(CEILINGS, name)
+        if not v > 0:
+            raise ctx.error(node, f"'limits.{name}' must be more than 0")
+        if v > ceiling:
+            raise ctx.error(node, f"'limits.{name}' is {sql_limits.text(v)}, above its ceiling "
+                                  f"{sql_limits.text(ceiling)}, "
+                                  "which a spec cannot raise (docs/security.md)")
+        return v
+    return parse
+
+
+def _limits(node: Node, ctx: _Ctx) -> dict[str, float]:
+    """The bounds the file sets (the others keep their defaults)."""
+    if _is_null(node):
+        return {}
+    return {k: v for k, (v, _) in _mapping(node, LIMIT_KEYS, ctx, "'limits'").items()}
+
+
 def _includes(node: Node, ctx: _Ctx) -> list[tuple[str, Node]]:
     """Patterns with their nodes; a single string is a list of one."""
     nodes = [node] if _is_str(node) else _items(node, ctx, "include")
@@ -629,6 +661,16 @@ TOP_KEYS: dict[str, Key] = {
                                    "additionalProperties": {"anyOf": [{"type": "string"}, _ref("report")]}}),
     "links": Key(_links, doc="column sets that tie rows of two tables together, both ways",
                  schema=lambda: {"type": ["array", "null"], "items": _ref("link")}),
+    "limits": Key(_limits, doc="bounds on the SQL of extra columns, reports and links (docs/security.md); "
+                               "an included file can only lower them",
+                  schema=lambda: {"anyOf": [_ref("limits"), {"type": "null"}]}),
+}
+LIMIT_KEYS: dict[str, Key] = {
+    name: Key(_limit(name), doc=f"{sql_limits.DOCS[name]} (default {sql_limits.text(getattr(DEFAULTS, name))}, "
+                                f"at most {sql_limits.text(getattr(CEILINGS, name))})",
+              schema=_s(type="integer" if sql_limits.is_integer_key(name) else "number",
+                        exclusiveMinimum=0, maximum=getattr(CEILINGS, name)))
+    for name in sql_limits.key_names()
 }
 FUNCTION_KEYS: dict[str, Key] = {
     "table": Key(_str("'table'"), doc="name of the function table; default from the symbol",
@@ -691,6 +733,7 @@ _DEFS = {  # $defs name -> (key table, doc, extra constraints)
     "column": ("COLUMN_KEYS", "an extra column in long form", {}),
     "report": ("REPORT_KEYS", "a derived table in long form", {}),
     "link": ("LINK_KEYS", "a link between two tables", {}),
+    "limits": ("LIMIT_KEYS", "bounds on the spec's SQL, within ceilings a spec cannot raise", {}),
     "target": ("TARGET_KEYS", "processes to snapshot",
                {"oneOf": [{"required": ["exe"]}, {"required": ["pid"]}]}),
 }
@@ -978,7 +1021,8 @@ def _parse_file(text: str, path: str, limits: ReadLimits = READ_LIMITS
         return d[key][0] if key in d else []
     spec = Spec(functions=section("functions"), version=d["version"][0], path=path, text=text,
                 reports=section("reports"), links=section("links"), targets=section("targets"),
-                files=[path])
+                files=[path], sql_limits=DEFAULTS.with_(**d["limits"][0]) if "limits" in d else DEFAULTS)
+    spec.limits_set = d["limits"][0] if "limits" in d else {}
     includes = [(p, n, ctx) for p, n in section("include")]
     return spec, includes
 
@@ -997,6 +1041,9 @@ def _merge(into: Spec, other: Spec) -> None:
     into.links += other.links
     into.targets += other.targets
     into.files += other.files
+    # An included file can only lower a bound.
+    into.sql_limits = into.sql_limits.with_(**{k: min(v, getattr(into.sql_limits, k))
+                                               for k, v in other.limits_set.items()})
 
 
 def _with_includes(spec: Spec, includes: list, limits: ReadLimits = READ_LIMITS) -> Spec:

@@ -15,16 +15,25 @@ rolls back only that step, lands in `exray_report_errors` and in the returned pr
 the rest goes on. A report that reads a failed one is skipped, with the reason.
 User SQL runs under an authorizer that allows reads and the one write the step
 needs (defense in depth: the spec checker rejects writes statically too).
+
+Everything runs under the spec's `limits:` (probe_compiler.sql_limits, enforced
+with server.sqlguard): time per statement and for all of it (the progress
+handler), bytes each step may add (max_page_count) and the file's size, rows
+per report and per link, value length, SQLite's heap. A step that hits one
+fails with a message that names it (`limits.table_mb`); once the total time
+is spent the remaining steps are skipped. The snapshot itself is kept.
 """
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
-import time
 from dataclasses import dataclass
 
+from probe_compiler.sql_limits import DEFAULTS, SqlLimits, text
 from server.display import BUILTIN_DISPLAY
+from server.sqlguard import Budget, describe, heap_limit, quote_ident
 from server.store import SnapshotError, create_all_captured_view, function_tables
 
 
@@ -58,12 +67,7 @@ META_TABLES: dict[str, str] = {
     "exray_links": "link TEXT, from_table TEXT, from_rowid INTEGER, to_table TEXT, to_rowid INTEGER",
     "exray_report_errors": "kind TEXT, name TEXT, error TEXT, skipped INTEGER",
 }
-DEFAULT_TIMEOUT_S = 300.0
-
-
-def q(name: str) -> str:
-    """An SQL identifier, quoted."""
-    return '"' + name.replace('"', '""') + '"'
+q = quote_ident          # the one SQL identifier quoting (server.sqlguard)
 
 
 # ------------------------------------------------------------------ the guard
@@ -114,36 +118,75 @@ class _Guard:
 
 
 class _Runner:
-    """Runs user SQL on `db` under a guard and a time limit, one transaction per step."""
+    """Runs user SQL on `db` under a guard and `limits`, one transaction per step.
+    The time budget (progress handler) covers every statement of a step, the
+    step's own and ours (a link's join), from `install` to `uninstall`."""
 
-    def __init__(self, db: sqlite3.Connection, timeout_s: float):
+    def __init__(self, db: sqlite3.Connection, limits: SqlLimits):
         self.db = db
-        self.timeout_s = timeout_s
-        self.deadline = 0.0
+        self.limits = limits
+        self.budget = Budget(limits.statement_seconds, limits.total_seconds)
+        self.page_size = db.execute("PRAGMA page_size").fetchone()[0]
+        self.max_pages = db.execute("PRAGMA max_page_count").fetchone()[0]
+        self.cap_is = "table"            # which bound this step's max_page_count stands for
 
-    def _progress(self) -> int:
-        return 1 if time.monotonic() > self.deadline else 0
+    def install(self) -> None:
+        self.db.execute("PRAGMA temp_store = MEMORY")     # temp B-trees and sorts count in the heap limit
+        self.db.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, self.limits.table_bytes)
+        self.budget.install(self.db)
+
+    def uninstall(self) -> None:
+        self.db.set_progress_handler(None, 0)
+        self.db.execute(f"PRAGMA max_page_count = {self.max_pages}")
+
+    def skip_reason(self) -> str | None:
+        """Why no more steps run: the total time is spent."""
+        if self.budget.out_of_time():
+            return (f"skipped: the spec's SQL ran out of limits.total_seconds "
+                    f"({text(self.limits.total_seconds)} s for all extra columns, reports and links)")
+        return None
 
     def run(self, sql: str, guard: _Guard) -> None:
-        self.deadline = time.monotonic() + self.timeout_s
         self.db.set_authorizer(guard)
-        self.db.set_progress_handler(self._progress, 10_000)
         try:
             self.db.execute(sql).fetchall()
-        except sqlite3.DatabaseError as e:
+        except (sqlite3.DatabaseError, MemoryError) as e:
             raise _StepFailed(self._why(e, guard)) from None
         except sqlite3.Warning as e:          # "You can only execute one statement at a time."
             raise _StepFailed(str(e)) from None
         finally:
             self.db.set_authorizer(None)
-            self.db.set_progress_handler(None, 0)
 
-    def _why(self, e: sqlite3.DatabaseError, guard: _Guard) -> str:
-        if guard.denied:
+    def _why(self, e: BaseException, guard: _Guard | None = None) -> str:
+        if guard is not None and guard.denied:
             return f"not allowed: {guard.denied} (reports and extra columns only read the snapshot)"
-        if "interrupted" in str(e) and time.monotonic() > self.deadline:
-            return f"ran longer than {self.timeout_s:g} s"
-        return str(e)
+        if "database or disk is full" in str(e):
+            return self._full()
+        return describe(e, self)
+
+    def _full(self) -> str:
+        try:
+            st = os.statvfs(os.path.dirname(self._file()) or ".")
+            free = st.f_bavail * st.f_frsize
+        except (OSError, sqlite3.Error, TypeError):
+            free = None
+        if free is not None and free < self.limits.table_bytes:
+            return f"the disk is full ({free // (1 << 20):,} MiB free)"
+        if self.cap_is == "snapshot":
+            return (f"would make the snapshot file larger than limits.snapshot_mb "
+                    f"({text(self.limits.snapshot_mb)} MiB)")
+        return f"wrote more than limits.table_mb ({text(self.limits.table_mb)} MiB)"
+
+    def _file(self) -> str:
+        return self.db.execute("SELECT file FROM pragma_database_list WHERE name = 'main'").fetchone()[0]
+
+    def _cap_growth(self) -> None:
+        """max_page_count for the next step: what it may add, within the file's cap."""
+        pages = self.db.execute("PRAGMA page_count").fetchone()[0]
+        file_cap = self.limits.snapshot_bytes // self.page_size
+        step_cap = pages + self.limits.table_bytes // self.page_size
+        self.cap_is = "snapshot" if file_cap <= step_cap else "table"
+        self.db.execute(f"PRAGMA max_page_count = {min(file_cap, step_cap, self.max_pages)}")
 
     def check_read_only(self, sql: str) -> None:
         """Compile (not run) `sql` with reads only allowed: a write, ATTACH or
@@ -151,12 +194,17 @@ class _Runner:
         self.run("EXPLAIN " + sql, _Guard())
 
     def step(self, fn, *args) -> str | None:
-        """Run fn(*args) in a transaction of its own; returns why it failed, None if it did not."""
+        """Run fn(*args) in a transaction of its own, under the step's bounds;
+        returns why it failed, None if it did not."""
+        self.budget.start_statement()
         try:
+            self._cap_growth()
             with transaction(self.db):
                 fn(*args)
         except _StepFailed as e:
             return str(e)
+        except (sqlite3.DatabaseError, MemoryError) as e:    # our own statements of the step
+            return self._why(e)
         return None
 
 
@@ -213,6 +261,9 @@ def _create_report(run: _Runner, name: str, sql: str) -> None:
     allow = [(sqlite3.SQLITE_CREATE_TABLE, name, None), (sqlite3.SQLITE_INSERT, name, None)]
     allow += [(sqlite3.SQLITE_INSERT, s, None) for s in _SCHEMA]
     run.run(f"CREATE TABLE {q(name)} AS {body}", _Guard(*allow))
+    rows = run.db.execute(f"SELECT count(*) FROM {q(name)}").fetchone()[0]
+    if rows > run.limits.table_rows:
+        raise _StepFailed(f"has {rows:,} rows, more than limits.table_rows ({text(run.limits.table_rows)})")
 
 
 def _check_end(db: sqlite3.Connection, table: str, columns: tuple[str, ...]) -> None:
@@ -250,7 +301,8 @@ def _link_keys(db: sqlite3.Connection, name: str, table: str, columns: tuple[str
     db.execute(f"CREATE INDEX temp.{name}_keys ON {name} ({', '.join(keys)})")
 
 
-def _insert_link(db: sqlite3.Connection, link) -> None:
+def _insert_link(run: _Runner, link) -> None:
+    db = run.db
     left, right = link.left, link.right
     _check_end(db, left.table, left.columns)
     _check_end(db, right.table, right.columns)
@@ -263,6 +315,7 @@ def _insert_link(db: sqlite3.Connection, link) -> None:
         on = " AND ".join(f"l.k{i} = r.k{i}" for i in range(len(left.columns)))
         if left.table == right.table:
             on += " AND l.id <> r.id"         # a row is not linked to itself
+        before = db.total_changes
         db.execute(f"""
             WITH pairs(a, b) AS MATERIALIZED (
                 SELECT l.id, r.id FROM temp.exray_lkeys AS l JOIN temp.exray_rkeys AS r ON {on})
@@ -270,8 +323,12 @@ def _insert_link(db: sqlite3.Connection, link) -> None:
             SELECT :link, :lt, a, :rt, b FROM pairs
             UNION SELECT :link, :rt, b, :lt, a FROM pairs""",
                    {"link": link.name, "lt": left.table, "rt": right.table})
-    except sqlite3.DatabaseError as e:
-        raise _StepFailed(str(e)) from None
+        pairs = db.total_changes - before
+        if pairs > run.limits.table_rows:
+            raise _StepFailed(f"links {pairs:,} pairs of rows, more than limits.table_rows "
+                              f"({text(run.limits.table_rows)}); make its key more selective")
+    except (sqlite3.DatabaseError, MemoryError) as e:
+        raise _StepFailed(run._why(e)) from None
     finally:
         db.execute("DROP TABLE IF EXISTS temp.exray_lkeys")
         db.execute("DROP TABLE IF EXISTS temp.exray_rkeys")
@@ -279,17 +336,31 @@ def _insert_link(db: sqlite3.Connection, link) -> None:
 
 # ------------------------------------------------------------------ materialize
 
-def materialize(db: sqlite3.Connection, spec, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> list[ReportProblem]:
+def materialize(db: sqlite3.Connection, spec, *, limits: SqlLimits | None = None,
+                timeout_s: float | None = None) -> list[ReportProblem]:
     """Materialize `spec`'s extra columns, reports and links into the writable
-    snapshot `db`. Returns the problems (also in `exray_report_errors`)."""
+    snapshot `db`, under `limits` (default: the spec's `limits:`; `timeout_s`
+    overrides its statement_seconds). Returns the problems (also in
+    `exray_report_errors`)."""
+    if getattr(db, "read_only", False):
+        raise ReportsError("cannot write the snapshot: it is open readonly")
     if db.execute("SELECT 1 FROM sqlite_master WHERE name='exray_columns'").fetchone():
         raise ReportsError("this snapshot's reports are already materialized")
+    limits = limits or getattr(spec, "sql_limits", None) or DEFAULTS
+    if timeout_s is not None:
+        limits = limits.with_(statement_seconds=timeout_s)
     if db.in_transaction:
         db.commit()
     saved = db.isolation_level
     db.isolation_level = None           # we manage transactions: one per step
+    run = _Runner(db, limits)
     try:
-        return _materialize(db, spec, _Runner(db, timeout_s))
+        with heap_limit(limits.memory_bytes):
+            run.install()
+            try:
+                return _materialize(db, spec, run)
+            finally:
+                run.uninstall()
     finally:
         db.isolation_level = saved
 
@@ -305,6 +376,7 @@ def _materialize(db: sqlite3.Connection, spec, run: _Runner) -> list[ReportProbl
     extras = _materialize_columns(run, spec, problems)
     reports = _materialize_reports(run, spec, problems)
     _materialize_links(run, spec, problems, failed={p.name for p in problems if p.kind == "report"})
+    run.uninstall()              # our own bookkeeping: not under the spec's budget
     with transaction(db):
         db.execute("CREATE INDEX exray_links_from ON exray_links (from_table, from_rowid)")
         _record_columns(db, spec, extras, reports)
@@ -319,9 +391,10 @@ def _materialize_columns(run: _Runner, spec, problems: list[ReportProblem]) -> d
     done: dict[str, list] = {}
     for fn in spec.functions:
         for col in fn.columns:
-            why = run.step(_add_column, run, fn.table, col.name, col.sql)
+            skip = run.skip_reason()
+            why = skip or run.step(_add_column, run, fn.table, col.name, col.sql)
             if why:
-                problems.append(ReportProblem("column", f"{fn.table}.{col.name}", why, False,
+                problems.append(ReportProblem("column", f"{fn.table}.{col.name}", why, bool(skip),
                                               col.path, col.line, col.column))
             else:
                 done.setdefault(fn.table, []).append(col)
@@ -334,8 +407,11 @@ def _materialize_reports(run: _Runner, spec, problems: list[ReportProblem]) -> l
     done = []
     for r in spec.reports:
         bad = [d for d in r.depends_on if d in failed]
+        skip = run.skip_reason()
         if bad:
             why, skipped = f"skipped: it reads {bad[0]}, which failed", True
+        elif skip:
+            why, skipped = skip, True
         else:
             why, skipped = run.step(_create_report, run, r.name, r.sql), False
         if why:
@@ -355,10 +431,13 @@ def _materialize_links(run: _Runner, spec, problems: list[ReportProblem], failed
             for link in spec.links])
     for link in spec.links:
         bad = [t for t in (link.left.table, link.right.table) if t in failed]
+        skip = run.skip_reason()
         if bad:
             why, skipped = f"skipped: it links {bad[0]}, which failed", True
+        elif skip:
+            why, skipped = skip, True
         else:
-            why, skipped = run.step(_insert_link, db, link), False
+            why, skipped = run.step(_insert_link, run, link), False
         if why:
             problems.append(ReportProblem("link", link.name, why, skipped, link.path, link.line, link.column))
 

@@ -290,12 +290,13 @@ def fetch(cur: sqlite3.Cursor, max_rows: int) -> tuple[list[tuple], bool]:
 
 # ------------------------------------------------------------------ messages
 
-def describe(e: BaseException, db: sqlite3.Connection | None = None, what: str = "limits") -> str:
+def describe(e: BaseException, db=None, what: str = "limits") -> str:
     """The message for an error raised while guarded SQL ran: the bound it
-    hit (by its spec key), the denial, or SQLite's own words."""
+    hit (by its spec key), the denial, or SQLite's own words. `db` is the
+    GuardedConnection (or anything with `budget`, `limits`, `authorizer`)."""
     budget = getattr(db, "budget", None)
     auth = getattr(db, "authorizer", None)
-    limits: SqlLimits = getattr(db, "limits", DEFAULTS)
+    limits: SqlLimits = getattr(db, "limits", None) or DEFAULTS
     msg = str(e)
     if isinstance(e, MemoryError) or "out of memory" in msg:
         return (f"needed more than {text(limits.memory_mb)} MiB of memory ({what}.memory_mb)")
