@@ -39,6 +39,9 @@ def add_arguments(a: argparse.ArgumentParser) -> None:
     a.add_argument("--max-pause", type=float, metavar="S", help="bound on any one pause (seconds)")
     a.add_argument("--max-request", type=float, metavar="S", help="bound on any one request (seconds)")
     a.add_argument("--max-message-bytes", type=int, metavar="N", help="cap on every gRPC message")
+    a.add_argument("--sequential-pauses", dest="pause_together", action="store_false", default=None,
+                   help="pause a request's processes one after another from the agreed instant instead of "
+                        "all stopped together (each pause only one process's; later instants: see skew_ns)")
     a.add_argument("--audit-log", default=DEFAULT_AUDIT, metavar="FILE",
                    help=f"JSON lines, one per request (default {DEFAULT_AUDIT}; '-' = stderr)")
     a.add_argument("--host-name", metavar="NAME", help="the host name records carry (default: this machine's)")
@@ -51,7 +54,8 @@ def policy_from_args(args):
     policy.allow_uid += args.allow_uid or []
     policy.allow_cgroup += args.allow_cgroup or []
     for attr, flag in (("min_interval_s", "min_interval"), ("max_pause_deadline_s", "max_pause"),
-                       ("max_request_s", "max_request"), ("max_message_bytes", "max_message_bytes")):
+                       ("max_request_s", "max_request"), ("max_message_bytes", "max_message_bytes"),
+                       ("pause_together", "pause_together")):
         if getattr(args, flag) is not None:
             setattr(policy, attr, getattr(args, flag))
     policy.check()

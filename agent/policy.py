@@ -91,6 +91,10 @@ class Policy:
     # How far ahead a request may schedule its pause instant.
     max_pause_lead_s: float = 10.0
     max_pids: int = 256
+    # Stop every process of a request at the agreed instant, read each, then
+    # resume all (one instant); False: one after another from it (each pause
+    # only one process's, later instants).
+    pause_together: bool = True
     # Cap on every gRPC message in either direction; records and binaries go in chunks below it.
     max_message_bytes: int = 8 << 20
 

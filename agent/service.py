@@ -222,7 +222,19 @@ class AgentService(pb_grpc.AgentServicer):
 
     def RunPlan(self, request, context):
         run = _Run(self, request, context)
-        yield from run.events()
+        run.validate()
+        # The work runs on its own thread and only hands events over: a client
+        # that leaves (or whose deadline passes) stops the stream, never the
+        # agent's bookkeeping, its resumes or its audit line.
+        events: queue.Queue = queue.Queue()
+        worker = threading.Thread(target=run.work, args=(events.put,), daemon=True,
+                                  name=f"runplan-{request.request_id[:8]}")
+        worker.start()
+        while True:
+            ev = events.get()
+            if ev is None:
+                return
+            yield ev
 
 
 def _error_record(pid: int, host: str, error: str, facts: ProcFacts | None = None) -> ProcessRecord:
@@ -282,7 +294,7 @@ class _Run:
                 svc._targets.pop(next(iter(svc._targets)))
         return t
 
-    def events(self):
+    def validate(self) -> None:
         r, policy = self.req, self.policy
         pids = list(dict.fromkeys(r.pids))
         if not pids:
@@ -297,8 +309,28 @@ class _Run:
             self._refuse(grpc.StatusCode.INVALID_ARGUMENT,
                          f"pause instant {lead_s:.1f} s ahead; this agent schedules at most "
                          f"{policy.max_pause_lead_s:g} s ahead (are the clocks far apart?)")
-        plans = self._plans()
+        self.plans = self._plans()
         self._audit("started")
+
+    def work(self, emit) -> None:
+        try:
+            for ev in self._events():
+                if self.ctx.is_active():
+                    emit(ev)
+        except BaseException as e:     # a bug: the client hears of it, the audit log too
+            self.outcomes.setdefault(-1, f"agent error: {type(e).__name__}: {e}")
+            import traceback
+            traceback.print_exc()
+        finally:
+            errors = {p: o for p, o in self.outcomes.items() if o != "ok"}
+            self._audit("cancelled" if not self.ctx.is_active() and errors else
+                        ("ok" if not errors else f"{len(errors)} of {len(self.req.pids)} not captured"),
+                        errors=errors or None)
+            emit(None)
+
+    def _events(self):
+        r, policy, plans = self.req, self.policy, self.plans
+        pids = list(dict.fromkeys(r.pids))
         host = self.svc.host
         total, done = len(pids), 0
         ready: dict[int, object] = {}
@@ -325,22 +357,21 @@ class _Run:
                 yield from self._send(_error_record(pid, host, why, facts), done, total, "refused")
         if ready:
             yield from self._pause_all(ready, done, total)
-        errors = {p: o for p, o in self.outcomes.items() if o != "ok"}
-        self._audit("cancelled" if not self.ctx.is_active() else
-                    ("ok" if not errors else f"{len(errors)} of {total} not captured"),
-                    errors=errors or None)
 
     def _wait_until(self, pause_at_ns: int) -> str | None:
         """Sleep until the agreed instant (and the test delay); why not, if the
         client went away or the deadline comes first."""
         until = time.monotonic() + max(0.0, (pause_at_ns - time.time_ns()) / 1e9 if pause_at_ns else 0.0)
-        until = max(until, time.monotonic() + self.svc.test_delay_s)
+        if self.svc.test_delay_s and not getattr(self, "_delayed", False):
+            self._delayed = True        # the test hook's delay, once per request
+            until = max(until, time.monotonic() + self.svc.test_delay_s)
         while True:
             now = time.monotonic()
-            if not self.ctx.is_active():
+            if now >= self.deadline or not self.ctx.is_active():
+                left = self.ctx.time_remaining()
+                if now >= self.deadline or (left is not None and left <= 0.05):
+                    return "the request's deadline passed before the pause instant; nothing was paused"
                 return "the client cancelled the request before the pause"
-            if now >= self.deadline:
-                return "the request's deadline passed before the pause instant; nothing was paused"
             if now >= until:
                 return None
             time.sleep(min(0.02, until - now, self.deadline - now))
@@ -348,7 +379,9 @@ class _Run:
     def _pause_all(self, ready: dict, done: int, total: int):
         from .snapshot import SnapshotOptions
         host, r = self.svc.host, self.req
-        why = self._wait_until(r.pause_at_ns - 2_000_000 if r.pause_at_ns else 0)  # threads start 2 ms early
+        # Refuse now what can't make it; the rest waits for the instant inside
+        # the pause's entry (_AtInstant), after its process has been prepared.
+        why = self._wait_until(0)
         if why:
             for pid in ready:
                 done += 1
@@ -361,30 +394,28 @@ class _Run:
         opts = SnapshotOptions(deadline_s=pause_deadline)
         if r.capture_share:
             opts.capture_share = r.capture_share
-        results: queue.Queue = queue.Queue()
         start_at = r.pause_at_ns or time.time_ns()
-
-        def one(pid, target):
-            try:
-                delay = (start_at - time.time_ns()) / 1e9
-                if delay > 0:
-                    time.sleep(delay)
-                rec = _snapshot(pid, target, opts)
-            except BaseException as e:      # a bug must not leave the stream waiting
-                rec = _error_record(pid, host, f"pid {pid}: agent error: {type(e).__name__}: {e}")
+        items = list(ready.items())
+        if self.policy.pause_together:
+            # Every process stopped at the instant, then each read, then all
+            # resumed (agent/snapshot.py snapshot_processes).
+            recs = _snapshot(items, opts, host, self._at_instant(start_at, opts))
+        else:
+            # --sequential-pauses: one after another from the agreed instant; each
+            # pause is one process's, the later ones start late (skew_ns says by how much).
+            recs = (rec for item in items
+                    for rec in _snapshot([item], opts, host, self._at_instant(start_at, opts)))
+        for rec in recs:
             rec.host = host
-            results.put(rec)
-
-        threads = [threading.Thread(target=one, args=(pid, t), daemon=True, name=f"pause-{pid}")
-                   for pid, t in ready.items()]
-        for t in threads:
-            t.start()
-        for _ in threads:
-            rec = results.get()
+            _wall_pause_start(rec)
             done += 1
             self.outcomes[rec.pid] = rec.error or "ok"
-            if self.ctx.is_active():
-                yield from self._send(rec, done, total, "done")
+            yield from self._send(rec, done, total, "done")
+
+    def _at_instant(self, start_at_ns: int, opts):
+        from . import snapshot      # its PausedProcess, looked up now (the test hook replaces it)
+        return lambda pid: _AtInstant(snapshot.PausedProcess(pid, deadline_s=opts.deadline_s), start_at_ns,
+                                      self._wait_until)
 
     def _send(self, rec: ProcessRecord, done: int, total: int, phase: str):
         yield pb.RunPlanEvent(progress=pb.Progress(done=done, total=total, pid=rec.pid, phase=phase))
@@ -392,9 +423,40 @@ class _Run:
             yield pb.RunPlanEvent(record=pb.RecordChunk(pid=rec.pid, data=data, last=last))
 
 
-def _snapshot(pid, target, opts) -> ProcessRecord:
+def _snapshot(items, opts, host, pause_for) -> list[ProcessRecord]:
     from . import snapshot
-    return snapshot.snapshot_process(pid, target, opts)
+    try:
+        return snapshot.snapshot_processes(items, opts, pauses={pid: pause_for(pid) for pid, _ in items})
+    except Exception as e:      # a bug must not end the stream: the records say it
+        return [_error_record(pid, host, f"pid {pid}: agent error: {type(e).__name__}: {e}") for pid, _ in items]
+
+
+class _AtInstant:
+    """A process's pause that begins at the agreed instant: entering it first
+    waits (the deadline and a cancel still stop the wait), then pauses."""
+
+    def __init__(self, pause, start_at_ns: int, wait):
+        self._pause, self._start_at, self._wait = pause, start_at_ns, wait
+
+    def __enter__(self):
+        from .errors import AgentError
+        why = self._wait(self._start_at)
+        if why:
+            raise AgentError(why)
+        return self._pause.__enter__()
+
+    def __exit__(self, *exc):
+        return self._pause.__exit__(*exc)
+
+    def __getattr__(self, name):      # pause_ns, paused_at_ns, ...
+        return getattr(self._pause, name)
+
+
+def _wall_pause_start(rec: ProcessRecord) -> None:
+    """captured_at_ns becomes the wall-clock instant the pause began (the record
+    has it in CLOCK_MONOTONIC, which another host can't compare with)."""
+    if rec.pause_start_ns:
+        rec.captured_at_ns = time.time_ns() - (time.monotonic_ns() - rec.pause_start_ns)
 
 
 # ----------------------------------------------------------------- the server

@@ -130,16 +130,24 @@ class AgentClient:
     def close(self) -> None:
         self.channel.close()
 
-    def health(self, timeout: float):
-        t0 = time.time_ns()
-        try:
-            reply = self.stub.Health(pb.HealthRequest(), timeout=timeout, metadata=self.metadata)
-        except grpc.RpcError as e:
-            raise AgentUnavailable(_describe(self.address, e)) from None
-        t1 = time.time_ns()
-        rtt = t1 - t0
-        self.clock = ClockEstimate(reply.wall_ns - (t0 + t1) // 2, rtt // 2, rtt)
-        self.health_reply = reply
+    def health(self, timeout: float, samples: int = 4):
+        """Health, `samples` times: the clock estimate is the round trip with the
+        least delay (the first pays for the connection and is seldom it)."""
+        deadline = time.monotonic() + timeout
+        best = None
+        for _ in range(max(1, samples)):
+            t0 = time.time_ns()
+            try:
+                reply = self.stub.Health(pb.HealthRequest(), metadata=self.metadata,
+                                         timeout=max(0.001, deadline - time.monotonic()))
+            except grpc.RpcError as e:
+                raise AgentUnavailable(_describe(self.address, e)) from None
+            t1 = time.time_ns()
+            rtt = t1 - t0
+            if best is None or rtt < best.rtt_ns:
+                best = ClockEstimate(reply.wall_ns - (t0 + t1) // 2, rtt // 2, rtt)
+            self.health_reply = reply
+        self.clock = best
         return reply
 
     def list_processes(self, timeout: float) -> list:

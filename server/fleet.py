@@ -55,7 +55,7 @@ class FleetOptions:
     deadline_s: float = 30.0          # per agent, for the whole RunPlan
     connect_timeout_s: float = 5.0    # Health and ListProcesses
     fetch_timeout_s: float = 300.0    # one binary
-    pause_lead_s: float | None = None  # None: 0.25 s + 4 round trips of the slowest agent
+    pause_lead_s: float | None = None  # None: 0.75 s + 4 round trips of the slowest agent (agents prepare first)
     pause_deadline_s: float = 2.0     # bound on each process's pause (the agent caps it too)
     credentials: Credentials = field(default_factory=Credentials.from_env)
     cache: DebugInfoCache | None = None
@@ -183,7 +183,7 @@ def fleet_snapshot(targets: list[AgentTarget], spec, opts: FleetOptions | None =
 
     # 4. One instant for all, in each agent's own clock.
     rtts = [a.client.clock.rtt_ns for a in up if a.client.clock]
-    lead = opts.pause_lead_s if opts.pause_lead_s is not None else 0.25 + 4 * max(rtts, default=0) / 1e9
+    lead = opts.pause_lead_s if opts.pause_lead_s is not None else 0.75 + 4 * max(rtts, default=0) / 1e9
     pause_at = time.time_ns() + int(lead * 1e9)
     request_id = uuid.uuid4().hex
     spec_name = getattr(spec, "path", "") or ""
@@ -330,3 +330,38 @@ def write(out: str, result: FleetResult, spec) -> list:
         db.close()
     os.chmod(out, 0o600)
     return problems
+
+
+def add_snapshot_arguments(s) -> None:
+    """`exray snapshot`'s options for snapshots through agents."""
+    s.add_argument("--agent", action="append", metavar="ADDR",
+                   help="take the processes from this agent (host:port or unix:/path; repeat for several); "
+                        "with --pid, those pids on every agent")
+    s.add_argument("--agent-token-file", metavar="FILE", help="bearer token for the agents "
+                   "(default $EXRAY_AGENT_TOKEN_FILE)")
+    s.add_argument("--agent-ca", metavar="PEM", help="CA of the agents' certificates (TLS; $EXRAY_AGENT_CA)")
+    s.add_argument("--agent-cert", metavar="PEM", help="client certificate for mutual TLS ($EXRAY_AGENT_CERT)")
+    s.add_argument("--agent-key", metavar="PEM", help="its private key ($EXRAY_AGENT_KEY)")
+    s.add_argument("--agent-server-name", metavar="NAME", help="name expected in the agents' certificates")
+    s.add_argument("--deadline", type=float, default=30.0, metavar="S",
+                   help="how long each agent may take, in seconds (default 30); a late one is reported "
+                        "in processes.error and the snapshot completes without it")
+
+
+def snapshot_command(args, spec_path: str | None) -> int | None:
+    """`exray snapshot` through agents when --agent is given or the spec's
+    targets name agents (and no local --pid); None: a local snapshot."""
+    addresses = list(getattr(args, "agent", None) or [])
+    if not addresses:
+        if args.pid or not spec_path:
+            return None
+        from probe_compiler.spec import load_spec
+        if not any(t.agent for t in (load_spec(spec_path).targets or [])):
+            return None
+    env = Credentials.from_env()
+    creds = Credentials(args.agent_token_file or env.token_file, args.agent_ca or env.ca,
+                        args.agent_cert or env.cert, args.agent_key or env.key,
+                        args.agent_server_name or env.server_name)
+    opts = FleetOptions(deadline_s=args.deadline, credentials=creds,
+                        progress=lambda text: print(f"note: {text}", file=sys.stderr))
+    return run(addresses, list(args.pid or []), spec_path, args.out, opts)

@@ -3,8 +3,9 @@
 // one process or across two.
 //
 //	linkpair -self N               one process: a server and N clients of it
-//	linkpair -serve ADDRFILE -expect N
-//	                               a server; writes its address to ADDRFILE,
+//	linkpair -serve ADDRFILE -expect N [-listen HOST:PORT]
+//	                               a server (on 127.0.0.1:0 unless -listen
+//	                               says where); writes its address to ADDRFILE,
 //	                               prints READY, then PARKED once N requests wait
 //	linkpair -connect ADDRFILE -n N -first K
 //	                               N clients (request ids K, K+1, ...) of that server
@@ -35,11 +36,12 @@ type request struct {
 }
 
 var (
-	gate    = make(chan struct{}) // closed at exit: handlers hold every request until then
-	handled sync.WaitGroup        // Done when a handler is about to block
-	sent    sync.WaitGroup        // Done when a client has written its request
-	sink    any
-	_       = flag.String("dump", "", "unused; accepted for the test harness")
+	gate     = make(chan struct{}) // closed at exit: handlers hold every request until then
+	handled  sync.WaitGroup        // Done when a handler is about to block
+	sent     sync.WaitGroup        // Done when a client has written its request
+	sink     any
+	_        = flag.String("dump", "", "unused; accepted for the test harness")
+	listenOn = flag.String("listen", "127.0.0.1:0", "server: the address to listen on")
 )
 
 // handle holds one request until the gate opens.
@@ -95,7 +97,7 @@ func startClients(addr string, first, n int) {
 }
 
 func listen() net.Listener {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := net.Listen("tcp", *listenOn)
 	if err != nil {
 		panic(err)
 	}
