@@ -12,7 +12,7 @@ need_apt=()
 # gccgo and golang-1.19-go: binaries Ex-Ray must refuse by name (gccgo's, and
 # a Go release older than it reads).
 for pkg in python3-venv python3-dev python3-bpfcc gcc curl git postgresql chromium debuginfod \
-           gccgo golang-1.19-go; do
+           gccgo golang-1.19-go iproute2 openssl systemd; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need_apt+=("$pkg")
 done
 # node + npm: the VS Code extension's modules and tests (vscode-extension/).

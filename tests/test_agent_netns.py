@@ -292,3 +292,19 @@ def test_wrong_token_is_refused(cluster, tmp_path):
         assert cluster.audit(h)[-1]["outcome"] == "refused: no valid bearer token"
         for t in cluster.targets[h]:
             assert tracer_pid(t.pid) == 0
+
+
+def test_spec_targets_name_agents(cluster):
+    """No --agent: the spec's targets say which agent and which exe there."""
+    spec = cluster.d / "targets.yaml"
+    spec.write_text(SPEC.replace("version: 1\n", f"version: 1\ntargets:\n  - exe: linkpair\n"
+                                                 f"    agent: {cluster.addr('h1')}\n"))
+    out = cluster.d / "targets.sqlite"
+    r = subprocess.run(cluster.net.argv("ctl", [EXRAY, "snapshot", "--spec", spec, "-o", out,
+                                                "--agent-token-file", cluster.token]),
+                       capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "EXRAY_DEBUGINFO_CACHE": str(cluster.d / "cache")})
+    assert r.returncode == 0, r.stderr
+    got = rows(out, "SELECT host, pid, error FROM processes ORDER BY pid")
+    h1 = sorted(t.pid for t in cluster.targets["h1"] if t.kind != "ticker")
+    assert got == [("h1", pid, None) for pid in h1]
