@@ -133,3 +133,19 @@ def test_one_snapshot_across_agents_one_dead(tmp_path, agents):
     meta = dict(db.execute("SELECT key, value FROM meta"))
     assert int(meta["pause_at"]) == result.pause_at_ns and len(json.loads(meta["agents"])) == 3
     assert tracer_pid(srv.pid) == 0 and tracer_pid(cli.pid) == 0
+
+
+def test_fleet_agent_is_an_agent(tmp_path, agents):
+    from server.lsp.agent import Agent
+    from server.lsp.fleet_agent import FleetAgent
+    (addr_a, addr_b), srv, cli = agents
+    fa = FleetAgent([addr_a, addr_b], FleetOptions(cache=DebugInfoCache(str(tmp_path / "c")),
+                                                    credentials=Credentials()))
+    assert isinstance(fa, Agent)
+    assert {p.pid for p in fa.list_processes()} == {srv.pid, cli.pid}
+    bid = next(p.build_id for p in fa.list_processes())
+    assert open(fa.debug_info(bid), "rb").read() == open(f"/proc/{srv.pid}/exe", "rb").read()
+    seen = []
+    recs = fa.run_plan([], None, on_process=lambda i, n, r: seen.append((i, n)))
+    assert sorted((r.host, r.pid) for r in recs) == [("host-a", srv.pid), ("host-b", cli.pid)]
+    assert all(r.error is None for r in recs) and seen == [(1, 2), (2, 2)]
