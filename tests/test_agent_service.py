@@ -186,3 +186,41 @@ def test_mutual_tls(tmp_path, target):
             AgentClient.connect(addr, Credentials(ca=certs["ca.crt"], server_name="exray-agent")).health(10)
     finally:
         server.stop(0)
+
+
+def test_cancelled_before_the_pause(tmp_path, target):
+    server, addr, audit = serve(tmp_path)
+    try:
+        c = AgentClient.connect(addr)
+        t = load_target(f"/proc/{target.pid}/exe", None, {})
+        req = plan_request([target.pid], {t.plan.build_id: t.plan.to_json()}, request_id="cx",
+                           pause_at_ns=time.time_ns() + 5 * 10**9)
+        progress = []
+        call = c.run_plan(req, timeout=60, on_progress=lambda *a: progress.append(a))
+        it = iter(call)
+        time.sleep(0.5)
+        call.cancel()
+        with pytest.raises(AgentUnavailable, match="cancelled"):
+            next(it)
+        deadline = time.monotonic() + 30
+        while not [e for e in audit_lines(audit) if e.get("request_id") == "cx" and e["outcome"] != "started"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        [end] = [e for e in audit_lines(audit) if e.get("request_id") == "cx" and e["outcome"] != "started"]
+        assert end["outcome"] == "cancelled"
+        assert list(end["errors"]) == [str(target.pid)]
+        assert end["errors"][str(target.pid)].startswith("the client cancelled the request before the pause")
+        assert tracer_pid(target.pid) == 0
+    finally:
+        server.stop(0)
+
+
+def test_agent_command_refuses_unsafe_setups(tmp_path):
+    import sys
+    exray = str(Path(sys.prefix) / "bin" / "exray")
+    r = subprocess.run([exray, "agent", "--listen", "tcp:127.0.0.1:0", "--allow-exe", "*",
+                        "--audit-log", str(tmp_path / "a.jsonl")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "refusing to listen on 127.0.0.1:0 without authentication" in r.stderr
+    r = subprocess.run([exray, "agent", "--listen", f"unix:{tmp_path}/s.sock"], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 1 and "no allow-list" in r.stderr
