@@ -226,3 +226,40 @@ def test_reader_resynchronizes_on_the_next_content_length():
     assert _frames(b"content-length: 8\r\n\r\n{\"a\": 1}") == [b'{"a": 1}']      # names: any case
     assert _frames(b"Content-Length: 9\r\n\r\n{}") == ["the input ended 7 bytes before the end of a message's body"]
     assert isinstance(FramingError("x"), FramingError)
+
+
+# ------------------------------------------------------------ a hostile spec in the workspace
+
+@pytest.mark.parametrize("include,words", [
+    ("pipe.yaml", "FIFO"), ("/dev/zero", "outside the module root"), ("/**", "outside the module root")])
+def test_a_hostile_include_is_a_diagnostic_and_the_server_still_shuts_down(tmp_path, include, words):
+    """The editor opens a repository whose exray.yaml includes a FIFO (a
+    worker blocked for good, and shutdown was ignored), /dev/zero (3.35 GB
+    in 5 s) or /**: a diagnostic at the include, then a prompt shutdown."""
+    os.mkfifo(tmp_path / "pipe.yaml")
+    text = f'version: 1\ninclude: ["{include}"]\n'
+    (tmp_path / "exray.yaml").write_text(text)
+    s = Session(tmp_path)
+    try:
+        s.send(request(1, "initialize", {**INIT, "rootUri": tmp_path.as_uri()}))
+        s.reply(1)
+        s.send(frame({"jsonrpc": "2.0", "method": "initialized", "params": {}}))
+        uri = (tmp_path / "exray.yaml").as_uri()
+        s.send(frame({"jsonrpc": "2.0", "method": "textDocument/didOpen", "params": {"textDocument": {
+            "uri": uri, "languageId": "yaml", "version": 1, "text": text}}}))
+        deadline = time.monotonic() + 60
+        while True:
+            m = s.message(timeout=max(deadline - time.monotonic(), 0.1))
+            if m.get("method") == "textDocument/publishDiagnostics" and m["params"]["uri"] == uri \
+                    and m["params"]["diagnostics"]:
+                break
+        (d,) = [d for d in m["params"]["diagnostics"] if words in d["message"]]
+        assert d["range"]["start"]["line"] == 1, d
+        assert s.peak_kb() < MAX_PEAK_AFTER_FRAMING_ERRORS_KB, s.peak_kb()
+        t = time.monotonic()
+        s.send(request(2, "shutdown"))
+        s.reply(2, timeout=15)
+        s.send(frame({"jsonrpc": "2.0", "method": "exit"}))
+        assert s.wait() == 0 and time.monotonic() - t < 15
+    finally:
+        s.close()
