@@ -263,3 +263,37 @@ def test_a_hostile_include_is_a_diagnostic_and_the_server_still_shuts_down(tmp_p
         assert s.wait() == 0 and time.monotonic() - t < 15
     finally:
         s.close()
+
+
+def test_reader_fuzz():
+    """2,000 mutated streams of valid messages (seeded): the reader returns
+    bodies, framing errors or the end, never raises, and never hands out a
+    body over its limit."""
+    import io
+    import random
+    rng = random.Random(12)
+    valid = b"".join([request(1, "initialize", INIT), frame({"jsonrpc": "2.0", "method": "initialized"}),
+                      request(2, "textDocument/hover", {"textDocument": {"uri": "file:///x.go"},
+                                                        "position": {"line": 1, "character": 2}}),
+                      request(3, "shutdown")])
+    pieces = [b"\r\n", b"\n", b"Content-Length: ", b"Content-Length: 99999999999\r\n", b":", b"-1",
+              b"\r\n\r\n", b"\x00", b"\xff" * 10, b"content-length:5\r\n", b" " * 50, b"x" * 9000]
+    for _ in range(2000):
+        data = bytearray(valid)
+        for _ in range(rng.randint(1, 6)):
+            i = rng.randrange(len(data) + 1)
+            op = rng.randrange(3)
+            if op == 0:
+                del data[i:i + rng.randint(1, 40)]
+            elif op == 1:
+                data[i:i] = rng.choice(pieces)
+            elif data:
+                data[min(i, len(data) - 1)] = rng.randrange(256)
+        r = FrameReader(io.BufferedReader(io.BytesIO(bytes(data))), max_length=4096)
+        for _ in range(10_000):
+            f = r.next()
+            if f is None:
+                break
+            assert isinstance(f, (bytes, FramingError)) and (not isinstance(f, bytes) or len(f) <= 4096)
+        else:
+            raise AssertionError("the reader did not reach the end of a finite stream")
