@@ -74,7 +74,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
     """The query runs read-only, under the read bounds (docs/security.md): a
     statement that writes, attaches or vacuums is refused, one that runs too
     long is stopped, and at most limits.table_rows rows are read."""
-    with reading(args.snapshot) as db:
+    with reading(args.snapshot, limits=_read_limits(args)) as db:
         try:
             check_statement(db, args.query)
             cur = db.execute(args.query)
@@ -95,6 +95,16 @@ def cmd_sql(args: argparse.Namespace) -> int:
         print(f"note: only the first {max_rows:,} rows are shown (the read limit; docs/security.md)",
               file=sys.stderr)
     return 0
+
+
+def _read_limits(args: argparse.Namespace):
+    from probe_compiler.sql_limits import CEILINGS, DEFAULTS
+    t = getattr(args, "timeout", None)
+    if t is None:
+        return DEFAULTS
+    if not 0 < t <= CEILINGS.statement_seconds:
+        raise _SQLFailed(f"--timeout must be more than 0 and at most {CEILINGS.statement_seconds:g} s")
+    return DEFAULTS.with_(statement_seconds=t, total_seconds=max(t, DEFAULTS.total_seconds))
 
 
 def _displayed(db: sqlite3.Connection, query: str, cols: list[str], rows: list) -> list:
@@ -240,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--max-width", type=int, default=60, help="cut cells longer than this (default 60)")
     q.add_argument("--raw", action="store_true",
                    help="show stored values (no display types: nanoseconds stay integers)")
+    q.add_argument("--timeout", type=float, metavar="SECONDS",
+                   help="stop the query after SECONDS (default 30, at most 300; docs/security.md)")
     q.set_defaults(func=cmd_sql)
 
     c = sub.add_parser("check-spec", help="validate exray.yaml and list the tables it makes")

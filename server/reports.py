@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from probe_compiler.sql_limits import DEFAULTS, SqlLimits, text
 from server.display import BUILTIN_DISPLAY
-from server.sqlguard import Budget, describe, heap_limit, quote_ident
+from server.sqlguard import Budget, describe, heap_limit, quote_ident, value_limit
 from server.store import SnapshotError, create_all_captured_view, function_tables
 
 
@@ -132,7 +132,7 @@ class _Runner:
 
     def install(self) -> None:
         self.db.execute("PRAGMA temp_store = MEMORY")     # temp B-trees and sorts count in the heap limit
-        self.db.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, self.limits.table_bytes)
+        self.db.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, value_limit(self.limits))
         self.budget.install(self.db)
 
     def uninstall(self) -> None:

@@ -177,10 +177,11 @@ def _processes():
 
 
 def default_out(spec_path: str | None) -> str:
-    """.exray/snapshots/<UTC time>.sqlite next to the spec (the editor keeps them there too)."""
+    """.exray/snapshots/<UTC time>.sqlite next to the spec (the editor keeps them there too);
+    the folders private and git-ignored (server.snapdirs)."""
+    from server.snapdirs import ensure_snapshot_dir
     base = os.path.dirname(os.path.abspath(spec_path)) if spec_path else os.getcwd()
-    d = os.path.join(base, ".exray", "snapshots")
-    os.makedirs(d, exist_ok=True)
+    d = str(ensure_snapshot_dir(os.path.join(base, ".exray", "snapshots")))
     return os.path.join(d, time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + f"-{os.getpid()}.sqlite")
 
 
@@ -216,8 +217,10 @@ def write(out: str, records: list[ProcessRecord], spec) -> list:
     from server.reports import materialize
     from server.store import FunctionTableDef, open_snapshot, write_snapshot
 
+    from server.snapdirs import ensure_snapshot_dir
     tables = [FunctionTableDef(f.symbol, f.table, [c.name for c in f.captures])
               for f in (spec.functions if spec else [])]
+    ensure_snapshot_dir(os.path.dirname(os.path.abspath(out)))   # -o into a new folder: 0700, git-ignored
     write_snapshot(out, records, tables, spec_text=spec.text if spec else None)
     if not spec:
         return []

@@ -234,6 +234,11 @@ class GuardedConnection(sqlite3.Connection):
                 HEAP.leave(heap)
 
 
+def value_limit(limits: SqlLimits) -> int:
+    """SQLITE_LIMIT_LENGTH: the longest string or blob, table_mb (SQLite itself stops at 1e9 bytes)."""
+    return min(limits.table_bytes, 1_000_000_000)
+
+
 def connect_read_only(path: str | Path, limits: SqlLimits = DEFAULTS,
                       cancel: threading.Event | None = None) -> GuardedConnection:
     """Open a snapshot file so that nothing run on it can write anything, under
@@ -246,7 +251,7 @@ def connect_read_only(path: str | Path, limits: SqlLimits = DEFAULTS,
         db.execute("PRAGMA query_only = 1")
         db.execute("PRAGMA temp_store = MEMORY")       # sorts and temp B-trees count in the heap limit
         db.execute("PRAGMA trusted_schema = OFF")      # a snapshot's views may not call risky functions
-        db.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, limits.table_bytes)
+        db.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, value_limit(limits))
         db.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
     except BaseException:
         db.close()

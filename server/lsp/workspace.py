@@ -79,13 +79,10 @@ class Workspace:
         return _under(self.root, self.settings.snapshotsDir)
 
     def ensure_snapshots_dir(self) -> Path:
-        """Create the snapshots folder; an `.exray/` folder gets a `.gitignore` of `*`."""
-        d = self.snapshots_dir
-        d.mkdir(parents=True, exist_ok=True)
-        exray = self.root / ".exray"
-        if exray.is_dir() and not (exray / ".gitignore").exists():
-            (exray / ".gitignore").write_text("# Ex-Ray snapshots and exports: not for version control\n*\n")
-        return d
+        """Create the snapshots folder: 0700, with a `.gitignore` of `*` in the
+        topmost folder created (and in `.exray/`): server.snapdirs."""
+        from server.snapdirs import ensure_snapshot_dir
+        return ensure_snapshot_dir(self.snapshots_dir)
 
     def new_snapshot_path(self) -> Path:
         import time
