@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-PROG_NAMES = ("on_sigtramp", "gstart", "frames")
+PROG_NAMES = ("on_sigtramp", "on_more", "gstart", "frames")
 
 
 def require_ebpf():

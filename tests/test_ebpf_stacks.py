@@ -125,11 +125,11 @@ def test_nothing_left_in_the_kernel_after_close():
     before = len(our_bpf_programs())
     with run_target(build("states")) as t:
         from server.snapshot_job import load_target
-        from agent.ebpf.executor import sigtramp_offset
+        from agent.ebpf.executor import probe_offsets
         target = load_target(str(build("states")), None, {})
         with StackProbe() as p:
-            assert len(our_bpf_programs()) == before + 3
-            with p.attached(t.pid, f"/proc/{t.pid}/exe", sigtramp_offset(target.binary)):
+            assert len(our_bpf_programs()) == before + 4
+            with p.attached(t.pid, f"/proc/{t.pid}/exe", probe_offsets(target.binary)):
                 pass
     assert len(our_bpf_programs()) == before
     assert not our_uprobes()

@@ -112,23 +112,34 @@ def _exe(pid: int) -> str:
         return ""
 
 
-def sigtramp_offset(binary) -> int:
-    """File offset of runtime.sigtramp (the .abi0 assembly entry the kernel
-    calls): a uprobe is placed by file offset, so PIE or not is the same."""
-    fn = binary.pclntab.func_by_name(SIGTRAMP)
-    if fn is None:
-        raise ProbeError(f"{binary.path} has no {SIGTRAMP}: not a Go binary the probe can trigger in")
-    off = binary._file_offset(fn.entry, 1)
-    if off is None:
-        raise ProbeError(f"{SIGTRAMP} at {fn.entry:#x} is not in a file-backed segment of {binary.path}")
-    return off
+# Where the probe runs: runtime.sigtramp (the .abi0 assembly entry the
+# kernel calls) starts the walk; the Go functions it calls next on every
+# signal go on with it, each with a fresh budget of tail calls.
+SIGNAL_PATH = (SIGTRAMP, "runtime.sigtrampgo", "runtime.sighandler")
+
+
+def probe_offsets(binary) -> list[int]:
+    """File offsets of SIGNAL_PATH's functions (sigtramp first; the others
+    where the binary has them out of line). A uprobe is placed by file offset,
+    so PIE or not is the same."""
+    out = []
+    for name in SIGNAL_PATH:
+        fn = binary.pclntab.func_by_name(name)
+        off = binary._file_offset(fn.entry, 1) if fn is not None else None
+        if off is None:
+            if name == SIGTRAMP:
+                raise ProbeError(f"{binary.path} has no {SIGTRAMP} in a file-backed segment: "
+                                 "not a Go binary the probe can trigger in")
+            continue
+        out.append(off)
+    return out
 
 
 def _paused_walk(pid, target, opts, probe, budgets, rec):
     plan = StackPlan.from_layout(target.layout, pid, gr._G_FIELDS, budgets)
-    offset = sigtramp_offset(target.binary)
+    offsets = probe_offsets(target.binary)
     runner = pid          # the thread left running: SIGURG sends it into sigtramp
-    with probe.attached(pid, f"/proc/{pid}/exe", offset):
+    with probe.attached(pid, f"/proc/{pid}/exe", offsets):
         probe.prepare(plan)
         try:
             with PausedProcess(pid, deadline_s=opts.deadline_s, leave_running=runner) as paused:
@@ -141,6 +152,7 @@ def _paused_walk(pid, target, opts, probe, budgets, rec):
             probe.finish()
     rec.pause_ns = paused.pause_ns
     rec.pause_start_ns = paused.paused_at_ns or None
+    rec.probe_report = report      # not a record field: for the bench and tests
     out = parse(probe.drain())
     if out.thread is not None:
         tid, regs = out.thread

@@ -41,6 +41,7 @@
 #define K_G 1                   // a goroutine: header, g bytes, top words
 #define K_FRAMES 2              // frames of the goroutine allgs[gi], in order (several per goroutine)
 #define K_THREAD 3              // the interrupted registers of the thread that ran the probe
+#define K_MARK 4                // a run stopped (DONE, MORE, FAILED): wakes user space's epoll
 
 // Phases of `state` (user space writes ARMED, the probe the rest).
 #define PH_IDLE 0
@@ -96,6 +97,9 @@ struct state {
     u32 cur;                    // frames in the record being built
     // totals, for the report
     u64 records, dropped, frames, gs, read_errors, budget_cuts;
+    u64 t_first, t_last;        // CLOCK_MONOTONIC ns: the first run's start, the last run's end
+    u32 runs;                   // program runs (entries and tail calls)
+    u32 pad2;
 };
 
 struct rec_hdr {
@@ -144,10 +148,19 @@ static __always_inline u32 gfield32(struct rec *r, u32 off) {
 }
 
 static __always_inline void emit(struct state *st, void *r, u64 len) {
-    if (out.ringbuf_output(r, len, 0))
+    // No wakeup: user space reads the ring after the resume, never waits on it.
+    if (out.ringbuf_output(r, len, BPF_RB_NO_WAKEUP))
         st->dropped++;
     else
         st->records++;
+}
+
+// Ends a run in `phase`, waking user space (the only record that wakes it).
+static __always_inline void stop(struct state *st, u32 phase) {
+    u64 mark = K_MARK;
+    st->t_last = bpf_ktime_get_ns();
+    st->phase = phase;
+    out.ringbuf_output(&mark, sizeof(mark), BPF_RB_FORCE_WAKEUP);
 }
 
 // Looks at allgs[st->gi]: copies a live g, picks its start, copies the words
@@ -233,11 +246,12 @@ int gstart(struct pt_regs *ctx) {
     struct rec *r = scratch.lookup(&zero);
     if (!st || !p || !r || st->phase != PH_RUNNING || st->stage != 0)
         return 0;
+    st->runs++;
     u64 n = st->n < p->max_gs ? st->n : p->max_gs;
+    // No early exit: a loop with one way out has its tail verified once.
     for (int i = 0; i < GS_STEPS; i++) {
-        if (st->gi >= n)
-            break;
-        start_g(st, p, r);
+        if (st->gi < n)
+            start_g(st, p, r);
     }
     if (st->gi >= n) {             // every g seen: the frames stage starts at work[0]
         st->stage = 1;
@@ -255,7 +269,7 @@ int gstart(struct pt_regs *ctx) {
         st->tail_calls++;
         progs.call(ctx, st->stage);
     }
-    st->phase = PH_MORE;
+    stop(st, PH_MORE);
     return 0;
 }
 
@@ -293,6 +307,7 @@ int frames(struct pt_regs *ctx) {
     struct frec *f = fscratch.lookup(&zero);
     if (!st || !p || !f || st->phase != PH_RUNNING || st->stage != 1)
         return 0;
+    st->runs++;
     // This run may be on another CPU than the last one: the record of the
     // goroutine being walked starts afresh (frames were sent when it ran out).
     f->h.kind = K_FRAMES;
@@ -305,7 +320,7 @@ int frames(struct pt_regs *ctx) {
     }
     for (int i = 0; i < FR_STEPS; i++) {
         if (st->wi >= st->nwork)
-            break;
+            continue;               // done: idle to the end (one way out of the loop)
         u64 fp = st->fp;
         u32 why = 0;
         if (!fp)
@@ -337,12 +352,11 @@ int frames(struct pt_regs *ctx) {
         if (why) {
             flush(st, f, why);
             st->wi++;
-            if (!next_work(st, f))
-                break;
+            next_work(st, f);
         }
     }
     if (st->wi >= st->nwork) {
-        st->phase = PH_DONE;
+        stop(st, PH_DONE);
         return 0;
     }
     if (st->cur)
@@ -351,11 +365,14 @@ int frames(struct pt_regs *ctx) {
         st->tail_calls++;
         progs.call(ctx, 1);
     }
-    st->phase = PH_MORE;
+    stop(st, PH_MORE);
     return 0;
 }
 
-// The uprobe on runtime.sigtramp(sig, info, ctx): runs once per arming.
+// The uprobes on the signal path (runtime.sigtramp, then sigtrampgo and
+// sighandler): the first, at sigtramp(sig, info, ctx), starts the walk when
+// user space armed it; each later one in the same delivery, or in the next
+// SIGURG's, goes on while the state says MORE, with a fresh tail-call budget.
 int on_sigtramp(struct pt_regs *ctx) {
     u32 zero = 0;
     struct plan *p = plan.lookup(&zero);
@@ -371,6 +388,8 @@ int on_sigtramp(struct pt_regs *ctx) {
     st->triggers++;
     st->tail_calls = 0;
     if (phase == PH_ARMED) {
+        st->t_first = bpf_ktime_get_ns();
+        st->runs = 0;
         // This thread was not stopped: its interrupted registers are in the
         // signal's ucontext (uc_mcontext.gregs at offset 40).
         u32 tid = (u32)id;
@@ -401,7 +420,7 @@ int on_sigtramp(struct pt_regs *ctx) {
         if (bpf_probe_read_user(&n, 8, (void *)p->allglen_addr) ||
             bpf_probe_read_user(&arr, 8, (void *)p->allgs_addr)) {
             st->read_errors++;
-            st->phase = PH_FAILED;
+            stop(st, PH_FAILED);
             return 0;
         }
         st->n = n;
@@ -412,6 +431,26 @@ int on_sigtramp(struct pt_regs *ctx) {
     }
     st->phase = PH_RUNNING;
     progs.call(ctx, st->stage);
-    st->phase = PH_FAILED;      // the tail call did not happen: the programs are not in place
+    stop(st, PH_FAILED);        // the tail call did not happen: the programs are not in place
     return 0;
 }
+
+// Later on the signal path (runtime.sigtrampgo, runtime.sighandler): only
+// goes on with a walk that ran out of tail calls, never starts one.
+int on_more(struct pt_regs *ctx) {
+    u32 zero = 0;
+    struct plan *p = plan.lookup(&zero);
+    struct state *st = state.lookup(&zero);
+    if (!p || !st)
+        return 0;
+    u64 id = bpf_get_current_pid_tgid();
+    if ((u32)(id >> 32) != p->tgid || st->phase != PH_MORE)
+        return 0;
+    st->triggers++;
+    st->tail_calls = 0;
+    st->phase = PH_RUNNING;
+    progs.call(ctx, st->stage);
+    stop(st, PH_FAILED);
+    return 0;
+}
+

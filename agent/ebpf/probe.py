@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes as ct
 import os
+import select
 import signal
 import time
 from contextlib import contextmanager
@@ -30,8 +31,10 @@ from .plan import StackPlan
 
 SOURCE = Path(__file__).with_name("probe.bpf.c")
 RINGBUF_PAGES = 8192           # 32 MiB: ~10,000 goroutines of 30 frames
-GS_STEPS = 64                  # allgs entries per gstart run (the verifier's budget)
-FR_STEPS = 512                 # frames per frames run
+GS_STEPS = 128                 # allgs entries per gstart run (what the verifier accepts quickly)
+FR_STEPS = 256                 # frames per frames run
+
+RESEND_NS = 2_000_000          # a SIGURG with no run after this is sent again
 
 PH_IDLE, PH_ARMED, PH_RUNNING, PH_MORE, PH_DONE, PH_FAILED = range(6)
 
@@ -50,8 +53,11 @@ class RunReport:
     goroutines: int
     read_errors: int
     budget_cuts: int           # goroutines past plan.max_gs (queue full)
-    pause_trigger_ns: int      # from the first SIGURG to the probe's DONE
+    pause_trigger_ns: int      # from the first SIGURG to user space seeing DONE
     allglen: int
+    runs: int = 0              # program runs (entries and tail calls)
+    wake_ns: int = 0           # from the first SIGURG to the probe's first instruction
+    probe_ns: int = 0          # from the probe's first run's start to its last run's end
 
 
 class StackProbe:
@@ -61,13 +67,15 @@ class StackProbe:
         except ImportError as e:
             raise ProbeError("bcc is not importable (Debian's python3-bpfcc; run scripts/setup.sh)") from e
         self._BPF = BPF
-        self._uprobes: dict[int, int] = {}      # pid -> perf event fd
+        self._uprobes: dict[int, list] = {}     # pid -> [(perf event fd, event name)]
         self._records: list[bytes] = []
         self._bpf = None
+        self._epoll = None
         try:
             self._bpf = BPF(text=SOURCE.read_text(), cflags=[
                 f"-DRINGBUF_PAGES={ringbuf_pages}", f"-DGS_STEPS={GS_STEPS}", f"-DFR_STEPS={FR_STEPS}"])
             self._entry = self._bpf.load_func(b"on_sigtramp", BPF.KPROBE)
+            self._more = self._bpf.load_func(b"on_more", BPF.KPROBE)
             progs = self._bpf[b"progs"]
             for i, name in enumerate((b"gstart", b"frames")):
                 fn = self._bpf.load_func(name, BPF.KPROBE)
@@ -75,7 +83,14 @@ class StackProbe:
             self._plan = self._bpf[b"plan"]
             self._state = self._bpf[b"state"]
             self._regs = self._bpf[b"regs"]
-            self._cb = self._bpf[b"out"].open_ring_buffer(self._on_record)
+            out = self._bpf[b"out"]
+            self._cb = out.open_ring_buffer(self._on_record)
+            # The probe wakes this epoll only when a run stops (a K_MARK record
+            # with BPF_RB_FORCE_WAKEUP; the others ask for no wakeup), so the
+            # agent sleeps while the target's thread runs the probe instead of
+            # spinning on a CPU it may need.
+            self._epoll = select.epoll()
+            self._epoll.register(out.map_fd, select.EPOLLIN | select.EPOLLET)
         except BaseException as e:
             self.close()
             if isinstance(e, Exception) and not isinstance(e, ProbeError):
@@ -87,6 +102,9 @@ class StackProbe:
     def close(self) -> None:
         for pid in list(self._uprobes):
             self._detach(pid)
+        if self._epoll is not None:
+            self._epoll.close()
+            self._epoll = None
         if self._bpf is not None:
             bpf, self._bpf = self._bpf, None
             bpf.cleanup()
@@ -104,32 +122,35 @@ class StackProbe:
     # -- uprobes
 
     @contextmanager
-    def attached(self, pid: int, path: str, offset: int):
-        """A uprobe on the file offset `offset` of `path` (runtime.sigtramp),
-        for process pid only; detached when the block ends, however it ends."""
-        from bcc.libbcc import lib
+    def attached(self, pid: int, path: str, offsets: list[int]):
+        """Uprobes for process pid only, at file offsets of `path`: the first
+        (runtime.sigtramp) starts a walk, the others (later on the signal
+        path) go on with one; all detached when the block ends, however it ends."""
         self._check_open()
         if pid in self._uprobes:
             raise ProbeError(f"pid {pid} already has the probe attached")
-        ev = f"exray_{os.getpid()}_{pid}_{offset:x}".encode()
-        fd = lib.bpf_attach_uprobe(self._entry.fd, 0, ev, path.encode(), offset, pid)
-        if fd < 0:
-            raise ProbeError(f"attaching a uprobe to {path}+{offset:#x} for pid {pid} failed "
-                             f"({os.strerror(ct.get_errno() or 1)})")
-        self._uprobes[pid] = fd
-        self._events = getattr(self, "_events", {})
-        self._events[pid] = ev
+        self._uprobes[pid] = []
         try:
+            for i, offset in enumerate(offsets):
+                self._attach_one(pid, path, offset, self._entry if i == 0 else self._more)
             yield
         finally:
             self._detach(pid)
 
+    def _attach_one(self, pid: int, path: str, offset: int, fn) -> None:
+        from bcc.libbcc import lib
+        ev = f"exray_{os.getpid()}_{pid}_{offset:x}".encode()
+        fd = lib.bpf_attach_uprobe(fn.fd, 0, ev, path.encode(), offset, pid)
+        if fd < 0:
+            raise ProbeError(f"attaching a uprobe to {path}+{offset:#x} for pid {pid} failed "
+                             f"({os.strerror(ct.get_errno() or 1)})")
+        self._uprobes[pid].append((fd, ev))
+
     def _detach(self, pid: int) -> None:
         from bcc.libbcc import lib
-        fd = self._uprobes.pop(pid, None)
-        if fd is not None:
+        for fd, ev in self._uprobes.pop(pid, ()):
             lib.bpf_close_perf_event_fd(fd)
-            lib.bpf_detach_uprobe(self._events.pop(pid))   # a tracefs event, when one was made
+            lib.bpf_detach_uprobe(ev)      # a tracefs event, when bcc had to make one
 
     # -- one run
 
@@ -149,14 +170,14 @@ class StackProbe:
 
     def trigger(self, pid: int, tid: int, deadline_ns: int) -> RunReport:
         """Arm, SIGURG the unstopped thread tid, and wait for the probe to finish
-        (triggering again while it says MORE). Raises ProbeError at the deadline,
-        leaving the probe disarmed."""
+        (signalling again while it says MORE, and when a signal seems lost: a
+        SIGURG sent while one is pending merges with it). Raises ProbeError at
+        the deadline, leaving the probe disarmed."""
         self._set_phase(PH_ARMED)
         t0 = time.monotonic_ns()
-        phase = PH_ARMED
         try:
             tgkill(pid, tid, signal.SIGURG)
-            spins = 0
+            sent, last_runs = t0, -1
             while True:
                 st = self._state[ct.c_int(0)]
                 phase = st.phase
@@ -165,31 +186,28 @@ class StackProbe:
                 if phase == PH_FAILED:
                     raise ProbeError(f"the probe could not start in pid {pid} (allgs unreadable, "
                                      f"or its tail calls are not in place): {st.read_errors} read errors")
-                if phase == PH_MORE:
-                    tgkill(pid, tid, signal.SIGURG)
-                    self._wait_phase_change(PH_MORE, deadline_ns)
-                    continue
-                if time.monotonic_ns() > deadline_ns:
+                now = time.monotonic_ns()
+                if now > deadline_ns:
                     raise ProbeError(
                         f"the probe did not finish in pid {pid} within the deadline (phase {phase}, "
                         f"{st.triggers} runs, {st.gs} goroutines, {st.frames} frames): thread {tid} "
                         "may block SIGURG or be stuck in the kernel")
-                spins += 1
-                if spins > 50:
-                    os.sched_yield()
+                if phase == PH_MORE and (st.runs != last_runs or now - sent > RESEND_NS):
+                    last_runs = st.runs
+                    tgkill(pid, tid, signal.SIGURG)
+                    sent = now
+                elif phase == PH_ARMED and now - sent > RESEND_NS:
+                    tgkill(pid, tid, signal.SIGURG)
+                    sent = now
+                self._epoll.poll(min(RESEND_NS, max(0, deadline_ns - now)) / 1e9)
         except BaseException:
             self._set_phase(PH_IDLE)
             raise
-        done = time.monotonic_ns()
         return RunReport(triggers=st.triggers, records=st.records, dropped=st.dropped, frames=st.frames,
                          goroutines=st.gs, read_errors=st.read_errors, budget_cuts=st.budget_cuts,
-                         pause_trigger_ns=done - t0, allglen=st.n)
-
-    def _wait_phase_change(self, phase: int, deadline_ns: int) -> None:
-        while self._state[ct.c_int(0)].phase == phase:
-            if time.monotonic_ns() > deadline_ns:
-                raise ProbeError("the probe was triggered again but did not run before the deadline")
-            os.sched_yield()
+                         pause_trigger_ns=time.monotonic_ns() - t0, allglen=st.n, runs=st.runs,
+                         wake_ns=st.t_first - t0 if st.t_first else 0,
+                         probe_ns=st.t_last - st.t_first if st.t_first and st.t_last else 0)
 
     def finish(self) -> None:
         """After the resume: whatever SIGURG is still pending finds the probe idle."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from ..errors import AgentError
 
-K_G, K_FRAMES, K_THREAD = 1, 2, 3
+K_G, K_FRAMES, K_THREAD, K_MARK = 1, 2, 3, 4
 START_SCHED, START_SYSCALL, START_REGS = 0, 1, 2
 
 F_TOP, F_RANGE, F_READ, F_BUDGET, F_DROPPED, F_GREAD = 1, 2, 4, 8, 16, 32
@@ -73,6 +73,8 @@ def parse(records: list[bytes]) -> ProbeOutput:
     out = ProbeOutput()
     by_gi: dict[int, ProbeGoroutine] = {}
     for raw in records:
+        if len(raw) == 8 and int.from_bytes(raw[:4], "little") == K_MARK:
+            continue          # a run's end, for the agent's epoll
         if len(raw) < _HDR.size:
             raise RecordError(f"a probe record of {len(raw)} bytes is shorter than its header")
         kind, gi, gaddr, pc, sp, bp, start, tid, g_len, top_len, nframes, flags = _HDR.unpack_from(raw)

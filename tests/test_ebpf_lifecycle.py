@@ -1,0 +1,112 @@
+"""The eBPF executor leaves nothing behind: after errors, timeouts and many
+snapshots, no uprobe, no BPF program, no perf event of ours remains, and the
+target runs on, untraced. `auto` says why it fell back."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from ebpf_helpers import our_bpf_programs, our_uprobes, require_ebpf, uprobe_fds_of
+from gobuild import build
+from targets import run_target
+
+
+def _untraced_and_alive(pid: int) -> None:
+    with open(f"/proc/{pid}/status") as f:
+        status = dict(line.split(":", 1) for line in f.read().splitlines() if ":" in line)
+    assert int(status["TracerPid"]) == 0
+    assert status["State"].split()[0] in ("S", "R", "D")
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/status") as f:
+            assert "TracerPid:\t0" in f.read(), f"thread {tid} still traced"
+
+
+@pytest.fixture(scope="module")
+def states():
+    require_ebpf()
+    from server.snapshot_job import load_target
+    binary = build("states")
+    with run_target(binary, dump=False) as t:
+        yield t, load_target(str(binary), None, {})
+
+
+def test_errors_and_timeouts_leave_nothing(states):
+    from agent.ebpf.executor import probe_offsets, snapshot_process
+    from agent.ebpf.plan import StackPlan
+    from agent.ebpf.probe import ProbeError, StackProbe
+    from agent.goroutines import _G_FIELDS
+    from agent.snapshot import SnapshotOptions
+    t, target = states
+    before, fds = len(our_bpf_programs()), uprobe_fds_of(os.getpid())
+    with StackProbe() as probe:
+        # A pause whose deadline has passed before it starts: the record says so.
+        rec = snapshot_process(t.pid, target, SnapshotOptions(deadline_s=1e-9), probe=probe)
+        assert rec.error and "deadline" in rec.error
+        assert uprobe_fds_of(os.getpid()) == fds
+        # A probe that never runs (its plan names another process): a timeout.
+        plan = StackPlan.from_layout(target.layout, 1, _G_FIELDS)
+        with probe.attached(t.pid, f"/proc/{t.pid}/exe", probe_offsets(target.binary)):
+            probe.prepare(plan)
+            import time
+            with pytest.raises(ProbeError, match="did not finish"):
+                probe.trigger(t.pid, t.pid, time.monotonic_ns() + 50_000_000)
+            probe.finish()
+        # An exception inside the attached block detaches too.
+        with pytest.raises(RuntimeError):
+            with probe.attached(t.pid, f"/proc/{t.pid}/exe", probe_offsets(target.binary)):
+                raise RuntimeError("boom")
+        assert uprobe_fds_of(os.getpid()) == fds
+        rec = snapshot_process(t.pid, target, SnapshotOptions(), probe=probe)
+        assert rec.error is None and rec.goroutines
+    assert len(our_bpf_programs()) == before
+    assert not our_uprobes()
+    assert uprobe_fds_of(os.getpid()) == fds
+    _untraced_and_alive(t.pid)
+
+
+def test_auto_falls_back_with_the_reason_when_the_spec_captures(states):
+    from agent.snapshot import SnapshotOptions, snapshot_processes
+    from probe_compiler.spec import parse_spec
+    from server.snapshot_job import load_target
+    t, _ = states
+    spec = parse_spec("version: 1\nfunctions:\n  main.blockedConnRead:\n    capture: [c]\n")
+    target = load_target(f"/proc/{t.pid}/exe", spec, {})
+    [rec] = snapshot_processes([(t.pid, target)], SnapshotOptions(executor="auto"))
+    assert rec.error is None
+    assert any("executor auto: used ptrace" in w and "captures" in w for w in rec.warnings)
+    [rec] = snapshot_processes([(t.pid, target)], SnapshotOptions(executor="ebpf"))
+    assert rec.error and rec.error.startswith("executor ebpf:")
+
+
+def test_cli_takes_the_executor(states, tmp_path, capsys):
+    from server.cli import main
+    t, _ = states
+    out = tmp_path / "s.sqlite"
+    assert main(["snapshot", "--pid", str(t.pid), "--executor", "ebpf", "-o", str(out)]) == 0
+    assert "goroutines, paused" in capsys.readouterr().out
+    import sqlite3
+    db = sqlite3.connect(out)
+    assert db.execute("SELECT count(*) FROM frames WHERE function = 'main.blockedSleep'").fetchone()[0] == 1
+
+
+@pytest.mark.slow
+def test_a_thousand_snapshots(states):
+    """1,000 eBPF snapshots of one process: all complete, the target is alive and
+    untraced, and nothing of the probe is left in the kernel afterwards."""
+    from agent.ebpf.executor import snapshot_process
+    from agent.ebpf.probe import StackProbe
+    from agent.snapshot import SnapshotOptions
+    t, target = states
+    before = len(our_bpf_programs())
+    n = int(os.environ.get("EXRAY_EBPF_SOAK", "1000"))
+    with StackProbe() as probe:
+        counts = set()
+        for _ in range(n):
+            rec = snapshot_process(t.pid, target, SnapshotOptions(), probe=probe)
+            assert rec.error is None, rec.error
+            counts.add(len(rec.goroutines))
+    assert len(counts) <= 3            # the states program starts nothing new
+    _untraced_and_alive(t.pid)
+    assert len(our_bpf_programs()) == before
+    assert not our_uprobes()

@@ -1,0 +1,79 @@
+"""The stack probe's plan and records, with no kernel: bytes in, data out."""
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from agent.ebpf import records as R
+from agent.ebpf.plan import ABSENT, StackBudgets, StackPlan
+from probe_compiler.runtime_layout import RuntimeLayout
+
+HDR = struct.Struct("<IIQQQQIIIIII")
+
+
+def _layout(**over):
+    g = {"goid": 152, "atomicstatus": 144, "stack.lo": 0, "stack.hi": 8, "sched.sp": 56, "sched.pc": 64,
+         "sched.bp": 96, "syscallsp": 104, "syscallpc": 112, "m": 48, "labels": 352}
+    g.update(over)
+    return RuntimeLayout(allgs_addr=0x1000, allglen_addr=0x1008, allm_addr=0x1010, g_size=456,
+                         g_offsets=g, m_size=100, m_offsets={"procid": 64}, gscan=0x1000,
+                         status_names={0: "idle", 1: "runnable", 2: "running", 6: "dead"},
+                         wait_reasons={}, status_constants={11: "deadextra"})
+
+
+def test_plan_packs_offsets_masks_and_budgets():
+    plan = StackPlan.from_layout(_layout(), 42, {"goid": 8, "labels": 8}, StackBudgets(max_frames=7))
+    v = struct.unpack("<4Q18I", plan.pack())
+    assert v[:4] == (0x1000, 0x1008, (1 << 0) | (1 << 6) | (1 << 11), 1 << 2)
+    assert v[4:7] == (42, 0x1000, 360)           # tgid, gscan, g bytes through labels
+    assert v[16] == ABSENT                        # no syscallbp before Go 1.23
+    assert v[-2:] == (7, 65536)
+
+
+def test_plan_refuses_what_the_probe_cant_walk():
+    lay = _layout()
+    del lay.g_offsets["sched.bp"]
+    with pytest.raises(ValueError, match="sched.bp"):
+        StackPlan.from_layout(lay, 1, {"goid": 8})
+    with pytest.raises(ValueError, match="copies at most"):
+        StackPlan.from_layout(_layout(labels=2000), 1, {"labels": 8})
+
+
+def _g(gi, pc=0x401000, sp=0x7000, bp=0x7010, g=b"G" * 16, top=b"\0" * 16, flags=0):
+    return HDR.pack(R.K_G, gi, 0xc000 + gi, pc, sp, bp, 0, 5, len(g), len(top), 0, flags) + g + top
+
+
+def _frames(gi, pairs, flags=0):
+    return (HDR.pack(R.K_FRAMES, gi, 0, 0, 0, 0, 0, 0, 0, 0, len(pairs), flags)
+            + b"".join(struct.pack("<QQ", *p) for p in pairs))
+
+
+def test_frames_follow_their_goroutine_and_give_the_words_at_each_frame_pointer():
+    out = R.parse([_g(3), _frames(3, [(0x7040, 0x401234)]), R.K_MARK.to_bytes(8, "little"),
+                   _frames(3, [(0, 0x401999)], flags=R.F_TOP)])
+    [g] = out.goroutines
+    assert g.pairs == [(0x7040, 0x401234), (0, 0x401999)]
+    assert g.words() == {0x7010: 0x7040, 0x7018: 0x401234, 0x7040: 0, 0x7048: 0x401999}
+    assert g.chain_error() is None and g.top == b"\0" * 16
+
+
+def test_cut_chains_say_why_and_lost_goroutines_are_counted():
+    out = R.parse([_g(1), _frames(1, [], flags=R.F_BUDGET), _frames(9, [(1, 2)])])
+    assert out.goroutines[0].chain_error() == "the frame budget ran out"
+    assert out.orphan_frames == 1
+
+
+def test_thread_record_gives_the_interrupted_registers():
+    regs = list(range(100, 123))
+    out = R.parse([HDR.pack(R.K_THREAD, 0, 0, 0, 0, 0, 2, 77, 23 * 8, 0, 0, 0) + struct.pack("<23Q", *regs)])
+    tid, r = out.thread
+    assert tid == 77 and r["rip"] == 116 and r["rsp"] == 115 and r["rbp"] == 110
+
+
+@pytest.mark.parametrize("raw", [b"\1\0\0\0", HDR.pack(R.K_G, 0, 0, 0, 0, 0, 0, 0, 500, 0, 0, 0),
+                                 HDR.pack(R.K_FRAMES, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9, 0),
+                                 HDR.pack(77, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)])
+def test_malformed_records_are_errors_not_crashes(raw):
+    with pytest.raises(R.RecordError):
+        R.parse([raw])
