@@ -774,7 +774,7 @@ class ReadLimits:
     it ends soon, in bounded memory, without leaving the module's folder.
     docs/security.md lists them."""
     max_file_bytes: int = 1 << 20       # one spec file, the top one and each include
-    max_total_bytes: int = 8 << 20      # every file merged into one spec
+    max_total_bytes: int = 4 << 20      # every file merged into one spec
     max_files: int = 256                # files merged into one spec, the top one included
     max_glob_entries: int = 20_000      # directory entries one include pattern may look at
     max_glob_depth: int = 16            # folders one `**` may descend

@@ -204,13 +204,20 @@ async def _serve(reader: FrameReader, protocol: ResilientProtocol) -> str:
         try:
             while True:
                 frame = reader.next()
-                asyncio.run_coroutine_threadsafe(queue.put(frame), loop).result()
+                try:
+                    handed = asyncio.run_coroutine_threadsafe(queue.put(frame), loop)
+                except RuntimeError:    # the loop closed (after `exit`): nobody to hand frames to
+                    return
+                handed.result()
                 if frame is None:
                     return
         except Exception as e:          # noqa: BLE001 - the session ends; say why
             log.exception("reading stdin failed")
             reader.ended = f"reading the input failed: {e}"
-            asyncio.run_coroutine_threadsafe(queue.put(None), loop)
+            try:
+                asyncio.run_coroutine_threadsafe(queue.put(None), loop)
+            except RuntimeError:        # the loop is closed: the session is over anyway
+                pass
 
     threading.Thread(target=read_all, name="lsp-stdin", daemon=True).start()
     while True:
