@@ -23,7 +23,7 @@ from typing import Sequence
 from probe_compiler.errors import ProbeCompilerError
 
 from . import format as fmt
-from .sqlguard import check_statement, describe, fetch, is_damage, quote_ident
+from .sqlguard import SQL_ERRORS, check_statement, describe, fetch, is_damage, quote_ident
 from .store import SnapshotError, read_error, read_goroutines, reading
 
 
@@ -80,7 +80,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
             cur = db.execute(args.query)
             cols = [d[0] for d in cur.description] if cur.description else []
             rows, more = fetch(cur, db.limits.table_rows)
-        except (sqlite3.Error, sqlite3.Warning, MemoryError) as e:
+        except (*SQL_ERRORS, sqlite3.Warning) as e:
             if is_damage(e):
                 raise SnapshotError(read_error(args.snapshot, e, db)) from None
             raise _SQLFailed(describe(e, db)) from None

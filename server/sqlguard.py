@@ -31,6 +31,10 @@ from typing import Iterable
 
 from probe_compiler.sql_limits import DEFAULTS, MiB, SqlLimits, text
 
+# What running SQL on an untrusted file may raise: SQLite's errors, its
+# out-of-memory (the heap limit), and text that is not UTF-8.
+SQL_ERRORS = (sqlite3.Error, MemoryError, UnicodeDecodeError)
+
 # Progress handler granularity: SQLite VM instructions between two checks of
 # the clock (a few microseconds of work).
 PROGRESS_STEPS = 5_000
@@ -303,6 +307,8 @@ def describe(e: BaseException, db=None, what: str = "limits") -> str:
     auth = getattr(db, "authorizer", None)
     limits: SqlLimits = getattr(db, "limits", None) or DEFAULTS
     msg = str(e)
+    if isinstance(e, UnicodeDecodeError):
+        return f"damaged text ({e.reason} at byte {e.start})"
     if isinstance(e, MemoryError) or "out of memory" in msg:
         return (f"needed more than {text(limits.memory_mb)} MiB of memory ({what}.memory_mb)")
     if budget is not None and budget.hit and "interrupt" in msg:
@@ -319,10 +325,12 @@ def describe(e: BaseException, db=None, what: str = "limits") -> str:
 def is_damage(e: BaseException) -> bool:
     """Whether an sqlite3 error says the file itself is broken."""
     msg = str(e).lower()
+    if isinstance(e, UnicodeDecodeError):
+        return True
     return isinstance(e, sqlite3.DatabaseError) and any(s in msg for s in (
         "malformed", "not a database", "could not decode", "disk i/o error", "file is not a database",
         "database corrupt", "unsupported file format"))
 
 
-__all__ = ["Budget", "GuardedConnection", "ReadAuthorizer", "check_statement", "connect_read_only",
+__all__ = ["SQL_ERRORS", "Budget", "GuardedConnection", "ReadAuthorizer", "check_statement", "connect_read_only",
            "describe", "fetch", "heap_limit", "is_damage", "quote_ident", "MiB"]

@@ -21,7 +21,7 @@ from typing import Iterable
 from agent.records import ProcessRecord
 from probe_compiler.sql_limits import DEFAULTS, SqlLimits
 
-from .sqlguard import connect_read_only, describe, is_damage, quote_ident
+from .sqlguard import SQL_ERRORS, connect_read_only, describe, is_damage, quote_ident
 
 SCHEMA_VERSION = 4
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -230,19 +230,23 @@ def open_snapshot(path: str | os.PathLike, readonly: bool = True, *, limits: Sql
     name = str(path)
     try:
         with open(p, "rb") as f:
-            head = f.read(len(SQLITE_MAGIC))
+            head = f.read(100)                 # SQLite's file header
     except FileNotFoundError:
         raise SnapshotError(f"{name}: no such file") from None
     except IsADirectoryError:
         raise SnapshotError(f"{name} is a directory, not an Ex-Ray snapshot") from None
     except OSError as e:
         raise SnapshotError(f"{name}: {e.strerror or e}") from None
-    if head != SQLITE_MAGIC:
+    if head[:len(SQLITE_MAGIC)] != SQLITE_MAGIC:
         raise SnapshotError(f"{name} is not an Ex-Ray snapshot (not a SQLite database)")
+    if readonly and (len(head) < 100 or head[56:60] != b"\0\0\0\1"):   # Ex-Ray writes UTF-8 text
+        raise SnapshotError(f"{name} is damaged (its header is cut short or says text is not UTF-8): "
+                            "it can't be read; take the snapshot again")
     db = None
     try:
         if readonly:
             db = connect_read_only(p, limits, cancel)
+            quick_check(db, name, p)         # damaged pages first: nothing below reads them
         else:
             db = sqlite3.connect(p.resolve().as_uri(), uri=True)
         has_meta = db.execute(
@@ -251,10 +255,12 @@ def open_snapshot(path: str | os.PathLike, readonly: bool = True, *, limits: Sql
             db.close()
             raise SnapshotError(f"{name} is not an Ex-Ray snapshot (no meta table)")
         row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-    except (sqlite3.Error, MemoryError) as e:
-        why = describe(e, db)
+    except (*SQL_ERRORS, SnapshotError) as e:
         if db is not None:
             db.close()
+        if isinstance(e, SnapshotError):
+            raise
+        why = describe(e, db)
         if is_damage(e):
             raise SnapshotError(f"{name} is damaged ({why}): it can't be read; take the snapshot again") from None
         raise SnapshotError(f"{name} is not an Ex-Ray snapshot ({why})") from None
@@ -271,7 +277,7 @@ def open_snapshot(path: str | os.PathLike, readonly: bool = True, *, limits: Sql
                             f"versions up to {SCHEMA_VERSION} (upgrade Ex-Ray)")
     if readonly:
         try:
-            check_snapshot(db, name)
+            check_snapshot(db, name, p)
         except BaseException:
             db.close()
             raise
@@ -291,21 +297,17 @@ _CHECKED: dict[tuple, None] = {}      # files that passed check_snapshot: (path,
 _CHECKED_MAX = 64
 
 
-def check_snapshot(db: sqlite3.Connection, name: str) -> None:
+def check_snapshot(db: sqlite3.Connection, name: str, path: str | os.PathLike | None = None) -> None:
     """Trust a snapshot file only once it is checked, under the connection's
-    time budget: SQLite's quick_check (pages, records, indexes), then that the
+    time budget: after SQLite's quick_check (quick_check below), that the
     built-in tables, the function tables `meta` lists and Ex-Ray's own tables
     are plain tables (not views that could loop, virtual or generated
     columns) with the columns readers use. Raises SnapshotError.
     A file already checked unchanged (same inode, size and mtime) is not checked again."""
-    key = _file_key(db)
+    key = _file_key(path)
     if key is not None and key in _CHECKED:
         return
-    try:
-        problems = [r[0] for r in db.execute("PRAGMA quick_check(5)")]
-        if problems != ["ok"]:
-            raise SnapshotError(f"{name} is damaged (SQLite's quick_check: {'; '.join(map(str, problems))}): "
-                                "it can't be trusted; take the snapshot again")
+    try:                                    # open_snapshot ran quick_check already
         kinds = {n: (t, sql or "") for t, n, sql in db.execute(
             "SELECT type, name, sql FROM sqlite_master WHERE type IN ('table', 'view')")}
         tables = dict(REQUIRED_COLUMNS)
@@ -319,7 +321,7 @@ def check_snapshot(db: sqlite3.Connection, name: str) -> None:
                                        "exray_report_errors") if t in kinds})
         for table, required in tables.items():
             _check_table(db, name, table, required, kinds.get(table))
-    except (sqlite3.Error, MemoryError) as e:
+    except SQL_ERRORS as e:
         why = describe(e, db)
         if is_damage(e):
             raise SnapshotError(f"{name} is damaged ({why}): it can't be read; take the snapshot again") from None
@@ -328,6 +330,17 @@ def check_snapshot(db: sqlite3.Connection, name: str) -> None:
         if len(_CHECKED) >= _CHECKED_MAX:
             _CHECKED.pop(next(iter(_CHECKED)))
         _CHECKED[key] = None
+
+
+def quick_check(db: sqlite3.Connection, name: str, path: str | os.PathLike | None = None) -> None:
+    """SQLite's quick_check (pages, records, indexes), once per unchanged file."""
+    key = _file_key(path)
+    if key is not None and key in _CHECKED:
+        return
+    problems = [r[0] for r in db.execute("PRAGMA quick_check(5)")]
+    if problems != ["ok"]:
+        raise SnapshotError(f"{name} is damaged (SQLite's quick_check: {'; '.join(map(str, problems))}): "
+                            "it can't be trusted; take the snapshot again")
 
 
 def _check_table(db: sqlite3.Connection, name: str, table: str, required: tuple[str, ...],
@@ -349,13 +362,14 @@ def _check_table(db: sqlite3.Connection, name: str, table: str, required: tuple[
                             f"{missing[0]}")
 
 
-def _file_key(db: sqlite3.Connection) -> tuple | None:
-    try:
-        path = db.execute("SELECT file FROM pragma_database_list WHERE name = 'main'").fetchone()[0]
-        st = os.stat(path)
-    except (sqlite3.Error, OSError, TypeError):
+def _file_key(path: str | os.PathLike | None) -> tuple | None:
+    if path is None:
         return None
-    return path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return os.path.abspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 @contextlib.contextmanager
@@ -366,7 +380,7 @@ def reading(path: str | os.PathLike, *, limits: SqlLimits = DEFAULTS, cancel: th
     db = open_snapshot(path, limits=limits, cancel=cancel)
     try:
         yield db
-    except (sqlite3.Error, MemoryError) as e:
+    except SQL_ERRORS as e:
         raise SnapshotError(read_error(path, e, db)) from None
     finally:
         db.close()

@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from server import format as fmt
 from server.links import linked_rows
-from server.sqlguard import check_statement, describe, fetch, quote_ident as _q
+from server.sqlguard import SQL_ERRORS, check_statement, describe, fetch, quote_ident as _q
 from server.store import (SnapshotError, dict_rows, function_tables, open_snapshot, read_error, read_goroutines,
                           snapshot_meta)
 
@@ -111,7 +111,7 @@ def render(uri: str, snapshot: str, resolve, queries: dict[int, str], cancel=Non
             if sql is None:
                 raise DocumentError(f"no query {segs[1]} in this session")
             return query_doc(db, sql)
-    except (sqlite3.Error, MemoryError) as e:       # a damaged page, a bound: say so, no traceback
+    except SQL_ERRORS as e:           # a damaged page, a bound: say so, no traceback
         raise DocumentError(read_error(snapshot, e, db)) from None
     finally:
         db.close()
@@ -335,7 +335,7 @@ def query_doc(db: sqlite3.Connection, sql: str) -> Doc:
         cur = db.execute(sql)
         cols = [c[0] for c in cur.description] if cur.description else []
         rows, _ = fetch(cur, MAX_ROWS + 1)
-    except (sqlite3.Error, sqlite3.Warning, MemoryError) as e:
+    except (*SQL_ERRORS, sqlite3.Warning) as e:
         d.add(f"error: {describe(e, db)}")
         return d
     if not cols:
