@@ -22,6 +22,9 @@ docs/spec.md documents every key.
     links: [{from: client(req_id), to: getinfo(req_ID)}]
 
 The SQL in extra columns and reports is checked by probe_compiler.spec_sql.
+A spec is untrusted input: reading it and what it includes is bounded by
+ReadLimits (regular files inside the module root, sizes, counts, the glob
+walk, aliases); docs/security.md lists the bounds.
 """
 from __future__ import annotations
 
