@@ -325,6 +325,17 @@ def idle_once(pm: PauseMeter, window: float) -> float:
     return pm.gap_s()
 
 
+def _ebpf_why() -> str | None:
+    from agent.ebpf.availability import why_unavailable
+    return why_unavailable()
+
+
+def _ebpf_options():
+    """SnapshotOptions for the eBPF executor, or None where it can't run."""
+    from agent.snapshot import SnapshotOptions
+    return None if _ebpf_why() else SnapshotOptions(executor="ebpf")
+
+
 def bench_pause(binary: Path, n: int, reps: int, results: dict, with_captures: bool) -> None:
     pm = PauseMeter(binary, n)
     try:
@@ -335,11 +346,20 @@ def bench_pause(binary: Path, n: int, reps: int, results: dict, with_captures: b
               flush=True)
         dump_once(pm)
         ex_gap, ex_pause, ex_wall, dump_gap, dump_took, idle = [], [], [], [], [], []
+        ebpf = _ebpf_options()          # the eBPF executor beside ptrace, where it can run
+        bpf_gap, bpf_pause, bpf_probe = [], [], []
+        if ebpf is not None:
+            exray_once(pm, None, ebpf)  # warm-up: loads the probe
         for i in range(reps):  # interleaved, so drifting noise hits both alike
             g, p, w, _ = exray_once(pm)
             ex_gap.append(g)
             ex_pause.append(p)
             ex_wall.append(w)
+            if ebpf is not None:
+                g, p, _, rec = exray_once(pm, None, ebpf)
+                bpf_gap.append(g)
+                bpf_pause.append(p)
+                bpf_probe.append(rec.probe_report.probe_ns / 1e9)
             g, took = dump_once(pm)
             dump_gap.append(g)
             dump_took.append(took)
@@ -349,6 +369,8 @@ def bench_pause(binary: Path, n: int, reps: int, results: dict, with_captures: b
         r = results[n] = {"ex_gap": ex_gap, "ex_pause": ex_pause, "ex_wall": ex_wall,
                           "dump_gap": dump_gap, "dump_took": dump_took, "idle": idle,
                           "window": window}
+        if bpf_gap:
+            r.update(bpf_gap=bpf_gap, bpf_pause=bpf_pause, bpf_probe=bpf_probe)
         if with_captures:
             from probe_compiler.spec import parse_spec
             spec = parse_spec(CAPTURE_SPEC)
@@ -428,9 +450,19 @@ def print_pause(results: dict) -> None:
         t.add(f"N={n:>6}  idle: gap over {r['window'] * 1e3:.0f} ms", r["idle"])
         ratio = med(r["ex_gap"]) / med(r["dump_gap"]) if med(r["dump_gap"]) else float("nan")
         t.note(f"N={n:>6}  ratio of medians Ex-Ray gap / Go dump gap", f"{ratio:.2f}")
+        if "bpf_gap" in r:      # the eBPF executor (docs/ebpf.md), stacks only
+            t.add(f"N={n:>6}  Ex-Ray eBPF: gap the target saw", r["bpf_gap"])
+            t.add(f"N={n:>6}  Ex-Ray eBPF: its own pause_ns", r["bpf_pause"])
+            t.add(f"N={n:>6}  Ex-Ray eBPF: the probe's walk (bpf_ktime)", r["bpf_probe"])
         if "cap_gap" in r:
             t.add(f"N={n:>6}  Ex-Ray + captures ({r['cap_rows']} rows): gap", r["cap_gap"])
             t.add(f"N={n:>6}  Ex-Ray + captures: its own pause_ns", r["cap_pause"])
+    mid = results.get(1000)
+    if mid and "bpf_pause" in mid:
+        t.note("goal: eBPF pause_ns <= 1 ms at N=1000, stacks only",
+               "met" if med(mid["bpf_pause"]) <= 1e-3 else f"MISSED ({med(mid['bpf_pause']) * 1e3:.2f} ms)")
+    elif mid:
+        t.note("eBPF executor", f"not run: {_ebpf_why()}")
     big = results.get(10000)
     if big:
         ratio = med(big["ex_gap"]) / med(big["dump_gap"])

@@ -30,8 +30,19 @@ def our_uprobes() -> list[str]:
     return []
 
 
-def our_bpf_programs() -> list[str]:
-    """Loaded BPF programs named like the probe's (bpftool, else /proc/*/fdinfo)."""
+def our_bpf_programs(settle_s: float = 2.0) -> list[str]:
+    """Loaded BPF programs named like the probe's, once the kernel's deferred
+    frees had up to settle_s to run (bpftool, else /proc/*/fdinfo)."""
+    import time
+    deadline = time.monotonic() + settle_s
+    while True:
+        found = _our_bpf_programs()
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
+def _our_bpf_programs() -> list[str]:
     try:
         out = subprocess.run(["bpftool", "prog", "show"], capture_output=True, text=True,
                              timeout=30).stdout

@@ -107,7 +107,18 @@ class StackProbe:
             self._epoll = None
         if self._bpf is not None:
             bpf, self._bpf = self._bpf, None
-            bpf.cleanup()
+            try:
+                # The stages tail-call through `progs`, which they reference:
+                # emptying it now frees the programs at once (the kernel would
+                # only clear it from a work queue once the map's fds are closed).
+                progs = bpf[b"progs"]
+                for i in range(2):
+                    try:
+                        del progs[ct.c_int(i)]
+                    except (KeyError, OSError):
+                        pass
+            finally:
+                bpf.cleanup()
 
     def __enter__(self) -> "StackProbe":
         return self
