@@ -36,7 +36,6 @@ import glob
 import json
 import os
 import re
-import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +45,7 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from .errors import ExpressionError, SpecError
+from .files import FileRefused, read_regular
 from .expr import Expr, parse_expr, sanitize_identifier
 from .sql_limits import CEILINGS, DEFAULTS, SqlLimits
 from . import sql_limits
@@ -786,55 +786,22 @@ class ReadLimits:
 
 READ_LIMITS = ReadLimits()
 
-_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-               (stat.S_ISSOCK, "a socket"))
-
-
 class _Refused(Exception):
     """Why a file can't be read as a spec; the caller says where."""
 
 
-def _file_kind(mode: int) -> str:
-    return next((what for test, what in _FILE_KINDS if test(mode)), "not a regular file")
-
-
 def _read_bounded(path: str, limit: int, what: str = "the limit of one spec file") -> str:
-    """A regular file's UTF-8 text, or _Refused. Never blocks and never reads
-    more than `limit` + 1 bytes: the type is checked before the open, the open
-    is non-blocking, and the open file is checked again (a FIFO swapped in
-    between is still refused)."""
+    """A regular file's UTF-8 text, or _Refused (files.read_regular: never
+    blocks, never reads more than `limit` + 1 bytes)."""
     try:
-        st = os.stat(path)
-        if not stat.S_ISREG(st.st_mode):
-            raise _Refused(f"it is {_file_kind(st.st_mode)}, not a regular file")
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise _Refused("no such file") from None
-    except OSError as e:
-        raise _Refused(e.strerror or str(e)) from None
+        data = read_regular(path, limit, what)
+    except FileRefused as e:
+        why = str(e)
+        if why.startswith("it is ") and "bytes, over" in why:
+            why += "; split the spec or trim it"
+        raise _Refused(why) from None
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise _Refused(f"it is {_file_kind(st.st_mode)}, not a regular file")
-        if st.st_size > limit:
-            raise _Refused(f"it is {st.st_size:,} bytes, over {what} ({limit:,} bytes); "
-                           f"split the spec or trim it")
-        chunks, size = [], 0
-        while size <= limit:
-            b = os.read(fd, min(1 << 20, limit + 1 - size))
-            if not b:
-                break
-            chunks.append(b)
-            size += len(b)
-        if size > limit:
-            raise _Refused(f"it grew past {what} ({limit:,} bytes) while being read")
-    except OSError as e:
-        raise _Refused(e.strerror or str(e)) from None
-    finally:
-        os.close(fd)
-    try:
-        return b"".join(chunks).decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise _Refused(f"not UTF-8 text ({e.reason} at byte {e.start}); a spec is YAML text") from None
 

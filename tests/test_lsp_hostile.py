@@ -297,3 +297,42 @@ def test_reader_fuzz():
             assert isinstance(f, (bytes, FramingError)) and (not isinstance(f, bytes) or len(f) <= 4096)
         else:
             raise AssertionError("the reader did not reach the end of a finite stream")
+
+
+def test_hostile_workspace_files_neither_hang_nor_fill_the_server(tmp_path):
+    """Go files and .git files the server reads on its own: a FIFO named
+    pipe.go, a link named zero.go to /dev/zero, a FIFO as .git/HEAD. The
+    spec's diagnostics still come (from the real main.go), memory stays
+    bounded, and shutdown is prompt."""
+    (tmp_path / "go.mod").write_text("module example.com/m\n\ngo 1.21\n")
+    (tmp_path / "main.go").write_text("package main\n\nfunc main() {}\n")
+    os.mkfifo(tmp_path / "pipe.go")
+    os.symlink("/dev/zero", tmp_path / "zero.go")
+    (tmp_path / ".git").mkdir()
+    os.mkfifo(tmp_path / ".git" / "HEAD")
+    text = "version: 1\nfunctions:\n  main.main:\n  main.nothere:\n"
+    (tmp_path / "exray.yaml").write_text(text)
+    s = Session(tmp_path)
+    try:
+        s.send(request(1, "initialize", {**INIT, "rootUri": tmp_path.as_uri()}))
+        s.reply(1)
+        s.send(frame({"jsonrpc": "2.0", "method": "initialized", "params": {}}))
+        uri = (tmp_path / "exray.yaml").as_uri()
+        s.send(frame({"jsonrpc": "2.0", "method": "textDocument/didOpen", "params": {"textDocument": {
+            "uri": uri, "languageId": "yaml", "version": 1, "text": text}}}))
+        deadline = time.monotonic() + 60
+        while True:
+            m = s.message(timeout=max(deadline - time.monotonic(), 0.1))
+            if m.get("method") == "textDocument/publishDiagnostics" and m["params"]["uri"] == uri \
+                    and any("nothere" in d["message"] for d in m["params"]["diagnostics"]):
+                break
+        assert not any("main.main " in d["message"] for d in m["params"]["diagnostics"]), m
+        alive(s, 2)
+        assert s.peak_kb() < MAX_PEAK_AFTER_FRAMING_ERRORS_KB, s.peak_kb()
+        t = time.monotonic()
+        s.send(request(3, "shutdown"))
+        s.reply(3, timeout=15)
+        s.send(frame({"jsonrpc": "2.0", "method": "exit"}))
+        assert s.wait() == 0 and time.monotonic() - t < 15
+    finally:
+        s.close()

@@ -32,6 +32,7 @@ from lsprotocol.types import (CodeAction, CodeActionKind, Diagnostic, Diagnostic
                               Range, TextEdit, WorkspaceEdit)
 
 from probe_compiler.errors import SpecError
+from probe_compiler.files import read_regular
 from probe_compiler.spec import parse_spec
 
 from . import gosource
@@ -180,6 +181,11 @@ def _code_of(err: SpecError) -> str:
 
 # ------------------------------------------------------------------ git
 
+def _git_text(path: Path, limit: int = 64 << 10) -> str:
+    """A small file of .git, read without blocking (a FIFO) or without end (/dev/zero)."""
+    return read_regular(path, limit).decode("utf-8", "replace")
+
+
 def git_head(root: str | os.PathLike) -> str | None:
     """The commit the workspace's HEAD points at, read from .git (no git run):
     HEAD, loose refs, packed-refs; .git files of worktrees and submodules."""
@@ -191,14 +197,14 @@ def git_head(root: str | os.PathLike) -> str | None:
             d = d.parent
         gitdir = d / ".git"
         if gitdir.is_file():
-            m = re.match(r"gitdir:\s*(.+)", gitdir.read_text().strip())
+            m = re.match(r"gitdir:\s*(.+)", _git_text(gitdir).strip())
             if not m:
                 return None
             gitdir = (d / m.group(1).strip()).resolve()
         common = gitdir
         if (gitdir / "commondir").is_file():
-            common = (gitdir / (gitdir / "commondir").read_text().strip()).resolve()
-        head = (gitdir / "HEAD").read_text().strip()
+            common = (gitdir / _git_text(gitdir / "commondir").strip()).resolve()
+        head = _git_text(gitdir / "HEAD").strip()
         for _ in range(10):             # symbolic refs may chain
             if not head.startswith("ref:"):
                 return head if re.fullmatch(r"[0-9a-f]{40}([0-9a-f]{24})?", head) else None
@@ -206,13 +212,13 @@ def git_head(root: str | os.PathLike) -> str | None:
             for base in (gitdir, common):
                 loose = base / ref
                 if loose.is_file():
-                    head = loose.read_text().strip()
+                    head = _git_text(loose).strip()
                     break
             else:
                 packed = common / "packed-refs"
                 if not packed.is_file():
                     return None
-                for ln in packed.read_text().splitlines():
+                for ln in _git_text(packed, 256 << 20).splitlines():
                     parts = ln.split()
                     if len(parts) == 2 and parts[1] == ref and not ln.startswith(("#", "^")):
                         return parts[0]

@@ -45,6 +45,7 @@ import tree_sitter_go
 from lsprotocol.types import Position, Range
 
 from probe_compiler.errors import ExpressionError
+from probe_compiler.files import read_regular
 from probe_compiler.expr import format_expr, parse_expr
 from probe_compiler.generics import generic_pattern, symbol_matches  # noqa: F401 (re-exported)
 
@@ -210,7 +211,8 @@ class ParseCache:
             hit = self._items.get(key)
         if hit is not None:
             return hit
-        return self._put(str(path), key, parse(Path(path).read_bytes()))
+        # a FIFO or a link to /dev/zero named *.go must not hang or fill the server
+        return self._put(str(path), key, parse(read_regular(path, MAX_GO_FILE_BYTES, "the limit of a Go file")))
 
     def forget(self, uri: str) -> None:
         with self._lock:
@@ -228,6 +230,10 @@ class ParseCache:
 
 
 CACHE = ParseCache()
+
+# Workspace files are read whole; larger ones are skipped (docs/security.md).
+MAX_GO_FILE_BYTES = 16 << 20
+MAX_GO_MOD_BYTES = 1 << 20
 
 
 # ------------------------------------------------------------------ modules and packages
@@ -266,7 +272,7 @@ def package_import_path(workspace_root: str | os.PathLike, file_path: str | os.P
     if gomod is None:
         return None
     try:
-        mod = module_path(gomod.read_text(encoding="utf-8", errors="replace"))
+        mod = module_path(read_regular(gomod, MAX_GO_MOD_BYTES, "the limit of a go.mod").decode("utf-8", "replace"))
     except OSError:
         return None
     if mod is None:

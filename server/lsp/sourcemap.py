@@ -22,13 +22,15 @@ import os
 import re
 from pathlib import Path
 
+from probe_compiler.files import read_regular
+
 _MODULE_RE = re.compile(r'^\s*module\s+("?)([^\s"]+)\1\s*(?://.*)?$', re.M)
 
 
 def read_module_path(root: str | os.PathLike) -> str | None:
     """The `module` line of root/go.mod, or None."""
     try:
-        text = (Path(root) / "go.mod").read_text(errors="replace")
+        text = read_regular(Path(root) / "go.mod", 1 << 20).decode("utf-8", "replace")
     except OSError:
         return None
     m = _MODULE_RE.search(text)
