@@ -336,3 +336,26 @@ def test_hostile_workspace_files_neither_hang_nor_fill_the_server(tmp_path):
         assert s.wait() == 0 and time.monotonic() - t < 15
     finally:
         s.close()
+
+
+def test_a_100_mb_spec_on_disk_is_not_read(tmp_path):
+    """The server checks the workspace's exray.yaml at start-up, from the
+    file (on its event loop): a 100 MB one is refused by its size, said in
+    the log, and the server answers at once."""
+    with open(tmp_path / "exray.yaml", "wb") as f:
+        f.truncate(100 << 20)
+    s = Session(tmp_path)
+    try:
+        s.send(request(1, "initialize", {**INIT, "rootUri": tmp_path.as_uri()}))
+        s.reply(1)
+        s.send(frame({"jsonrpc": "2.0", "method": "initialized", "params": {}}))
+        deadline = time.monotonic() + 60
+        while True:
+            m = s.message(timeout=max(deadline - time.monotonic(), 0.1))
+            if m.get("method") == "window/logMessage" and "not reading the spec" in m["params"]["message"]:
+                break
+        assert "over the limit of one spec file" in m["params"]["message"], m
+        alive(s, 2)
+        assert s.peak_kb() < MAX_PEAK_AFTER_FRAMING_ERRORS_KB, s.peak_kb()
+    finally:
+        s.close()

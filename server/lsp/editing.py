@@ -114,9 +114,16 @@ def spec_text(ls: "ExrayServer", uri: str) -> str | None:
     doc = open_document(ls, uri)
     if doc is not None:
         return doc.source
-    try:
-        return Path(ls.path_of(uri) or "").read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
+    from probe_compiler.files import FileRefused, read_regular
+    from probe_compiler.spec import READ_LIMITS
+    path = ls.path_of(uri) or ""
+    try:        # on the event loop: a FIFO named exray.yaml must not block it
+        return read_regular(path, READ_LIMITS.max_file_bytes, "the limit of one spec file").decode("utf-8")
+    except FileRefused as e:
+        if os.path.lexists(path):
+            ls.log(f"Ex-Ray: not reading the spec {path}: {e}", types.MessageType.Warning)
+        return None
+    except UnicodeDecodeError:
         return None
 
 
