@@ -28,7 +28,9 @@ fi
 # own (a VM's) gets Debian's: linux-headers-amd64 pulls the -amd64 and
 # -common folders, and build/source link to them. bpftool lists BPF programs
 # (the leak tests). Then tracefs: bcc attaches uprobes through it.
-for pkg in linux-headers-amd64 bpftool; do
+# clang-14 and lld-14 rebuild agent/wasm/decoder.wasm (scripts/build_wasm.sh;
+# the .wasm is checked in, so only a change to decoder.c needs them).
+for pkg in linux-headers-amd64 bpftool clang-14 lld-14; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || {
     echo "setup: apt-get install $pkg"
     apt-get update -qq

@@ -1,0 +1,376 @@
+"""The value decoder, run as a WebAssembly module under wasmtime.
+
+    dec = WasmDecoder()                               # compiles decoder.wasm once per process
+    tables = TypeBlob.build(plan.types)               # once per plan
+    plain, raw = dec.decode_value(tables, type_id, data, addr, Image.of(ranges), budgets,
+                                  frame_budget=fb, snapshot_budget=sb)
+
+The module (decoder.c, compiled to decoder.wasm) turns the bytes a pause
+copied into the same JSON values as probe_compiler.decode.decode_value (the
+reference, which stays in Python) for bool, int, uint, string, pointer,
+unsafe.Pointer, struct, array, slice and unknown kinds. For a value holding
+any other kind it answers Unsupported and the caller decodes that value in
+Python. It runs isolated: its own linear memory (capped), a fuel budget per
+value (a bound on instructions: a hostile or looping input ends, it does not
+hang the agent), no imports at all. Input it can't make sense of, a trap, an
+exhausted fuel or memory budget: each ends as an error row
+({"__error": "wasm decoder: ..."}), never as an exception out of here.
+"""
+from __future__ import annotations
+
+import json
+import struct
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from probe_compiler.decode import SPECIAL_TYPES, Budgets, ByteBudget, field_name
+from probe_compiler.types import Kind, TypeTable
+
+MODULE = Path(__file__).with_name("decoder.wasm")
+MAGIC = 0x31575258                 # "XRW1"
+HDR = struct.Struct("<I4I QQ II Q II 6I 4I")
+TYPE_REC = struct.Struct("<IIQIQIIIIII")  # 48 bytes, padded to 56
+FIELD_REC = struct.Struct("<IIQII")      # 24 bytes
+RANGE_REC = struct.Struct("<QQQ")
+_RESULT = struct.Struct("<6Q")
+NONE = 0xFFFFFFFF
+
+KINDS = {Kind.BOOL: 1, Kind.INT: 2, Kind.UINT: 3, Kind.STRING: 4, Kind.POINTER: 5,
+         Kind.UNSAFE_POINTER: 6, Kind.STRUCT: 7, Kind.ARRAY: 8, Kind.SLICE: 9, Kind.UNKNOWN: 10}
+OTHER = 11
+
+ST_OK, ST_UNSUPPORTED, ST_MALFORMED, ST_OUTPUT = range(4)
+
+DEFAULT_FUEL = 20_000_000          # instructions per value (about 10 ms); see docs/ebpf.md
+DEFAULT_MEMORY = 64 << 20          # the module's linear memory, at most
+OUTPUT_FACTOR = 16                 # output cap: this many times the input, plus 64 KiB
+
+
+class Unsupported(Exception):
+    """The module does not decode this value's kinds: decode it in Python."""
+
+
+@dataclass(frozen=True)
+class TypeBlob:
+    """The type table as the module reads it: sorted type records, field
+    records, names. Built once per plan (pure: no wasmtime here)."""
+    types: bytes
+    fields: bytes
+    names: bytes
+    ntypes: int
+    nfields: int
+
+    @staticmethod
+    def build(table: TypeTable) -> "TypeBlob":
+        types, fields, names = [], [], bytearray()
+        name_at: dict[str, tuple[int, int]] = {}
+
+        def name(s: str) -> tuple[int, int]:
+            hit = name_at.get(s)
+            if hit is None:
+                b = s.encode()
+                hit = name_at[s] = (len(names), len(b))
+                names.extend(b)
+            return hit
+
+        nf = 0
+        for tid in sorted(table.types):
+            t = table.types[tid]
+            if not 0 <= tid < NONE:
+                raise ValueError(f"type id {tid} does not fit the module's table")
+            kind = KINDS.get(t.kind, OTHER) if t.name not in SPECIAL_TYPES else OTHER
+            f0 = f1 = 0
+            if kind in (KINDS[Kind.STRING], KINDS[Kind.SLICE]):
+                a, n = ((t.field("str"), t.field("len")) if t.kind == Kind.STRING
+                        else (t.field("array"), t.field("len")))
+                sizes = [table.types.get(f.type_id).size if f and f.type_id in table.types else None
+                         for f in (a, n)]
+                if a is None or n is None or None in sizes or max(a.offset, n.offset) > 0xFFFF \
+                        or max(sizes) > 8:
+                    kind = OTHER       # the reference would call it malformed: let it say so
+                else:
+                    f0, f1 = a.offset | sizes[0] << 16, n.offset | sizes[1] << 16
+            no, nl = name(t.name)
+            first = nf
+            if t.kind == Kind.STRUCT:
+                for f in t.fields:
+                    fo, fl = name(field_name(f.name, f.embedded))
+                    fields.append(FIELD_REC.pack(fo, fl, f.offset, f.type_id, 0))
+                    nf += 1
+            elem = t.elem if t.elem is not None and t.elem in table.types else NONE
+            if t.kind in (Kind.ARRAY, Kind.SLICE) and elem == NONE:
+                kind = OTHER
+            types.append(TYPE_REC.pack(tid, kind, t.size, elem, t.length or 0, no, nl,
+                                       nf - first if t.kind == Kind.STRUCT else 0, first, f0, f1)
+                         + b"\0" * 4)
+        return TypeBlob(b"".join(types), b"".join(fields), bytes(names), len(types), nf)
+
+
+@dataclass(frozen=True)
+class Image:
+    """The memory the decoder may read: disjoint ranges sorted by address."""
+    ranges: bytes                  # (start, length, offset in data) records
+    data: bytes
+    count: int
+
+    @staticmethod
+    def of(chunks) -> "Image":
+        """From (address, bytes) pairs, overlapping or not (later bytes win)."""
+        spans: list[list] = []
+        for addr, b in sorted(((a, bytes(b)) for a, b in chunks if b), key=lambda x: x[0]):
+            if spans and addr <= spans[-1][0] + len(spans[-1][1]):
+                start, cur = spans[-1]
+                off = addr - start
+                merged = bytearray(cur)
+                if off + len(b) > len(merged):
+                    merged.extend(b"\0" * (off + len(b) - len(merged)))
+                merged[off:off + len(b)] = b
+                spans[-1][1] = bytes(merged)
+            else:
+                spans.append([addr, b])
+        recs, data = [], bytearray()
+        for start, b in spans:
+            recs.append(RANGE_REC.pack(start, len(b), len(data)))
+            data.extend(b)
+        return Image(b"".join(recs), bytes(data), len(spans))
+
+
+def encode_input(blob: TypeBlob, type_id: int, data: bytes | None, addr: int | None, image: Image,
+                 budgets: Budgets, frame_left: int, snapshot_left: int, raw: bool) -> bytes:
+    """One value as one self-contained input (decoder.c's header comment has
+    the layout): the header at 0, then the root bytes, tables and image."""
+    root = data or b""
+    static_at = HDR.size + len(root)
+    return b"".join([header(blob, type_id, data, addr, image, budgets, frame_left, snapshot_left, raw,
+                            root_at=HDR.size, static_at=static_at), root, *static_parts(blob, image)])
+
+
+def static_parts(blob: TypeBlob, image: Image) -> list[bytes]:
+    return [blob.types, blob.fields, blob.names, image.ranges, image.data]
+
+
+def header(blob: TypeBlob, type_id: int, data: bytes | None, addr: int | None, image: Image,
+           budgets: Budgets, frame_left: int, snapshot_left: int, raw: bool, *, root_at: int,
+           static_at: int) -> bytes:
+    """The header of one value whose root bytes are at root_at and whose
+    tables and image (static_parts, in order) start at static_at."""
+    offs, off = [], static_at
+    for part in static_parts(blob, image):
+        offs.append(off)
+        off += len(part)
+    flags = (1 if data is not None else 0) | (2 if addr is not None else 0)
+    clamp = lambda v: max(0, min(v, (1 << 64) - 1))   # noqa: E731
+    return HDR.pack(MAGIC, min(budgets.string_bytes, NONE), min(budgets.elements, NONE),
+                    min(budgets.depth, NONE), int(raw), clamp(frame_left), clamp(snapshot_left),
+                    type_id & NONE, flags, (addr or 0) & ((1 << 64) - 1), root_at, len(data or b""),
+                    blob.ntypes, offs[0], blob.nfields, offs[1], offs[2], len(blob.names),
+                    image.count, offs[3], offs[4], len(image.data))
+
+
+def _error(why: str) -> tuple[dict, dict]:
+    v = {"__error": f"wasm decoder: {why}"}
+    return v, dict(v)
+
+
+class WasmDecoder:
+    """The module, instantiated with its limits. Not thread-safe: one per thread
+    (`for_thread()`). Reinstantiated after a trap, so a hostile input can't
+    leave state behind for the next value."""
+
+    _module_lock = threading.Lock()
+    _compiled: dict = {}
+
+    def __init__(self, fuel: int = DEFAULT_FUEL, memory_bytes: int = DEFAULT_MEMORY):
+        import wasmtime
+        self._wt = wasmtime
+        self.fuel, self.memory_bytes = fuel, memory_bytes
+        with WasmDecoder._module_lock:
+            got = WasmDecoder._compiled.get("m")
+            if got is None:
+                cfg = wasmtime.Config()
+                cfg.consume_fuel = True
+                engine = wasmtime.Engine(cfg)
+                got = WasmDecoder._compiled["m"] = (engine, wasmtime.Module(engine, MODULE.read_bytes()))
+        self._engine, self._module = got
+        self.stats = {"values": 0, "unsupported": 0, "errors": 0}
+        self._instantiate()
+
+    def _instantiate(self) -> None:
+        wt = self._wt
+        self._store = wt.Store(self._engine)
+        self._store.set_limits(memory_size=self.memory_bytes)
+        inst = wt.Instance(self._store, self._module, [])
+        ex = inst.exports(self._store)
+        self._mem = ex["memory"]
+        self._prepare, self._decode = ex["prepare"], ex["decode"]
+        self._out_ptr, self._out_len = ex["output_ptr"], ex["output_len"]
+        self._used, self._why = ex["bytes_used"], ex["why_ptr"]
+        self._decode_at, self._decode_both = ex["decode_at"], ex["decode_both"]
+        self._store.set_fuel(1000)
+        self._result = ex["result_ptr"](self._store)
+        self._staged = None
+
+    _local = threading.local()
+
+    @classmethod
+    def for_thread(cls) -> "WasmDecoder":
+        d = getattr(cls._local, "dec", None)
+        if d is None:
+            d = cls._local.dec = cls()
+        return d
+
+    # -- one value
+
+    def run(self, payload: bytes) -> tuple[int, bytes, int, str]:
+        """(status, output JSON bytes, bytes read, why) for one encoded input.
+        Raises wasmtime's Trap (fuel, memory, a bug) after reinstantiating."""
+        store = self._store
+        try:
+            store.set_fuel(self.fuel)
+            out_cap = len(payload) * OUTPUT_FACTOR + (64 << 10)
+            base = self._prepare(store, len(payload), out_cap)
+            if not base:
+                return ST_MALFORMED, b"", 0, f"an input of {len(payload)} bytes does not fit its memory limit"
+            self._mem.write(store, payload, base)
+            status = self._decode(store)
+            n, at = self._out_len(store), self._out_ptr(store)
+            out = bytes(self._mem.read(store, at, at + n)) if n else b""
+            why = ""
+            if status != ST_OK:
+                p = self._why(store)
+                raw = bytes(self._mem.read(store, p, p + 200)) if p else b""
+                why = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+            return status, out, self._used(store), why
+        except Exception:
+            self._instantiate()
+            raise
+
+    def _stage(self, blob: TypeBlob, image: Image, root_len: int) -> int:
+        """Write the tables and the image into the module once (per blob and
+        image), leaving room after them for one value's header and root;
+        returns where that room starts."""
+        key = (id(blob), id(image))
+        st = self._staged
+        if st is None or st[0] != key or st[3] < HDR.size + root_len:
+            static = b"".join(static_parts(blob, image))
+            room = HDR.size + max(root_len, 4096)
+            base = self._prepare(self._store, len(static) + room, max(64 << 10, len(static) * OUTPUT_FACTOR))
+            if not base:
+                self._staged = None
+                return -1
+            self._mem.write(self._store, static, base)
+            st = self._staged = (key, base, len(static), room, blob, image)   # keeps both alive
+        return st[2]
+
+    def decode_value(self, blob: TypeBlob, type_id: int, data: bytes | None, addr: int | None,
+                     image: Image, budgets: Budgets, *, frame_budget: ByteBudget,
+                     snapshot_budget: ByteBudget) -> tuple:
+        """(plain, raw) as probe_compiler.decode.decode_value gives them, the
+        byte budgets charged the same; raises Unsupported for kinds the module
+        does not decode (nothing is charged then)."""
+        self.stats["values"] += 1
+        wt, store = self._wt, self._store
+        try:
+            store.set_fuel(self.fuel)          # staging runs module code too
+            at = self._stage(blob, image, len(data or b""))
+            if at < 0:
+                self.stats["errors"] += 1
+                return _error(f"the tables and {len(image.data):,} copied bytes do not fit its memory limit")
+            base = self._staged[1]
+            hdr = header(blob, type_id, data, addr, image, budgets, frame_budget.remaining,
+                         snapshot_budget.remaining, False, root_at=at + HDR.size, static_at=0)
+            mem = self._mem
+            mem.write(store, hdr + (data or b""), base + at)
+            store.set_fuel(self.fuel)
+            self._decode_both(store, at)        # the one call into the module for this value
+            status, n0, n1, used, why, out = _RESULT.unpack(mem.read(store, self._result, self._result + 48))
+            if status == ST_UNSUPPORTED:
+                self.stats["unsupported"] += 1
+                raise Unsupported(self._text(why))
+            if status != ST_OK:
+                self.stats["errors"] += 1
+                return _error(self._text(why) or f"status {status}")
+            both = bytes(mem.read(store, out, out + n0 + n1))
+            got = [json.loads(both[:n0]), json.loads(both[n0:])]
+        except Unsupported:
+            raise
+        except wt.Trap as e:
+            self._instantiate()
+            self.stats["errors"] += 1
+            text = str(e)
+            if "fuel" in text:
+                return _error(f"ran out of fuel (budget {self.fuel:,} instructions)")
+            return _error("trapped: " + text.splitlines()[-1].strip())
+        except (wt.WasmtimeError, ValueError) as e:
+            self._instantiate()
+            self.stats["errors"] += 1
+            return _error(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        _charge(frame_budget, used)
+        _charge(snapshot_budget, used)
+        return got[0], got[1]
+
+    def _text(self, p: int) -> str:
+        if not p:
+            return ""
+        end = min(p + 200, self._mem.data_len(self._store))
+        return bytes(self._mem.read(self._store, p, end)).split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+def _charge(b: ByteBudget, used: int):
+    """What the module read, charged as the reference's reads would be (it
+    refuses a read that does not fit before reading, so `used` fits)."""
+    b.used += used
+
+
+# ---------------------------------------------------------------- the agent's entry point
+
+_blobs: dict[int, tuple[int, TypeBlob]] = {}
+_images: dict[int, tuple[object, Image]] = {}
+
+
+def blob_for(types: TypeTable) -> TypeBlob:
+    """The TypeBlob of a plan's table, rebuilt when the table grew (dynamic
+    types met behind interfaces are added to it)."""
+    hit = _blobs.get(id(types))
+    if hit is None or hit[0] != len(types.types):
+        if len(_blobs) > 64:
+            _blobs.clear()
+        hit = _blobs[id(types)] = (len(types.types), TypeBlob.build(types))
+    return hit[1]
+
+
+def image_of_copies(copies) -> Image:
+    """The Image of agent.readexec.Copies (what a pause copied), built once."""
+    hit = _images.get(id(copies))
+    if hit is not None and hit[0] is copies:
+        return hit[1]
+    if not copies._built:
+        copies._build()
+    recs = b"".join(RANGE_REC.pack(int(s), int(e - s), int(b))
+                    for s, e, b in zip(copies._istart, copies._iend, copies._ibase))
+    img = Image(recs, copies._bytes.tobytes(), len(copies._istart))
+    if len(_images) > 8:
+        _images.clear()
+    _images[id(copies)] = (copies, img)
+    return img
+
+
+def decode_value(types, type_id, data, addr, read, budgets, *, frame_budget, snapshot_budget,
+                 func_name=lambda pc: None, type_by_rtype=lambda a: None):
+    """probe_compiler.decode.decode_value's signature and answers, decoded by the
+    module where it can: `read` must be a pause's copies (Copies.read), since
+    the module reads no live memory; otherwise, and for the kinds the module
+    does not decode, the Python reference decodes."""
+    from agent.readexec import Copies
+    from probe_compiler.decode import decode_value as reference
+    copies = getattr(read, "__self__", None)
+    if isinstance(copies, Copies) and type_id in types:
+        try:
+            return WasmDecoder.for_thread().decode_value(
+                blob_for(types), type_id, data, addr, image_of_copies(copies), budgets,
+                frame_budget=frame_budget, snapshot_budget=snapshot_budget)
+        except Unsupported:
+            pass
+    return reference(types, type_id, data, addr, read, budgets, frame_budget=frame_budget,
+                     snapshot_budget=snapshot_budget, func_name=func_name, type_by_rtype=type_by_rtype)

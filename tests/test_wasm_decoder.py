@@ -1,0 +1,185 @@
+"""The WebAssembly decoder against the Python decoder (the reference).
+
+Same bytes in, same values out, plain and raw, with the byte budgets charged
+the same: on random values in fake memory (holes, cycles, cut strings and
+slices, invalid UTF-8, spent budgets), and on every value of the values
+program that the module decodes. Malformed, truncated and hostile inputs end
+in an error row; a value that runs out of fuel or memory too. The fuzz
+inputs that found something are kept in tests/wasm_corpus and replayed.
+"""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("wasmtime", reason="the wasmtime package is not installed (pyproject dependency)")
+
+from probe_compiler.decode import Budgets, ByteBudget  # noqa: E402
+from agent.wasm.decoder import (ST_OK, Image, TypeBlob, Unsupported, WasmDecoder,  # noqa: E402
+                                encode_input)
+from wasm_cases import random_case, reference  # noqa: E402
+
+CORPUS = Path(__file__).parent / "wasm_corpus"
+
+
+@pytest.fixture(scope="module")
+def dec():
+    return WasmDecoder()
+
+
+def _wasm(dec, case):
+    fb, sb = ByteBudget(case.frame_left), ByteBudget(case.snapshot_left)
+    plain, raw = dec.decode_value(TypeBlob.build(case.types), case.type_id, case.data, case.addr,
+                                  Image.of(case.memory.items()), case.budgets,
+                                  frame_budget=fb, snapshot_budget=sb)
+    return plain, raw, fb.used
+
+
+def test_random_values_decode_as_the_reference_does(dec):
+    rng = random.Random(1414)
+    compared = 0
+    for i in range(400):
+        case = random_case(rng)
+        want = reference(case)
+        try:
+            got = _wasm(dec, case)
+        except Unsupported:
+            continue
+        assert got == want, f"case {i}: {json.dumps(want)[:300]} != {json.dumps(got)[:300]}"
+        compared += 1
+    assert compared >= 350
+
+
+def test_values_program_decodes_as_the_reference_does(go_build, tmp_path, monkeypatch):
+    """Every value of the values program (a local of every kind) goes through
+    both decoders with the bytes the reference read: the module's kinds match."""
+    import agent.snapshot as snap
+    from values_compare import capture_values
+    dec = WasmDecoder()
+    reference_decode = snap.decode_value
+    seen = {"same": 0, "unsupported": 0, "diff": []}
+
+    def both(types, type_id, data, addr, read, budgets, *, frame_budget, snapshot_budget, **kw):
+        fb, sb = ByteBudget(frame_budget.limit), ByteBudget(snapshot_budget.limit)
+        fb.used, sb.used = frame_budget.used, snapshot_budget.used
+        reads = []
+
+        def recording(a, n):
+            b = read(a, n)
+            reads.append((a, bytes(b)))
+            return b
+        want = reference_decode(types, type_id, data, addr, recording, budgets, frame_budget=frame_budget,
+                                snapshot_budget=snapshot_budget, **kw)
+        try:
+            got = dec.decode_value(TypeBlob.build(types), type_id, data, addr, Image.of(reads), budgets,
+                                   frame_budget=fb, snapshot_budget=sb)
+        except Unsupported:
+            seen["unsupported"] += 1
+            return want
+        if got == want and fb.used == frame_budget.used:
+            seen["same"] += 1
+        else:
+            seen["diff"].append((types[type_id].name, want, got))
+        return want
+
+    monkeypatch.setattr(snap, "decode_value", both)
+    capture_values(go_build("values"), tmp_path)
+    assert not seen["diff"], seen["diff"][:3]
+    assert seen["same"] >= 25
+
+
+def test_a_value_that_runs_out_of_fuel_is_an_error_row():
+    rng = random.Random(7)
+    case = next(c for c in (random_case(rng) for _ in range(500))
+                if c.types[c.type_id].kind.value in ("struct", "slice", "array") and reference(c)[0])
+    starved = WasmDecoder(fuel=50)
+    fb, sb = ByteBudget(1 << 20), ByteBudget(1 << 20)
+    plain, raw = starved.decode_value(TypeBlob.build(case.types), case.type_id, case.data, case.addr,
+                                      Image.of(case.memory.items()), case.budgets,
+                                      frame_budget=fb, snapshot_budget=sb)
+    assert plain == raw and plain["__error"].startswith("wasm decoder: ran out of fuel")
+    assert fb.used == 0                    # nothing charged for a value not decoded
+    # the decoder is usable again after the trap
+    assert _wasm(starved.__class__(), case) == reference(case)
+
+
+def test_an_input_past_the_memory_limit_is_an_error_row():
+    small = WasmDecoder(memory_bytes=256 << 10)
+    case = random_case(random.Random(3))
+    big = Image.of([(0x900000, b"\0" * (1 << 20))])
+    plain, _ = small.decode_value(TypeBlob.build(case.types), case.type_id, case.data, case.addr, big,
+                                  case.budgets, frame_budget=ByteBudget(1 << 20),
+                                  snapshot_budget=ByteBudget(1 << 20))
+    assert "memory limit" in plain["__error"]
+
+
+def mutate(rng: random.Random, payload: bytes) -> bytes:
+    b = bytearray(payload)
+    for _ in range(rng.choice([1, 1, 2, 4, 16])):
+        op = rng.random()
+        if op < 0.5 and b:
+            b[rng.randrange(len(b))] = rng.randrange(256)
+        elif op < 0.7 and len(b) > 8:          # a header or record field set to an extreme
+            at = rng.randrange(0, min(len(b) - 4, 120)) & ~3
+            b[at:at + 4] = rng.choice([b"\xff\xff\xff\xff", b"\0\0\0\0", b"\0\0\0\x80"])
+        elif op < 0.85:
+            del b[rng.randrange(len(b) + 1):]   # truncated
+        else:
+            b += rng.randbytes(rng.randrange(64))
+    return bytes(b)
+
+
+def run_hostile(dec: WasmDecoder, payload: bytes) -> str:
+    """One raw input through the module: 'ok', 'unsupported', 'malformed', 'trap'.
+    Whatever it is, it must not raise anything but wasmtime's Trap, and an OK
+    output must be JSON."""
+    import wasmtime
+    try:
+        status, out, _, why = dec.run(payload)
+    except wasmtime.Trap:
+        return "trap"
+    if status == ST_OK:
+        json.loads(out)
+        return "ok"
+    return {1: "unsupported", 2: "malformed", 3: "output"}[status]
+
+
+def seeds(n: int = 40) -> list[bytes]:
+    rng = random.Random(99)
+    out = []
+    for _ in range(n):
+        c = random_case(rng)
+        out.append(encode_input(TypeBlob.build(c.types), c.type_id, c.data, c.addr,
+                                Image.of(c.memory.items()), c.budgets, c.frame_left, c.snapshot_left,
+                                raw=rng.random() < 0.5))
+    return out
+
+
+def test_kept_fuzz_inputs_end_in_a_status():
+    dec = WasmDecoder(fuel=2_000_000)
+    files = sorted(CORPUS.glob("*.bin"))
+    assert files, "the fuzz corpus is missing"
+    for f in files:
+        assert run_hostile(dec, f.read_bytes()) in ("ok", "unsupported", "malformed", "output", "trap"), f
+
+
+def test_mutated_inputs_never_crash_the_agent():
+    dec = WasmDecoder(fuel=2_000_000)
+    rng = random.Random(2026)
+    outcomes: dict[str, int] = {}
+    base = seeds()
+    for _ in range(1500):
+        got = run_hostile(dec, mutate(rng, rng.choice(base)))
+        outcomes[got] = outcomes.get(got, 0) + 1
+    assert outcomes.get("malformed", 0) > 0 and outcomes.get("ok", 0) > 0
+
+
+def test_garbage_through_the_agent_entry_is_an_error_row():
+    dec = WasmDecoder()
+    blob = TypeBlob(b"\xff" * 56, b"", b"", 1, 0)
+    plain, raw = dec.decode_value(blob, 0xFFFFFFFF - 1, b"\0" * 8, None, Image.of([]), Budgets(),
+                                  frame_budget=ByteBudget(100), snapshot_budget=ByteBudget(100))
+    assert plain == {"__error": "wasm decoder: a type id that is not in the table"} or "__error" in plain
