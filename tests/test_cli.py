@@ -150,13 +150,14 @@ def test_snapshot_args(monkeypatch):
     from server import cli
     calls = []
     fake = types.ModuleType("server.snapshot_job")
-    fake.run = lambda pids, spec, out: calls.append((pids, spec, out)) or 3
+    fake.run = lambda pids, spec, out, **options: calls.append((pids, spec, out, options)) or 3
     monkeypatch.setitem(sys.modules, "server.snapshot_job", fake)
     import server
     monkeypatch.setattr(server, "snapshot_job", fake, raising=False)
     assert cli.main(["snapshot", "--pid", "1", "--pid", "22", "-o", "s.sqlite"]) == 3
     assert cli.main(["snapshot", "--pid", "5", "--spec", "x.yaml", "--out", "t.sqlite"]) == 3
-    assert calls == [([1, 22], None, "s.sqlite"), ([5], "x.yaml", "t.sqlite")]
+    assert [c[:3] for c in calls] == [([1, 22], None, "s.sqlite"), ([5], "x.yaml", "t.sqlite")]
+    assert all(c[3]["executor"] is None for c in calls)     # no --executor: the default (auto)
 
 
 def test_snapshot_errors_are_one_line(monkeypatch, capsys):
@@ -165,7 +166,7 @@ def test_snapshot_errors_are_one_line(monkeypatch, capsys):
     from server import cli
     fake = types.ModuleType("server.snapshot_job")
 
-    def run(pids, spec, out):
+    def run(pids, spec, out, **options):
         raise SpecError("unknown key 'x'", "exray.yaml", 3, 5)
     fake.run = run
     monkeypatch.setitem(sys.modules, "server.snapshot_job", fake)
@@ -192,7 +193,7 @@ def test_agent_errors_are_one_line(monkeypatch, capsys):
     from server import cli
     fake = types.ModuleType("server.snapshot_job")
 
-    def run(pids, spec, out):
+    def run(pids, spec, out, **options):
         raise AgentError("pid 1: permission denied (run as root)")
     fake.run = run
     monkeypatch.setitem(sys.modules, "server.snapshot_job", fake)
