@@ -384,7 +384,7 @@ def _prepare_program(target) -> None:
     sh = target.shared
     if "program" not in sh:
         from probe_compiler.readprog import compile_read_program
-        known = target.dwarf.index.runtime_types if target.dwarf is not None else {}
+        known = _known_rtypes(target)
         sh["known_rtypes"] = known
         sh["program"] = compile_read_program(target.plan)
         sh["recipes"] = {}
@@ -564,15 +564,12 @@ def _program_frame(fplan, pf, depth, g, regs, inst, *, k, prog, target, snapshot
 def _learn_types(target, prog) -> None:
     """After the resume: shape the dynamic types the pause met without one, for the next pause."""
     program, base = target.shared["program"], getattr(target.layout, "moduledata_types_addr", None)
-    if not prog["missing"] or target.dwarf is None:
+    if not prog["missing"]:
         return
     for off in prog["missing"]:
-        t = target.dwarf.type_by_runtime_type(off)
-        if t is None:
-            continue
-        for tid, tt in target.dwarf.type_table([t.id]).types.items():
-            target.plan.types.types.setdefault(tid, tt)
-        program.rtypes[off] = t.id
+        t = _type_of_rtype(target, off)
+        if t is not None:
+            program.rtypes[off] = t.id
     program.add_types(target.plan.types)
 
 
@@ -723,19 +720,34 @@ def _func_name(target):
 def _rtype(target):
     """Runtime type address -> GoType, adding the type to the plan's table.
 
-    The user-space reader resolves dynamic types through the lazy DWARF index;
-    the eBPF executor will need them listed in the plan instead."""
+    The user-space reader resolves dynamic types through the lazy DWARF index,
+    or, for a plan compiled elsewhere (an agent has no DWARF), through the
+    plan's runtime-type table (probe_compiler.plan.add_runtime_types)."""
     base = getattr(target.layout, "moduledata_types_addr", None)
 
     def by_rtype(addr: int):
-        if target.dwarf is None or not base:
-            return None
-        t = target.dwarf.type_by_runtime_type(addr - base)
-        if t is not None and t.id not in target.plan.types:
-            for tid, tt in target.dwarf.type_table([t.id]).types.items():
-                target.plan.types.types.setdefault(tid, tt)
-        return t
+        return _type_of_rtype(target, addr - base) if base else None
     return by_rtype
+
+
+def _known_rtypes(target) -> dict[int, int]:
+    """Every runtime type offset the binary describes -> its type id: the
+    DWARF's, or the plan's table when the plan came without it (an agent)."""
+    return target.dwarf.index.runtime_types if target.dwarf is not None else target.plan.runtime_types
+
+
+def _type_of_rtype(target, off: int):
+    """The GoType of the runtime type at `off` from moduledata.types, added
+    to the plan's table with what it refers to; None when unknown. From the
+    DWARF when the target has it, else from the plan's runtime-type table."""
+    if target.dwarf is None:
+        tid = target.plan.runtime_types.get(off)
+        return target.plan.types.types.get(tid) if tid is not None else None
+    t = target.dwarf.type_by_runtime_type(off)
+    if t is not None and t.id not in target.plan.types:
+        for tid, tt in target.dwarf.type_table([t.id]).types.items():
+            target.plan.types.types.setdefault(tid, tt)
+    return t
 
 
 def _goroutine_record(g: _G, target: Target, opts, now_mono: int) -> GoroutineRecord:

@@ -121,6 +121,10 @@ class ProbePlan:
     # Spec functions this binary lacks (compile_plan(absent_ok=True)): symbol
     # -> the binary's closest names. Judged across binaries by absent_errors.
     absent: dict[str, list[str]] = field(default_factory=dict)
+    # Runtime type offset (from moduledata.types) -> type id in `types`, for
+    # an executor without DWARF (an agent): the dynamic types of interfaces.
+    # Empty: the executor asks the DWARF (add_runtime_types fills it).
+    runtime_types: dict[int, int] = field(default_factory=dict)
 
     def function_by_symbol(self) -> dict[str, FunctionPlan]:
         return {f.symbol: f for f in self.functions}
@@ -136,7 +140,31 @@ class ProbePlan:
         d["types"] = TypeTable.from_json(d["types"])
         d["functions"] = [FunctionPlan.from_json(f) for f in d["functions"]]
         d["budgets"] = Budgets(**d["budgets"])
+        d["runtime_types"] = {int(k): v for k, v in d.get("runtime_types", {}).items()}
         return ProbePlan(**d)
+
+
+# Past this many runtime types a plan would grow past a few MB (about 220
+# bytes a type with its closure): the agent then decodes only the dynamic
+# types the plan already holds, and the plan says so in a warning.
+MAX_PLAN_RUNTIME_TYPES = 20_000
+
+
+def add_runtime_types(plan: ProbePlan, dwarf, limit: int = MAX_PLAN_RUNTIME_TYPES) -> None:
+    """Put every runtime type of the binary in `plan` (types and
+    `runtime_types`), so an executor that has only the plan decodes an
+    interface's dynamic value as one that asks the DWARF does. For a plan
+    compiled here and run elsewhere (server/fleet.py)."""
+    if dwarf is None:
+        return
+    known = dwarf.index.runtime_types           # rtype offset -> type id (DIE offset)
+    if len(known) > limit:
+        plan.warnings.append(f"the binary has {len(known)} runtime types, more than the {limit} a plan "
+                             "carries: interface values of other dynamic types show as unknown")
+        known = {off: tid for off, tid in known.items() if tid in plan.types}
+    for tid, t in dwarf.type_table(sorted(set(known.values()))).types.items():
+        plan.types.types.setdefault(tid, t)
+    plan.runtime_types = {off: tid for off, tid in known.items() if tid in plan.types}
 
 
 def _locations(var) -> list[VarLoc]:

@@ -7,8 +7,10 @@
 2. Each build id's binary is fetched once, from one agent that runs it, into
    the content-addressed DebugInfoCache (server/debug_cache.py).
 3. The plans are compiled here, as `exray snapshot` compiles them locally
-   (server.snapshot_job.load_target), and the spec is checked across every
-   binary of the snapshot before anything is paused.
+   (server.snapshot_job.load_target), with the binary's runtime-type table
+   (the agent has no DWARF to resolve an interface's dynamic type), and the
+   spec is checked across every binary of the snapshot before anything is
+   paused.
 4. RunPlan goes to every agent at once, each with the deadline, and with one
    agreed pause instant: ours plus a lead, moved into each agent's clock by
    the offset Health measured.
@@ -170,11 +172,14 @@ def fleet_snapshot(targets: list[AgentTarget], spec, opts: FleetOptions | None =
     # 3. Compile here, and check the spec across every binary before any pause.
     from agent.errors import AgentError
     from probe_compiler.errors import BinaryError
+    from probe_compiler.plan import add_runtime_types
     compiled, targets_cache = {}, {}
     for build_id, (path, err) in fetched.items():
         if err is None:
             try:
                 compiled[build_id] = load_target(path, spec, targets_cache, opts.budgets)
+                # The agent has no DWARF: every dynamic type an interface may hold goes in the plan.
+                add_runtime_types(compiled[build_id].plan, compiled[build_id].dwarf)
             except (AgentError, BinaryError) as e:
                 err = str(e)
         if err is not None:
