@@ -11,6 +11,7 @@ import struct
 from itertools import groupby
 from dataclasses import dataclass
 
+from probe_compiler.capture_limits import DEFAULTS as _LIMITS
 from probe_compiler.decode import Budgets, ByteBudget, cut_at_rune, go_string, map_entries
 from probe_compiler.types import TypeTable
 
@@ -97,6 +98,7 @@ class GTable:
         self.stride = -(-end // 8) * 8       # the rows stop after the last field we use
         self._chunks, self.addrs = _read_runs(mem, sorted(addrs), self.stride)
         self._cols: dict[str, list[int]] = {}
+        self._arrays: dict = {}
         self._named: list[tuple[str, list[int]]] | None = None
 
     def column(self, name: str) -> list[int]:
@@ -107,22 +109,24 @@ class GTable:
         return col
 
     def _parse(self, name: str) -> list[int]:
+        return self._unsigned(name).tolist()
+
+    def _unsigned(self, name: str):
+        import numpy as np
         off, width = self.layout.g_offsets.get(name), _G_FIELDS[name]
         if off is None:
-            return [0] * len(self.addrs)
-        out: list[int] = []
-        casts: dict[int, memoryview] = {}
-        for mv, start, count, spacing in self._chunks:
-            if off % width == 0 and spacing % width == 0 and start % width == 0:
-                words = casts.get(id(mv))
-                if words is None:
-                    words = casts[id(mv)] = mv.cast(_CAST[width])
-                first = (start + off) // width
-                out += words[first:first + count * spacing // width:spacing // width].tolist()
-            else:
-                out += [int.from_bytes(mv[start + k * spacing + off:start + k * spacing + off + width],
-                                       "little") for k in range(count)]
-        return out
+            return np.zeros(len(self.addrs), np.uint64)
+        parts = [np.ndarray(shape=(count,), dtype=f"<u{width}", buffer=mv, offset=start + off,
+                            strides=(spacing,)) for mv, start, count, spacing in self._chunks]
+        return np.concatenate(parts) if parts else np.zeros(0, np.uint64)
+
+    def array(self, name: str):
+        """column(name) as a numpy int64 array, for the pause's column work."""
+        import numpy as np
+        got = self._arrays.get(name)
+        if got is None:
+            got = self._arrays[name] = self._unsigned(name).astype(np.int64)
+        return got
 
     def live_rows(self) -> list[int]:
         return self.rows_in_status(range(len(self.addrs)), ("dead", "deadextra", "idle"), negate=True)
@@ -133,8 +137,14 @@ class GTable:
         # By constant name too: Go 1.26 prints _Gdeadextra as "waiting for cgo callback".
         codes = {code for table in (lay.status_names, lay.status_constants)
                  for code, name in table.items() if name in names}
-        status, mask = self.column("atomicstatus"), ~lay.gscan
-        return [i for i in rows if (status[i] & mask in codes) != negate]
+        import numpy as np
+        rows = np.asarray(rows if not isinstance(rows, range) else np.arange(rows.start, rows.stop,
+                                                                             rows.step), np.int64)
+        status = self.array("atomicstatus")[rows] & ~lay.gscan
+        lut = np.zeros(max(codes, default=0) + 2, bool)       # status -> wanted; past the end: no
+        lut[sorted(codes)] = True
+        hit = lut[np.clip(status, 0, len(lut) - 1)] if len(rows) else np.zeros(0, bool)
+        return rows[hit != negate].tolist()
 
     def raw(self, i: int, names=None) -> RawG:
         """Row i as a RawG; `names` limits the fields (in the pause, parse only what is used)."""
@@ -153,24 +163,35 @@ RUN_MAX = 1 << 20    # bytes in one run
 def _runs(addrs: list[int], stride: int) -> list[tuple[int, int, int]]:
     """(first index, count, spacing) of sorted addrs: runs of equally spaced gs.
 
-    Walks groups of equal address differences (itertools.groupby, a C loop)
-    rather than every address: this runs inside the pause."""
+    Groups of equal address differences are found column-wise (numpy), not
+    address by address: this runs inside the pause. A group spaced `stride`
+    to `stride + RUN_GAP` apart is one run (cut at RUN_MAX bytes); the
+    addresses of any other group are read one by one."""
+    import numpy as np
     n = len(addrs)
-    diffs = [b - a for a, b in zip(addrs, addrs[1:])]
+    if n < 2:
+        return [(k, 1, stride) for k in range(n)]
+    a = np.array(addrs, np.int64)
+    d = np.diff(a)
+    firsts = np.flatnonzero(np.concatenate(([True], d[1:] != d[:-1])))
+    pos = np.append(firsts[1:], len(d))          # each group spans addresses [.., pos]
+    v = d[firsts]
+    good = (v >= stride) & (v <= stride + RUN_GAP)
+    prev_pos = np.concatenate(([0], pos[:-1]))
+    prev_good = np.concatenate(([False], good[:-1]))
+    start = prev_pos + prev_good                 # first address not yet in a run
     runs: list[tuple[int, int, int]] = []
-    i = pos = 0                            # i: first address not yet in a run
-    for v, grp in groupby(diffs):
-        pos += len(list(grp))              # the group spans addresses [.., pos]
-        if stride <= v <= stride + RUN_GAP:
-            most = max(1, (RUN_MAX - stride) // v + 1)
-            while i <= pos:
-                c = min(pos - i + 1, most)
-                runs.append((i, c, v))
+    for i, p, vv, g in zip(start.tolist(), pos.tolist(), v.tolist(), good.tolist()):
+        if g:
+            most = max(1, (RUN_MAX - stride) // vv + 1)
+            while i <= p:
+                c = min(p - i + 1, most)
+                runs.append((i, c, vv))
                 i += c
-        else:                              # leave addrs[pos]: it may start the next run
-            runs.extend((k, 1, stride) for k in range(i, pos))
-            i = max(i, pos)
-    runs.extend((k, 1, stride) for k in range(i, n))
+        else:
+            runs.extend((k, 1, stride) for k in range(i, p))
+    end = int(pos[-1]) + int(good[-1])
+    runs.extend((k, 1, stride) for k in range(end, n))
     return runs
 
 
@@ -238,26 +259,31 @@ def start_sps(layout, table: GTable, rows: list[int], ms: dict, threads: dict) -
 
     Only a running goroutine needs the full rule (its thread's registers);
     for the rest it is syscallsp when set, else sched.sp."""
-    sys_sp, sched_sp = table.column("syscallsp"), table.column("sched.sp")
-    sps = [sys_sp[i] or sched_sp[i] for i in rows]
-    running = set(table.rows_in_status(rows, ("running",)))
-    for k, i in enumerate(rows):
-        if i in running:
-            sps[k] = start_of(layout, table.raw(i, START_FIELDS), ms, threads).sp
-    return sps
+    import numpy as np
+    r = np.asarray(rows, np.int64)
+    sys_sp, sched_sp = table.array("syscallsp")[r], table.array("sched.sp")[r]
+    sps = np.where(sys_sp != 0, sys_sp, sched_sp)
+    running = table.rows_in_status(rows, ("running",))
+    if running:
+        for k in np.flatnonzero(np.isin(r, running)).tolist():
+            sps[k] = start_of(layout, table.raw(rows[k], START_FIELDS), ms, threads).sp
+    return sps.tolist()
 
 
 def stack_ranges(table: GTable, rows: list[int], sps: list[int], max_bytes: int) -> tuple[list[int], list[int]]:
     """[sp, stack.hi) of each row, cut at max_bytes: the (addrs, sizes) to copy.
 
     An sp outside the goroutine's own stack (a broken g) copies nothing."""
-    lo_col, hi_col = table.column("stack.lo"), table.column("stack.hi")
-    addrs = [sp if lo_col[i] <= sp < hi_col[i] else hi_col[i] for i, sp in zip(rows, sps)]
-    sizes = [min(hi_col[i] - a, max_bytes) for i, a in zip(rows, addrs)]
-    return addrs, sizes
+    import numpy as np
+    r = np.asarray(rows, np.int64)
+    lo, hi, sp = table.array("stack.lo")[r], table.array("stack.hi")[r], np.asarray(sps, np.int64)
+    addrs = np.where((lo <= sp) & (sp < hi), sp, hi)
+    sizes = np.minimum(hi - addrs, max_bytes)
+    return addrs.tolist(), sizes.tolist()
 
 
-def read_labels(layout, mem, gs: list[RawG], max_labels: int = 64, max_bytes: int = 256) -> dict[int, dict[str, str]]:
+def read_labels(layout, mem, gs: list[RawG], max_labels: int = _LIMITS.max_labels,
+                max_bytes: int = _LIMITS.label_bytes) -> dict[int, dict[str, str]]:
     """pprof labels of each goroutine that has any (g.labels -> runtime/pprof.labelMap).
 
     Go >= 1.24 keeps them in a sorted []label; older releases in a

@@ -92,7 +92,8 @@ class ProcessMemory:
     def _take(self, n: int) -> memoryview | None:
         if n > len(self._arena):
             return None
-        out, self._arena = self._arena[:n], self._arena[n:]
+        # whole words, so the next buffer starts 8-aligned too (numpy word views)
+        out, self._arena = self._arena[:n], self._arena[min(len(self._arena), -(-n // 8) * 8):]
         return out
 
     def read(self, addr: int, size: int) -> bytes:

@@ -8,6 +8,7 @@ captures the unwind and all symbolization run after the process is resumed.
 from __future__ import annotations
 
 import copy
+import gc
 import os
 import socket
 import time
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from contextlib import ExitStack
 from functools import partial
 
+from probe_compiler.capture_limits import DEFAULTS as LIMITS, CaptureLimits
 from probe_compiler.decode import ByteBudget, decode_value
 from probe_compiler.plan import ProbePlan
 
@@ -29,28 +31,70 @@ from .symbolize import logical_frames
 from .unwind import StackImage, Unwound, unwind
 
 
-@dataclass
+@dataclass(init=False)
 class SnapshotOptions:
-    deadline_s: float = 2.0           # hard bound on the pause
-    # Captures in the pause stop once it has used this share of deadline_s: the
-    # rest of the captured frames get rows saying so, and the snapshot completes
-    # (stacks come from the copies) instead of failing at the deadline.
-    capture_share: float = 0.5
-    stack_copy_bytes: int = 256 << 10  # per goroutine; deeper stacks are read word by word
-    max_frames: int = 4096
+    """How one snapshot runs. Every bound is in `limits`, one CaptureLimits
+    (probe_compiler/capture_limits.py: each field says why it exists), which
+    the CLI's flags and the spec's `limits:` set; deadline_s, capture_share,
+    stack_copy_bytes and max_frames read and write it. None: the limits of
+    the spec the targets were compiled from (Target.limits), else DEFAULTS."""
+    limits: CaptureLimits | None
     # Who reads captured values: "program" copies bytes in the pause as the read
     # program says and decodes them after the resume (docs/read-program.md);
     # "reference" reads and decodes in the pause; "compare" runs both in one
     # pause and raises CaptureMismatch where their rows differ (tests). The
     # environment's EXRAY_CAPTURE_EXECUTOR sets the default, so a whole test
     # suite can run in "compare".
-    capture_executor: str = field(default_factory=lambda: os.environ.get("EXRAY_CAPTURE_EXECUTOR",
-                                                                         "program"))
+    capture_executor: str
     # Who walks the stacks: "ptrace" (this module), "ebpf" (agent/ebpf: the
     # probe in the kernel, stacks only for now) or "auto" (eBPF where the
     # kernel and privileges allow, else ptrace, saying why). EXRAY_EXECUTOR
     # sets the default.
-    executor: str = field(default_factory=lambda: os.environ.get("EXRAY_EXECUTOR", "ptrace"))
+    executor: str
+
+    def __init__(self, deadline_s: float | None = None, capture_share: float | None = None,
+                 stack_copy_bytes: int | None = None, max_frames: int | None = None, *,
+                 limits: CaptureLimits | None = None, capture_executor: str | None = None,
+                 executor: str | None = None):
+        self.limits = limits
+        for name, v in (("deadline_s", deadline_s), ("capture_share", capture_share),
+                        ("stack_copy_bytes", stack_copy_bytes), ("max_frames", max_frames)):
+            if v is not None:
+                setattr(self, name, v)
+        self.capture_executor = capture_executor or os.environ.get("EXRAY_CAPTURE_EXECUTOR", "program")
+        self.executor = executor or os.environ.get("EXRAY_EXECUTOR", "ptrace")
+
+    @property
+    def deadline_s(self) -> float:
+        return (self.limits or LIMITS).deadline_ms / 1e3
+
+    @deadline_s.setter
+    def deadline_s(self, v: float) -> None:
+        self.limits = (self.limits or LIMITS).with_(deadline_ms=v * 1e3)
+
+    @property
+    def capture_share(self) -> float:
+        return (self.limits or LIMITS).capture_share
+
+    @capture_share.setter
+    def capture_share(self, v: float) -> None:
+        self.limits = (self.limits or LIMITS).with_(capture_share=v)
+
+    @property
+    def stack_copy_bytes(self) -> int:
+        return (self.limits or LIMITS).stack_copy_bytes
+
+    @stack_copy_bytes.setter
+    def stack_copy_bytes(self, v: int) -> None:
+        self.limits = (self.limits or LIMITS).with_(stack_copy_bytes=v)
+
+    @property
+    def max_frames(self) -> int:
+        return (self.limits or LIMITS).max_frames
+
+    @max_frames.setter
+    def max_frames(self, v: int) -> None:
+        self.limits = (self.limits or LIMITS).with_(max_frames=v)
 
 
 @dataclass
@@ -82,6 +126,9 @@ class Target:
         # pcs read from the process are moved back by it before any pclntab or
         # DWARF lookup, and the binary's addresses forward before any read.
         self.bias = 0
+        # The bounds of the spec this target was compiled from (its `limits:`);
+        # a snapshot's options without limits of their own use these.
+        self.limits = LIMITS
         # Built before a pause and shared by every at_bias copy: "program" (the
         # read program), "spans" (pc span tables), "recipes" (root_recipe by
         # function, instance, pc and root), "phys" (pc -> captured instances).
@@ -97,19 +144,17 @@ class Target:
         t.layout = self.layout.rebased(bias - self.bias) if self.layout is not None else None
         return t
 
-    # Past this many pcs a set costs more than unwinding every goroutine would.
-    MAX_CAPTURE_PCS = 1 << 20
-
-    def capture_pcs(self) -> frozenset[int] | None:
+    def capture_pcs(self, max_pcs: int = LIMITS.max_capture_pcs) -> frozenset[int] | None:
         """Every pc inside a captured function or an inlined instance of one,
-        as the process sees it (None when too many to keep). An instance's
+        as the process sees it (None when more than max_pcs: past that a set
+        costs more than unwinding every goroutine would). An instance's
         range gets one more pc: a call that ends it returns just past it."""
         if self._capture_pcs is False:
             spans = [(f.entry, f.end) for f in self.plan.functions if f.end > f.entry]
             spans += [(lo, hi + 1) for f in self.plan.functions for inst in f.inlined
                       for lo, hi in inst.ranges]
             total = sum(e - s for s, e in spans)
-            self._capture_pcs = (None if total > self.MAX_CAPTURE_PCS
+            self._capture_pcs = (None if total > max_pcs
                                  else frozenset(pc + self.bias for s, e in spans for pc in range(s, e)))
         return self._capture_pcs
 
@@ -133,6 +178,9 @@ def snapshot_processes(targets: list[tuple[int, Target]], opts: SnapshotOptions 
     paused first, then each is read, then all are resumed. Each record keeps
     its pause start (CLOCK_MONOTONIC ns) and its distance from the earliest."""
     opts = opts or SnapshotOptions()
+    if opts.limits is None:
+        from dataclasses import replace
+        opts = replace(opts, limits=targets[0][1].limits if targets else LIMITS)
     if opts.executor != "ptrace" and not (mems or pauses):
         from dataclasses import replace
         from .ebpf.executor import snapshot_processes as by_executor
@@ -140,6 +188,26 @@ def snapshot_processes(targets: list[tuple[int, Target]], opts: SnapshotOptions 
     jobs = [_Job(pid, target, opts, (mems or {}).get(pid), (pauses or {}).get(pid))
             for pid, target in targets]
     live = [j for j in jobs if j.prepare()]
+    # No cyclic garbage collection while a process is stopped: a full
+    # collection over a loaded DWARF index takes longer than the pause.
+    gc_on = gc.isenabled()
+    gc.disable()
+    try:
+        _pause_and_read(live)
+    finally:
+        if gc_on:
+            gc.enable()
+    for j in live:
+        j.finish()
+    starts = [j.rec.pause_start_ns for j in jobs if j.rec.pause_start_ns]
+    for j in jobs:
+        if j.rec.pause_start_ns:
+            j.rec.pause_skew_ns = j.rec.pause_start_ns - min(starts)
+    return [j.rec for j in jobs]
+
+
+def _pause_and_read(live: list) -> None:
+    """Pause every job's process, then read each, then resume all."""
     with ExitStack() as stack:
         entered = []
         for j in live:
@@ -150,13 +218,6 @@ def snapshot_processes(targets: list[tuple[int, Target]], opts: SnapshotOptions 
                 j.fail(e)
         for j in entered:
             j.read_in_pause()
-    for j in live:
-        j.finish()
-    starts = [j.rec.pause_start_ns for j in jobs if j.rec.pause_start_ns]
-    for j in jobs:
-        if j.rec.pause_start_ns:
-            j.rec.pause_skew_ns = j.rec.pause_start_ns - min(starts)
-    return [j.rec for j in jobs]
 
 
 class _Guard:
@@ -208,7 +269,7 @@ class _Job:
             self.target = self.target.at_bias(self.mem_bias())
             self.rec.load_bias = self.target.bias
             self.mem = self.mem or ProcessMemory(self.pid)
-            self.n_before = _reserve(self.mem, self.target, self.pid)
+            self.n_before = _reserve(self.mem, self.target, self.pid, self.opts.limits.reserve_bytes)
             if self.target.by_symbol and self.opts.capture_executor != "reference":
                 _prepare_program(self.target)
         except AgentError as e:
@@ -265,7 +326,8 @@ def _read_in_pause(pid, target, opts, rec, mem, paused) -> dict:
     addrs, sizes = gr.stack_ranges(table, live, sps, opts.stack_copy_bytes)
     stacks = mem.read_into(addrs, sizes)
     lab_col = table.column("labels")
-    labels = gr.read_labels(layout, mem, [table.raw(i, ("labels",)) for i in live if lab_col[i]])
+    labels = gr.read_labels(layout, mem, [table.raw(i, ("labels",)) for i in live if lab_col[i]],
+                            opts.limits.max_labels, opts.limits.label_bytes)
     paused.check_deadline()
     st = {"now_mono": now_mono, "table": table, "live": live, "ms": ms, "addrs": addrs,
           "stacks": stacks, "labels": labels, "early": {}, "unread": {}, "n_gs": len(table.addrs),
@@ -317,7 +379,7 @@ def _after_resume(st, target, opts, rec) -> tuple[list[_G], int]:
     return gs, st["now_mono"]
 
 
-def _reserve(mem, target, pid) -> int:
+def _reserve(mem, target, pid, cap: int = LIMITS.reserve_bytes) -> int:
     """Fault in, before the pause, the memory the pause will read into.
 
     Sized from allglen (read unpaused: a plain load of a global) and what a
@@ -327,7 +389,7 @@ def _reserve(mem, target, pid) -> int:
     except AgentError:
         return 0      # the pause will report what is wrong
     per_g = target.read_per_g.get(pid, 2048)
-    mem.reserve(min((n + n // 8 + 64) * per_g * 5 // 4, 256 << 20))
+    mem.reserve(min((n + n // 8 + 64) * per_g * 5 // 4, cap))
     return n
 
 
@@ -337,12 +399,13 @@ def _make_g(layout, table, i, ms, threads, lo, data, read) -> _G:
 
 
 def _capture_in_pause(target, opts, mem, paused, rec, table, live, ms, addrs, stacks, budget,
-                      rows: list[int] | None = None) -> tuple[dict[int, _G], dict[int, str]]:
+                      rows: list[int] | None = None,
+                      note_truncated: bool = True) -> tuple[dict[int, _G], dict[int, str]]:
     """Unwind and capture, still paused, the goroutines a captured function may
     be on (or `rows`), reading `mem` live: ({row: goroutine}, {row: why its
     captures were not read})."""
     out, unread = {}, {}
-    candidates = _capture_candidates(target, table, live, stacks) if rows is None else rows
+    candidates = _capture_candidates(target, table, live, stacks, opts.limits) if rows is None else rows
     limit = opts.deadline_s * opts.capture_share
     for n, k in enumerate(candidates):
         if paused.elapsed_s() > limit:
@@ -355,7 +418,8 @@ def _capture_in_pause(target, opts, mem, paused, rec, table, live, ms, addrs, st
                                                  snapshot_budget=budget))
         out[k] = g
         paused.check_deadline()
-    rec.truncated = rec.truncated or budget.refused
+    if note_truncated:
+        rec.truncated = rec.truncated or budget.refused
     return out, unread
 
 
@@ -403,9 +467,10 @@ def _prepare_program(target) -> None:
         sh["spans"] = (cap, stop, top)
     key = ("tables", target.bias)
     if key not in sh:
-        from .readexec import span_table
-        sh[key] = tuple(span_table([(lo + target.bias, hi + target.bias) for lo, hi in spans])
-                        for spans in sh["spans"])
+        from .readexec import label_table, span_table
+        tables = tuple(span_table([(lo + target.bias, hi + target.bias) for lo, hi in spans])
+                       for spans in sh["spans"])
+        sh[key] = tables + (label_table(*tables),)
 
 
 def _program_in_pause(target, opts, mem, paused, rec, table, live, ms, addrs, stacks, budget) -> dict:
@@ -416,11 +481,11 @@ def _program_in_pause(target, opts, mem, paused, rec, table, live, ms, addrs, st
     from .readexec import Copies, RecordingMemory, Run, fp_walk, root_recipe
 
     sh, bias, plan = target.shared, target.bias, target.plan
-    cap_t, stop_t, top_t = sh[("tables", bias)]
+    cap_t, stop_t, top_t, labels = sh[("tables", bias)]
     copies = Copies(target_pid(mem))
     n = len(live)
-    col = lambda name: np.array(table.column(name), np.int64)[np.array(live, np.int64)] if n \
-        else np.zeros(0, np.int64)
+    live_a = np.array(live, np.int64)
+    col = lambda name: np.array(table.column(name), np.int64)[live_a] if n else np.zeros(0, np.int64)
     sys_sp, sys_pc, sys_bp = col("syscallsp"), col("syscallpc"), col("syscallbp")
     pc0 = np.where(sys_sp != 0, sys_pc, col("sched.pc"))
     bp0 = np.where(sys_sp != 0, sys_bp, col("sched.bp"))
@@ -428,9 +493,17 @@ def _program_in_pause(target, opts, mem, paused, rec, table, live, ms, addrs, st
     offs = np.array(stacks.offsets, np.int64)
     soff, size = offs[:-1], offs[1:] - offs[:-1]
     sbuf = np.frombuffer(stacks.buf, np.uint8) if len(stacks.buf) else np.zeros(8, np.uint8)
-    walk = fp_walk(pc0, bp0, lo, size, soff, sbuf, cap_t, stop_t, top_t, opts.max_frames)
-    running = set(table.rows_in_status(live, ("running",)))
-    fallback = set(walk.fallback) | {k for k, i in enumerate(live) if i in running} | set(stacks.failed)
+    running = table.rows_in_status(live, ("running",))
+    on_thread = np.flatnonzero(np.isin(live_a, running)) if running else np.zeros(0, np.int64)
+    # on a thread g.sched is stale: the reference reader unwinds those from the
+    # thread's registers, when their copy holds a captured pc at all
+    pc0[on_thread] = 0
+    walk = fp_walk(pc0, bp0, lo, size, soff, sbuf, cap_t, stop_t, top_t, opts.max_frames, labels)
+    fallback = (set(walk.fallback) - set(on_thread.tolist())) | set(stacks.failed)
+    if len(on_thread):
+        starts = {k: gr.start_of(target.layout, table.raw(live[k], gr.START_FIELDS), ms, paused.threads).pc
+                  for k in on_thread.tolist()}
+        fallback |= _may_capture(starts, labels, sbuf, soff, size)
 
     # Captured frames: one per (hit, instance captured at its pc).
     fk, fcfa, groups = [], [], []
@@ -440,33 +513,72 @@ def _program_in_pause(target, opts, mem, paused, rec, table, live, ms, addrs, st
         insts = _captured_at(target, pc)
         if not insts:
             continue
-        idx = np.flatnonzero(inv == u)
+        idx = np.flatnonzero(inv == u) if len(pcs_u) > 1 else np.arange(len(walk.pc))
         for fplan, inst in insts:
             fk.append(walk.k[idx]); fcfa.append(walk.cfa[idx])
             groups.append((pc, fplan, inst, np.arange(nf, nf + len(idx))))
             nf += len(idx)
-    cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0, np.int64)
+    cat = lambda xs: np.concatenate(xs) if len(xs) != 1 else xs[0] if xs else np.zeros(0, np.int64)
     fk, fcfa = cat(fk), cat(fcfa)
     run = Run(sh["program"], mem, copies, nf, types_base=getattr(target.layout, "moduledata_types_addr", None),
               known_rtypes=sh["known_rtypes"], snapshot_left=budget.remaining)
+    # The snapshot's byte budget is spent in goroutine order, as the reference
+    # reads. Frames decoded after the resume and fallback frames read now
+    # interleave in that order, so both get their bytes only when it is known
+    # that nothing is refused: the program's bytes (an upper bound of what
+    # their decode takes) plus the fallback's fit. Otherwise every captured
+    # goroutine is read here, in order, the reference's own way.
     for pc, fplan, inst, frames in groups:
         _roots_column(target, run, fplan, inst, pc - bias, frames, fk, fcfa, lo, soff, size, sbuf,
                       root_recipe)
     limit = opts.deadline_s * opts.capture_share
     done = run.run_levels(lambda: paused.elapsed_s() > limit)
-    fallback |= set(fk[run.bad].tolist())
-    read = {(int(k), int(c)) for k, c, b in zip(fk.tolist(), fcfa.tolist(), run.bad.tolist()) if not b}
-    out = {"copies": copies, "read": read, "missing": run.missing, "levels": run.levels,
-           "bytes": run.bytes, "frames": len(fk), "fallback": len(fallback), "why": run.why}
+    if run.any_bad:
+        fallback |= set(fk[run.bad].tolist())
+    out = {"copies": copies, "fk": fk, "fcfa": fcfa, "bad": run.bad, "missing": run.missing,
+           "levels": run.levels, "bytes": run.bytes, "frames": len(fk), "fallback": len(fallback),
+           "why": run.why}
     early, unread = {}, {}
     if not done:
-        reason = _stopped(opts, paused, rec, len(set(fk.tolist())), len(set(fk.tolist())))
-        unread = dict.fromkeys(set(fk.tolist()) - fallback, reason)
-    if fallback:
-        early, more = _capture_in_pause(target, opts, RecordingMemory(mem, copies), paused, rec, table,
-                                        live, ms, addrs, stacks, budget, rows=sorted(fallback))
+        ks = set(fk.tolist())
+        reason = _stopped(opts, paused, rec, len(ks), len(ks))
+        unread = dict.fromkeys(ks - fallback, reason)
+    program_bytes = int(run.used[~run.bad].sum()) if done else 0
+    recording = RecordingMemory(mem, copies)
+    if fallback and not run.out_of_snapshot:
+        fb_budget = ByteBudget(budget.remaining - program_bytes)
+        early, more = _capture_in_pause(target, opts, recording, paused, rec, table, live, ms, addrs,
+                                        stacks, fb_budget, rows=sorted(fallback), note_truncated=False)
         unread.update(more)
+        budget.used += fb_budget.used      # the frames decoded after the resume get the rest
+    if run.out_of_snapshot or (fallback and fb_budget.refused):
+        # the budget runs out mid-snapshot: the reference's order, frame by frame
+        rows = sorted(set(fk.tolist()) | fallback)
+        fresh = ByteBudget(budget.limit)
+        early, unread = _capture_in_pause(target, opts, recording, paused, rec, table, live, ms, addrs,
+                                          stacks, fresh, rows=rows)
+        budget.used, budget.refused = fresh.used, fresh.refused
+        out["in_order"] = True
     out["early"], out["unread"] = early, unread
+    return out
+
+
+def _may_capture(start_pcs: dict[int, int], labels, sbuf, soff, size) -> set[int]:
+    """The rows (row -> innermost pc) whose innermost pc is captured or whose
+    stack copy holds a word that is a captured pc: a captured frame below the
+    innermost has its return address there. Rows whose copy is unaligned are kept."""
+    import numpy as np
+    from .readexec import CAPTURED
+    bounds, lab_of = labels
+    out = set()
+    for k, pc in start_pcs.items():
+        a, n = int(soff[k]), int(size[k])
+        if a % 8 or n % 8:
+            out.add(k)
+            continue
+        words = np.append(sbuf[a:a + n].view("<i8"), pc)
+        if (lab_of[np.searchsorted(bounds, words, side="right")] & CAPTURED).any():
+            out.add(k)
     return out
 
 
@@ -554,6 +666,9 @@ def _roots_column(target, run, fplan, inst, lpc, frames, fk, fcfa, lo, soff, siz
 def _program_frame(fplan, pf, depth, g, regs, inst, *, k, prog, target, snapshot_budget) -> CaptureRecord:
     """After the resume: a captured frame decoded from the pause's copies, by
     the reference code with the copies as its only memory."""
+    if "read" not in prog:
+        prog["read"] = {(k, c) for k, c, b in zip(prog["fk"].tolist(), prog["fcfa"].tolist(),
+                                                  prog["bad"].tolist()) if not b}
     if (k, pf.cfa) not in prog["read"]:
         return _unread_frame(fplan, pf, depth, g, regs, inst,
                              reason="not read: the pause's frame-pointer walk did not find this frame")
@@ -590,13 +705,13 @@ def _row(c) -> tuple:
     return (depth, inline, r.function, r.instance, r.values, r.raw, r.errors)
 
 
-def _capture_candidates(target, table, live, stacks) -> list[int]:
+def _capture_candidates(target, table, live, stacks, limits: CaptureLimits = LIMITS) -> list[int]:
     """Live rows whose stack copy holds a pc of a captured function, or that start in one.
 
     A captured frame below the innermost one has its return address on the
     stack, so a goroutine with no such word has no captured frame. Stale words
     only add candidates (unwound for nothing), never lose one."""
-    pcs = target.capture_pcs()
+    pcs = target.capture_pcs(limits.max_capture_pcs)
     buf = stacks.buf
     if pcs is None or len(buf) % 8 or any(o % 8 for o in stacks.offsets):
         return list(range(len(live)))

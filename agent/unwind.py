@@ -16,6 +16,8 @@ import struct
 from dataclasses import dataclass
 from typing import Callable
 
+from probe_compiler.capture_limits import DEFAULTS as _LIMITS
+
 from .errors import AgentError
 
 PTR = 8
@@ -83,7 +85,7 @@ class Unwound:
 
 
 def unwind(pcln, pc: int, sp: int, bp: int, stack: StackImage, *, trap: bool = False,
-           stack_hi: int | None = None, max_frames: int = 4096, bias: int = 0) -> Unwound:
+           stack_hi: int | None = None, max_frames: int = _LIMITS.max_frames, bias: int = 0) -> Unwound:
     """Walk from (pc, sp, bp) as the process sees them. `bias` is where the
     process loaded the binary minus its link-time address (PIE): the frames'
     pcs are link-time, as the pclntab and DWARF speak."""

@@ -47,6 +47,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
+from probe_compiler.capture_limits import DEFAULTS as _LIMITS
 from probe_compiler.types import GoType, Kind, TypeTable
 
 PTR = 8                    # amd64/arm64: the only targets Ex-Ray supports
@@ -63,11 +64,13 @@ ITAB_TYPE_OFFSET = 8                     # abi.ITab.Type
 
 @dataclass(frozen=True)
 class Budgets:
-    string_bytes: int = 256
-    elements: int = 64
-    depth: int = 8
-    frame_bytes: int = 64 * 1024
-    snapshot_bytes: int = 16 * 1024 * 1024
+    """The decoder's bounds: the values part of CaptureLimits
+    (probe_compiler/capture_limits.py says why each exists; defaults from there)."""
+    string_bytes: int = _LIMITS.string_bytes
+    elements: int = _LIMITS.elements
+    depth: int = _LIMITS.depth
+    frame_bytes: int = _LIMITS.frame_bytes
+    snapshot_bytes: int = _LIMITS.snapshot_bytes
 
 
 class ByteBudget:
@@ -201,6 +204,8 @@ class _Decoder:
         if n <= 0:
             return b""
         if n > self.frame.remaining or n > self.snapshot.remaining:
+            for b in (self.frame, self.snapshot):
+                b.refused = b.refused or n > b.remaining      # processes.truncated says so
             raise _OutOfBudget()
         self.frame.take(n)
         self.snapshot.take(n)

@@ -178,3 +178,33 @@ def test_two_processes_paused_together_record_their_skew(go_build):
     # generous: both are seized one after the other, before either is read (about 0.2 ms here)
     assert max(r.pause_skew_ns for r in recs) < 50e6
     assert all(r.pause_start_ns and r.pause_ns for r in recs)
+
+
+@pytest.mark.parametrize("force_fallback", [False, True])
+def test_snapshot_budget_is_spent_in_goroutine_order(go_build, monkeypatch, force_fallback):
+    """The snapshot's byte budget runs out mid-snapshot: both executors give
+    the bytes to the same frames (goroutine order, as the reference reads),
+    also when some frames go to the fallback reader and others are decoded
+    from the copies after the resume."""
+    import agent.readexec as rx
+    from agent.snapshot import SnapshotOptions
+    from probe_compiler.spec import parse_spec
+    from server.snapshot_job import snapshot_pids
+    from targets import run_target
+    if force_fallback:     # every other captured frame: the program "can't" read it
+        orig = rx.Run.run_levels
+
+        def run_levels(self, out_of_time):
+            self.mark(np.arange(1, self.n, 2), "test: forced fallback")
+            return orig(self, out_of_time)
+        monkeypatch.setattr(rx.Run, "run_levels", run_levels)
+    spec = parse_spec("version: 1\nfunctions:\n  main.parkLabeled:\n    capture: [sku]\n")
+    with run_target(go_build("parkers"), "-labeled", "12") as t:
+        # "widget" is 6 bytes a frame: 6 frames fit, the seventh is cut (and the
+        # 6 frames the program reads fit by themselves, as do the 6 others)
+        [rec] = snapshot_pids([t.pid], spec, SnapshotOptions(capture_executor="compare"),
+                              budgets=Budgets(snapshot_bytes=40))
+    assert rec.error is None, rec.error
+    skus = [c.values["sku"] for g in rec.goroutines for c in g.captures]
+    assert len(skus) == 12 and rec.truncated
+    assert skus[:6] == ["widget"] * 6 and skus[6:] == [{"__truncated": "budget"}] * 6, skus
