@@ -48,7 +48,8 @@ from .errors import ExpressionError, SpecError
 from .files import FileRefused, read_regular
 from .expr import Expr, parse_expr, sanitize_identifier
 from .sql_limits import CEILINGS, DEFAULTS, SqlLimits
-from . import sql_limits
+from . import capture_limits, sql_limits
+from .capture_limits import CaptureLimits
 
 SPEC_VERSION = 1
 
@@ -186,6 +187,7 @@ class Spec:
     targets: list[TargetSpec] = field(default_factory=list)
     files: list[str] = field(default_factory=list)            # every file merged into this spec
     sql_limits: SqlLimits = DEFAULTS                          # bounds on its SQL (`limits:`)
+    capture_limits: CaptureLimits = capture_limits.DEFAULTS   # bounds on its snapshots (`limits:`)
     limits_set: dict = field(default_factory=dict, repr=False, compare=False)  # what this file's `limits:` says
 
     def function(self, symbol: str) -> FunctionSpec | None:
@@ -594,9 +596,11 @@ def _targets(node: Node, ctx: _Ctx) -> list[TargetSpec]:
     return [_target(item, ctx) for item in _items(node, ctx, "targets")]
 
 
-def _limit(name: str) -> Parser:
-    """A bound of `limits:`: a positive number, at most its ceiling (which a spec cannot raise)."""
-    integer = sql_limits.is_integer_key(name)
+def _limit(name: str, bounds=sql_limits) -> Parser:
+    """A bound of `limits:`: a positive number, at most its ceiling (which a spec cannot raise).
+    `bounds`: the module of its kind, sql_limits or capture_limits."""
+    integer = bounds.is_integer_key(name)
+    CEILINGS = bounds.CEILINGS
 
     def parse(node: Node, ctx: _Ctx):
         tags = ("tag:yaml.org,2002:int",) if integer else ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
@@ -608,9 +612,9 @@ def _limit(name: str) -> Parser:
         if not v > 0:
             raise ctx.error(node, f"'limits.{name}' must be more than 0")
         if v > ceiling:
-            raise ctx.error(node, f"'limits.{name}' is {sql_limits.text(v)}, above its ceiling "
-                                  f"{sql_limits.text(ceiling)}, "
-                                  "which a spec cannot raise (docs/security.md)")
+            raise ctx.error(node, f"'limits.{name}' is {bounds.text(v)}, above its ceiling "
+                                  f"{bounds.text(ceiling)}, "
+                                  f"which a spec cannot raise ({getattr(bounds, 'WHERE', 'docs/security.md')})")
         return v
     return parse
 
@@ -664,16 +668,18 @@ TOP_KEYS: dict[str, Key] = {
                                    "additionalProperties": {"anyOf": [{"type": "string"}, _ref("report")]}}),
     "links": Key(_links, doc="column sets that tie rows of two tables together, both ways",
                  schema=lambda: {"type": ["array", "null"], "items": _ref("link")}),
-    "limits": Key(_limits, doc="bounds on the SQL of extra columns, reports and links (docs/security.md); "
+    "limits": Key(_limits, doc="bounds on the SQL of extra columns, reports and links (docs/security.md) "
+                               "and on what a snapshot's pause reads (docs/read-program.md); "
                                "an included file can only lower them",
                   schema=lambda: {"anyOf": [_ref("limits"), {"type": "null"}]}),
 }
 LIMIT_KEYS: dict[str, Key] = {
-    name: Key(_limit(name), doc=f"{sql_limits.DOCS[name]} (default {sql_limits.text(getattr(DEFAULTS, name))}, "
-                                f"at most {sql_limits.text(getattr(CEILINGS, name))})",
-              schema=_s(type="integer" if sql_limits.is_integer_key(name) else "number",
-                        exclusiveMinimum=0, maximum=getattr(CEILINGS, name)))
-    for name in sql_limits.key_names()
+    name: Key(_limit(name, bounds), doc=f"{bounds.DOCS[name]} (default {bounds.text(getattr(bounds.DEFAULTS, name))}, "
+                                        f"at most {bounds.text(getattr(bounds.CEILINGS, name))})",
+              schema=_s(type="integer" if bounds.is_integer_key(name) else "number",
+                        exclusiveMinimum=0, maximum=getattr(bounds.CEILINGS, name)))
+    # the SQL's bounds, then the capture's (the pause, stacks, values: probe_compiler/capture_limits.py)
+    for bounds in (sql_limits, capture_limits) for name in bounds.key_names()
 }
 FUNCTION_KEYS: dict[str, Key] = {
     "table": Key(_str("'table'"), doc="name of the function table; default from the symbol",
@@ -736,7 +742,8 @@ _DEFS = {  # $defs name -> (key table, doc, extra constraints)
     "column": ("COLUMN_KEYS", "an extra column in long form", {}),
     "report": ("REPORT_KEYS", "a derived table in long form", {}),
     "link": ("LINK_KEYS", "a link between two tables", {}),
-    "limits": ("LIMIT_KEYS", "bounds on the spec's SQL, within ceilings a spec cannot raise", {}),
+    "limits": ("LIMIT_KEYS", "bounds on the spec's SQL and on its snapshots' pauses and captures, "
+                             "within ceilings a spec cannot raise", {}),
     "target": ("TARGET_KEYS", "processes to snapshot",
                {"oneOf": [{"required": ["exe"]}, {"required": ["pid"]}]}),
 }
@@ -991,8 +998,10 @@ def _parse_file(text: str, path: str, limits: ReadLimits = READ_LIMITS
         return d[key][0] if key in d else []
     spec = Spec(functions=section("functions"), version=d["version"][0], path=path, text=text,
                 reports=section("reports"), links=section("links"), targets=section("targets"),
-                files=[path], sql_limits=DEFAULTS.with_(**d["limits"][0]) if "limits" in d else DEFAULTS)
+                files=[path])
     spec.limits_set = d["limits"][0] if "limits" in d else {}
+    sql, cap = _split_limits(spec.limits_set)
+    spec.sql_limits, spec.capture_limits = DEFAULTS.with_(**sql), capture_limits.DEFAULTS.with_(**cap)
     includes = [(p, n, ctx) for p, n in section("include")]
     return spec, includes
 
@@ -1012,8 +1021,18 @@ def _merge(into: Spec, other: Spec) -> None:
     into.targets += other.targets
     into.files += other.files
     # An included file can only lower a bound.
+    sql, cap = _split_limits(other.limits_set)
     into.sql_limits = into.sql_limits.with_(**{k: min(v, getattr(into.sql_limits, k))
-                                               for k, v in other.limits_set.items()})
+                                               for k, v in sql.items()})
+    into.capture_limits = into.capture_limits.with_(**{k: min(v, getattr(into.capture_limits, k))
+                                                       for k, v in cap.items()})
+
+
+def _split_limits(given: dict) -> tuple[dict, dict]:
+    """`limits:` keys as (SQL bounds, capture bounds)."""
+    sql = set(sql_limits.key_names())
+    return ({k: v for k, v in given.items() if k in sql},
+            {k: v for k, v in given.items() if k not in sql})
 
 
 def _with_includes(spec: Spec, includes: list, limits: ReadLimits = READ_LIMITS) -> Spec:

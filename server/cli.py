@@ -152,7 +152,38 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     through_agents = fleet.snapshot_command(args, spec)
     if through_agents is not None:
         return through_agents
-    return int(snapshot_job.run(list(args.pid or []), spec, args.out, executor=args.executor) or 0)
+    return int(snapshot_job.run(list(args.pid or []), spec, args.out, executor=args.executor,
+                                limits=_capture_limits(args)) or 0)
+
+
+def _capture_limits(args: argparse.Namespace) -> dict:
+    """The capture bounds given as flags (--deadline-ms 50 ...), within their ceilings."""
+    from probe_compiler import capture_limits as cl
+    from .errors import ServerError
+    out = {}
+    for name in cl.key_names():
+        v = getattr(args, name, None)
+        if v is None:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if not v > 0:
+            raise ServerError(f"{flag} must be more than 0")
+        if v > getattr(cl.CEILINGS, name):
+            raise ServerError(f"{flag} {cl.text(v)} is above its ceiling {cl.text(getattr(cl.CEILINGS, name))}")
+        out[name] = v
+    return out
+
+
+def _add_capture_limit_arguments(s: argparse.ArgumentParser) -> None:
+    from probe_compiler import capture_limits as cl
+    g = s.add_argument_group("capture limits", "bounds on the pause and what it reads; they override "
+                                               "the spec's limits: (docs/read-program.md)")
+    for name in cl.key_names():
+        default = getattr(cl.DEFAULTS, name)
+        g.add_argument("--" + name.replace("_", "-"), type=int if cl.is_integer_key(name) else float,
+                       default=None, metavar="N", dest=name,
+                       help=f"{cl.DOCS[name]} (default {cl.text(default)}, "
+                            f"at most {cl.text(getattr(cl.CEILINGS, name))})")
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
@@ -220,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "stacks only for now), auto (eBPF where the kernel and privileges allow, "
                         "else ptrace, saying why); default: $EXRAY_EXECUTOR or ptrace")
     __import__("server.fleet").fleet.add_snapshot_arguments(s)
+    _add_capture_limit_arguments(s)
     s.set_defaults(func=cmd_snapshot)
 
     a = sub.add_parser("agent", help="serve this machine's Go processes to Ex-Ray over gRPC (docs/agent.md)")

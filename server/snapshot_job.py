@@ -16,6 +16,7 @@ import time
 from agent.errors import AgentError, ProcessNotFound
 from agent.records import ProcessRecord
 from agent.snapshot import SnapshotOptions, Target, snapshot_process, snapshot_processes
+from probe_compiler.capture_limits import DEFAULTS as LIMITS
 from probe_compiler.debuginfo import find_dwarf
 from probe_compiler.errors import BinaryError, DebugInfoMissing
 from probe_compiler.gobinary import GoBinary
@@ -35,10 +36,12 @@ def load_target(exe: str, spec, cache: dict, budgets=None) -> Target:
         binary.close()
         return cache[binary.build_id]
     dwarf, layout, missing = _dwarf_and_layout(exe, binary)
-    plan = compile_plan(binary, dwarf, spec, budgets, layout=layout, absent_ok=True)
+    limits = getattr(spec, "capture_limits", None) or LIMITS      # the spec's `limits:`
+    plan = compile_plan(binary, dwarf, spec, budgets or limits.budgets(), layout=layout, absent_ok=True)
     if missing and spec is not None and spec.functions:
         plan.warnings.append(missing)      # where Ex-Ray looked for DWARF, and what to do
     target = Target(binary, plan, layout, dwarf)
+    target.limits = limits
     cache[binary.build_id] = target
     return target
 
@@ -124,6 +127,8 @@ def snapshot_pids(pids: list[int], spec, opts: SnapshotOptions | None = None,
     processes of one snapshot in one call. Pass the same `cache` (build id ->
     Target) to later calls with the same spec to skip loading binaries again."""
     cache = {} if cache is None else cache
+    if budgets is None and opts is not None and opts.limits is not None:
+        budgets = opts.limits.budgets()
     loaded = load_targets(pids, spec, cache, budgets)
     # Every process paused at one instant (all stopped, then read, then resumed);
     # a pid given twice is taken again after the others.
@@ -185,12 +190,16 @@ def default_out(spec_path: str | None) -> str:
     return os.path.join(d, time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + f"-{os.getpid()}.sqlite")
 
 
-def run(pids: list[int], spec_path: str | None, out: str | None, executor: str | None = None) -> int:
+def run(pids: list[int], spec_path: str | None, out: str | None, executor: str | None = None,
+        limits: dict | None = None) -> int:
+    """`limits`: bounds given on the command line (CaptureLimits field ->
+    value), over the spec's `limits:`; checked against the ceilings."""
     from probe_compiler.spec import load_spec
 
     spec = load_spec(spec_path) if spec_path else None
     pids = pids or pids_of_targets(spec)
-    opts = SnapshotOptions(executor=executor) if executor else None
+    base = getattr(spec, "capture_limits", None) or LIMITS
+    opts = SnapshotOptions(executor=executor, limits=base.with_(**(limits or {})).checked())
     records = snapshot_pids(pids, spec, opts)
     out = out or default_out(spec_path)
     problems = write(out, records, spec)
