@@ -18,17 +18,17 @@ def _layout(**over):
     g.update(over)
     return RuntimeLayout(allgs_addr=0x1000, allglen_addr=0x1008, allm_addr=0x1010, g_size=456,
                          g_offsets=g, m_size=100, m_offsets={"procid": 64}, gscan=0x1000,
-                         status_names={0: "idle", 1: "runnable", 2: "running", 6: "dead"},
+                         status_names={0: "idle", 1: "runnable", 2: "running", 4: "waiting", 6: "dead"},
                          wait_reasons={}, status_constants={11: "deadextra"})
 
 
 def test_plan_packs_offsets_masks_and_budgets():
     plan = StackPlan.from_layout(_layout(), 42, {"goid": 8, "labels": 8}, StackBudgets(max_frames=7))
-    v = struct.unpack("<4Q18I", plan.pack())
-    assert v[:4] == (0x1000, 0x1008, (1 << 0) | (1 << 6) | (1 << 11), 1 << 2)
-    assert v[4:7] == (42, 0x1000, 360)           # tgid, gscan, g bytes through labels
-    assert v[16] == ABSENT                        # no syscallbp before Go 1.23
-    assert v[-2:] == (7, 65536)
+    v = struct.unpack("<5Q19I4x", plan.pack())
+    assert v[:5] == (0x1000, 0x1008, (1 << 0) | (1 << 6) | (1 << 11), 1 << 2, 1 << 4)
+    assert v[5:8] == (42, 0x1000, 360)           # tgid, gscan, g bytes through labels
+    assert v[17] == ABSENT                        # no syscallbp before Go 1.23
+    assert v[-3:] == (7, 65536, 1024)
 
 
 def test_plan_refuses_what_the_probe_cant_walk():

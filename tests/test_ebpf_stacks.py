@@ -28,20 +28,28 @@ def probe():
     assert not our_uprobes()
 
 
-def _snap(pid, target, probe, executor):
+# How the probe copies a stack: "chain" follows every frame pointer (the
+# words at sp and a (saved bp, return address) pair per frame); "whole"
+# copies a stack in use up to 1 KiB in one read (the default), the rest by chain.
+MODES = {"chain": 0, "whole": 1024}
+
+
+def _snap(pid, target, probe, executor, mode="whole"):
     from agent.snapshot import SnapshotOptions, snapshot_process
     from agent.ebpf import executor as ebpf
+    from agent.ebpf.plan import StackBudgets
     opts = SnapshotOptions(executor="ptrace")
     if executor == "ebpf":
-        return ebpf.snapshot_process(pid, target, opts, probe=probe)
+        return ebpf.snapshot_process(pid, target, opts, probe=probe,
+                                     budgets=StackBudgets(full_stack=MODES[mode]))
     return snapshot_process(pid, target, opts)
 
 
-def _both(binary, probe):
+def _both(binary, probe, mode="whole"):
     from server.snapshot_job import load_target
     with run_target(binary, env={"GOTRACEBACK": "system"}) as t:
         target = load_target(str(binary), None, {})
-        ebpf = _snap(t.pid, target, probe, "ebpf")
+        ebpf = _snap(t.pid, target, probe, "ebpf", mode)
         ptrace = _snap(t.pid, target, probe, "ptrace")
         level2 = parse_go_traceback(t.quit_dump())
     assert ebpf.error is None, ebpf.error
@@ -71,9 +79,9 @@ def assert_same_as_ptrace(ebpf, ptrace, level2):
     assert compared >= len(NAMED)
 
 
-@pytest.fixture(scope="module")
-def states(probe):
-    return _both(build("states"), probe)
+@pytest.fixture(scope="module", params=list(MODES))
+def states(probe, request):
+    return _both(build("states"), probe, request.param)
 
 
 def test_same_goroutines_and_frames_as_ptrace(states):
@@ -103,14 +111,14 @@ def test_running_and_syscall_goroutines_unwind(states):
 
 # Go 1.21 has no g.syscallbp (the probe copies the stack at syscallsp instead);
 # PIE moves every address by the load bias.
-MATRIX = [("1.21.13", "exe"), ("1.21.13", "pie"), ("1.27.3", "exe"), ("1.27.3", "pie")]
+MATRIX = [(r, m, c) for r in ("1.21.13", "1.27.3") for m in ("exe", "pie") for c in MODES]
 
 
-@pytest.mark.parametrize("release,mode", MATRIX, ids=[f"go{r}-{m}" for r, m in MATRIX])
-def test_version_matrix(probe, release, mode):
+@pytest.mark.parametrize("release,mode,copy", MATRIX, ids=[f"go{r}-{m}-{c}" for r, m, c in MATRIX])
+def test_version_matrix(probe, release, mode, copy):
     flags = ("-buildmode=pie",) if mode == "pie" else ()
     binary = build("states", flags, release=release, env={"CGO_ENABLED": "1"})
-    ebpf, ptrace, level2 = _both(binary, probe)
+    ebpf, ptrace, level2 = _both(binary, probe, copy)
     assert ebpf.go_version == f"go{release}"
     assert (ebpf.load_bias not in (0, None)) == (mode == "pie")
     assert_same_as_ptrace(ebpf, ptrace, level2)

@@ -34,7 +34,7 @@ from ..unwind import StackImage, unwind
 from .availability import why_unavailable
 from .plan import StackBudgets, StackPlan
 from .probe import ProbeError, StackProbe
-from .records import START_REGS, START_SYSCALL, ProbeGoroutine, parse
+from .records import F_FULL, START_REGS, START_SYSCALL, ProbeGoroutine, parse
 
 EXECUTORS = ("ptrace", "ebpf", "auto")
 SIGTRAMP = "runtime.sigtramp"
@@ -138,7 +138,7 @@ def probe_offsets(binary) -> list[int]:
 def _paused_walk(pid, target, opts, probe, budgets, rec):
     plan = StackPlan.from_layout(target.layout, pid, gr._G_FIELDS, budgets)
     offsets = probe_offsets(target.binary)
-    runner = pid          # the thread left running: SIGURG sends it into sigtramp
+    runner = pick_runner(pid)   # the thread left running: SIGURG sends it into sigtramp
     with probe.attached(pid, f"/proc/{pid}/exe", offsets):
         probe.prepare(plan)
         try:
@@ -158,6 +158,34 @@ def _paused_walk(pid, target, opts, probe, budgets, rec):
         tid, regs = out.thread
         threads[tid] = _regs(regs)
     return out, threads, now_mono, report
+
+
+SIGURG_BIT = 1 << (23 - 1)      # SIGURG in /proc's signal masks
+
+
+def pick_runner(pid: int) -> int:
+    """The thread to leave running and send the SIGURG: one that is on a CPU
+    now (the signal reaches it at once; a sleeping thread must first be
+    woken and scheduled, which on a busy machine costs more than the walk),
+    else the leader; never one that blocks SIGURG (a C thread may)."""
+    best = None
+    try:
+        tids = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return pid
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                fields = dict(line.split(":", 1) for line in f.read().splitlines() if ":" in line)
+        except OSError:
+            continue
+        if int(fields.get("SigBlk", "0").strip(), 16) & SIGURG_BIT:
+            continue
+        if fields.get("State", "").strip().startswith("R"):
+            return tid
+        if best is None or tid == pid:
+            best = tid
+    return best if best is not None else pid
 
 
 def _regs(gregs: dict[str, int]) -> Regs:
@@ -219,7 +247,8 @@ def _goroutine_record(g: ProbeGoroutine, target, opts, threads, labels, now_mono
     status = layout.status_names.get(gr.status_of(layout, raw), "unknown")
     if start.thread_id is None and status == "running":
         start.thread_id = g.tid or None
-    stack = StackImage(g.sp, g.top, _sparse_reader(g.words()))
+    # The whole stack (F_FULL), or the words at sp plus the frame-pointer chain's.
+    stack = StackImage(g.sp, g.top, None if g.flags & F_FULL else _sparse_reader(g.words()))
     unwound = unwind(pcln, start.pc, start.sp, start.bp, stack, trap=start.trap,
                      stack_hi=f.get("stack.hi"), max_frames=opts.max_frames, bias=target.bias)
     wr = f.get("waitreason", 0)

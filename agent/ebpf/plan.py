@@ -18,13 +18,14 @@ TOP_MAX = 8192
 WORK_MAX = 65536
 ABSENT = 0xFFFFFFFF            # an offset the layout lacks: the probe reads 0 there
 
-# struct plan: 4 u64, then 18 u32 (104 bytes).
-_PLAN = struct.Struct("<4Q18I")
+# struct plan: 5 u64, then 19 u32 and the tail padding (120 bytes).
+_PLAN = struct.Struct("<5Q19I4x")
 
 # The g fields the probe reads itself (the rest are parsed from its copy).
 _PROBE_G_FIELDS = ("atomicstatus", "stack.lo", "stack.hi", "m", "sched.pc", "sched.sp", "sched.bp",
                    "syscallsp", "syscallpc", "syscallbp")
 DEAD = ("dead", "deadextra", "idle")
+PARKED = ("waiting",)
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,9 @@ class StackBudgets:
     max_gs: int = WORK_MAX     # allgs entries looked at; the rest are reported as cut
     top_parked: int = 64       # bytes at sp of a parked goroutine (g.sched with a frame pointer)
     top_other: int = 2048      # bytes at sp otherwise: running, in a syscall, no frame pointer
+    # A stack using at most this many bytes is copied whole instead of walked
+    # by frame pointers: one read instead of one per frame (0: always walk).
+    full_stack: int = 1024
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,7 @@ class StackPlan:
     gscan: int
     dead_mask: int
     running_mask: int
+    parked_mask: int = 0       # statuses gopark leaves (their g.sched is a call site)
     budgets: StackBudgets = StackBudgets()
 
     @staticmethod
@@ -70,18 +75,19 @@ class StackPlan:
             g_offsets={k: offs[k] for k in _PROBE_G_FIELDS if k in offs},
             m_off_procid=layout.m_offsets["procid"], gscan=layout.gscan,
             dead_mask=_mask(layout, DEAD), running_mask=_mask(layout, ("running",)),
+            parked_mask=_mask(layout, PARKED),
             budgets=budgets or StackBudgets())
 
     def pack(self) -> bytes:
         o, b = self.g_offsets, self.budgets
         return _PLAN.pack(
-            self.allgs_addr, self.allglen_addr, self.dead_mask, self.running_mask,
+            self.allgs_addr, self.allglen_addr, self.dead_mask, self.running_mask, self.parked_mask,
             self.tgid, self.gscan, self.g_copy,
             o["atomicstatus"], o["stack.lo"], o["stack.hi"], o.get("m", ABSENT),
             o["sched.pc"], o["sched.sp"], o["sched.bp"],
             o.get("syscallsp", ABSENT), o.get("syscallpc", ABSENT), o.get("syscallbp", ABSENT),
             self.m_off_procid, min(b.top_parked, TOP_MAX - 8) & ~7, min(b.top_other, TOP_MAX - 8) & ~7,
-            b.max_frames, min(b.max_gs, WORK_MAX))
+            b.max_frames, min(b.max_gs, WORK_MAX), min(b.full_stack, TOP_MAX - 8))
 
 
 def _mask(layout, names) -> int:

@@ -58,12 +58,14 @@
 #define F_BUDGET 8              // the plan's frame budget cut it
 #define F_DROPPED 16            // a record did not fit in the ring buffer
 #define F_GREAD 32              // the g itself could not be read
+#define F_FULL 64               // the whole stack [sp, stack.hi) is in the record: no chain walk
 
 struct plan {
     u64 allgs_addr;             // &runtime.allgs (the slice's array pointer), load bias added
     u64 allglen_addr;           // &runtime.allglen
     u64 dead_mask;              // bit s set: status s (scan bit masked) is not a live goroutine
     u64 running_mask;           // bit s set: status s runs on a thread (its registers count)
+    u64 parked_mask;            // bit s set: status s was saved by gopark (g.sched is a call site)
     u32 tgid;
     u32 gscan;                  // the _Gscan bit
     u32 g_copy;                 // bytes of each g to copy (< G_MAX)
@@ -75,6 +77,7 @@ struct plan {
     u32 top_other;              // ... otherwise (registers, syscall, no frame pointer)
     u32 max_frames;             // frame budget per goroutine
     u32 max_gs;                 // allgs entries to look at, at most (<= WORK_MAX)
+    u32 full_stack;             // a stack in use up to this many bytes is copied whole
 };
 
 struct regs3 { u64 pc, sp, bp; };
@@ -100,6 +103,8 @@ struct state {
     u64 t_first, t_last;        // CLOCK_MONOTONIC ns: the first run's start, the last run's end
     u32 runs;                   // program runs (entries and tail calls)
     u32 pad2;
+    u64 gbuf_at;                // allgs index of gbuf[0] (~0: none)
+    u64 gbuf[16];               // allgs pointers, read 16 at a time
 };
 
 struct rec_hdr {
@@ -165,10 +170,20 @@ static __always_inline void stop(struct state *st, u32 phase) {
 
 // Looks at allgs[st->gi]: copies a live g, picks its start, copies the words
 // at sp, and queues its frame chain.
-static __always_inline void start_g(struct state *st, struct plan *p, struct rec *r) {
+static __always_inline void start_g(struct state *st, struct plan *p, struct rec *r, u64 n) {
     u64 gp = 0;
     u64 i = st->gi++;
-    if (bpf_probe_read_user(&gp, 8, (void *)(st->arr + 8 * i)) || !gp)
+    u64 at = st->gbuf_at;
+    if (at == ~0ULL || i < at || i >= at + 16) {   // refill: 16 allgs entries in one read
+        u64 cnt = n - i < 16 ? n - i : 16;
+        at = bpf_probe_read_user(st->gbuf, (cnt * 8) & 0xf8, (void *)(st->arr + 8 * i)) ? ~0ULL : i;
+        st->gbuf_at = at;
+    }
+    if (at != ~0ULL && i >= at && i < at + 16)
+        gp = st->gbuf[(i - at) & 15];
+    else if (bpf_probe_read_user(&gp, 8, (void *)(st->arr + 8 * i)))
+        return;
+    if (!gp)
         return;
     u32 glen = p->g_copy & (G_MAX - 1);
     r->h.kind = K_G;
@@ -215,17 +230,29 @@ static __always_inline void start_g(struct state *st, struct plan *p, struct rec
     r->h.pc = pc; r->h.sp = sp; r->h.bp = bp; r->h.start = start;
     // Words at sp: the return address of a frame that has no frame pointer
     // (a leaf, a prologue, a fresh goroutine) is there, and pcsp finds it.
-    u64 top = (start == 0 && bp) ? p->top_parked : p->top_other;
+    // A small stack is copied whole (one read beats a read per frame, and
+    // Python unwinds it as the ptrace executor does); a larger one gets the
+    // words at sp and its frame-pointer chain.
+    // Parked by gopark, a goroutine's sched is a call site with its frame
+    // pointer; one preempted (asyncPreempt's frame is large, the function
+    // it stopped may have no frame pointer), fresh, running or in a syscall
+    // needs more of its stack for pcsp.
+    u64 top = (start == 0 && bp && ((p->parked_mask >> status) & 1)) ? p->top_parked : p->top_other;
     u64 room = (sp >= lo && sp < hi) ? hi - sp : 0;
-    if (top > room)
+    int full = room && room <= p->full_stack && room <= TOP_MAX - 8;
+    if (full || top > room)
         top = room;
     u32 tl = top & (TOP_MAX - 8);
     if (tl && !bpf_probe_read_user(r->data + glen, tl, (void *)sp))
         r->h.top_len = tl;
+    if (full && r->h.top_len == room)
+        r->h.flags = F_FULL;
     u64 len = sizeof(struct rec_hdr) + glen + r->h.top_len;
     if (len > sizeof(struct rec))
         len = sizeof(struct rec);
     emit(st, r, len);
+    if (r->h.flags & F_FULL)
+        return;
     u64 wi = st->nwork;
     struct work *w = work.lookup((u32 *)&wi);
     if (!w) {
@@ -251,7 +278,7 @@ int gstart(struct pt_regs *ctx) {
     // No early exit: a loop with one way out has its tail verified once.
     for (int i = 0; i < GS_STEPS; i++) {
         if (st->gi < n)
-            start_g(st, p, r);
+            start_g(st, p, r, n);
     }
     if (st->gi >= n) {             // every g seen: the frames stage starts at work[0]
         st->stage = 1;
@@ -426,6 +453,7 @@ int on_sigtramp(struct pt_regs *ctx) {
         st->n = n;
         st->arr = arr;
         st->gi = 0;
+        st->gbuf_at = ~0ULL;
         st->nwork = 0;
         st->stage = 0;
     }

@@ -18,7 +18,7 @@ from ..errors import AgentError
 K_G, K_FRAMES, K_THREAD, K_MARK = 1, 2, 3, 4
 START_SCHED, START_SYSCALL, START_REGS = 0, 1, 2
 
-F_TOP, F_RANGE, F_READ, F_BUDGET, F_DROPPED, F_GREAD = 1, 2, 4, 8, 16, 32
+F_TOP, F_RANGE, F_READ, F_BUDGET, F_DROPPED, F_GREAD, F_FULL = 1, 2, 4, 8, 16, 32, 64
 _WHY = {F_RANGE: "a frame pointer left the stack", F_READ: "a frame could not be read",
         F_BUDGET: "the frame budget ran out", F_GREAD: "the g could not be read"}
 
