@@ -791,9 +791,9 @@ def _capture_frame(fplan, pf, depth, g, regs, inst, *, target, mem, snapshot_bud
             v = apply_ops(loc, cap.ops if inst is None else inst.ops[cap.column], mem.read,
                           OpEnv(plan.types, getattr(target.layout, "moduledata_types_addr", None),
                                 _rtype(target), frame_budget))
-            plain, raw = decode_value(plan.types, cap.type_id, v.data, v.addr, mem.read, plan.budgets,
-                                      frame_budget=frame_budget, snapshot_budget=snapshot_budget,
-                                      func_name=_func_name(target), type_by_rtype=_rtype(target))
+            plain, raw = _decoder()(plan.types, cap.type_id, v.data, v.addr, mem.read, plan.budgets,
+                                    frame_budget=frame_budget, snapshot_budget=snapshot_budget,
+                                    func_name=_func_name(target), type_by_rtype=_rtype(target))
             rec.values[cap.column], rec.raw[cap.column] = plain, raw
         except Unavailable as e:
             rec.values[cap.column] = rec.raw[cap.column] = None
@@ -802,6 +802,16 @@ def _capture_frame(fplan, pf, depth, g, regs, inst, *, target, mem, snapshot_bud
             rec.values[cap.column] = rec.raw[cap.column] = None
             rec.errors[cap.column] = f"{type(e).__name__}: {e}"
     return rec
+
+
+def _decoder():
+    """decode_value, or with EXRAY_DECODER=wasm the WebAssembly module's
+    (agent/wasm: values decoded from a pause's copies, sandboxed; it hands
+    the kinds it does not decode, and live reads, back to decode_value)."""
+    if os.environ.get("EXRAY_DECODER") == "wasm":
+        from .wasm.decoder import decode_value as wasm_decode_value
+        return wasm_decode_value
+    return decode_value
 
 
 def _var_pc(pf) -> int:

@@ -183,3 +183,33 @@ def test_garbage_through_the_agent_entry_is_an_error_row():
     plain, raw = dec.decode_value(blob, 0xFFFFFFFF - 1, b"\0" * 8, None, Image.of([]), Budgets(),
                                   frame_budget=ByteBudget(100), snapshot_budget=ByteBudget(100))
     assert plain == {"__error": "wasm decoder: a type id that is not in the table"} or "__error" in plain
+
+
+def test_a_snapshot_decoded_by_the_module_has_the_reference_rows(monkeypatch):
+    """EXRAY_DECODER=wasm: the read program's copies are decoded by the module
+    (the request's fields, its tag slice, its session pointer), the kinds it
+    does not decode (the whole request holds a map and an interface) by
+    Python; every row equals the Python decoder's: values, raw values, _errors."""
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from bench.run import PauseMeter, build_pausemeter
+    from probe_compiler.spec import parse_spec
+    from server.snapshot_job import snapshot_pids
+    spec = parse_spec("version: 1\nfunctions:\n  main.serve:\n"
+                      "    capture: [req.ID, req.Method, req.Path, req.Tags, req.Session, req]\n")
+    pm = PauseMeter(build_pausemeter(), 40, requests=True)
+    try:
+        cache: dict = {}
+        monkeypatch.delenv("EXRAY_DECODER", raising=False)
+        [python] = snapshot_pids([pm.pid], spec, cache=cache)
+        monkeypatch.setenv("EXRAY_DECODER", "wasm")
+        before = dict(WasmDecoder.for_thread().stats)
+        [wasm] = snapshot_pids([pm.pid], spec, cache=cache)
+        after = WasmDecoder.for_thread().stats
+    finally:
+        pm.close()
+    rows = lambda rec: [(g.goid, c.function, c.values, c.raw, c.errors)   # noqa: E731
+                        for g in rec.goroutines for c in g.captures]
+    assert len(rows(python)) == 40 and rows(wasm) == rows(python)
+    decoded = (after["values"] - before["values"]) - (after["unsupported"] - before["unsupported"])
+    assert decoded >= 5 * 40 and after["errors"] == before["errors"]
