@@ -151,17 +151,21 @@ def pids_of_targets(spec) -> list[int]:
     """The local processes the spec's `targets:` name (exe base names and pids).
 
     An exe target matches every process whose /proc/PID/exe has that base name
-    (deleted binaries too: the kernel appends " (deleted)")."""
+    (deleted binaries too: the kernel appends " (deleted)"). Targets with
+    `agent:` are on other machines and are left out: snapshots of them go
+    through the agents (server/fleet.py: `exray snapshot` routes there, and
+    so does the editor's snapshot command)."""
     from server.errors import NoTargets
     if not spec or not spec.targets:
         raise NoTargets("nothing to snapshot: give --pid PID, or list `targets:` in the spec")
-    remote = [t for t in spec.targets if t.agent]
-    if remote:
-        t = remote[0]
-        raise NoTargets(f"{t.path}:{t.line}:{t.column}: target on agent {t.agent}: remote agents "
-                        "are not supported yet; snapshot on that machine instead")
-    pids = [t.pid for t in spec.targets if t.pid]
-    names = {t.exe for t in spec.targets if t.exe}
+    local = [t for t in spec.targets if not t.agent]
+    if not local:
+        t, agents = spec.targets[0], ", ".join(sorted({t.agent for t in spec.targets}))
+        raise NoTargets(f"{t.path}:{t.line}:{t.column}: the targets are on agents ({agents}), none on this "
+                        "machine: snapshot them through the agents (`exray snapshot` without --pid, or the "
+                        "editor's snapshot command), or give local pids with --pid")
+    pids = [t.pid for t in local if t.pid]
+    names = {t.exe for t in local if t.exe}
     if names:
         pids += [pid for pid, exe in _processes() if os.path.basename(exe).removesuffix(" (deleted)") in names]
     found = sorted(set(pids))

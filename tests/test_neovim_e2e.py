@@ -16,6 +16,9 @@ reindex that holds the store lock:
 Oracles: the skus in the hint are the ones this test asked the service for;
 `it` (not assigned yet where lookup waits) reads as ⊘ with the reason the
 snapshot's `_errors` gives, never as nil.
+
+A second test snapshots through `exray agent` (on 127.0.0.1 with a token),
+set up with the README's agents block after its init.lua.
 """
 from __future__ import annotations
 
@@ -295,3 +298,99 @@ def test_neovim_capture_snapshot_hints_and_documents(go_build, tmp_path):
                 p.wait(10)
         for c in conns:
             c.close()
+
+
+def readme_agents() -> str:
+    """README's Neovim block for snapshots through agents (after its nvim-agents marker)."""
+    text = (ROOT / "README.md").read_text()
+    m = re.search(r"<!-- nvim-agents[^>]*-->\s*```lua\n(.*?)```", text, re.S)
+    assert m, "README.md has no agents block after its nvim-agents marker"
+    return m.group(1)
+
+
+def test_neovim_snapshot_through_an_agent(go_build, tmp_path):
+    """:ExraySnapshot through `exray agent` (its own process, on 127.0.0.1 with
+    a bearer token), set up as README.md says: its init.lua, then its
+    `settings = { agents = …, agentTokenFile = … }` block with this agent's
+    address and token. The values program's main.capture parks at `<-park`;
+    the hint there shows `s` and `anyPtr` (an interface whose dynamic type no
+    capture names: the agent has no DWARF, the plan carries it) as the
+    program itself reported them."""
+    import pynvim
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from agent_helpers import tracer_pid, write_token
+    from lsp_helpers import make_workspace
+
+    ws = make_workspace(tmp_path / "values", "values")
+    src = (ws / "main.go").read_text().splitlines()
+    park = next(i for i, l in enumerate(src) if l.strip() == "<-park")
+    binary = go_build(ws)
+    token = write_token(tmp_path / "token", "neovim-user")
+    exray = str(Path(sys.prefix) / "bin" / "exray")
+    target = agent = nvim_proc = nv = None
+    try:
+        target = subprocess.Popen([str(binary), "-values", str(tmp_path / "v.json")], stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, stdin=subprocess.PIPE)
+        read_line(target, b"READY", 20)
+        expected = json.loads((tmp_path / "v.json").read_text())
+        agent = subprocess.Popen([exray, "agent", "--listen", "tcp:127.0.0.1:0", "--token-file", str(token),
+                                  "--allow-exe", str(binary), "--audit-log", str(tmp_path / "audit.jsonl"),
+                                  "--host-name", "agent-host"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        addr = read_line(agent, b"listening on ", 30).split()[-1].decode()
+        (ws / "exray.yaml").write_text(f"version: 1\ntargets:\n  - pid: {target.pid}\nfunctions:\n"
+                                       "  main.capture:\n    capture: [s, anyPtr]\n")
+
+        block = readme_agents()
+        block, n = re.subn(r"agents = \{[^}]*\}", f"agents = {{ '{addr}' }}", block)
+        block, m = re.subn(r"agentTokenFile = '[^']*'", f"agentTokenFile = '{token}'", block)
+        assert n == m == 1, block
+        init = tmp_path / "init.lua"
+        init.write_text(readme_init() + "\n" + block)
+        sock = tmp_path / "nvim.sock"
+        xdg = {k: str(tmp_path / "xdg" / k.lower()) for k in
+               ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME")}
+        env = dict(os.environ, EXRAY=str(ROOT), EXRAY_DEBUGINFO_CACHE=str(tmp_path / "debuginfo"), **xdg)
+        nvim_proc = subprocess.Popen([NVIM, "--headless", "--listen", str(sock), "-u", str(init), "-i", "NONE",
+                                      "-n"], cwd=ws, env=env, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=open(tmp_path / "nvim.stderr", "wb"))
+        wait_for(lambda: sock.exists() or nvim_proc.poll() is not None, 10, "Neovim's socket")
+        assert nvim_proc.poll() is None, (tmp_path / "nvim.stderr").read_text()
+        nv = pynvim.attach("socket", path=str(sock))
+        lua = nv.exec_lua
+        nv.command(f"edit {ws / 'main.go'}")
+        buf = nv.current.buffer.number
+        wait_for(lambda: lua("local c = vim.lsp.get_clients({ bufnr = 0, name = 'exray' })[1] "
+                             "return c ~= nil and c.initialized == true"), 20, "the exray client on main.go")
+
+        nv.command("ExraySnapshot")
+
+        def hint_at_park():
+            return next((label for line, label in lua(HINTS, buf) if line == park and "s=" in label), None)
+        label = wait_for(hint_at_park, 60, "the inlay hint at <-park")
+        assert label.startswith("⏸ 1 goroutine") and f"s={json.dumps(expected['s'], ensure_ascii=False)}" in label, label
+        assert "anyPtr=" in label and '"eight"' in label and "unknown" not in label, label
+        # Through the agent: its host and address in the snapshot, its audit line names our token.
+        [snap] = list((ws / ".exray" / "snapshots").glob("*.sqlite"))
+        with sqlite3.connect(snap) as db:
+            assert db.execute("SELECT pid, host, agent FROM processes").fetchall() == [
+                (target.pid, "agent-host", addr)]
+            [(any_ptr,)] = db.execute("SELECT anyPtr FROM main_capture").fetchall()
+        assert json.loads(any_ptr) == expected["anyPtr"]
+        audit = [json.loads(l) for l in (tmp_path / "audit.jsonl").read_text().splitlines()]
+        assert [e["outcome"] for e in audit if e["method"] == "RunPlan"] == ["started", "ok"]
+        assert {e["who"] for e in audit if e["method"] == "RunPlan"} == {"neovim-user"}
+        assert tracer_pid(target.pid) == 0
+    finally:
+        if nv is not None:
+            try:
+                nv.command("qall!")
+            except Exception:
+                pass
+            nv.close()
+        for p in (nvim_proc, agent, target):
+            if p is not None and p.poll() is None:
+                p.kill()
+            if p is not None:
+                p.wait(10)

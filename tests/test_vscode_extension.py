@@ -46,8 +46,10 @@ def node_modules():
                            timeout=180)
         if r.returncode != 0:
             pytest.skip(f"npm ci in vscode-extension failed: {r.stderr.strip()[-500:]}")
-    # The schema copy that yamlValidation names (npm ci made one; the source may be newer).
+    # The schema copy that yamlValidation names, and the bundle package.json's
+    # main names (npm ci made both; the sources may be newer).
     subprocess.run([NODE, "scripts/prepare.js"], cwd=EXT, check=True, timeout=30)
+    subprocess.run([NPM, "run", "bundle"], cwd=EXT, check=True, timeout=120, capture_output=True)
     return EXT / "node_modules"
 
 
@@ -100,10 +102,22 @@ def test_vscode_settings_are_the_servers_settings_plus_server_command():
     assert set(props) == {f"exray.{f.name}" for f in dataclasses.fields(Settings)} | {"exray.serverCommand"}
     for f in dataclasses.fields(Settings):
         p = props[f"exray.{f.name}"]
+        if isinstance(f.default, tuple):          # exray.agents: a list of strings
+            assert p["type"] == "array" and p["items"] == {"type": "string"}, f.name
+            assert p["default"] == list(f.default), f.name
+            continue
         assert p["default"] == f.default, f.name
         assert p["type"] == ("integer" if isinstance(f.default, int) else "string"), f.name
         if f.name in _LIMITS:
             assert (p["minimum"], p["maximum"]) == _LIMITS[f.name], f.name
+    # A workspace can't choose the files Ex-Ray reads credentials from (its
+    # token would go to the agents it names): user (machine) settings only.
+    for name in ("agentTokenFile", "agentCa", "agentCert", "agentKey", "agentServerName"):
+        assert props[f"exray.{name}"]["scope"] == "machine", name
+    # The extension sends the server every setting it knows, and only those.
+    js = (EXT / "extension.js").read_text()
+    listed = re.search(r"const SERVER_SETTINGS = \[(.*?)\];", js, re.S).group(1)
+    assert set(re.findall(r"'(\w+)'", listed)) == {f.name for f in dataclasses.fields(Settings)}
     cmd = props["exray.serverCommand"]
     assert cmd["type"] == "array" and cmd["default"] == ["${exrayRoot}/.venv/bin/exray", "lsp"]
 

@@ -13,10 +13,12 @@ const CONTENT = 'workspace/textDocumentContent';
 const CONTENT_FALLBACK = 'exray/textDocumentContent';
 const CONTENT_REFRESH = 'workspace/textDocumentContent/refresh';
 // The server's settings (server/lsp/workspace.py Settings); serverCommand is ours.
-const SERVER_SETTINGS = ['specPath', 'snapshotsDir', 'maxHintLength', 'maxHoverValues', 'binary'];
+const SERVER_SETTINGS = ['specPath', 'snapshotsDir', 'maxHintLength', 'maxHoverValues', 'binary',
+  'agents', 'agentTokenFile', 'agentCa', 'agentCert', 'agentKey', 'agentServerName', 'agentDeadline'];
 
-/** The exray settings the server knows, without empty strings (`binary: ""`
- * means "not set", and the server would reject it as an empty path). */
+/** The exray settings the server knows, without empty strings (`binary: ""`,
+ * `agentTokenFile: ""` mean "not set", and the server would reject them as
+ * empty paths). */
 function serverSettings(config) {
   const out = {};
   for (const key of SERVER_SETTINGS) {

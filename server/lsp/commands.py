@@ -74,6 +74,8 @@ async def snapshot(ls: "ExrayServer", args) -> dict:
     from server.errors import ServerError
     from server.snapshot_job import pids_of_targets, write
 
+    from .fleet_agent import select_agent, unplaced_targets
+
     ws = ls.state
     t0 = time.monotonic()
     spec_path = ws.spec_path
@@ -87,24 +89,29 @@ async def snapshot(ls: "ExrayServer", args) -> dict:
     try:
         try:
             spec = await asyncio.to_thread(load_spec, str(spec_path))
-            if not spec.targets:
+            if not spec.targets and not ws.settings.agents:
                 return ls.fail(f"Ex-Ray: nothing to snapshot: {spec_path.name} names no `targets:`; list the "
                                "processes there (`- pid: 1234` or `- exe: myservice`), then run "
                                f"{editor_command(ls.client_name, SNAPSHOT)} again")
-            pids = await asyncio.to_thread(pids_of_targets, spec)
+            # Through exray agents when exray.agents is set or the targets name agents (fleet_agent.py).
+            agent = select_agent(ws.settings, spec, ls.agent)
+            pids = [] if agent is not ls.agent else await asyncio.to_thread(pids_of_targets, spec)
         except (ProbeCompilerError, ServerError) as e:
             return ls.fail(f"Ex-Ray: {e}")
-        progress.report(f"snapshotting {len(pids)} process{'es' if len(pids) != 1 else ''}", 5)
+        for why in unplaced_targets(ws.settings, spec):
+            ls.show(types.MessageType.Warning, f"Ex-Ray: {why}")
+        progress.report(f"snapshotting {len(pids)} process{'es' if len(pids) != 1 else ''}" if pids else
+                        f"asking {len(agent.addresses) or 'the'} agent{'s' if len(agent.addresses) != 1 else ''}", 5)
 
         def on_process(i, n, rec):
             loop.call_soon_threadsafe(progress.report, f"pid {rec.pid}: {len(rec.goroutines)} goroutines"
                                       + (f" (error: {rec.error})" if rec.error else ""), 5 + int(80 * i / n))
         try:
-            records = await asyncio.to_thread(ls.agent.run_plan, pids, spec, None, cancel, on_process)
+            records = await asyncio.to_thread(agent.run_plan, pids, spec, None, cancel, on_process)
         except Cancelled as e:
             ls.show(types.MessageType.Info, f"Ex-Ray: snapshot cancelled ({e})")
             return {"cancelled": True}
-        except ProbeCompilerError as e:
+        except (ProbeCompilerError, ServerError) as e:
             return ls.fail(f"Ex-Ray: {e}")
         if cancel.is_set():
             ls.show(types.MessageType.Info, "Ex-Ray: snapshot cancelled")
@@ -114,7 +121,7 @@ async def snapshot(ls: "ExrayServer", args) -> dict:
             return ls.fail("Ex-Ray: no process could be snapshotted: " + "; ".join(errors))
         progress.report("writing the snapshot", 90)
         out = ws.new_snapshot_path()
-        problems = await asyncio.to_thread(write, str(out), records, spec)
+        problems = await asyncio.to_thread(getattr(agent, "write_snapshot", write), str(out), records, spec)
         idx = await ls.load_snapshot(out)
         if idx is None:
             return {"error": f"could not read back {out}"}

@@ -23,9 +23,20 @@ class Settings:
     maxHintLength: int = 120                # characters of one inlay hint
     maxHoverValues: int = 50                # frames listed in a hover
     binary: str = ""                        # the Go binary exray.yaml is checked against ("": see editing.py)
+    # Snapshots through `exray agent`s (docs/agent.md): their addresses, and the
+    # credentials `exray snapshot --agent-token-file/--agent-ca/…` takes
+    # ("": that flag's $EXRAY_AGENT_* variable, as the CLI does).
+    agents: tuple[str, ...] = ()            # host:port, tcp:host:port or unix:/path
+    agentTokenFile: str = ""
+    agentCa: str = ""
+    agentCert: str = ""
+    agentKey: str = ""
+    agentServerName: str = ""
+    agentDeadline: int = 30                 # seconds each agent may take (exray snapshot --deadline)
 
 
-_LIMITS = {"maxHintLength": (20, 2000), "maxHoverValues": (1, 10000)}
+_LIMITS = {"maxHintLength": (20, 2000), "maxHoverValues": (1, 10000), "agentDeadline": (1, 600)}
+MAX_AGENTS = 256
 
 
 def validate_settings(raw: Any, base: Settings | None = None) -> tuple[Settings, list[str]]:
@@ -46,7 +57,13 @@ def validate_settings(raw: Any, base: Settings | None = None) -> tuple[Settings,
             problems.append(f"unknown Ex-Ray setting {key!r} (known: {', '.join(sorted(known))})")
             continue
         default = getattr(Settings(), key)
-        if isinstance(default, int):
+        if isinstance(default, tuple):
+            got, why = _addresses(v)
+            if why:
+                problems.append(f"setting exray.{key} {why}; using {list(default)}")
+                continue
+            v = got
+        elif isinstance(default, int):
             if not isinstance(v, int) or isinstance(v, bool):
                 problems.append(f"setting exray.{key} must be an integer, not {v!r}; using {default}")
                 continue
@@ -60,6 +77,23 @@ def validate_settings(raw: Any, base: Settings | None = None) -> tuple[Settings,
                 continue
         values[key] = v
     return replace(base, **values), problems
+
+
+def _addresses(v: Any) -> tuple[tuple[str, ...], str | None]:
+    """exray.agents: a list of agent addresses (a single string is one)."""
+    from server.agent_client import AgentUnavailable, target_of
+    if isinstance(v, str):
+        v = [v]
+    if not isinstance(v, (list, tuple)) or len(v) > MAX_AGENTS:
+        return (), f"must be a list of at most {MAX_AGENTS} agent addresses, not {v!r}"
+    for a in v:
+        if not isinstance(a, str) or not a.strip() or "\0" in a or any(c.isspace() for c in a):
+            return (), f"must hold addresses (host:port or unix:/path), not {a!r}"
+        try:
+            target_of(a)
+        except AgentUnavailable as e:
+            return (), f"has a bad address: {e}"
+    return tuple(dict.fromkeys(v)), None
 
 
 @dataclass

@@ -250,6 +250,8 @@ local function on_content_refresh(_, params)
 end
 
 --- setup{cmd = {…}, settings = {maxHintLength = …, …}} (settings: docs/editor.md).
+--- Snapshots through `exray agent`s: settings.agents = { 'host:port', … } with
+--- agentTokenFile, or agentCa/agentCert/agentKey (docs/agent.md, "From the editor").
 function M.setup(opts)
   opts = opts or {}
   local settings = opts.settings or {}
