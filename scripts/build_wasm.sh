@@ -7,6 +7,6 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 cc=$(command -v clang-14 || command -v clang)
 ld=$(command -v wasm-ld-14 || command -v wasm-ld)
 "$cc" --target=wasm32 -O2 -nostdlib -fno-builtin -ffreestanding -Wall -Werror \
-  -fuse-ld="$ld" -Wl,--no-entry -Wl,--export-dynamic -Wl,--initial-memory=131072 \
+  -fuse-ld="$ld" -Wl,--no-entry -Wl,--export-dynamic -Wl,--initial-memory=262144 \
   -Wl,-z,stack-size=65536 -o "$here/agent/wasm/decoder.wasm" "$here/agent/wasm/decoder.c"
 echo "built agent/wasm/decoder.wasm ($(stat -c %s "$here/agent/wasm/decoder.wasm") bytes)"

@@ -213,3 +213,16 @@ def test_a_snapshot_decoded_by_the_module_has_the_reference_rows(monkeypatch):
     assert len(rows(python)) == 40 and rows(wasm) == rows(python)
     decoded = (after["values"] - before["values"]) - (after["unsupported"] - before["unsupported"])
     assert decoded >= 5 * 40 and after["errors"] == before["errors"]
+
+
+def test_a_batch_decodes_each_value_as_alone():
+    rng = random.Random(8080)
+    dec = WasmDecoder()
+    for _ in range(60):
+        case = random_case(rng)
+        blob, image = TypeBlob.build(case.types), Image.of(case.memory.items())
+        batch = dec.decode_batch(blob, image, [(case.type_id, case.data, case.addr, case.frame_left,
+                                                case.snapshot_left)] * 3, case.budgets)
+        plain, raw, used = reference(case)
+        for got in batch:
+            assert got is None or got == (plain, raw, used)

@@ -577,3 +577,35 @@ u32 decode_both(u32 h) {
     result[4] = (u32)(unsigned long)why; result[5] = (u32)(unsigned long)out;
     return st;
 }
+
+// Many values in one call (each header HDR bytes after the previous, each
+// with its own budgets and root): what the agent does for all the values of
+// a snapshot after the resume, one crossing into the module instead of one
+// a value. Per value, in batch_result: status, plain length, raw length,
+// bytes read; the outputs follow each other from the output's start. A
+// value that is not OK has empty outputs, and the batch goes on.
+#define BATCH_MAX 4096
+static u64 batch_result[BATCH_MAX * 4];
+
+__attribute__((export_name("batch_result_ptr"))) u32 batch_result_ptr(void) { return (u32)(unsigned long)batch_result; }
+
+__attribute__((export_name("decode_batch")))
+u32 decode_batch(u32 h, u32 count) {
+    u32 at = 0, done = 0;
+    if (count > BATCH_MAX) count = BATCH_MAX;
+    for (u32 i = 0; i < count; i++) {
+        u32 st = run_one(h + i * HDR, 0, at);
+        u32 n0 = out_len - at;
+        u64 used0 = used;
+        if (st == ST_OK) st = run_one(h + i * HDR, 1, at + n0);
+        u32 n1 = st == ST_OK ? out_len - at - n0 : 0;
+        if (st != ST_OK) { n0 = 0; out_len = at; }
+        batch_result[4 * i] = st; batch_result[4 * i + 1] = n0; batch_result[4 * i + 2] = n1;
+        batch_result[4 * i + 3] = used0;
+        at += n0 + n1;
+        done++;
+        if (st == ST_OUTPUT) break;          // the output is full: the rest is not decoded
+    }
+    return done;
+}
+

@@ -207,8 +207,11 @@ class WasmDecoder:
         self._out_ptr, self._out_len = ex["output_ptr"], ex["output_len"]
         self._used, self._why = ex["bytes_used"], ex["why_ptr"]
         self._decode_at, self._decode_both = ex["decode_at"], ex["decode_both"]
+        self._view, self._view_key = None, None
+        self._decode_batch = ex["decode_batch"]
         self._store.set_fuel(1000)
         self._result = ex["result_ptr"](self._store)
+        self._batch_result = ex["batch_result_ptr"](self._store)
         self._staged = None
 
     _local = threading.local()
@@ -253,15 +256,32 @@ class WasmDecoder:
         key = (id(blob), id(image))
         st = self._staged
         if st is None or st[0] != key or st[3] < HDR.size + root_len:
+            self._staged = None
             static = b"".join(static_parts(blob, image))
             room = HDR.size + max(root_len, 4096)
+            self._store.set_fuel(self.fuel)
             base = self._prepare(self._store, len(static) + room, max(64 << 10, len(static) * OUTPUT_FACTOR))
             if not base:
-                self._staged = None
                 return -1
-            self._mem.write(self._store, static, base)
-            st = self._staged = (key, base, len(static), room, blob, image)   # keeps both alive
+            self._refresh_view()
+            self._view[base:base + len(static)] = static
+            offs, off = [], 0
+            for part in static_parts(blob, image):
+                offs.append(off)
+                off += len(part)
+            tail = (blob.ntypes, offs[0], blob.nfields, offs[1], offs[2], len(blob.names),
+                    image.count, offs[3], offs[4], len(image.data))
+            st = self._staged = (key, base, len(static), room, blob, image, tail)   # keeps both alive
         return st[2]
+
+    def _refresh_view(self) -> None:
+        """A memoryview of the module's linear memory (valid until it grows)."""
+        import ctypes
+        n = self._mem.data_len(self._store)
+        ptr = ctypes.addressof(self._mem.data_ptr(self._store).contents)
+        if self._view_key != (ptr, n):
+            self._view = memoryview((ctypes.c_ubyte * n).from_address(ptr)).cast("B")
+            self._view_key = (ptr, n)
 
     def decode_value(self, blob: TypeBlob, type_id: int, data: bytes | None, addr: int | None,
                      image: Image, budgets: Budgets, *, frame_budget: ByteBudget,
@@ -272,27 +292,34 @@ class WasmDecoder:
         self.stats["values"] += 1
         wt, store = self._wt, self._store
         try:
-            store.set_fuel(self.fuel)          # staging runs module code too
-            at = self._stage(blob, image, len(data or b""))
+            root = data or b""
+            at = self._stage(blob, image, len(root))
             if at < 0:
                 self.stats["errors"] += 1
                 return _error(f"the tables and {len(image.data):,} copied bytes do not fit its memory limit")
-            base = self._staged[1]
-            hdr = header(blob, type_id, data, addr, image, budgets, frame_budget.remaining,
-                         snapshot_budget.remaining, False, root_at=at + HDR.size, static_at=0)
-            mem = self._mem
-            mem.write(store, hdr + (data or b""), base + at)
+            base, tail = self._staged[1], self._staged[6]
+            clamp = (1 << 64) - 1
+            hdr = HDR.pack(MAGIC, min(budgets.string_bytes, NONE), min(budgets.elements, NONE),
+                           min(budgets.depth, NONE), 0, max(0, min(frame_budget.remaining, clamp)),
+                           max(0, min(snapshot_budget.remaining, clamp)), type_id & NONE,
+                           (1 if data is not None else 0) | (2 if addr is not None else 0),
+                           (addr or 0) & clamp, at + HDR.size, len(root), *tail)
+            view = self._view
+            w = base + at
+            view[w:w + HDR.size] = hdr
+            view[w + HDR.size:w + HDR.size + len(root)] = root
             store.set_fuel(self.fuel)
             self._decode_both(store, at)        # the one call into the module for this value
-            status, n0, n1, used, why, out = _RESULT.unpack(mem.read(store, self._result, self._result + 48))
+            self._refresh_view()                # output may have grown the memory
+            view = self._view
+            status, n0, n1, used, why, out = _RESULT.unpack_from(view, self._result)
             if status == ST_UNSUPPORTED:
                 self.stats["unsupported"] += 1
                 raise Unsupported(self._text(why))
             if status != ST_OK:
                 self.stats["errors"] += 1
                 return _error(self._text(why) or f"status {status}")
-            both = bytes(mem.read(store, out, out + n0 + n1))
-            got = [json.loads(both[:n0]), json.loads(both[n0:])]
+            got = [json.loads(bytes(view[out:out + n0])), json.loads(bytes(view[out + n0:out + n0 + n1]))]
         except Unsupported:
             raise
         except wt.Trap as e:
@@ -310,11 +337,69 @@ class WasmDecoder:
         _charge(snapshot_budget, used)
         return got[0], got[1]
 
+    def decode_batch(self, blob: TypeBlob, image: Image, values: list, budgets: Budgets) -> list:
+        """Many values in one call into the module: `values` are (type id,
+        root bytes or None, address or None, frame bytes left, snapshot bytes
+        left); returns per value (plain, raw, bytes read), or None where the
+        module does not decode it (decode that one in Python). Each value's
+        budgets are its own: a caller spending one budget across values
+        charges them in order and cuts where the reference would."""
+        wt, store = self._wt, self._store
+        out: list = []
+        for start in range(0, len(values), 4096):
+            chunk = values[start:start + 4096]
+            roots = b"".join(d or b"" for _, d, _, _, _ in chunk)
+            try:
+                at = self._stage(blob, image, len(chunk) * HDR.size + len(roots))
+                if at < 0:
+                    e = _error("the batch does not fit its memory limit")
+                    return [(e[0], e[1], 0) for _ in values]
+                base, tail = self._staged[1], self._staged[6]
+                clamp = (1 << 64) - 1
+                hdrs, r = [], at + len(chunk) * HDR.size
+                for tid, data, addr, f_left, s_left in chunk:
+                    root = data or b""
+                    hdrs.append(HDR.pack(MAGIC, min(budgets.string_bytes, NONE), min(budgets.elements, NONE),
+                                         min(budgets.depth, NONE), 0, max(0, min(f_left, clamp)),
+                                         max(0, min(s_left, clamp)), tid & NONE,
+                                         (1 if data is not None else 0) | (2 if addr is not None else 0),
+                                         (addr or 0) & clamp, r, len(root), *tail))
+                    r += len(root)
+                payload = b"".join(hdrs) + roots
+                self._refresh_view()
+                self._view[base + at:base + at + len(payload)] = payload
+                store.set_fuel(self.fuel * len(chunk))
+                done = self._decode_batch(store, at, len(chunk))
+                self._refresh_view()
+                view = self._view
+                res = struct.unpack_from(f"<{4 * done}Q", view, self._batch_result)
+                pos = self._out_ptr(store)
+                for i in range(done):
+                    st, n0, n1, used = res[4 * i:4 * i + 4]
+                    if st == ST_OK:
+                        out.append((json.loads(bytes(view[pos:pos + n0])),
+                                    json.loads(bytes(view[pos + n0:pos + n0 + n1])), used))
+                        pos += n0 + n1
+                    elif st == ST_UNSUPPORTED:
+                        out.append(None)
+                    else:
+                        e = _error(f"status {st}")
+                        out.append((e[0], e[1], 0))
+                for _ in range(done, len(chunk)):
+                    e = _error("its output is full")
+                    out.append((e[0], e[1], 0))
+            except wt.Trap as e:
+                self._instantiate()
+                err = _error("ran out of fuel" if "fuel" in str(e) else "trapped")
+                out.extend((err[0], err[1], 0) for _ in range(start + len(chunk) - len(out)))
+        return out
+
     def _text(self, p: int) -> str:
         if not p:
             return ""
-        end = min(p + 200, self._mem.data_len(self._store))
-        return bytes(self._mem.read(self._store, p, end)).split(b"\0", 1)[0].decode("utf-8", "replace")
+        self._refresh_view()
+        raw = bytes(self._view[p:p + 200])
+        return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
 
 
 def _charge(b: ByteBudget, used: int):
