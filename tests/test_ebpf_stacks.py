@@ -141,3 +141,31 @@ def test_nothing_left_in_the_kernel_after_close():
                 pass
     assert len(our_bpf_programs()) == before
     assert not our_uprobes()
+
+
+def test_many_goroutines_take_more_than_one_signal(probe):
+    """6,000 parked goroutines walked frame by frame need more runs than one
+    SIGURG gives (33 tail calls on each of three uprobes): the probe says MORE,
+    the agent signals again, and the walk goes on where it stopped. The
+    snapshot still equals ptrace's."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from bench.run import PauseMeter, build_pausemeter
+    from agent.ebpf import executor as ebpf
+    from agent.ebpf.plan import StackBudgets
+    from agent.snapshot import SnapshotOptions, snapshot_process
+    from server.snapshot_job import load_target
+    binary = build_pausemeter()
+    pm = PauseMeter(binary, 6000)
+    try:
+        target = load_target(str(binary), None, {})
+        opts = SnapshotOptions(executor="ptrace")
+        rec = ebpf.snapshot_process(pm.pid, target, opts, probe=probe, budgets=StackBudgets(full_stack=0))
+        ref = snapshot_process(pm.pid, target, opts)
+    finally:
+        pm.close()
+    assert rec.error is None and rec.probe_report.triggers >= 2, rec.probe_report
+    parked = lambda r: {g.goid: _frames(g) for g in r.goroutines   # noqa: E731
+                        if any(f.function == "main.park" for f in g.frames)}
+    assert len(parked(rec)) == 6000 and parked(rec) == parked(ref)

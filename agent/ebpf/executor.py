@@ -118,6 +118,20 @@ def _exe(pid: int) -> str:
 SIGNAL_PATH = (SIGTRAMP, "runtime.sigtrampgo", "runtime.sighandler")
 
 
+# Up to this many allgs entries one uprobe (sigtramp's 33 runs) walks them
+# in one signal even if every stack is walked frame by frame (128 gs and
+# 256 frames a run); past it, the later uprobes of the signal path too.
+ONE_HOOK_UP_TO = 512
+
+
+def _allglen(pid: int, layout) -> int:
+    """allglen, read before the pause (a plain load of a global); 0 if unreadable."""
+    try:
+        return gr.read_allglen(layout, ProcessMemory(pid))
+    except AgentError:
+        return 0
+
+
 def probe_offsets(binary) -> list[int]:
     """File offsets of SIGNAL_PATH's functions (sigtramp first; the others
     where the binary has them out of line). A uprobe is placed by file offset,
@@ -138,6 +152,8 @@ def probe_offsets(binary) -> list[int]:
 def _paused_walk(pid, target, opts, probe, budgets, rec):
     plan = StackPlan.from_layout(target.layout, pid, gr._G_FIELDS, budgets)
     offsets = probe_offsets(target.binary)
+    if _allglen(pid, target.layout) <= ONE_HOOK_UP_TO:
+        offsets = offsets[:1]     # one uprobe's 33 runs walk it: detaching the others costs 0.1 s each
     runner = pick_runner(pid)   # the thread left running: SIGURG sends it into sigtramp
     with probe.attached(pid, f"/proc/{pid}/exe", offsets):
         probe.prepare(plan)
