@@ -99,6 +99,7 @@ class GTable:
         self._chunks, self.addrs = _read_runs(mem, sorted(addrs), self.stride)
         self._cols: dict[str, list[int]] = {}
         self._arrays: dict = {}
+        self._uarrays: dict = {}
         self._named: list[tuple[str, list[int]]] | None = None
 
     def column(self, name: str) -> list[int]:
@@ -109,7 +110,7 @@ class GTable:
         return col
 
     def _parse(self, name: str) -> list[int]:
-        return self._unsigned(name).tolist()
+        return self._unsigned_cached(name).tolist()
 
     def _unsigned(self, name: str):
         import numpy as np
@@ -120,12 +121,18 @@ class GTable:
                             strides=(spacing,)) for mv, start, count, spacing in self._chunks]
         return np.concatenate(parts) if parts else np.zeros(0, np.uint64)
 
+    def _unsigned_cached(self, name: str):
+        got = self._uarrays.get(name)
+        if got is None:
+            got = self._uarrays[name] = self._unsigned(name)
+        return got
+
     def array(self, name: str):
         """column(name) as a numpy int64 array, for the pause's column work."""
         import numpy as np
         got = self._arrays.get(name)
         if got is None:
-            got = self._arrays[name] = self._unsigned(name).astype(np.int64)
+            got = self._arrays[name] = self._unsigned_cached(name).astype(np.int64)
         return got
 
     def live_rows(self) -> list[int]:
@@ -149,7 +156,8 @@ class GTable:
     def raw(self, i: int, names=None) -> RawG:
         """Row i as a RawG; `names` limits the fields (in the pause, parse only what is used)."""
         if names is not None:
-            return RawG(self.addrs[i], {k: self.column(k)[i] for k in names if k in self.layout.g_offsets})
+            return RawG(self.addrs[i], {k: int(self._unsigned_cached(k)[i]) for k in names
+                                        if k in self.layout.g_offsets})
         if self._named is None:
             self._named = [(k, self.column(k)) for k in _G_FIELDS if k in self.layout.g_offsets]
         return RawG(self.addrs[i], {k: col[i] for k, col in self._named})

@@ -379,8 +379,12 @@ class Run:
     # -- scheduling
 
     def add(self, addrs, sizes, frames, cont, **payload) -> None:
+        """Schedule reads for the next level; every size must be > 0 (the
+        callers filter: an empty read is no read)."""
         if len(frames):
             if np.ndim(sizes) == 0:
+                if sizes <= 0:
+                    return
                 sizes = np.full(len(addrs), sizes, np.int64)
             self.pending.append((addrs, sizes, frames, cont, payload))
 
@@ -401,16 +405,9 @@ class Run:
 
     def _level(self) -> None:
         groups, self.pending = self.pending, []
-        keep = []
-        for g in groups:
-            sizes, frames = g[1], g[2]
-            m = sizes > 0
-            if self.any_bad:
-                m &= ~self.bad[frames]
-            if not m.all():
-                g = _subset(g, m)
-            if len(g[2]):
-                keep.append(g)
+        keep = groups
+        if self.any_bad:
+            keep = [k for k in (_subset(g, ~self.bad[g[2]]) for g in groups) if len(k[2])]
         if not keep:
             return
         if len(keep) == 1:
@@ -496,6 +493,61 @@ class Run:
         d = _words(buf, off + data_off)
         k = d != 0
         self.run_ops(ops, i + 1, tid, None, None, d[k], frames[k])
+
+    def _c_mapidx_hdr(self, buf, w, off, addr, frames, p):
+        m = self.prog.maps[p["ops"][p["i"]][1]]
+        dp, dl = w[off + m["dir_ptr"]], w[off + m["dir_len"]]
+        self.mark(frames[dl != 0], "a map index on a map with a table directory")
+        one = (dl == 0) & (dp != 0)          # dp == 0: no group yet, the key is not there
+        self.add(dp[one], m["group"], frames[one], "mapidx_group", ops=p["ops"], i=p["i"], tid=p["tid"])
+
+    def _c_mapidx_group(self, buf, w, off, addr, frames, p):
+        """The full slots whose key may equal the wanted one; string keys of the
+        wanted length are read (all of them: the reference stops at the match)."""
+        ops, i = p["ops"], p["i"]
+        m, key = self.prog.maps[ops[i][1]], ops[i][2]
+        ctrl = buf[off[:, None] + m["ctrl"] + _R8]
+        full = (ctrl & 0x80) == 0
+        koff = off[:, None] + m["keys"] + np.arange(8) * m["key_stride"]       # rows x slots
+        kind = m["key_kind"]
+        if kind == "string":
+            want = str(key).encode()
+            klen = w[(koff + m["key_len"]).ravel()].reshape(koff.shape)
+            cand = full & (klen == len(want))
+            if len(want):
+                r, si = np.nonzero(cand)
+                kp = w[(koff[r, si] + m["key_str"])]
+                return self.add(kp, len(want), frames[r], "mapidx_key", ops=ops, i=i, tid=p["tid"],
+                                row=r, si=si, gaddr=addr[r])
+            hit = cand
+        elif kind == "bool":
+            hit = full & ((buf[koff] != 0) == bool(key))
+        else:
+            try:
+                want = np.frombuffer(int(key).to_bytes(m["key_size"], "little", signed=kind == "int"),
+                                     np.uint8)
+            except OverflowError:            # no key of this type equals it
+                return
+            kb = buf[koff[:, :, None] + np.arange(m["key_size"])]
+            hit = full & (kb == want).all(axis=2)
+        r, si = np.nonzero(hit)
+        self._found(r, si, addr[r], frames[r], p)
+
+    def _c_mapidx_key(self, buf, w, off, addr, frames, p):
+        ops, i = p["ops"], p["i"]
+        want = np.frombuffer(str(ops[i][2]).encode(), np.uint8)
+        same = (buf[off[:, None] + np.arange(len(want))] == want).all(axis=1)
+        self._found(p["row"][same], p["si"][same], p["gaddr"][same], frames[same], p)
+
+    def _found(self, row, si, gaddr, frames, p) -> None:
+        """The first matching slot of each lookup (rows in slot order): its elem
+        is where the remaining ops go on."""
+        if not len(row):
+            return
+        _, first = np.unique(row, return_index=True)
+        m = self.prog.maps[p["ops"][p["i"]][1]]
+        elem = gaddr[first] + m["elems"] + si[first] * m["elem_stride"]
+        self.run_ops(p["ops"], p["i"] + 1, p["tid"], None, None, elem, frames[first])
 
     def _c_itab(self, buf, w, off, addr, frames, p):
         self.dyn(w[off], p["data"], p["dbuf"], p["doff"], frames, p["depth"])
@@ -666,7 +718,7 @@ class Run:
                     return self.add(addr, 8, frames, "ops", ops=ops, i=i, tid=tid)
                 p = _words(buf, off)
                 m = p != 0
-                self.add(p[m] + op[1], op[2], frames[m], "leaf")
+                self.add(p[m] + op[1], op[2], frames[m], "leaf")     # op[2] > 0: an int's size
                 return
             elif name == "assert":            # x.(T): T's runtime type, then its data
                 _, rtype_off, type_off, itab_off, data_off, direct, _name = op
@@ -681,6 +733,15 @@ class Run:
                 if itab_off >= 0:
                     return self.add(word[live] + itab_off, 8, frames[live], "assert", **state)
                 return self._asserted(word[live], frames[live], state)
+            elif name == "map_index":         # m[key]: the slot that holds key (swiss, one group)
+                if buf is None:
+                    return self.add(addr, 8, frames, "ops", ops=ops, i=i, tid=tid)
+                m = self.prog.maps.get(op[1])
+                p = _words(buf, off)
+                live = p != 0                 # a nil map: "not present", nothing read
+                if m is None:
+                    return self.mark(frames[live], "a map index on a map the program doesn't walk")
+                return self.add(p[live], m["header"], frames[live], "mapidx_hdr", ops=ops, i=i, tid=tid)
             else:
                 return self.mark(frames, f"the {name!r} op")
             i += 1
@@ -741,14 +802,16 @@ def coalesce(addrs: np.ndarray, sizes: np.ndarray):
         order = np.argsort(addrs)
         a = addrs[order]
         e = a + sizes[order]
-    runmax = np.maximum.accumulate(e)
+    # A range starts a new read when it begins past the page after the one the
+    # range before it ends in. (A long range that covers later short ones may
+    # leave groups that overlap: harmless, they are read twice. No running
+    # maximum: np.maximum.accumulate is a scalar loop, several times slower.)
     new = np.ones(len(a), bool)
-    new[1:] = (a[1:] >> PAGE_SHIFT) > ((runmax[:-1] - 1) >> PAGE_SHIFT) + 1
+    new[1:] = (a[1:] >> PAGE_SHIFT) > ((e[:-1] - 1) >> PAGE_SHIFT) + 1
     firsts = np.flatnonzero(new)
-    lasts = np.append(firsts[1:], len(a)) - 1
     starts = a[firsts]
     gid = np.searchsorted(starts, addrs, side="right") - 1
-    return starts, runmax[lasts], gid
+    return starts, np.maximum.reduceat(e, firsts), gid
 
 
 def read_coalesced(mem, addrs: np.ndarray, sizes: np.ndarray):

@@ -485,7 +485,7 @@ def _program_in_pause(target, opts, mem, paused, rec, table, live, ms, addrs, st
     copies = Copies(target_pid(mem))
     n = len(live)
     live_a = np.array(live, np.int64)
-    col = lambda name: np.array(table.column(name), np.int64)[live_a] if n else np.zeros(0, np.int64)
+    col = lambda name: table.array(name)[live_a] if n else np.zeros(0, np.int64)
     sys_sp, sys_pc, sys_bp = col("syscallsp"), col("syscallpc"), col("syscallbp")
     pc0 = np.where(sys_sp != 0, sys_pc, col("sched.pc"))
     bp0 = np.where(sys_sp != 0, sys_bp, col("sched.bp"))

@@ -192,7 +192,11 @@ class _Compiler:
             return f"{t.name}: unexpected header field sizes"
         self.shape(key.id)
         self.shape(elem.id)
+        kk = {Kind.STRING: "string", Kind.BOOL: "bool", Kind.INT: "int"}.get(key.kind, "uint")
+        ks, kl = (key.field("str"), key.field("len")) if key.kind == Kind.STRING else (None, None)
         self.prog.maps[t.id] = {"header": header.size, "used": off["used"][0],
+                                "key_kind": kk, "key_size": key.size,
+                                "key_str": ks.offset if ks else 0, "key_len": kl.offset if kl else 8,
                                 "dir_ptr": off["dirPtr"][0], "dir_len": off["dirLen"][0],
                                 "group": g.size, "ctrl": g.ctrl, "keys": g.keys,
                                 "key_stride": g.key_stride, "elems": g.elems,

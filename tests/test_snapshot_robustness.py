@@ -272,11 +272,12 @@ HARD_MARGIN_MS = 50.0
 BASELINE_S = 3.0
 
 
-# With captures on (the read program copies them in the pause), the same bounds.
+# With captures on (the read program copies them in the pause), the same
+# bounds over as many snapshots.
 WORKER_SPEC = "version: 1\nfunctions:\n  main.worker:\n    capture: [id]\n"
 
 
-@pytest.mark.parametrize("spec_text,n", [(None, None), (WORKER_SPEC, 200)], ids=["stacks", "captures"])
+@pytest.mark.parametrize("spec_text,n", [(None, None), (WORKER_SPEC, None)], ids=["stacks", "captures"])
 def test_thousand_snapshots_never_harm_the_target(go_build, spec_text, n):
     binary = go_build("ptrace_target")
     spec = parse_spec(spec_text) if spec_text else None
