@@ -299,12 +299,13 @@ class PauseMeter:
                 self.proc.stdout.close()
 
 
-def exray_once(pm: PauseMeter, spec=None, opts=None) -> tuple[float, float, float, object]:
-    """reset -> snapshot -> gap: (gap the target saw, Ex-Ray's pause_ns, wall time, record)."""
+def exray_once(pm: PauseMeter, spec=None, opts=None, cache: dict | None = None) -> tuple[float, float, float, object]:
+    """reset -> snapshot -> gap: (gap the target saw, Ex-Ray's pause_ns, wall time, record).
+    `cache`: targets kept across snapshots, as the agent and the editor keep them."""
     from server.snapshot_job import snapshot_pids
     pm.reset()
     t0 = time.perf_counter()
-    [rec] = snapshot_pids([pm.pid], spec, opts)
+    [rec] = snapshot_pids([pm.pid], spec, opts, cache=cache)
     wall = time.perf_counter() - t0
     gap = pm.gap_s()
     if rec.error:
@@ -393,17 +394,26 @@ REQUEST_SPEC = "version: 1\nfunctions:\n  main.serve:\n    capture: [req]\n"
 
 def bench_capture(binary: Path, n: int, reps: int, executors: list[str]) -> dict:
     """Issue 11's capture load: n goroutines parked in main.serve, each frame
-    capturing its whole request; Ex-Ray's pause per executor beside Go's own
-    dump of the same process, interleaved."""
+    capturing its whole request; Ex-Ray's pause per executor, and without a
+    spec ("stacks"), beside Go's own dump of the same process, interleaved.
+    Targets are kept across snapshots (as the agent keeps them): the pause
+    is the same, the wall time leaves out loading the binary each time."""
     from agent.snapshot import SnapshotOptions
     from probe_compiler.spec import parse_spec
     spec = parse_spec(REQUEST_SPEC)
     pm = PauseMeter(binary, n, requests=True)
-    out: dict = {e: {"gap": [], "pause": [], "wall": []} for e in executors}
+    kinds = [*executors, "stacks"]
+    out: dict = {e: {"gap": [], "pause": [], "wall": []} for e in kinds}
     out["dump"] = {"gap": [], "took": []}
+    caches = {e: {} for e in kinds}
+
+    def once(e):
+        if e == "stacks":
+            return exray_once(pm, None, SnapshotOptions(), caches[e])
+        return exray_once(pm, spec, SnapshotOptions(capture_executor=e), caches[e])
     try:
-        for e in executors:   # warm-up: DWARF index, plan, read program
-            _, _, _, rec = exray_once(pm, spec, SnapshotOptions(capture_executor=e))
+        for e in kinds:   # warm-up: DWARF index, plan, read program
+            _, _, _, rec = once(e)
             caps = [c for g in rec.goroutines for c in g.captures]
             bad = [c.errors for c in caps if c.errors]
             print(f"  {e} warm-up: {len(caps)} main.serve rows, {len(bad)} with _errors"
@@ -411,13 +421,36 @@ def bench_capture(binary: Path, n: int, reps: int, executors: list[str]) -> dict
             if caps:
                 print(f"    e.g. {json.dumps(caps[-1].values)[:300]}", flush=True)
         for _ in range(reps):
-            for e in executors:
-                g, p, w, _ = exray_once(pm, spec, SnapshotOptions(capture_executor=e))
+            for e in kinds:
+                g, p, w, _ = once(e)
                 out[e]["gap"].append(g); out[e]["pause"].append(p); out[e]["wall"].append(w)
             g, took = dump_once(pm)
             out["dump"]["gap"].append(g); out["dump"]["took"].append(took)
     finally:
         pm.close()
+    return out
+
+
+def bench_skew(binary: Path, n: int, reps: int) -> dict:
+    """Two pausemeter processes (n goroutines each, whole-request captures)
+    in one snapshot: each one's pause and how far apart the pauses started."""
+    from probe_compiler.spec import parse_spec
+    from server.snapshot_job import snapshot_pids
+    spec = parse_spec(REQUEST_SPEC)
+    a, b = PauseMeter(binary, n, requests=True), PauseMeter(binary, n, requests=True)
+    out: dict = {"skew": [], "pause": []}
+    try:
+        cache: dict = {}
+        snapshot_pids([a.pid, b.pid], spec, cache=cache)    # warm-up
+        for _ in range(reps):
+            recs = snapshot_pids([a.pid, b.pid], spec, cache=cache)
+            if any(r.error for r in recs):
+                raise RuntimeError(f"two-process snapshot failed: {[r.error for r in recs]}")
+            out["skew"].append(max(r.pause_skew_ns for r in recs) / 1e9)
+            out["pause"] += [r.pause_ns / 1e9 for r in recs]
+    finally:
+        a.close()
+        b.close()
     return out
 
 
@@ -434,7 +467,7 @@ def print_capture(results: dict) -> None:
                 t.add(f"N={n} Ex-Ray {e}: snapshot wall time", v["wall"])
         d = med(r["dump"]["gap"])
         for e, v in r.items():
-            if e != "dump" and d:
+            if e not in ("dump", "skew") and d:
                 t.note(f"N={n} {e} / Go dump (gap medians)", f"{med(v['gap']) / d:.2f}")
     t.print("2b. Whole-request captures (issue 11): Ex-Ray's pause beside Go's dump")
 
@@ -583,12 +616,12 @@ def phase_breakdown(binary: Path, n: int, reps: int, spec_text: str | None = Non
 
 
 def profile_pause(binary: Path, n: int, spec_text: str | None = None, top: int = 18) -> None:
-    """cProfile of agent.snapshot._paused_read (the paused section) in one snapshot."""
+    """cProfile of agent.snapshot._read_in_pause (the paused section) in one snapshot."""
     import agent.snapshot as snap
     from probe_compiler.spec import parse_spec
     spec = parse_spec(spec_text) if spec_text else None
     pm = PauseMeter(binary, n)
-    orig = snap._paused_read
+    orig = snap._read_in_pause
     prof = cProfile.Profile()
 
     def profiled(*a, **kw):
@@ -599,15 +632,15 @@ def profile_pause(binary: Path, n: int, spec_text: str | None = None, top: int =
             prof.disable()
     try:
         exray_once(pm, spec)  # warm-up, unprofiled
-        snap._paused_read = profiled
+        snap._read_in_pause = profiled
         try:
             g, p, _, _ = exray_once(pm, spec)
         finally:
-            snap._paused_read = orig
+            snap._read_in_pause = orig
     finally:
         pm.close()
     what = "with captures" if spec_text else "no spec"
-    print(f"\n== 3b. cProfile of the paused section (agent.snapshot._paused_read), N={n}, {what}")
+    print(f"\n== 3b. cProfile of the paused section (agent.snapshot._read_in_pause), N={n}, {what}")
     print(f"(profiled run: gap {g * 1e3:.1f} ms, pause_ns {p * 1e3:.1f} ms; cProfile inflates both)")
     for key in ("tottime", "cumulative"):
         s = io.StringIO()
@@ -629,7 +662,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default="100,1000,10000")
     ap.add_argument("--capture-sizes", default="1000,10000",
                     help="goroutines of the whole-request capture load (section 2b)")
-    ap.add_argument("--only-captures", action="store_true", help="run section 2b only")
+    ap.add_argument("--only-captures", action="store_true", help="run sections 2b and 2c only")
+    ap.add_argument("--no-reference", action="store_true",
+                    help="2b without the reference executor (about 0.6 s a pause at 1,000)")
     ap.add_argument("--child-dwarf", nargs=2, metavar=("BINARY", "CACHE_DIR"), help=argparse.SUPPRESS)
     ap.add_argument("--lookup", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -657,12 +692,21 @@ def main(argv: list[str] | None = None) -> int:
 
     cap_results: dict = {}
     for n in [int(s) for s in args.capture_sizes.split(",") if s]:
-        reps = 3 if args.quick else (11 if n < 10000 else 7)
-        executors = ["program", "reference"] if n <= 1000 else ["program"]
-        print(f"\nwhole-request captures, N={n}: {reps} repetitions of {executors} and Go's dump", flush=True)
+        reps = 3 if args.quick else 11
+        executors = ["program", "reference"] if n <= 1000 and not args.no_reference else ["program"]
+        print(f"\nwhole-request captures, N={n}: {reps} repetitions of {executors}, stacks only "
+              "and Go's dump", flush=True)
         cap_results[n] = bench_capture(binary, n, reps, executors)
     if cap_results:
         print_capture(cap_results)
+        n = min(cap_results)
+        reps = 3 if args.quick else 11
+        print(f"\ntwo processes of N={n} in one snapshot: {reps} repetitions", flush=True)
+        r = bench_skew(binary, n, reps)
+        t = Table()
+        t.add(f"N={n} x 2: pause start skew (max of the two)", r["skew"])
+        t.add(f"N={n} x 2: each process's pause_ns", r["pause"])
+        t.print("2c. Two processes paused together (issue 11)")
 
     if not args.no_profile and sizes:
         n = max(sizes)
