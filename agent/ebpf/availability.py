@@ -46,9 +46,11 @@ def _why() -> str | None:
                 "--system-site-packages (scripts/setup.sh does both)")
     release = os.uname().release
     build = f"/lib/modules/{release}/build"
-    if not os.environ.get("BCC_KERNEL_SOURCE") and not os.path.exists(os.path.join(build, "include")):
-        return (f"no kernel headers at {build} for bcc's compile: install linux-headers-amd64 and "
-                "link build/source to its -amd64/-common folders (scripts/setup.sh does)")
+    if not os.environ.get("BCC_KERNEL_SOURCE") and not os.path.exists(os.path.join(build, "include")) \
+            and not _cached():
+        return (f"no kernel headers at {build} for bcc's compile (and no compiled probe cached for this "
+                "kernel): install linux-headers-amd64 and link build/source to its -amd64/-common "
+                "folders (scripts/setup.sh does)")
     if not (os.path.exists("/sys/bus/event_source/devices/uprobe/type")
             or os.path.exists("/sys/kernel/tracing/uprobe_events")
             or os.path.exists("/sys/kernel/debug/tracing/uprobe_events")):
@@ -61,3 +63,15 @@ def _why() -> str | None:
     except OSError:
         pass
     return None
+
+
+def _cached() -> bool:
+    """A compiled probe for this kernel is in the cache (no compiler needed)."""
+    from . import loader
+    from .probe import cflags, SOURCE
+    try:
+        key = loader.cache_key(SOURCE.read_text(), cflags())
+    except OSError:
+        return False
+    return (loader.cache_dir() / f"{key}.json").exists()
+

@@ -9,10 +9,11 @@
 
 Everything the probe needs about a target comes through maps (plan.py); the
 BPF C (probe.bpf.c) never changes per binary or per request, so it is
-compiled once per agent process (`_compiled`, keyed by its text and flags)
-and only loaded per StackProbe. `close()` (or the with-statement) detaches
-every uprobe this object attached, frees the ring buffer and closes every
-program and map: nothing is left in the kernel on any path, errors included.
+compiled once per machine and kernel and cached (loader.py: a cache hit needs
+no compiler) and only loaded (verified) per StackProbe. `close()` (or the
+with-statement) detaches every uprobe this object attached, frees the ring
+buffer and closes every program and map: nothing is left in the kernel on
+any path, errors included.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import ctypes as ct
 import os
 import select
 import signal
+import struct
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,7 +29,10 @@ from pathlib import Path
 
 from ..errors import AgentError
 from ..ptrace import tgkill
-from .plan import StackPlan
+from . import loader
+from .plan import _PLAN, StackPlan
+
+_PLAN_SIZE = _PLAN.size
 
 SOURCE = Path(__file__).with_name("probe.bpf.c")
 RINGBUF_PAGES = 8192           # 32 MiB: ~10,000 goroutines of 30 frames
@@ -60,41 +65,59 @@ class RunReport:
     probe_ns: int = 0          # from the probe's first run's start to its last run's end
 
 
+# struct state (probe.bpf.c), as the map holds it.
+_STATE = struct.Struct("<4I8Q2I6Q2Q2IQ16Q")
+_STATE_FIELDS = ("phase", "stage", "triggers", "tail_calls", "arr", "n", "gi", "nwork", "wi", "fp", "lo",
+                 "hi", "gframes", "cur", "records", "dropped", "frames", "gs", "read_errors",
+                 "budget_cuts", "t_first", "t_last", "runs", "pad2", "gbuf_at")
+PROGRAMS = ["on_sigtramp", "on_more", "gstart", "frames"]
+STAGES = ("gstart", "frames")          # progs[0], progs[1]: the tail-call targets
+
+
+def cflags(ringbuf_pages: int = RINGBUF_PAGES) -> list[str]:
+    """The probe's compile-time sizes (the same for every target and request)."""
+    return [f"-DRINGBUF_PAGES={ringbuf_pages}", f"-DGS_STEPS={GS_STEPS}", f"-DFR_STEPS={FR_STEPS}"]
+
+
+class _State:
+    def __init__(self, raw: bytes):
+        self.__dict__.update(zip(_STATE_FIELDS, _STATE.unpack_from(raw)))
+
+
 class StackProbe:
     def __init__(self, ringbuf_pages: int = RINGBUF_PAGES):
-        try:
-            from bcc import BPF
-        except ImportError as e:
-            raise ProbeError("bcc is not importable (Debian's python3-bpfcc; run scripts/setup.sh)") from e
-        self._BPF = BPF
         self._uprobes: dict[int, list] = {}     # pid -> [(perf event fd, event name)]
         self._records: list[bytes] = []
-        self._bpf = None
+        self._kern = None
+        self._ring = None
         self._epoll = None
+        self.from_cache = False
         try:
-            self._bpf = BPF(text=SOURCE.read_text(), cflags=[
-                f"-DRINGBUF_PAGES={ringbuf_pages}", f"-DGS_STEPS={GS_STEPS}", f"-DFR_STEPS={FR_STEPS}"])
-            self._entry = self._bpf.load_func(b"on_sigtramp", BPF.KPROBE)
-            self._more = self._bpf.load_func(b"on_more", BPF.KPROBE)
-            progs = self._bpf[b"progs"]
-            for i, name in enumerate((b"gstart", b"frames")):
-                fn = self._bpf.load_func(name, BPF.KPROBE)
-                progs[ct.c_int(i)] = ct.c_int(fn.fd)
-            self._plan = self._bpf[b"plan"]
-            self._state = self._bpf[b"state"]
-            self._regs = self._bpf[b"regs"]
-            out = self._bpf[b"out"]
-            self._cb = out.open_ring_buffer(self._on_record)
+            from bcc.libbcc import _RINGBUF_CB_TYPE, lib
+        except ImportError as e:
+            raise ProbeError("bcc is not importable (Debian's python3-bpfcc; run scripts/setup.sh)") from e
+        self._lib = lib
+        try:
+            obj, self.from_cache = loader.compiled(SOURCE.read_text(), cflags(ringbuf_pages), PROGRAMS)
+            self._kern = kern = loader.load(obj)
+            if kern.specs["state"].value_size != _STATE.size or kern.specs["plan"].value_size != _PLAN_SIZE:
+                raise ProbeError("probe.bpf.c's state or plan struct does not match probe.py/plan.py")
+            for i, name in enumerate(STAGES):
+                self._update("progs", struct.pack("<I", i), struct.pack("<I", kern.progs[name]))
+            self._cb = _RINGBUF_CB_TYPE(self._on_record)
+            self._ring = lib.bpf_new_ringbuf(kern.maps["out"], self._cb, None)
+            if not self._ring:
+                raise ProbeError("opening the probe's ring buffer failed")
             # The probe wakes this epoll only when a run stops (a K_MARK record
             # with BPF_RB_FORCE_WAKEUP; the others ask for no wakeup), so the
             # agent sleeps while the target's thread runs the probe instead of
             # spinning on a CPU it may need.
             self._epoll = select.epoll()
-            self._epoll.register(out.map_fd, select.EPOLLIN | select.EPOLLET)
+            self._epoll.register(kern.maps["out"], select.EPOLLIN | select.EPOLLET)
         except BaseException as e:
             self.close()
-            if isinstance(e, Exception) and not isinstance(e, ProbeError):
-                raise ProbeError(f"loading the eBPF stack probe failed: {e}") from e
+            if isinstance(e, loader.LoadError):
+                raise ProbeError(str(e)) from e
             raise
 
     # -- lifetime
@@ -105,20 +128,20 @@ class StackProbe:
         if self._epoll is not None:
             self._epoll.close()
             self._epoll = None
-        if self._bpf is not None:
-            bpf, self._bpf = self._bpf, None
+        if self._ring:
+            self._lib.bpf_free_ringbuf(self._ring)
+            self._ring = None
+        if self._kern is not None:
+            kern, self._kern = self._kern, None
             try:
                 # The stages tail-call through `progs`, which they reference:
                 # emptying it now frees the programs at once (the kernel would
                 # only clear it from a work queue once the map's fds are closed).
-                progs = bpf[b"progs"]
-                for i in range(2):
-                    try:
-                        del progs[ct.c_int(i)]
-                    except (KeyError, OSError):
-                        pass
+                for i in range(len(STAGES)):
+                    key = ct.c_uint(i)
+                    self._lib.bpf_delete_elem(kern.maps["progs"], ct.byref(key))
             finally:
-                bpf.cleanup()
+                kern.close()
 
     def __enter__(self) -> "StackProbe":
         return self
@@ -128,7 +151,7 @@ class StackProbe:
 
     @property
     def closed(self) -> bool:
-        return self._bpf is None
+        return self._kern is None
 
     # -- uprobes
 
@@ -143,41 +166,38 @@ class StackProbe:
         self._uprobes[pid] = []
         try:
             for i, offset in enumerate(offsets):
-                self._attach_one(pid, path, offset, self._entry if i == 0 else self._more)
+                self._attach_one(pid, path, offset, self._kern.progs["on_sigtramp" if i == 0 else "on_more"])
             yield
         finally:
             self._detach(pid)
 
-    def _attach_one(self, pid: int, path: str, offset: int, fn) -> None:
-        from bcc.libbcc import lib
+    def _attach_one(self, pid: int, path: str, offset: int, prog_fd: int) -> None:
         ev = f"exray_{os.getpid()}_{pid}_{offset:x}".encode()
-        fd = lib.bpf_attach_uprobe(fn.fd, 0, ev, path.encode(), offset, pid)
+        fd = self._lib.bpf_attach_uprobe(prog_fd, 0, ev, path.encode(), offset, pid)
         if fd < 0:
             raise ProbeError(f"attaching a uprobe to {path}+{offset:#x} for pid {pid} failed "
                              f"({os.strerror(ct.get_errno() or 1)})")
         self._uprobes[pid].append((fd, ev))
 
     def _detach(self, pid: int) -> None:
-        from bcc.libbcc import lib
         for fd, ev in self._uprobes.pop(pid, ()):
-            lib.bpf_close_perf_event_fd(fd)
-            lib.bpf_detach_uprobe(ev)      # a tracefs event, when bcc had to make one
+            self._lib.bpf_close_perf_event_fd(fd)
+            self._lib.bpf_detach_uprobe(ev)      # a tracefs event, when bcc had to make one
 
     # -- one run
 
     def prepare(self, plan: StackPlan) -> None:
         """Before the pause: the plan in, the state idle, no regs, no old records."""
         self._check_open()
-        self._plan[ct.c_int(0)] = self._plan.Leaf.from_buffer_copy(plan.pack())
+        self._update("plan", struct.pack("<I", 0), plan.pack())
         self._set_phase(PH_IDLE)
-        self._regs.clear()
+        self._clear_regs()
         self.drain()
 
     def set_thread_regs(self, regs: dict) -> None:
         """tid -> (pc, sp, bp) of the stopped threads, for running goroutines."""
-        leaf, key = self._regs.Leaf, self._regs.Key
         for tid, (pc, sp, bp) in regs.items():
-            self._regs[key(tid)] = leaf(pc, sp, bp)
+            self._update("regs", struct.pack("<I", tid), struct.pack("<3Q", pc, sp, bp))
 
     def trigger(self, pid: int, tid: int, deadline_ns: int) -> RunReport:
         """Arm, SIGURG the unstopped thread tid, and wait for the probe to finish
@@ -190,7 +210,7 @@ class StackProbe:
             tgkill(pid, tid, signal.SIGURG)
             sent, last_runs = t0, -1
             while True:
-                st = self._state[ct.c_int(0)]
+                st = self._read_state()
                 phase = st.phase
                 if phase == PH_DONE:
                     break
@@ -229,7 +249,7 @@ class StackProbe:
         """Every record in the ring buffer, in order; empties it."""
         self._check_open()
         self._records = []
-        self._bpf.ring_buffer_consume()
+        self._lib.bpf_consume_ringbuf(self._ring)
         out, self._records = self._records, []
         return out
 
@@ -239,11 +259,32 @@ class StackProbe:
         self._records.append(ct.string_at(data, size))
         return 0
 
+    def _update(self, name: str, key: bytes, value: bytes) -> None:
+        k, v = ct.create_string_buffer(key, len(key)), ct.create_string_buffer(value, len(value))
+        if self._lib.bpf_update_elem(self._kern.maps[name], k, v, 0) < 0:
+            raise ProbeError(f"updating the probe's {name} map failed ({os.strerror(ct.get_errno() or 1)})")
+
+    def _read_state(self) -> _State:
+        k, v = ct.c_uint(0), ct.create_string_buffer(_STATE.size)
+        if self._lib.bpf_lookup_elem(self._kern.maps["state"], ct.byref(k), v) < 0:
+            raise ProbeError("reading the probe's state failed")
+        return _State(v.raw)
+
     def _set_phase(self, phase: int) -> None:
-        leaf = self._state.Leaf()
-        leaf.phase = phase
-        self._state[ct.c_int(0)] = leaf
+        self._update("state", struct.pack("<I", 0), struct.pack("<I", phase) + bytes(_STATE.size - 4))
+
+    def _clear_regs(self) -> None:
+        fd, key, nxt = self._kern.maps["regs"], ct.c_uint(0), ct.c_uint(0)
+        keys = []
+        if self._lib.bpf_get_first_key(fd, ct.byref(key), 4) == 0:
+            keys.append(key.value)
+            while self._lib.bpf_get_next_key(fd, ct.byref(key), ct.byref(nxt)) == 0:
+                keys.append(nxt.value)
+                key.value = nxt.value
+        for k in keys:
+            kk = ct.c_uint(k)
+            self._lib.bpf_delete_elem(fd, ct.byref(kk))
 
     def _check_open(self) -> None:
-        if self._bpf is None:
+        if self._kern is None:
             raise ProbeError("the probe is closed")
