@@ -169,3 +169,24 @@ def test_many_goroutines_take_more_than_one_signal(probe):
     parked = lambda r: {g.goid: _frames(g) for g in r.goroutines   # noqa: E731
                         if any(f.function == "main.park" for f in g.frames)}
     assert len(parked(rec)) == 6000 and parked(rec) == parked(ref)
+
+
+def test_two_processes_are_paused_together(probe):
+    """Two processes in one eBPF snapshot: both are stopped before either is
+    walked (how close their pause starts are is the bench's business), and
+    each gets its own goroutines (records split by the thread that ran each
+    walk)."""
+    from agent.ebpf import executor as ebpf
+    from agent.snapshot import SnapshotOptions
+    from server.snapshot_job import load_target
+    binary = build("states")
+    with run_target(binary, dump=False) as a, run_target(binary, dump=False) as b:
+        target = load_target(str(binary), None, {})
+        recs = ebpf.snapshot_together([(a.pid, target), (b.pid, target)], SnapshotOptions(), probe)
+    assert [r.error for r in recs] == [None, None]
+    assert [r.pid for r in recs] == [a.pid, b.pid]
+    for r in recs:
+        names = {f.function for g in r.goroutines for f in g.frames}
+        assert set(NAMED) <= names
+    assert sorted(r.pause_skew_ns for r in recs)[0] == 0
+    assert min(r.probe_report.sent_at_ns for r in recs) >= max(r.pause_start_ns for r in recs)

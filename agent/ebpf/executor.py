@@ -22,6 +22,7 @@ import os
 import socket
 import threading
 import time
+from contextlib import ExitStack
 
 from .. import goroutines as gr
 from ..errors import AgentError
@@ -34,7 +35,7 @@ from ..unwind import StackImage, unwind
 from .availability import why_unavailable
 from .plan import StackBudgets, StackPlan
 from .probe import ProbeError, StackProbe
-from .records import F_FULL, START_REGS, START_SYSCALL, ProbeGoroutine, parse
+from .records import F_FULL, K_THREAD, START_REGS, START_SYSCALL, ProbeGoroutine, parse
 
 EXECUTORS = ("ptrace", "ebpf", "auto")
 SIGTRAMP = "runtime.sigtramp"
@@ -79,30 +80,145 @@ def choose(executor: str, target) -> tuple[str, str | None]:
 
 def snapshot_process(pid: int, target, opts, probe: StackProbe | None = None,
                      budgets: StackBudgets | None = None) -> ProcessRecord:
-    b = target.binary
-    rec = ProcessRecord(pid=pid, host=socket.gethostname(), exe=_exe(pid), build_id=b.build_id,
-                        go_version=b.go_version, main_module=b.main_module,
-                        vcs_revision=b.vcs_revision, captured_at_ns=time.time_ns())
-    rec.warnings.extend(target.plan.warnings)
-    if target.layout is None:
-        rec.error = (f"{b.path} ({b.build_description}) has no DWARF for the runtime layout "
-                     "and no reference build matched; can't find goroutines")
-        return rec
-    try:
-        target = target.at_bias(load_bias(pid, b))
-        rec.load_bias = target.bias
-        out, threads, now_mono, report = _paused_walk(pid, target, opts, probe or shared_probe(),
-                                                      budgets or StackBudgets(max_frames=opts.max_frames),
-                                                      rec)
-    except (AgentError, ValueError) as e:
-        rec.error = f"{e} ({b.build_description})"
-        return rec
-    _report_limits(rec, out, report)
-    labels = _labels(pid, target.layout, out.goroutines)
-    for g in out.goroutines:
-        rec.goroutines.append(_goroutine_record(g, target, opts, threads, labels, now_mono))
-    rec.goroutines.sort(key=lambda g: g.goid)
-    return rec
+    return snapshot_together([(pid, target)], opts, probe, budgets)[0]
+
+
+class _Job:
+    """One process of an eBPF snapshot: prepared (unpaused), walked, finished."""
+
+    def __init__(self, pid, target, opts, budgets):
+        b = target.binary
+        self.pid, self.target, self.opts = pid, target, opts
+        self.rec = ProcessRecord(pid=pid, host=socket.gethostname(), exe=_exe(pid), build_id=b.build_id,
+                                 go_version=b.go_version, main_module=b.main_module,
+                                 vcs_revision=b.vcs_revision, captured_at_ns=time.time_ns())
+        self.rec.warnings.extend(target.plan.warnings)
+        self.budgets = budgets or StackBudgets(max_frames=opts.max_frames)
+        self.paused = self.report = self.threads = None
+        self.now_mono = 0
+
+    def fail(self, e: Exception) -> None:
+        if self.rec.error is None:
+            self.rec.error = f"{e} ({self.target.binary.build_description})"
+
+    def prepare(self) -> bool:
+        b = self.target.binary
+        if self.target.layout is None:
+            self.rec.error = (f"{b.path} ({b.build_description}) has no DWARF for the runtime layout "
+                              "and no reference build matched; can't find goroutines")
+            return False
+        try:
+            self.target = self.target.at_bias(load_bias(self.pid, b))
+            self.rec.load_bias = self.target.bias
+            self.plan = StackPlan.from_layout(self.target.layout, self.pid, gr._G_FIELDS, self.budgets)
+            self.offsets = probe_offsets(b)
+            if _allglen(self.pid, self.target.layout) <= ONE_HOOK_UP_TO:
+                self.offsets = self.offsets[:1]   # one uprobe's 33 runs walk it: each detach costs 0.1 s
+            self.runner = pick_runner(self.pid)   # the thread left running: SIGURG sends it into sigtramp
+            self.pause = PausedProcess(self.pid, deadline_s=self.opts.deadline_s, leave_running=self.runner)
+        except (AgentError, ValueError) as e:
+            self.fail(e)
+            return False
+        return True
+
+    def walk(self, probe: StackProbe) -> None:
+        """In the pause: the plan in, the stopped threads' registers, one trigger."""
+        paused = self.paused
+        try:
+            probe.prepare(self.plan, drain=False)
+            probe.set_thread_regs({tid: (r.rip, r.rsp, r.rbp) for tid, r in paused.threads.items()})
+            self.now_mono = time.monotonic_ns()
+            left = max(0.0, self.opts.deadline_s - paused.elapsed_s())
+            self.report = probe.trigger(self.pid, self.runner, self.now_mono + int(left * 1e9))
+            self.threads = dict(paused.threads)
+        except AgentError as e:
+            self.fail(e)
+        finally:
+            probe.finish()
+
+    def finish(self, records: list[bytes]) -> None:
+        """After the resume: this process's records into goroutines and frames."""
+        rec, target = self.rec, self.target
+        rec.probe_report = self.report      # not a record field: for the bench and tests
+        try:
+            out = parse(records)
+        except AgentError as e:
+            self.fail(e)
+            return
+        if out.thread is not None:
+            tid, regs = out.thread
+            self.threads[tid] = _regs(regs)
+        _report_limits(rec, out, self.report)
+        labels = _labels(self.pid, target.layout, out.goroutines)
+        for g in out.goroutines:
+            rec.goroutines.append(_goroutine_record(g, target, self.opts, self.threads, labels, self.now_mono))
+        rec.goroutines.sort(key=lambda g: g.goid)
+
+
+class _Guard:
+    """Enters a job's pause; an AgentError in or out of it ends that job only."""
+
+    def __init__(self, job):
+        self.job = job
+
+    def __enter__(self):
+        return self.job.pause.__enter__()
+
+    def __exit__(self, et, e, tb):
+        try:
+            self.job.pause.__exit__(et, e, tb)
+        except AgentError as err:
+            self.job.fail(err)
+        self.job.rec.pause_ns = getattr(self.job.pause, "pause_ns", 0)
+        self.job.rec.pause_start_ns = getattr(self.job.pause, "paused_at_ns", 0) or None
+        return False
+
+
+def snapshot_together(targets: list, opts, probe: StackProbe | None = None,
+                      budgets: StackBudgets | None = None) -> list[ProcessRecord]:
+    """One eBPF snapshot of several processes at one instant: uprobes on each,
+    then every process stopped (all but one thread each), then each walked by
+    the probe in turn, then all resumed; then the records. Each record keeps
+    its pause start and its distance from the earliest (pause_skew_ns)."""
+    probe = probe or shared_probe()
+    jobs = [_Job(pid, t, opts, budgets) for pid, t in targets]
+    live = [j for j in jobs if j.prepare()]
+    walked = []
+    with ExitStack() as hooks:
+        for j in live:
+            try:
+                hooks.enter_context(probe.attached(j.pid, f"/proc/{j.pid}/exe", j.offsets))
+            except AgentError as e:
+                j.fail(e)
+        live = [j for j in live if j.rec.error is None]
+        probe.drain()                       # whatever an earlier run left
+        with ExitStack() as pauses:
+            for j in live:
+                try:
+                    j.paused = pauses.enter_context(_Guard(j))
+                except AgentError as e:
+                    j.fail(e)
+            for j in live:
+                if j.paused is not None and j.rec.error is None:
+                    j.walk(probe)           # one after another: the probe has one cursor
+                    walked.append(j)
+    # Resumed. A walk begins with its K_THREAD record (the runner's tid), in order.
+    by_runner = {j.runner: j for j in walked}
+    mine: dict[int, list] = {j.pid: [] for j in walked}
+    current = None
+    for raw in probe.drain():
+        if len(raw) >= 64 and int.from_bytes(raw[:4], "little") == K_THREAD:
+            current = by_runner.get(int.from_bytes(raw[44:48], "little"))
+        if current is not None:
+            mine[current.pid].append(raw)
+    for j in walked:
+        if j.rec.error is None:
+            j.finish(mine[j.pid])
+    starts = [j.rec.pause_start_ns for j in jobs if j.rec.pause_start_ns]
+    for j in jobs:
+        if j.rec.pause_start_ns:
+            j.rec.pause_skew_ns = j.rec.pause_start_ns - min(starts)
+    return [j.rec for j in jobs]
 
 
 def _exe(pid: int) -> str:
@@ -147,33 +263,6 @@ def probe_offsets(binary) -> list[int]:
             continue
         out.append(off)
     return out
-
-
-def _paused_walk(pid, target, opts, probe, budgets, rec):
-    plan = StackPlan.from_layout(target.layout, pid, gr._G_FIELDS, budgets)
-    offsets = probe_offsets(target.binary)
-    if _allglen(pid, target.layout) <= ONE_HOOK_UP_TO:
-        offsets = offsets[:1]     # one uprobe's 33 runs walk it: detaching the others costs 0.1 s each
-    runner = pick_runner(pid)   # the thread left running: SIGURG sends it into sigtramp
-    with probe.attached(pid, f"/proc/{pid}/exe", offsets):
-        probe.prepare(plan)
-        try:
-            with PausedProcess(pid, deadline_s=opts.deadline_s, leave_running=runner) as paused:
-                probe.set_thread_regs({tid: (r.rip, r.rsp, r.rbp) for tid, r in paused.threads.items()})
-                now_mono = time.monotonic_ns()
-                left = max(0.0, opts.deadline_s - paused.elapsed_s())
-                report = probe.trigger(pid, runner, now_mono + int(left * 1e9))
-                threads = dict(paused.threads)
-        finally:
-            probe.finish()
-    rec.pause_ns = paused.pause_ns
-    rec.pause_start_ns = paused.paused_at_ns or None
-    rec.probe_report = report      # not a record field: for the bench and tests
-    out = parse(probe.drain())
-    if out.thread is not None:
-        tid, regs = out.thread
-        threads[tid] = _regs(regs)
-    return out, threads, now_mono, report
 
 
 SIGURG_BIT = 1 << (23 - 1)      # SIGURG in /proc's signal masks
@@ -294,12 +383,14 @@ def _created_by(pcln, gopc: int):
 
 def snapshot_processes(targets: list, opts, ptrace) -> list[ProcessRecord]:
     """agent.snapshot.snapshot_processes's executor switch (opts.executor):
-    each process goes to the eBPF executor, or to `ptrace` (a callable taking
-    [(pid, target)]) where `auto` falls back, which its record's warnings say.
-    eBPF processes are paused one after another, not together."""
+    the processes eBPF can take are snapshotted together by it; the others go
+    to `ptrace` (a callable taking [(pid, target)]) where `auto` falls back,
+    which their records' warnings say."""
     routed = [(pid, t, *choose(opts.executor, t)) for pid, t in targets]
     fallback = [(pid, t) for pid, t, ex, _ in routed if ex == "ptrace"]
     by_pid = dict(zip((pid for pid, _ in fallback), ptrace(fallback))) if fallback else {}
+    ours = [(pid, t) for pid, t, ex, why in routed if ex == "ebpf" and not why]
+    by_pid.update(zip((pid for pid, _ in ours), snapshot_together(ours, opts))) if ours else None
     out = []
     for pid, t, ex, why in routed:
         if ex == "ptrace":
@@ -311,6 +402,6 @@ def snapshot_processes(targets: list, opts, ptrace) -> list[ProcessRecord]:
                                 build_id=t.binary.build_id, go_version=t.binary.go_version,
                                 captured_at_ns=time.time_ns(), error=f"executor ebpf: {why}")
         else:
-            rec = snapshot_process(pid, t, opts)
+            rec = by_pid[pid]
         out.append(rec)
     return out

@@ -63,6 +63,7 @@ class RunReport:
     runs: int = 0              # program runs (entries and tail calls)
     wake_ns: int = 0           # from the first SIGURG to the probe's first instruction
     probe_ns: int = 0          # from the probe's first run's start to its last run's end
+    sent_at_ns: int = 0        # CLOCK_MONOTONIC when the first SIGURG was sent
 
 
 # struct state (probe.bpf.c), as the map holds it.
@@ -186,13 +187,15 @@ class StackProbe:
 
     # -- one run
 
-    def prepare(self, plan: StackPlan) -> None:
-        """Before the pause: the plan in, the state idle, no regs, no old records."""
+    def prepare(self, plan: StackPlan, drain: bool = True) -> None:
+        """The plan in, the state idle, no regs; old records dropped unless
+        `drain` is False (several processes walked in one pause keep theirs)."""
         self._check_open()
         self._update("plan", struct.pack("<I", 0), plan.pack())
         self._set_phase(PH_IDLE)
         self._clear_regs()
-        self.drain()
+        if drain:
+            self.drain()
 
     def set_thread_regs(self, regs: dict) -> None:
         """tid -> (pc, sp, bp) of the stopped threads, for running goroutines."""
@@ -238,7 +241,8 @@ class StackProbe:
                          goroutines=st.gs, read_errors=st.read_errors, budget_cuts=st.budget_cuts,
                          pause_trigger_ns=time.monotonic_ns() - t0, allglen=st.n, runs=st.runs,
                          wake_ns=st.t_first - t0 if st.t_first else 0,
-                         probe_ns=st.t_last - st.t_first if st.t_first and st.t_last else 0)
+                         probe_ns=st.t_last - st.t_first if st.t_first and st.t_last else 0,
+                         sent_at_ns=t0)
 
     def finish(self) -> None:
         """After the resume: whatever SIGURG is still pending finds the probe idle."""
