@@ -149,7 +149,8 @@ class _Job:
             tid, regs = out.thread
             self.threads[tid] = _regs(regs)
         _report_limits(rec, out, self.report)
-        labels = _labels(self.pid, target.layout, out.goroutines)
+        from probe_compiler.capture_limits import DEFAULTS
+        labels = _labels(self.pid, target.layout, out.goroutines, self.opts.limits or DEFAULTS)
         for g in out.goroutines:
             rec.goroutines.append(_goroutine_record(g, target, self.opts, self.threads, labels, self.now_mono))
         rec.goroutines.sort(key=lambda g: g.goid)
@@ -312,15 +313,16 @@ def _report_limits(rec: ProcessRecord, out, report) -> None:
                             "were not walked")
 
 
-def _labels(pid, layout, gs: list[ProbeGoroutine]) -> dict[int, dict[str, str]]:
+def _labels(pid, layout, gs: list[ProbeGoroutine], limits) -> dict[int, dict[str, str]]:
     """pprof labels, read after the resume from the label maps the pause saw
-    (immutable once set; see docs/ebpf.md for the window this leaves)."""
+    (immutable once set; see docs/ebpf.md for the window this leaves), within
+    the snapshot's label limits."""
     raws = [gr.RawG(g.gaddr, gr._fields(g.g, layout.g_offsets, {"labels": 8})) for g in gs]
     raws = [r for r in raws if r.f.get("labels")]
     if not raws:
         return {}
     try:
-        return gr.read_labels(layout, ProcessMemory(pid), raws)
+        return gr.read_labels(layout, ProcessMemory(pid), raws, limits.max_labels, limits.label_bytes)
     except AgentError:
         return {}
 
