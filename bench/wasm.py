@@ -86,7 +86,7 @@ def throughput(n: int, reps: int, same: int = 20) -> None:
 
 
 def fuzz(n: int, save: bool, seed: int) -> None:
-    from test_wasm_decoder import CORPUS, mutate, run_hostile, seeds
+    from test_wasm_decoder import CORPUS, mutate, seeds
     from agent.wasm.decoder import WasmDecoder
     dec = WasmDecoder(fuel=2_000_000)
     rng = random.Random(seed)

@@ -77,3 +77,13 @@ def test_thread_record_gives_the_interrupted_registers():
 def test_malformed_records_are_errors_not_crashes(raw):
     with pytest.raises(R.RecordError):
         R.parse([raw])
+
+
+def test_an_unwind_that_ran_out_of_copied_words_says_why_the_walk_stopped():
+    from agent.ebpf.executor import _unwind_error
+    out = R.parse([_g(1), _frames(1, [], flags=R.F_BUDGET)])
+    g = out.goroutines[0]
+    assert _unwind_error("stack unreadable at 0x7010", g) == \
+        "stack unreadable at 0x7010 (the probe's frame-pointer walk stopped: the frame budget ran out)"
+    assert _unwind_error("unknown pc 0x1", g) == "unknown pc 0x1"
+    assert _unwind_error(None, g) is None

@@ -370,9 +370,18 @@ def _goroutine_record(g: ProbeGoroutine, target, opts, threads, labels, now_mono
         created_by=created[0], created_by_file=created[1], created_by_line=created[2],
         parent_goid=f.get("parentGoid") or None, labels=labels.get(g.gaddr) or {},
         is_system=bool(start_fn and start_fn.name.startswith("runtime.") and start_fn.name != "runtime.main"),
-        thread_id=start.thread_id, error=unwound.error)
+        thread_id=start.thread_id, error=_unwind_error(unwound.error, g))
     rec.frames = [frame for frame, _ in logical_frames(pcln, unwound.frames, target.bias)]
     return rec
+
+
+def _unwind_error(error: str | None, g: ProbeGoroutine) -> str | None:
+    """The unwinder's error, with why the probe's frame-pointer walk stopped
+    when the unwinder ran out of the words that walk copied."""
+    why = g.chain_error()
+    if error and why and error.startswith("stack unreadable"):
+        return f"{error} (the probe's frame-pointer walk stopped: {why})"
+    return error
 
 
 def _created_by(pcln, gopc: int):
