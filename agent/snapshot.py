@@ -315,18 +315,19 @@ def _read_in_pause(pid, target, opts, rec, mem, paused) -> dict:
     the read program, the bytes it names, level by level (docs/read-program.md);
     with the reference reader, goroutines a captured function may be on are
     unwound and their values read and decoded here."""
+    import numpy as np
     layout = target.layout
     now_mono = time.monotonic_ns()
     table = gr.GTable(layout, mem, gr.read_allgs(layout, mem))
     live = table.live_rows()
     paused.check_deadline()
-    m_col = table.column("m")
-    ms = gr.read_ms(layout, mem, {m_col[i] for i in live})
+    live_a = np.array(live, np.int64)
+    ms = gr.read_ms(layout, mem, set(np.unique(table.array("m")[live_a]).tolist()))
     sps = gr.start_sps(layout, table, live, ms, paused.threads)
     addrs, sizes = gr.stack_ranges(table, live, sps, opts.stack_copy_bytes)
     stacks = mem.read_into(addrs, sizes)
-    lab_col = table.column("labels")
-    labels = gr.read_labels(layout, mem, [table.raw(i, ("labels",)) for i in live if lab_col[i]],
+    labeled = live_a[table.array("labels")[live_a] != 0].tolist()
+    labels = gr.read_labels(layout, mem, [table.raw(i, ("labels",)) for i in labeled],
                             opts.limits.max_labels, opts.limits.label_bytes)
     paused.check_deadline()
     st = {"now_mono": now_mono, "table": table, "live": live, "ms": ms, "addrs": addrs,
