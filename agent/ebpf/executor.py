@@ -73,6 +73,12 @@ def choose(executor: str, target) -> tuple[str, str | None]:
     if why is None and target.plan.functions:
         why = ("the spec captures values, and the eBPF probe runs stacks only until it executes "
                "the read program")
+    if why is None and target.layout is not None:
+        try:                    # what the probe needs of this binary: its runtime layout, sigtramp
+            StackPlan.from_layout(target.layout, 0, gr._G_FIELDS)
+            probe_offsets(target.binary)
+        except (ValueError, AgentError) as e:
+            why = f"this binary can't be walked by the probe: {e}"
     if why is None:
         return "ebpf", None
     return ("ptrace" if executor == "auto" else "ebpf"), why
@@ -121,11 +127,13 @@ class _Job:
             return False
         return True
 
-    def walk(self, probe: StackProbe) -> None:
-        """In the pause: the plan in, the stopped threads' registers, one trigger."""
+    def walk(self, probe: StackProbe, first: bool) -> None:
+        """In the pause: the plan in (the first job's went in before the pause),
+        the stopped threads' registers, one trigger."""
         paused = self.paused
         try:
-            probe.prepare(self.plan, drain=False)
+            if not first:
+                probe.set_plan(self.plan)
             probe.set_thread_regs({tid: (r.rip, r.rsp, r.rbp) for tid, r in paused.threads.items()})
             self.now_mono = time.monotonic_ns()
             left = max(0.0, self.opts.deadline_s - paused.elapsed_s())
@@ -192,7 +200,8 @@ def snapshot_together(targets: list, opts, probe: StackProbe | None = None,
             except AgentError as e:
                 j.fail(e)
         live = [j for j in live if j.rec.error is None]
-        probe.drain()                       # whatever an earlier run left
+        if live:                            # before the pause: the first plan, no regs, no old records
+            probe.prepare(live[0].plan)
         with ExitStack() as pauses:
             for j in live:
                 try:
@@ -201,7 +210,7 @@ def snapshot_together(targets: list, opts, probe: StackProbe | None = None,
                     j.fail(e)
             for j in live:
                 if j.paused is not None and j.rec.error is None:
-                    j.walk(probe)           # one after another: the probe has one cursor
+                    j.walk(probe, first=j is live[0])   # one after another: the probe has one cursor
                     walked.append(j)
     # Resumed. A walk begins with its K_THREAD record (the runner's tid), in order.
     by_runner = {j.runner: j for j in walked}

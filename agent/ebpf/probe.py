@@ -187,15 +187,18 @@ class StackProbe:
 
     # -- one run
 
-    def prepare(self, plan: StackPlan, drain: bool = True) -> None:
-        """The plan in, the state idle, no regs; old records dropped unless
-        `drain` is False (several processes walked in one pause keep theirs)."""
+    def prepare(self, plan: StackPlan) -> None:
+        """Before the pause: the plan in, the state idle, no regs, no old records."""
+        self.set_plan(plan)
+        self._clear_regs()
+        self.drain()
+
+    def set_plan(self, plan: StackPlan) -> None:
+        """The plan in and the state idle, keeping the records and registers
+        (the next process of a pause that walks several)."""
         self._check_open()
         self._update("plan", struct.pack("<I", 0), plan.pack())
         self._set_phase(PH_IDLE)
-        self._clear_regs()
-        if drain:
-            self.drain()
 
     def set_thread_regs(self, regs: dict) -> None:
         """tid -> (pc, sp, bp) of the stopped threads, for running goroutines."""
