@@ -22,6 +22,7 @@ from .capture import Unavailable, locate_root, locate_spilled
 from .errors import MemoryReadError
 
 _R8 = np.arange(8, dtype=np.int64)
+_MAX_DIR = 1 << 20       # a map directory longer than this is malformed (as the decoder says)
 _BIG = np.int64(1 << 62)
 
 
@@ -375,6 +376,8 @@ class Run:
         self.bytes = 0
         self.out_of_snapshot = False         # a level did not fit the snapshot's byte budget
         self._plans: dict[int, list] = {}
+        self._map_seq = 0                    # directory maps being walked: id -> where they are
+        self._map_state: dict[int, dict] = {}
 
     # -- scheduling
 
@@ -555,11 +558,115 @@ class Run:
     def _c_map_hdr(self, buf, w, off, addr, frames, p):
         m = self.prog.maps[p["tid"]]
         used, dp, dl = w[off + m["used"]], w[off + m["dir_ptr"]], w[off + m["dir_len"]]
-        self.mark(frames[dl != 0], "a map with a table directory")
         one = (dl == 0) & (dp != 0)
         used = np.where(used < 0, _BIG, used)
+        limit = np.minimum(used, self.E)
         self.add(dp[one], m["group"], frames[one], "map_group", tid=p["tid"],
-                 limit=np.minimum(used[one], self.E), depth=p["depth"][one])
+                 limit=limit[one], depth=p["depth"][one])
+        # A directory of tables (more than 8 entries): the table pointers, then
+        # the tables, then their groups in order until `limit` full slots and
+        # one more (the decoder's walk reads on to the slot that ends it). A
+        # length the decoder calls malformed is read no further (nor by it).
+        dirs = (dl > 0) & (dl <= _MAX_DIR)
+        self.add(dp[dirs], dl[dirs] * 8, frames[dirs], "map_dir", tid=p["tid"], dl=dl[dirs],
+                 limit=limit[dirs], depth=p["depth"][dirs])
+
+    def _c_map_dir(self, buf, w, off, addr, frames, p):
+        """Each distinct table of each directory, in directory order (a table
+        appears 2^(globalDepth-localDepth) times, as the decoder dedupes)."""
+        m = self.prog.maps[p["tid"]]
+        tps, mids, orders, fr, lims, deps = [], [], [], [], [], []
+        for r in range(len(frames)):
+            ptrs = w[off[r] + 8 * np.arange(int(p["dl"][r]))]
+            seen, order = set(), 0
+            mid = self._map_seq
+            self._map_seq += 1
+            for tp in ptrs.tolist():
+                if tp == 0 or tp in seen:
+                    continue
+                seen.add(tp)
+                tps.append(tp); mids.append(mid); orders.append(order)
+                order += 1
+            fr += [frames[r]] * order; lims += [p["limit"][r]] * order; deps += [p["depth"][r]] * order
+        if tps:
+            a = lambda xs: np.array(xs, np.int64)
+            self.add(a(tps), m["table"], a(fr), "map_table", tid=p["tid"], mid=a(mids), order=a(orders),
+                     limit=a(lims), depth=a(deps))
+
+    def _c_map_table(self, buf, w, off, addr, frames, p):
+        """The groups of a directory map's tables, in order, cut at the first
+        table that could not be read (the decoder stops there with an error)."""
+        m = self.prog.maps[p["tid"]]
+        data, mask = w[off + m["table_data"]], w[off + m["table_mask"]]
+        by_map: dict[int, list] = {}
+        for i, (mid, order) in enumerate(zip(p["mid"].tolist(), p["order"].tolist())):
+            by_map.setdefault(mid, []).append((order, i))
+        for mid, tables in by_map.items():
+            tables.sort()
+            segs = []
+            for want, (order, i) in enumerate(tables):
+                if order != want:
+                    break
+                d, k = int(data[i]), int(mask[i])
+                segs.append((d, max(k, 0) + 1 if k >= 0 else 0))
+            i0 = tables[0][1]
+            self._map_state[mid] = {"segs": segs, "found": 0, "limit": int(p["limit"][i0]),
+                                    "depth": int(p["depth"][i0]), "frame": int(frames[i0])}
+        self._map_wave(p["tid"], list(by_map))
+
+    def _map_wave(self, tid, mids) -> None:
+        """The next groups of each map: enough for the entries it still needs
+        if they were half full (the decoder reads them one by one in order)."""
+        m = self.prog.maps[tid]
+        addrs, fr, gm, pos = [], [], [], []
+        for mid in mids:
+            st = self._map_state[mid]
+            want = max(2, -(-(st["limit"] + 1 - st["found"]) // 4))
+            wave = []
+            while st["segs"] and len(wave) < want:
+                d, n = st["segs"][0]
+                take = min(n, want - len(wave))
+                wave += [d + g * m["group"] for g in range(take)]
+                st["segs"][0] = (d + take * m["group"], n - take)
+                if st["segs"][0][1] == 0:
+                    st["segs"].pop(0)
+            addrs += wave; fr += [st["frame"]] * len(wave); gm += [mid] * len(wave)
+            pos += list(range(len(wave)))
+        if addrs:
+            a = lambda xs: np.array(xs, np.int64)
+            self.add(a(addrs), m["group"], a(fr), "map_groups", tid=tid, mid=a(gm), pos=a(pos))
+
+    def _c_map_groups(self, buf, w, off, addr, frames, p):
+        """A wave of groups: the first full slots each map still needs, in
+        order; a group that could not be read ends its map's walk."""
+        tid = p["tid"]
+        m = self.prog.maps[tid]
+        ctrl = buf[off[:, None] + m["ctrl"] + _R8]
+        full = (ctrl & 0x80) == 0
+        rows: dict[int, list] = {}
+        for i, (mid, pos) in enumerate(zip(p["mid"].tolist(), p["pos"].tolist())):
+            rows.setdefault(mid, []).append((pos, i))
+        gi, si, again = [], [], []
+        for mid, got in rows.items():
+            st = self._map_state[mid]
+            got.sort()
+            for want, (pos, i) in enumerate(got):
+                if pos != want or st["found"] > st["limit"]:
+                    st["segs"] = []          # unreadable group, or past the last entry: the walk ends
+                    break
+                slots = np.flatnonzero(full[i])
+                take = slots[:max(0, st["limit"] - st["found"])]
+                gi += [i] * len(take); si += take.tolist()
+                st["found"] += len(slots)
+            if len(got) and st["found"] <= st["limit"] and st["segs"]:
+                again.append(mid)
+        if gi:
+            gi, si = np.array(gi, np.int64), np.array(si, np.int64)
+            fr = frames[gi]
+            dep = np.array([self._map_state[mid]["depth"] for mid in p["mid"][gi].tolist()], np.int64)
+            self.expand(m["key"], buf, off[gi] + m["keys"] + si * m["key_stride"], fr, dep, w)
+            self.expand(m["elem"], buf, off[gi] + m["elems"] + si * m["elem_stride"], fr, dep, w)
+        self._map_wave(tid, again)
 
     def _c_map_group(self, buf, w, off, addr, frames, p):
         m = self.prog.maps[p["tid"]]

@@ -14,7 +14,7 @@ value's own bytes (structs and arrays are flattened into their parent):
     ["str", ptr_off, len_off]
     ["ptr", off, elem_type]                      one indirection
     ["slice", ptr_off, len_off, elem_type, elem_size]
-    ["map", off, map_type]                       swiss tables (see map_shapes)
+    ["map", off, map_type]                       swiss tables: one group, or a directory of tables
     ["iface", type_or_tab_off, data_off, itab_type_off]   -1: eface
     ["chan", off, header_size]
     ["func", off]
@@ -26,7 +26,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-from .decode import (EAGER_BYTES, HCHAN_OFFSETS, MAX_INLINE_KV, SPECIAL_TYPES, Budgets,
+from .decode import (EAGER_BYTES, HCHAN_OFFSETS, MAX_INLINE_KV, SPECIAL_TYPES, TABLE_GROUPS_OFFSETS, Budgets,
                      ByteBudget, _Decoder, _itab_type_offset, direct_iface, swiss_group_layout)
 from .types import Kind, TypeTable
 
@@ -192,10 +192,24 @@ class _Compiler:
             return f"{t.name}: unexpected header field sizes"
         self.shape(key.id)
         self.shape(elem.id)
+        table_t = self.types.types.get(lay.table)
+        tdata, tmask = TABLE_GROUPS_OFFSETS
+        if table_t is not None:
+            groups = table_t.field("groups")
+            try:
+                if groups is not None:
+                    gt = self.types.types[groups.type_id]
+                    tdata, tmask = (groups.offset + self.dec.offset(gt, n)[0] for n in ("data", "lengthMask"))
+                elif table_t.field("groups_data"):
+                    tdata, tmask = (self.dec.offset(table_t, n)[0] for n in ("groups_data", "groups_lengthMask"))
+            except Exception as e:   # the decoder would call it malformed: let it say so
+                return f"{t.name}: {e}"
         kk = {Kind.STRING: "string", Kind.BOOL: "bool", Kind.INT: "int"}.get(key.kind, "uint")
         ks, kl = (key.field("str"), key.field("len")) if key.kind == Kind.STRING else (None, None)
         self.prog.maps[t.id] = {"header": header.size, "used": off["used"][0],
                                 "key_kind": kk, "key_size": key.size,
+                                "table": table_t.size if table_t is not None else TABLE_GROUPS_OFFSETS[1] + 8,
+                                "table_data": tdata, "table_mask": tmask,
                                 "key_str": ks.offset if ks else 0, "key_len": kl.offset if kl else 8,
                                 "dir_ptr": off["dirPtr"][0], "dir_len": off["dirLen"][0],
                                 "group": g.size, "ctrl": g.ctrl, "keys": g.keys,
