@@ -319,15 +319,30 @@ class PausedProcess:
         self._tracer = 0
         self._leader_exited = False
         self._entered = False                 # __enter__ completed: every tracee is known
+        self._interrupted = False             # interrupt() ran: __enter__ only waits for the stops
+        self._released = False                # _release() ran: nothing is left traced
         self._old_handlers: dict[int, object] = {}
         self._boost = boost
         self._old_nice: int | None = None
 
     # -- public
 
-    def __enter__(self) -> "PausedProcess":
-        if self._t:
+    def interrupt(self) -> None:
+        """The first half of __enter__: seize and interrupt every thread now,
+        without waiting for the stops; __enter__ then waits for them (it must
+        follow, or _release). Several processes interrupted back to back this
+        way start their pauses together (agent.snapshot.snapshot_processes)."""
+        if self._t or self._interrupted:
             raise AgentError("a PausedProcess is used once; make a new one")
+        self._prologue()
+        try:
+            self._seize(self._unknown_tasks())
+        except BaseException:
+            self._release()
+            raise
+        self._interrupted = True
+
+    def _prologue(self) -> None:
         if _orphans.items:
             release_orphans()
         self._tracer = threading.get_native_id()
@@ -335,6 +350,12 @@ class PausedProcess:
         self._check_target()
         self._install_signal_handlers()
         self._raise_priority()
+
+    def __enter__(self) -> "PausedProcess":
+        if self._released or (self._t and not self._interrupted):
+            raise AgentError("a PausedProcess is used once; make a new one")
+        if not self._interrupted:
+            self._prologue()
         try:
             self._seize_and_stop()
             self._read_regs()
@@ -541,7 +562,11 @@ class PausedProcess:
     # -- releasing
 
     def _release(self) -> None:
-        """Detach everything, whatever else happens (also KeyboardInterrupt mid-way)."""
+        """Detach everything, whatever else happens (also KeyboardInterrupt mid-way).
+        Once: a second call (an interrupt() whose __enter__ failed) does nothing."""
+        if self._released:
+            return
+        self._released = True
         pending: BaseException | None = None
         try:
             while True:

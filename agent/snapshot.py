@@ -207,8 +207,21 @@ def snapshot_processes(targets: list[tuple[int, Target]], opts: SnapshotOptions 
 
 
 def _pause_and_read(live: list) -> None:
-    """Pause every job's process, then read each, then resume all."""
+    """Pause every job's process, then read each, then resume all. Every
+    process's threads are interrupted back to back before any stop is waited
+    for, so their pauses start together (processes.pause_skew_ns)."""
     with ExitStack() as stack:
+        for j in list(live):
+            interrupt = getattr(j.pause, "interrupt", None)
+            if interrupt is None:
+                continue
+            try:
+                interrupt()
+            except AgentError as e:
+                j.fail(e)
+                live.remove(j)
+                continue
+            stack.callback(j.pause._release)      # if its __enter__ never runs; else a no-op
         entered = []
         for j in live:
             try:
