@@ -2,39 +2,45 @@
 // request. Everything that depends on the target (g/m field offsets, where
 // allgs is, status codes, budgets) is read from the `plan` map, which
 // agent/ebpf/plan.py fills; nothing here is generated per binary or per spec.
+// It is compiled once per machine and kernel (agent/ebpf/loader.py caches
+// the bytecode).
 //
-// It runs from a uprobe on runtime.sigtramp (.abi0) in the target's own
-// context, while every other thread of the target is stopped by ptrace
-// (agent/ebpf/executor.py). It walks allgs, picks where each live goroutine's
-// stack starts (its thread's registers when running, syscallsp/pc/bp in a
-// syscall, else g.sched: as agent/goroutines.py start_of does), and follows
-// the frame-pointer chain. It only copies: one record per goroutine into the
-// ring buffer, holding the g struct's bytes, a few words at its stack
-// pointer and the (saved bp, return address) pair of each frame. The pclntab
-// refinement (pcsp) and all symbolization run in Python after the resume.
+// It runs from uprobes on the signal path (runtime.sigtramp, the .abi0
+// entry the kernel calls; then sigtrampgo and sighandler) in the target's
+// own context, in the one thread left running while every other thread is
+// stopped by ptrace (agent/ebpf/executor.py sends it a SIGURG). It walks
+// allgs, picks where each live goroutine's stack starts (its thread's
+// registers when running, syscallsp/pc/bp in a syscall, else g.sched: as
+// agent/goroutines.py start_of does), and copies: one record per goroutine
+// into the ring buffer with the g struct's bytes and either its whole stack
+// (when small) or the words at its stack pointer, then the (saved bp,
+// return address) pair of each frame of its frame-pointer chain. The pcsp
+// refinement and all symbolization run in Python after the resume.
 //
 // Two stages, each a bounded loop in its own program, chained by tail calls:
 // `gstart` looks at GS_STEPS allgs entries per run (copies the g, picks the
-// start, copies the words at sp, queues the frame chain's start in `work`),
-// then `frames` follows FR_STEPS frame pointers per run across the queue.
-// bcc 0.26 inlines everything (no BPF-to-BPF calls, no bpf_loop), and the
-// verifier explores a bounded loop once per iteration, so a loop body with
-// few branches is what buys iterations. A stage that finishes its batch
-// tail-calls the next run (the kernel allows 33); when those run out the
-// state says MORE and user space triggers again. The cursor lives in the
-// `state` map, so any run resumes where the last stopped.
+// start, copies the stack or the words at sp, queues the chain's start in
+// `work`), then `frames` follows FR_STEPS frame pointers per run across the
+// queue. bcc 0.26 inlines everything (no BPF-to-BPF calls, no bpf_loop), and
+// the verifier explores a bounded loop once per iteration, so a loop body
+// with few branches and one way out is what buys iterations. A stage that
+// finishes its batch tail-calls the next run (the kernel allows 33 per
+// uprobe hit); when those run out the state says MORE and the next uprobe
+// on the signal path, or the next SIGURG, goes on. The cursor lives in the
+// `state` map, so any run resumes where the last stopped. Each run ends
+// with a K_MARK record that wakes the agent's epoll.
 #include <uapi/linux/ptrace.h>
 
 #ifndef GS_STEPS
-#define GS_STEPS 192            // allgs entries per gstart run
+#define GS_STEPS 128            // allgs entries per gstart run (probe.py passes its own)
 #endif
 #ifndef FR_STEPS
-#define FR_STEPS 2048           // frames per frames run
+#define FR_STEPS 256            // frames per frames run
 #endif
 #define WORK_MAX 65536          // goroutines one snapshot can queue (plan.max_gs is at most this)
 #define G_MAX 1024              // bytes of a g we can copy (mask: G_MAX - 1)
 #define TOP_MAX 8192            // bytes at a goroutine's sp we can copy
-#define FR_MAX 64               // frames per record; more go in continuation records
+#define FR_MAX 64               // frames per K_FRAMES record; more go in the next one
 #define REC_DATA (G_MAX + TOP_MAX)
 
 // Record kinds (agent/ebpf/records.py parses them).
