@@ -6,4 +6,4 @@ test:
 demo:
 	bash scripts/demo.sh
 bench:
-	bash scripts/setup.sh && .venv/bin/python -m bench.run && .venv/bin/python -m bench.lsp
+	bash scripts/setup.sh && .venv/bin/python -m bench.run && .venv/bin/python -m bench.lsp && .venv/bin/python -m bench.wasm
