@@ -8,8 +8,6 @@ import subprocess
 
 import pytest
 
-PROG_NAMES = ("on_sigtramp", "on_more", "gstart", "frames")
-
 
 def require_ebpf():
     from agent.ebpf.availability import why_unavailable
@@ -30,38 +28,6 @@ def our_uprobes() -> list[str]:
     return []
 
 
-def our_bpf_programs(settle_s: float = 2.0) -> list[str]:
-    """Loaded BPF programs named like the probe's, once the kernel's deferred
-    frees had up to settle_s to run (bpftool, else /proc/*/fdinfo)."""
-    import time
-    deadline = time.monotonic() + settle_s
-    while True:
-        found = _our_bpf_programs()
-        if not found or time.monotonic() > deadline:
-            return found
-        time.sleep(0.05)
-
-
-def _our_bpf_programs() -> list[str]:
-    try:
-        out = subprocess.run(["bpftool", "prog", "show"], capture_output=True, text=True,
-                             timeout=30).stdout
-        return [line for line in out.splitlines()
-                if any(f" name {n} " in line + " " for n in PROG_NAMES)]
-    except (OSError, subprocess.TimeoutExpired):
-        pass
-    found = []
-    for fdinfo in glob.glob("/proc/[0-9]*/fdinfo/*"):
-        try:
-            with open(fdinfo) as f:
-                text = f.read()
-        except OSError:
-            continue
-        if "prog_type:" in text:
-            found.append(fdinfo)
-    return found
-
-
 def uprobe_fds_of(pid: int) -> int:
     """perf-event fds this process holds (a uprobe is one)."""
     n = 0
@@ -72,3 +38,47 @@ def uprobe_fds_of(pid: int) -> int:
         except OSError:
             pass
     return n
+
+
+def prog_ids(probe) -> set[int]:
+    """The kernel ids of a StackProbe's programs (from this process's fdinfo):
+    what a leak check looks for, whatever other probes run beside it."""
+    ids = set()
+    for fd in probe._kern.progs.values():
+        with open(f"/proc/self/fdinfo/{fd}") as f:
+            for line in f:
+                if line.startswith("prog_id:"):
+                    ids.add(int(line.split()[1]))
+    return ids
+
+
+def loaded_prog_ids(ids: set[int], settle_s: float = 2.0) -> set[int]:
+    """Which of `ids` are still loaded (bpftool; else any process's fdinfo),
+    once the kernel's deferred frees had settle_s to run."""
+    import time
+    deadline = time.monotonic() + settle_s
+    while True:
+        left = ids & _live_prog_ids()
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)
+
+
+def _live_prog_ids() -> set[int]:
+    try:
+        out = subprocess.run(["bpftool", "prog", "show"], capture_output=True, text=True,
+                             timeout=30).stdout
+        return {int(line.split(":", 1)[0]) for line in out.splitlines()
+                if line[:1].isdigit() and ":" in line}
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    live = set()
+    for fdinfo in glob.glob("/proc/[0-9]*/fdinfo/*"):
+        try:
+            with open(fdinfo) as f:
+                for line in f:
+                    if line.startswith("prog_id:"):
+                        live.add(int(line.split()[1]))
+        except (OSError, ValueError):
+            continue
+    return live

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from ebpf_helpers import our_bpf_programs, our_uprobes, require_ebpf, uprobe_fds_of
+from ebpf_helpers import loaded_prog_ids, our_uprobes, prog_ids, require_ebpf, uprobe_fds_of
 from gobuild import build
 from targets import run_target
 
@@ -38,8 +38,9 @@ def test_errors_and_timeouts_leave_nothing(states):
     from agent.goroutines import _G_FIELDS
     from agent.snapshot import SnapshotOptions
     t, target = states
-    before, fds = len(our_bpf_programs()), uprobe_fds_of(os.getpid())
+    fds = uprobe_fds_of(os.getpid())
     with StackProbe() as probe:
+        ids = prog_ids(probe)
         # A pause whose deadline has passed before it starts: the record says so.
         rec = snapshot_process(t.pid, target, SnapshotOptions(deadline_s=1e-9), probe=probe)
         assert rec.error and "deadline" in rec.error
@@ -59,7 +60,7 @@ def test_errors_and_timeouts_leave_nothing(states):
         assert uprobe_fds_of(os.getpid()) == fds
         rec = snapshot_process(t.pid, target, SnapshotOptions(), probe=probe)
         assert rec.error is None and rec.goroutines
-    assert len(our_bpf_programs()) == before
+    assert not loaded_prog_ids(ids)
     assert not our_uprobes()
     assert uprobe_fds_of(os.getpid()) == fds
     _untraced_and_alive(t.pid)
@@ -98,9 +99,9 @@ def test_a_thousand_snapshots(states):
     from agent.ebpf.probe import StackProbe
     from agent.snapshot import SnapshotOptions
     t, target = states
-    before = len(our_bpf_programs())
     n = int(os.environ.get("EXRAY_EBPF_SOAK", "1000"))
     with StackProbe() as probe:
+        ids = prog_ids(probe)
         counts = set()
         for _ in range(n):
             rec = snapshot_process(t.pid, target, SnapshotOptions(), probe=probe)
@@ -108,5 +109,5 @@ def test_a_thousand_snapshots(states):
             counts.add(len(rec.goroutines))
     assert len(counts) <= 3            # the states program starts nothing new
     _untraced_and_alive(t.pid)
-    assert len(our_bpf_programs()) == before
+    assert not loaded_prog_ids(ids)
     assert not our_uprobes()

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ebpf_helpers import our_bpf_programs, require_ebpf
+from ebpf_helpers import loaded_prog_ids, prog_ids, require_ebpf
 
 
 def test_a_cache_hit_needs_no_compile_and_loads_the_same_programs(tmp_path, monkeypatch):
@@ -26,11 +26,11 @@ def test_a_cache_hit_needs_no_compile_and_loads_the_same_programs(tmp_path, monk
     monkeypatch.setattr(bcc, "BPF", None)      # a hit must not compile
     again, hit = loader.compiled(SOURCE.read_text(), cflags(), PROGRAMS)
     assert hit and again == obj
-    before = len(our_bpf_programs())
     with StackProbe() as probe:
         assert probe.from_cache
-        assert len(our_bpf_programs(settle_s=0)) == before + len(PROGRAMS)
-    assert len(our_bpf_programs()) == before
+        ids = prog_ids(probe)
+        assert len(loaded_prog_ids(ids, settle_s=0)) == len(PROGRAMS)
+    assert not loaded_prog_ids(ids)
 
 
 def test_a_damaged_or_foreign_cache_file_is_compiled_again(tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from ebpf_helpers import our_bpf_programs, our_uprobes, require_ebpf
+from ebpf_helpers import loaded_prog_ids, our_uprobes, prog_ids, require_ebpf
 from gobuild import build
 from oracle import parse_go_traceback
 from stack_compare import NAMED, STABLE, assert_stacks_match
@@ -129,17 +129,17 @@ def test_nothing_left_in_the_kernel_after_close():
     """A probe that was loaded, attached and closed leaves no uprobe and no
     BPF program behind (nor does the module's probe: see its fixture)."""
     require_ebpf()
-    from agent.ebpf.probe import StackProbe
-    before = len(our_bpf_programs())
+    from agent.ebpf.probe import PROGRAMS, StackProbe
     with run_target(build("states")) as t:
         from server.snapshot_job import load_target
         from agent.ebpf.executor import probe_offsets
         target = load_target(str(build("states")), None, {})
         with StackProbe() as p:
-            assert len(our_bpf_programs()) == before + 4
+            ids = prog_ids(p)
+            assert len(ids) == len(PROGRAMS) and loaded_prog_ids(ids, settle_s=0) == ids
             with p.attached(t.pid, f"/proc/{t.pid}/exe", probe_offsets(target.binary)):
                 pass
-    assert len(our_bpf_programs()) == before
+    assert not loaded_prog_ids(ids)
     assert not our_uprobes()
 
 
