@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from probe_compiler.decode import MIN_TOPHASH, SAME_SIZE_GROW
 from probe_compiler.readprog import ReadProgram
 
 from .capture import Unavailable, locate_root, locate_spilled
@@ -497,6 +498,116 @@ class Run:
         k = d != 0
         self.run_ops(ops, i + 1, tid, None, None, d[k], frames[k])
 
+    # -- hmap maps (Go < 1.24): buckets in the decoder's order, bucket by bucket
+
+    def _c_hmap_hdr(self, buf, w, off, addr, frames, p):
+        """The walk of each map starts: buckets (2^B), then the old buckets of a
+        grow, each bucket's overflow chain after it, every bucket once; until
+        `elements` full slots and the one that ends the decoder's walk."""
+        m = self.prog.maps[p["tid"]]
+        u = lambda f: int.from_bytes(buf[o + f[0]:o + f[0] + f[1]].tobytes(), "little")
+        mids = []
+        for r in range(len(frames)):
+            o = int(off[r])
+            count, flags, b_log = u(m["count"]), u(m["flags"]), u(m["B"])
+            buckets, old = int(w[np.array([o + m["buckets"]])][0]), int(w[np.array([o + m["old"]])][0])
+            starts = [(buckets, 1 << b_log)]
+            if old:
+                starts.append((old, 1 << b_log if flags & SAME_SIZE_GROW else 1 << max(b_log - 1, 0)))
+            mid = self._map_seq
+            self._map_seq += 1
+            self._map_state[mid] = {"tid": p["tid"], "starts": starts, "si": 0, "i": 0, "chain": 0,
+                                    "seen": set(), "cache": {}, "found": 0,
+                                    "limit": min(count, self.E), "depth": int(p["depth"][r]),
+                                    "frame": int(frames[r]), "done": False}
+            mids.append(mid)
+        self._hmap_walk(p["tid"], mids)
+
+    def _hmap_next(self, st, m, commit: bool):
+        """The next bucket of the decoder's walk (0: none), advancing only on commit."""
+        if st["chain"] and st["chain"] not in st["seen"]:
+            return st["chain"], None
+        si, i = st["si"], st["i"]
+        while si < len(st["starts"]):
+            base, n = st["starts"][si]
+            if base and i < n:
+                b = base + i * m["bucket"]
+                if b in st["seen"]:       # the decoder skips a bucket it has walked
+                    i += 1
+                    continue
+                return b, (si, i + 1)
+            si, i = si + 1, 0
+        return 0, (si, i)
+
+    def _hmap_walk(self, tid, mids) -> None:
+        """Walk each map as far as its read buckets go; read what it waits for
+        (the bucket, and when it is a main one the next few after it)."""
+        m = self.prog.maps[tid]
+        want_a, want_f, want_m = [], [], []
+        slots: dict[int, list] = {}           # id(buf) -> [(buf, w, off, frame, depth, key?)...]
+        for mid in mids:
+            st = self._map_state[mid]
+            while not st["done"] and st["found"] <= st["limit"]:
+                b, nxt = self._hmap_next(st, m, False)
+                if b == 0:
+                    st["done"] = True
+                    break
+                got = st["cache"].get(b, False)
+                if got is False:               # not read yet: this bucket and a few main ones after it
+                    ahead = [b]
+                    if nxt is not None:
+                        si, i = nxt
+                        while len(ahead) < max(2, -(-(st["limit"] + 1 - st["found"]) // 4)) \
+                                and si < len(st["starts"]):
+                            base, n = st["starts"][si]
+                            if base and i < n:
+                                a = base + i * m["bucket"]
+                                if a not in st["cache"] and a not in st["seen"]:
+                                    ahead.append(a)
+                                i += 1
+                            else:
+                                si, i = si + 1, 0
+                    for a in ahead:
+                        st["cache"][a] = None      # failed unless the read delivers it
+                    want_a += ahead; want_f += [st["frame"]] * len(ahead); want_m += [mid] * len(ahead)
+                    break
+                st["seen"].add(b)
+                if nxt is None:
+                    st["chain"] = 0
+                else:
+                    st["si"], st["i"] = nxt
+                if got is None:                # unreadable: the decoder's walk ends with an error
+                    st["done"] = True
+                    break
+                gbuf, gw, goff = got
+                top = gbuf[goff + m["ctrl"]:goff + m["ctrl"] + 8]
+                full = np.flatnonzero(top >= MIN_TOPHASH)
+                take = full[:max(0, st["limit"] - st["found"])]
+                if len(take):
+                    slots.setdefault(id(gbuf), []).append((gbuf, gw, goff, take, st["frame"], st["depth"]))
+                st["found"] += len(full)
+                st["chain"] = int(gw[np.array([goff + m["overflow"]])][0])
+        for group in slots.values():
+            gbuf, gw = group[0][0], group[0][1]
+            koff = np.concatenate([goff + m["keys"] + take * m["key_stride"] for _, _, goff, take, _, _ in group])
+            eoff = np.concatenate([goff + m["elems"] + take * m["elem_stride"] for _, _, goff, take, _, _ in group])
+            fr = np.concatenate([np.full(len(take), f, np.int64) for _, _, _, take, f, _ in group])
+            dep = np.concatenate([np.full(len(take), d, np.int64) for _, _, _, take, _, d in group])
+            self.expand(m["key"], gbuf, koff, fr, dep, gw)
+            self.expand(m["elem"], gbuf, eoff, fr, dep, gw)
+        if want_a:
+            a = lambda xs: np.array(xs, np.int64)
+            self.add(a(want_a), m["bucket"], a(want_f), "hmap_buckets", tid=tid, mid=a(want_m))
+
+    def _c_hmap_buckets(self, buf, w, off, addr, frames, p):
+        mids = set()
+        for mid, b, o in zip(p["mid"].tolist(), addr.tolist(), off.tolist()):
+            self._map_state[mid]["cache"][b] = (buf, w, o)
+            mids.add(mid)
+        # maps whose every bucket of this read failed are not in `mids`: their
+        # walk ends at the unreadable bucket, as the decoder's does
+        self._hmap_walk(p["tid"], sorted(mids))
+
     def _c_mapidx_hdr(self, buf, w, off, addr, frames, p):
         m = self.prog.maps[p["ops"][p["i"]][1]]
         dp, dl = w[off + m["dir_ptr"]], w[off + m["dir_len"]]
@@ -745,8 +856,9 @@ class Run:
             elif kind == "map":
                 p = w.at(off, s[1])
                 m = (p != 0) & (depth < D)
-                self.add(p[m], self.prog.maps[s[2]]["header"], frames[m], "map_hdr", tid=s[2],
-                         depth=depth[m] + 1)
+                mp = self.prog.maps[s[2]]
+                self.add(p[m], mp["header"], frames[m],
+                         "hmap_hdr" if mp.get("impl") == "hmap" else "map_hdr", tid=s[2], depth=depth[m] + 1)
             elif kind == "iface":
                 t = w.at(off, s[1])
                 data = w.at(off, s[2])
@@ -846,7 +958,7 @@ class Run:
                 m = self.prog.maps.get(op[1])
                 p = _words(buf, off)
                 live = p != 0                 # a nil map: "not present", nothing read
-                if m is None:
+                if m is None or m.get("impl") == "hmap":
                     return self.mark(frames[live], "a map index on a map the program doesn't walk")
                 return self.add(p[live], m["header"], frames[live], "mapidx_hdr", ops=ops, i=i, tid=tid)
             else:

@@ -14,7 +14,7 @@ value's own bytes (structs and arrays are flattened into their parent):
     ["str", ptr_off, len_off]
     ["ptr", off, elem_type]                      one indirection
     ["slice", ptr_off, len_off, elem_type, elem_size]
-    ["map", off, map_type]                       swiss tables: one group, or a directory of tables
+    ["map", off, map_type]                       swiss tables (one group or a directory), hmap buckets
     ["iface", type_or_tab_off, data_off, itab_type_off]   -1: eface
     ["chan", off, header_size]
     ["func", off]
@@ -27,7 +27,8 @@ import json
 from dataclasses import dataclass, field
 
 from .decode import (EAGER_BYTES, HCHAN_OFFSETS, MAX_INLINE_KV, SPECIAL_TYPES, TABLE_GROUPS_OFFSETS, Budgets,
-                     ByteBudget, _Decoder, _itab_type_offset, direct_iface, swiss_group_layout)
+                     ByteBudget, _Decoder, _itab_type_offset, direct_iface, hmap_bucket_layout,
+                     swiss_group_layout)
 from .types import Kind, TypeTable
 
 READ_PROGRAM_VERSION = 1
@@ -175,14 +176,16 @@ class _Compiler:
         """Record the swiss layout of map type t; say why not when the
         executor can't walk it (the fallback reader does)."""
         lay = t.map_layout
-        if lay is None or lay.impl != "swiss":
-            return f"{t.name}: only swiss maps are walked by the read program"
+        if lay is None or lay.impl not in ("swiss", "hmap"):
+            return f"{t.name}: no map layout the read program walks"
         key, elem = self.types.types.get(t.key), self.types.types.get(t.elem)
         header = self.types.types.get(lay.header)
         if key is None or elem is None or header is None:
             return f"{t.name}: types missing"
         if key.size > MAX_INLINE_KV or elem.size > MAX_INLINE_KV:
             return f"{t.name}: indirect keys or elems"
+        if lay.impl == "hmap":
+            return self._hmap(t, key, elem, header)
         try:
             g = swiss_group_layout(self.dec, t)
             off = {n: self.dec.offset(header, n) for n in ("used", "dirPtr", "dirLen")}
@@ -206,7 +209,7 @@ class _Compiler:
                 return f"{t.name}: {e}"
         kk = {Kind.STRING: "string", Kind.BOOL: "bool", Kind.INT: "int"}.get(key.kind, "uint")
         ks, kl = (key.field("str"), key.field("len")) if key.kind == Kind.STRING else (None, None)
-        self.prog.maps[t.id] = {"header": header.size, "used": off["used"][0],
+        self.prog.maps[t.id] = {"impl": "swiss", "header": header.size, "used": off["used"][0],
                                 "key_kind": kk, "key_size": key.size,
                                 "table": table_t.size if table_t is not None else TABLE_GROUPS_OFFSETS[1] + 8,
                                 "table_data": tdata, "table_mask": tmask,
@@ -215,6 +218,26 @@ class _Compiler:
                                 "group": g.size, "ctrl": g.ctrl, "keys": g.keys,
                                 "key_stride": g.key_stride, "elems": g.elems,
                                 "elem_stride": g.elem_stride, "key": key.id, "elem": elem.id}
+        return None
+
+
+    def _hmap(self, t, key, elem, header) -> str | None:
+        """Go < 1.24: buckets of 8 slots with tophash bytes and an overflow pointer."""
+        try:
+            b = hmap_bucket_layout(self.dec, t)
+            off = {n: self.dec.offset(header, n) for n in ("count", "flags", "B", "buckets", "oldbuckets")}
+        except Exception as e:   # a layout the decoder would call malformed: let it say so
+            return f"{t.name}: {e}"
+        if b.overflow < 0 or off["buckets"][1] != 8 or off["oldbuckets"][1] != 8:
+            return f"{t.name}: unexpected bucket or header layout"
+        self.shape(key.id)
+        self.shape(elem.id)
+        self.prog.maps[t.id] = {"impl": "hmap", "header": header.size,
+                                "count": list(off["count"]), "flags": list(off["flags"]), "B": list(off["B"]),
+                                "buckets": off["buckets"][0], "old": off["oldbuckets"][0],
+                                "bucket": b.size, "ctrl": b.ctrl, "keys": b.keys, "key_stride": b.key_stride,
+                                "elems": b.elems, "elem_stride": b.elem_stride, "overflow": b.overflow,
+                                "key": key.id, "elem": elem.id}
         return None
 
 
