@@ -46,7 +46,8 @@ def throughput(n: int, reps: int, same: int = 20) -> None:
         prepared = (TypeBlob.build(c.types), Image.of(c.memory.items()), _read(c.memory))
         try:
             dec.decode_value(prepared[0], c.type_id, c.data, c.addr, prepared[1], c.budgets,
-                             frame_budget=ByteBudget(1 << 24), snapshot_budget=ByteBudget(1 << 24))
+                             frame_budget=ByteBudget(1 << 24), snapshot_budget=ByteBudget(1 << 24),
+                             rtypes=c.rtypes)
         except Unsupported:
             continue
         cases.append((c, prepared))
@@ -55,22 +56,25 @@ def throughput(n: int, reps: int, same: int = 20) -> None:
         t0 = time.perf_counter()
         used = 0
         for c, (blob, img, read) in cases:
+            by_rtype = lambda a, c=c: c.types[c.rtypes[a]] if a in c.rtypes else None   # noqa: E731
             for _ in range(same):
                 fb = ByteBudget(1 << 24)
                 decode_value(c.types, c.type_id, c.data, c.addr, read, c.budgets, frame_budget=fb,
-                             snapshot_budget=ByteBudget(1 << 24))
+                             snapshot_budget=ByteBudget(1 << 24), type_by_rtype=by_rtype)
                 used += fb.used
         py.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         for c, (blob, img, read) in cases:
             for _ in range(same):
                 dec.decode_value(blob, c.type_id, c.data, c.addr, img, c.budgets,
-                                 frame_budget=ByteBudget(1 << 24), snapshot_budget=ByteBudget(1 << 24))
+                                 frame_budget=ByteBudget(1 << 24), snapshot_budget=ByteBudget(1 << 24),
+                                 rtypes=c.rtypes)
         wa.append(time.perf_counter() - t0)
         nbytes.append(used)
         t0 = time.perf_counter()
         for c, (blob, img, read) in cases:   # one call into the module for a value's `same` frames
-            dec.decode_batch(blob, img, [(c.type_id, c.data, c.addr, 1 << 24, 1 << 24)] * same, c.budgets)
+            dec.decode_batch(blob, img, [(c.type_id, c.data, c.addr, 1 << 24, 1 << 24)] * same, c.budgets,
+                             c.rtypes)
         wb.append(time.perf_counter() - t0)
     p, w = statistics.median(py), statistics.median(wa)
     n *= same

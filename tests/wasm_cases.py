@@ -1,15 +1,18 @@
 """Random Go values in fake memory, for the WebAssembly decoder's tests and fuzzing.
 
 `random_case(rng)` builds a small type table (bool, ints, uints, strings,
-pointers, slices, arrays, structs, unknown, unsafe.Pointer; cycles too), a
-memory image with holes, a root, and budgets; `reference(case)` decodes it
+pointers, slices, arrays, structs, unknown, unsafe.Pointer, interfaces
+empty and not, channels with and without their hchan type; cycles too),
+runtime types for the interfaces' dynamic values, a memory image with
+holes, a root, and budgets; `reference(case)` decodes it
 with probe_compiler.decode (the reference). Shared by tests/test_wasm_decoder.py
 and bench/wasm.py.
 """
 from __future__ import annotations
 
+import dataclasses
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from probe_compiler.decode import Budgets, ByteBudget, decode_value
 from probe_compiler.types import Field, GoType, Kind, TypeTable
@@ -25,6 +28,7 @@ class Case:
     budgets: Budgets
     frame_left: int
     snapshot_left: int
+    rtypes: dict = field(default_factory=dict)     # runtime type address -> type id
 
 
 def _read(memory: dict[int, bytes]):
@@ -40,8 +44,9 @@ def _read(memory: dict[int, bytes]):
 
 def reference(case: Case):
     fb, sb = ByteBudget(case.frame_left), ByteBudget(case.snapshot_left)
+    by_rtype = lambda a: case.types[case.rtypes[a]] if a in case.rtypes else None   # noqa: E731
     plain, raw = decode_value(case.types, case.type_id, case.data, case.addr, _read(case.memory),
-                              case.budgets, frame_budget=fb, snapshot_budget=sb)
+                              case.budgets, frame_budget=fb, snapshot_budget=sb, type_by_rtype=by_rtype)
     return plain, raw, fb.used
 
 
@@ -60,11 +65,24 @@ class _Builder:
         u8p = self.add(GoType(0, "*uint8", Kind.POINTER, 8, elem=self.base["uint8"]))
         self.base["string"] = self.add(GoType(0, "string", Kind.STRING, 16,
                                               fields=(Field("str", 0, u8p), Field("len", 8, self.base["int"]))))
+        up, uint = self.base["unsafe.Pointer"], self.base["uint"]
+        hchan = self.add(GoType(0, "runtime.hchan", Kind.STRUCT, 96, fields=(
+            Field("qcount", 0, uint), Field("dataqsiz", 8, uint), Field("closed", 28, self.base["uint32"]))))
+        self.base["chan int"] = self.add(GoType(0, "chan int", Kind.CHAN, 8, elem=self.base["int"],
+                                                chan_header=hchan))
+        self.base["chan string"] = self.add(GoType(0, "chan string", Kind.CHAN, 8, elem=self.base["string"]))
+        itab = self.add(GoType(0, "runtime.itab", Kind.STRUCT, 32,
+                               fields=(Field("inter", 0, up), Field("Type", 8, up))))
+        itabp = self.add(GoType(0, "*runtime.itab", Kind.POINTER, 8, elem=itab))
+        self.base["interface {}"] = self.add(GoType(0, "interface {}", Kind.INTERFACE, 16, empty=True,
+                                                    fields=(Field("_type", 0, up), Field("data", 8, up))))
+        self.base["main.I"] = self.add(GoType(0, "main.I", Kind.INTERFACE, 16,
+                                              fields=(Field("tab", 0, itabp), Field("data", 8, up))))
 
     def add(self, t: GoType) -> int:
         tid = self.next
         self.next += 1
-        self.types[tid] = GoType(tid, t.name, t.kind, t.size, t.fields, t.elem, t.key, t.length)
+        self.types[tid] = dataclasses.replace(t, id=tid)
         return tid
 
     def type(self, depth: int = 0) -> int:
@@ -99,15 +117,31 @@ class _Builder:
         return tid
 
 
+RTYPES_AT = 0x700000
+ITABS_AT = 0x50000
+
+
 def random_case(rng: random.Random) -> Case:
     b = _Builder(rng)
     root = b.type()
+    # Dynamic types an interface may hold: some of the table's, each at a
+    # runtime type address; a few addresses no type answers.
+    dyn = rng.sample(sorted(b.types), min(6, len(b.types)))
+    if rng.random() < 0.2:
+        dyn.append(b.add(GoType(0, "*errors.errorString", Kind.POINTER, 8, elem=b.base["string"])))
+    rtypes = {RTYPES_AT + 0x100 * i: tid for i, tid in enumerate(dyn)}
     types = TypeTable(dict(b.types))
     memory: dict[int, bytes] = {}
+    # itabs: Type (offset 8) names a runtime type, known or not
+    rts = list(rtypes) + [RTYPES_AT + 0x100 * 50]
+    itabs = [ITABS_AT + 0x40 * i for i in range(len(rts))]
+    for at, rt in zip(itabs, rts):
+        memory[at] = bytes(8) + rt.to_bytes(8, "little") + bytes(16)
     pool = [0x10000 + 0x1000 * i for i in range(24)]
+    words = pool + rts + itabs
     for a in pool:
         if rng.random() < 0.85:        # holes: unreadable memory
-            memory[a] = _bytes(rng, 0x400, pool)
+            memory[a] = _bytes(rng, 0x400, words)
     # strings: some valid UTF-8, some not, some long
     for a in pool[:4]:
         if a in memory:
@@ -115,20 +149,22 @@ def random_case(rng: random.Random) -> Case:
             raw = text.encode("utf-8", "surrogateescape") if "\xff" not in text else text.encode("latin-1")
             memory[a] = raw + memory[a][len(raw):]
     size = types[root].size
-    data = _bytes(rng, size, pool) if rng.random() < 0.7 else None
+    data = _bytes(rng, size, words) if rng.random() < 0.7 else None
     addr = rng.choice(pool) if data is None or rng.random() < 0.5 else None
     budgets = Budgets(string_bytes=rng.choice([4, 16, 256]), elements=rng.choice([2, 8, 64]),
                       depth=rng.choice([1, 2, 8]))
     return Case(types, root, data, addr, memory, budgets,
-                frame_left=rng.choice([0, 40, 300, 1 << 16]), snapshot_left=rng.choice([100, 1 << 24]))
+                frame_left=rng.choice([0, 40, 300, 1 << 16]), snapshot_left=rng.choice([100, 1 << 24]),
+                rtypes=rtypes)
 
 
 def _bytes(rng: random.Random, n: int, pool: list[int]) -> bytes:
     out = bytearray()
     while len(out) < n:
         r = rng.random()
-        if r < 0.35:      # a pointer into the pool, maybe offset
-            out += (rng.choice(pool) + rng.choice([0, 0, 8, 16, 0x3f8])).to_bytes(8, "little")
+        if r < 0.35:      # a pointer into the pool, maybe offset; a runtime type; an itab
+            w = rng.choice(pool)
+            out += ((w + rng.choice([0, 0, 8, 16, 0x3f8])) if w < ITABS_AT else w).to_bytes(8, "little")
         elif r < 0.6:     # a small length
             out += rng.choice([0, 1, 2, 5, 12, 100, 300]).to_bytes(8, "little")
         elif r < 0.7:

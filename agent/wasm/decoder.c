@@ -30,7 +30,10 @@ typedef long long i64;
 
 // Kinds as agent/wasm/decoder.py numbers them.
 enum { K_BOOL = 1, K_INT, K_UINT, K_STRING, K_POINTER, K_UNSAFE_POINTER, K_STRUCT, K_ARRAY,
-       K_SLICE, K_UNKNOWN, K_OTHER };
+       K_SLICE, K_UNKNOWN, K_OTHER, K_IFACE, K_CHAN };
+#define KIND_MASK 0xFF
+#define T_DIRECT 0x100           // an interface holds this type in its data word (IsDirectIface)
+#define T_NAMED_ERROR 0x200      // decode.ERROR_MESSAGE_FIELD names it: Python adds the message
 
 #define EAGER_BYTES 4096
 #define MAX_NEST 200             // C recursion: far past any depth budget
@@ -51,6 +54,7 @@ static u32 string_bytes, elements, depth_budget, raw_mode;
 static u64 frame_left, snapshot_left, used;
 static u32 ntypes, types_off, nfields_total, fields_off, names_off, names_len;
 static u32 nranges, ranges_off, bytes_off, bytes_len;
+static u32 nrtypes, rtypes_off;   // (runtime type address, type id) records, sorted by address
 
 // -- memory management: one region for input and output, grown on request
 
@@ -207,7 +211,7 @@ static u32 cut_at_rune(const u8 *b, u32 n) {
 // -- types
 
 typedef struct {
-    u32 id, kind;
+    u32 id, kind, tflags;
     u64 size;
     u32 elem;            // ~0: none
     u64 length;
@@ -222,7 +226,8 @@ typedef struct {
 static int type_at(u32 i, Type *t) {
     u32 o = types_off + i * TYPE_REC;
     if (i >= ntypes || !in_ok(o, TYPE_REC)) return 0;
-    t->id = rd32(o); t->kind = rd32(o + 4); t->size = rd64(o + 8); t->elem = rd32(o + 16);
+    t->id = rd32(o); t->kind = rd32(o + 4) & KIND_MASK; t->tflags = rd32(o + 4) & ~KIND_MASK;
+    t->size = rd64(o + 8); t->elem = rd32(o + 16);
     t->length = rd64(o + 20); t->name_off = rd32(o + 28); t->name_len = rd32(o + 32);
     t->nfields = rd32(o + 36); t->first_field = rd32(o + 40);
     t->f0_off = rd32(o + 44) & 0xFFFF; t->f0_size = rd32(o + 44) >> 16;
@@ -247,6 +252,19 @@ static const u8 *name_of(Type *t, u32 *n) {
     if (!in_ok((u64)names_off + t->name_off, t->name_len) || t->name_off > names_len) { *n = 0; return in; }
     *n = t->name_len;
     return in + names_off + t->name_off;
+}
+
+// The type id of the runtime type at `rtype` (an interface's dynamic type);
+// 0 with why_arg = rtype when the table lacks it: the agent learns it and asks again.
+static int find_rtype(u64 rtype, u32 *tid) {
+    u32 lo = 0, hi = nrtypes;
+    while (lo < hi) {
+        u32 mid = lo + (hi - lo) / 2;
+        u64 got = rd64(rtypes_off + mid * 16);
+        if (got == rtype) { *tid = rd32(rtypes_off + mid * 16 + 8); return status == ST_OK; }
+        if (got < rtype) lo = mid + 1; else hi = mid;
+    }
+    return 0;
 }
 
 // -- memory image and budgets
@@ -471,6 +489,61 @@ static void decode(Type *t, const u8 *data, u64 dlen, u64 addr, int has_addr, u3
         }
         return;
     }
+    case K_IFACE: {                      // decode._interface
+        if (!(b = own(t, data, dlen, addr, has_addr, f))) return;
+        if (t->f0_off + t->f0_size > t->size || t->f1_off + t->f1_size > t->size) {
+            f->code = R_MALFORMED; f->msg = "interface fields outside the interface"; return;
+        }
+        u64 rtype = le(b + t->f0_off, t->f0_size);
+        if (!(t->length >> 32)) {            // iface: the word is the itab; its Type field is the rtype
+            if (!rtype) { puts_("null"); return; }
+            const u8 *w = mem(rtype + (t->length & 0xFFFFFFFFu), 8, f);
+            if (!w) return;
+            rtype = le(w, 8);
+        }
+        if (!rtype) { puts_("null"); return; }
+        u64 word = le(b + t->f1_off, t->f1_size);
+        u32 dyn_id;
+        Type dyn;
+        if (!find_rtype(rtype, &dyn_id) || !find_type(dyn_id, &dyn)) {
+            if (status == ST_OK) { status = ST_UNSUPPORTED; why = "an interface's dynamic type the table lacks"; why_arg = rtype; }
+            return;
+        }
+        if (dyn.tflags & T_NAMED_ERROR) {
+            status = ST_UNSUPPORTED; why = "an error type whose message the agent adds"; why_arg = 0;
+            return;
+        }
+        u32 nn; const u8 *name = name_of(&dyn, &nn);
+        puts_("{\"__type\":"); put_jstring(name, nn); puts_(",\"value\":");
+        if (dyn.tflags & T_DIRECT) {
+            u8 wb[8];
+            for (int i = 0; i < 8; i++) wb[i] = (u8)(word >> (8 * i));
+            value(dyn_id, wb, 8, 0, 0, depth);
+        } else if (push(word, dyn_id, depth)) {
+            value(dyn_id, 0, 0, word, 1, depth + 1);
+            path_n--;
+        }
+        puts_("}");
+        return;
+    }
+    case K_CHAN: {                       // decode._chan: the hchan header's counts
+        if (!(b = own(t, data, dlen, addr, has_addr, f))) return;
+        u64 p = le(b, 8);
+        if (!p) { puts_("null"); return; }
+        u32 hsize = t->elem;              // bytes of the header to read
+        u32 c_off = (u32)t->length & 0xFFFF, c_size = (u32)(t->length >> 16) & 0xFFFF;
+        if (t->f0_off + t->f0_size > hsize || t->f1_off + t->f1_size > hsize || c_off + c_size > hsize) {
+            f->code = R_MALFORMED; f->msg = "hchan fields outside its header"; return;
+        }
+        const u8 *h = mem(p, hsize, f);
+        if (!h) return;
+        u32 nn; const u8 *name = name_of(t, &nn);
+        puts_("{\"__chan\":"); put_jstring(name, nn);
+        puts_(",\"len\":"); put_u64(le(h + t->f0_off, t->f0_size));
+        puts_(",\"cap\":"); put_u64(le(h + t->f1_off, t->f1_size));
+        puts_(le(h + c_off, c_size) ? ",\"closed\":true}" : ",\"closed\":false}");
+        return;
+    }
     default:
         status = ST_UNSUPPORTED;
         why = "a kind the module does not decode";
@@ -520,7 +593,8 @@ static void value(u32 tid, const u8 *data, u64 dlen, u64 addr, int has_addr, u32
 //  44 root addr u64   52 root bytes offset   56 root bytes length
 //  60 ntypes  64 types offset  68 nfields  72 fields offset  76 names offset  80 names length
 //  84 nranges 88 ranges offset 92 bytes offset 96 bytes length
-#define HDR 100
+// 100 nrtypes 104 rtypes offset
+#define HDR 108
 
 static u32 run_one(u32 h, int force_raw, u32 start) {
     out_len = start; status = ST_OK; why = ""; why_arg = 0; used = 0; path_n = 0; nest = 0;
@@ -535,10 +609,11 @@ static u32 run_one(u32 h, int force_raw, u32 start) {
     ntypes = rd32(h + 60); types_off = rd32(h + 64); nfields_total = rd32(h + 68); fields_off = rd32(h + 72);
     names_off = rd32(h + 76); names_len = rd32(h + 80);
     nranges = rd32(h + 84); ranges_off = rd32(h + 88); bytes_off = rd32(h + 92); bytes_len = rd32(h + 96);
+    nrtypes = rd32(h + 100); rtypes_off = rd32(h + 104);
     if (status != ST_OK) return status;
     if (!in_ok(types_off, (u64)ntypes * TYPE_REC) || !in_ok(fields_off, (u64)nfields_total * FIELD_REC) ||
         !in_ok(names_off, names_len) || !in_ok(ranges_off, (u64)nranges * 24) ||
-        !in_ok(bytes_off, bytes_len) || !in_ok(rb_off, rb_len)) {
+        !in_ok(bytes_off, bytes_len) || !in_ok(rb_off, rb_len) || !in_ok(rtypes_off, (u64)nrtypes * 16)) {
         status = ST_MALFORMED; why = "a section outside the input"; return status;
     }
     Type t;
@@ -561,8 +636,9 @@ u32 decode_input(void) { return run_one(0, -1, 0); }
 // Both forms of one value in one call (the agent's path: one call into the
 // module per value): plain, then raw right after it in the output. The
 // answer is in `result`: status, plain length, raw length, bytes read,
-// the reason (a pointer to text), the output's address.
-static u64 result[6];
+// the reason (a pointer to text), the output's address, the reason's
+// argument (a runtime type address the table lacks, for one).
+static u64 result[7];
 
 __attribute__((export_name("result_ptr"))) u32 result_ptr(void) { return (u32)(unsigned long)result; }
 
@@ -574,7 +650,7 @@ u32 decode_both(u32 h) {
     if (st == ST_OK)
         st = run_one(h, 1, n0);
     result[0] = st; result[1] = n0; result[2] = st == ST_OK ? out_len - n0 : 0; result[3] = used0;
-    result[4] = (u32)(unsigned long)why; result[5] = (u32)(unsigned long)out;
+    result[4] = (u32)(unsigned long)why; result[5] = (u32)(unsigned long)out; result[6] = why_arg;
     return st;
 }
 

@@ -24,21 +24,25 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from probe_compiler.decode import SPECIAL_TYPES, Budgets, ByteBudget, field_name
+from probe_compiler.decode import (ERROR_MESSAGE_FIELD, HCHAN_OFFSETS, ITAB_TYPE_OFFSET, SPECIAL_TYPES,
+                                   Budgets, ByteBudget, direct_iface, field_name)
 from probe_compiler.types import Kind, TypeTable
 
 MODULE = Path(__file__).with_name("decoder.wasm")
 MAGIC = 0x31575258                 # "XRW1"
-HDR = struct.Struct("<I4I QQ II Q II 6I 4I")
+HDR = struct.Struct("<I4I QQ II Q II 6I 4I 2I")
 TYPE_REC = struct.Struct("<IIQIQIIIIII")  # 48 bytes, padded to 56
 FIELD_REC = struct.Struct("<IIQII")      # 24 bytes
 RANGE_REC = struct.Struct("<QQQ")
-_RESULT = struct.Struct("<6Q")
+_RESULT = struct.Struct("<7Q")
+RTYPE_REC = struct.Struct("<QI4x")
 NONE = 0xFFFFFFFF
 
 KINDS = {Kind.BOOL: 1, Kind.INT: 2, Kind.UINT: 3, Kind.STRING: 4, Kind.POINTER: 5,
-         Kind.UNSAFE_POINTER: 6, Kind.STRUCT: 7, Kind.ARRAY: 8, Kind.SLICE: 9, Kind.UNKNOWN: 10}
+         Kind.UNSAFE_POINTER: 6, Kind.STRUCT: 7, Kind.ARRAY: 8, Kind.SLICE: 9, Kind.UNKNOWN: 10,
+         Kind.INTERFACE: 12, Kind.CHAN: 13}
 OTHER = 11
+T_DIRECT, T_NAMED_ERROR = 0x100, 0x200
 
 ST_OK, ST_UNSUPPORTED, ST_MALFORMED, ST_OUTPUT = range(4)
 
@@ -48,7 +52,13 @@ OUTPUT_FACTOR = 16                 # output cap: this many times the input, plus
 
 
 class Unsupported(Exception):
-    """The module does not decode this value's kinds: decode it in Python."""
+    """The module does not decode this value's kinds: decode it in Python.
+    `rtype`: an interface's dynamic type (runtime address) the table lacked;
+    learn it and ask again."""
+
+    def __init__(self, why: str, rtype: int = 0):
+        super().__init__(why)
+        self.rtype = rtype
 
 
 @dataclass(frozen=True)
@@ -91,6 +101,24 @@ class TypeBlob:
                     kind = OTHER       # the reference would call it malformed: let it say so
                 else:
                     f0, f1 = a.offset | sizes[0] << 16, n.offset | sizes[1] << 16
+            length, elem_override = t.length or 0, None
+            if t.kind == Kind.INTERFACE and kind != OTHER:
+                got = _iface_layout(table, t)
+                if got is None:
+                    kind = OTHER
+                else:
+                    f0, f1, length = got
+            elif t.kind == Kind.CHAN and kind != OTHER:
+                got = _chan_layout(table, t)
+                if got is None:
+                    kind = OTHER
+                else:
+                    f0, f1, length, elem_override = got
+            if kind != OTHER:
+                if direct_iface(table, t):
+                    kind |= T_DIRECT
+                if t.name in ERROR_MESSAGE_FIELD:
+                    kind |= T_NAMED_ERROR
             no, nl = name(t.name)
             first = nf
             if t.kind == Kind.STRUCT:
@@ -101,10 +129,52 @@ class TypeBlob:
             elem = t.elem if t.elem is not None and t.elem in table.types else NONE
             if t.kind in (Kind.ARRAY, Kind.SLICE) and elem == NONE:
                 kind = OTHER
-            types.append(TYPE_REC.pack(tid, kind, t.size, elem, t.length or 0, no, nl,
+            if elem_override is not None:
+                elem = elem_override
+            types.append(TYPE_REC.pack(tid, kind, t.size, elem, length, no, nl,
                                        nf - first if t.kind == Kind.STRUCT else 0, first, f0, f1)
                          + b"\0" * 4)
         return TypeBlob(b"".join(types), b"".join(fields), bytes(names), len(types), nf)
+
+
+def _field(table: TypeTable, t, name: str):
+    """(offset, size) of field `name` of t, or None (the reference would call it malformed)."""
+    f = t.field(name)
+    ft = table.types.get(f.type_id) if f is not None else None
+    if ft is None or ft.size > 8 or f.offset > 0xFFFF:
+        return None
+    return f.offset, ft.size
+
+
+def _iface_layout(table: TypeTable, t):
+    """(type-or-itab field, data field, itab Type offset | eface << 32) as decode._interface reads them."""
+    word = _field(table, t, "_type" if t.empty else "tab")
+    data = _field(table, t, "data")
+    if word is None or data is None:
+        return None
+    itab_off = ITAB_TYPE_OFFSET
+    if not t.empty:
+        tab = t.field("tab")
+        ptr = table.types.get(tab.type_id)
+        itab = table.types.get(ptr.elem) if ptr is not None and ptr.elem is not None else None
+        f = itab and (itab.field("Type") or itab.field("_type"))
+        itab_off = f.offset if f else ITAB_TYPE_OFFSET
+    return (word[0] | word[1] << 16, data[0] | data[1] << 16, itab_off | (1 << 32 if t.empty else 0))
+
+
+def _chan_layout(table: TypeTable, t):
+    """(qcount, dataqsiz, closed | size << 16, header bytes) as decode._chan reads them."""
+    h = table.types.get(t.chan_header) if t.chan_header is not None else None
+    if h is not None:
+        got = [_field(table, h, n) for n in ("qcount", "dataqsiz", "closed")]
+        if None in got:
+            return None
+        size = h.size
+    else:
+        got = [HCHAN_OFFSETS[n] for n in ("qcount", "dataqsiz", "closed")]
+        size = max(o + n for o, n in HCHAN_OFFSETS.values())
+    (qo, qs), (do, ds), (co, cs) = got
+    return qo | qs << 16, do | ds << 16, co | cs << 16, size
 
 
 @dataclass(frozen=True)
@@ -137,35 +207,48 @@ class Image:
 
 
 def encode_input(blob: TypeBlob, type_id: int, data: bytes | None, addr: int | None, image: Image,
-                 budgets: Budgets, frame_left: int, snapshot_left: int, raw: bool) -> bytes:
+                 budgets: Budgets, frame_left: int, snapshot_left: int, raw: bool,
+                 rtypes: dict | None = None) -> bytes:
     """One value as one self-contained input (decoder.c's header comment has
     the layout): the header at 0, then the root bytes, tables and image."""
     root = data or b""
+    rt = rtype_table(rtypes)
     static_at = HDR.size + len(root)
     return b"".join([header(blob, type_id, data, addr, image, budgets, frame_left, snapshot_left, raw,
-                            root_at=HDR.size, static_at=static_at), root, *static_parts(blob, image)])
+                            root_at=HDR.size, static_at=static_at, rt=rt), root,
+                     *static_parts(blob, image, rt)])
 
 
-def static_parts(blob: TypeBlob, image: Image) -> list[bytes]:
-    return [blob.types, blob.fields, blob.names, image.ranges, image.data]
+def rtype_table(rtypes: dict | None) -> bytes:
+    """{runtime type address: type id}, as the module's sorted records."""
+    return b"".join(RTYPE_REC.pack(a, tid) for a, tid in sorted((rtypes or {}).items()))
+
+
+def static_parts(blob: TypeBlob, image: Image, rt: bytes = b"") -> list[bytes]:
+    return [blob.types, blob.fields, blob.names, image.ranges, image.data, rt]
+
+
+def _tail(blob: TypeBlob, image: Image, rt: bytes, static_at: int) -> tuple:
+    """The header's section fields, for the static parts placed at static_at."""
+    offs, off = [], static_at
+    for part in static_parts(blob, image, rt):
+        offs.append(off)
+        off += len(part)
+    return (blob.ntypes, offs[0], blob.nfields, offs[1], offs[2], len(blob.names),
+            image.count, offs[3], offs[4], len(image.data), len(rt) // RTYPE_REC.size, offs[5])
 
 
 def header(blob: TypeBlob, type_id: int, data: bytes | None, addr: int | None, image: Image,
            budgets: Budgets, frame_left: int, snapshot_left: int, raw: bool, *, root_at: int,
-           static_at: int) -> bytes:
+           static_at: int, rt: bytes = b"") -> bytes:
     """The header of one value whose root bytes are at root_at and whose
     tables and image (static_parts, in order) start at static_at."""
-    offs, off = [], static_at
-    for part in static_parts(blob, image):
-        offs.append(off)
-        off += len(part)
     flags = (1 if data is not None else 0) | (2 if addr is not None else 0)
     clamp = lambda v: max(0, min(v, (1 << 64) - 1))   # noqa: E731
     return HDR.pack(MAGIC, min(budgets.string_bytes, NONE), min(budgets.elements, NONE),
                     min(budgets.depth, NONE), int(raw), clamp(frame_left), clamp(snapshot_left),
                     type_id & NONE, flags, (addr or 0) & ((1 << 64) - 1), root_at, len(data or b""),
-                    blob.ntypes, offs[0], blob.nfields, offs[1], offs[2], len(blob.names),
-                    image.count, offs[3], offs[4], len(image.data))
+                    *_tail(blob, image, rt, static_at))
 
 
 def _error(why: str) -> tuple[dict, dict]:
@@ -249,15 +332,15 @@ class WasmDecoder:
             self._instantiate()
             raise
 
-    def _stage(self, blob: TypeBlob, image: Image, root_len: int) -> int:
-        """Write the tables and the image into the module once (per blob and
-        image), leaving room after them for one value's header and root;
-        returns where that room starts."""
-        key = (id(blob), id(image))
+    def _stage(self, blob: TypeBlob, image: Image, root_len: int, rt: bytes = b"") -> int:
+        """Write the tables and the image into the module once (per blob,
+        image and rtype table), leaving room after them for one value's header
+        and root; returns where that room starts."""
+        key = (id(blob), id(image), rt)
         st = self._staged
         if st is None or st[0] != key or st[3] < HDR.size + root_len:
             self._staged = None
-            static = b"".join(static_parts(blob, image))
+            static = b"".join(static_parts(blob, image, rt))
             room = HDR.size + max(root_len, 4096)
             self._store.set_fuel(self.fuel)
             base = self._prepare(self._store, len(static) + room, max(64 << 10, len(static) * OUTPUT_FACTOR))
@@ -265,13 +348,7 @@ class WasmDecoder:
                 return -1
             self._refresh_view()
             self._view[base:base + len(static)] = static
-            offs, off = [], 0
-            for part in static_parts(blob, image):
-                offs.append(off)
-                off += len(part)
-            tail = (blob.ntypes, offs[0], blob.nfields, offs[1], offs[2], len(blob.names),
-                    image.count, offs[3], offs[4], len(image.data))
-            st = self._staged = (key, base, len(static), room, blob, image, tail)   # keeps both alive
+            st = self._staged = (key, base, len(static), room, blob, image, _tail(blob, image, rt, 0))
         return st[2]
 
     def _refresh_view(self) -> None:
@@ -285,7 +362,7 @@ class WasmDecoder:
 
     def decode_value(self, blob: TypeBlob, type_id: int, data: bytes | None, addr: int | None,
                      image: Image, budgets: Budgets, *, frame_budget: ByteBudget,
-                     snapshot_budget: ByteBudget) -> tuple:
+                     snapshot_budget: ByteBudget, rtypes: dict | None = None) -> tuple:
         """(plain, raw) as probe_compiler.decode.decode_value gives them, the
         byte budgets charged the same; raises Unsupported for kinds the module
         does not decode (nothing is charged then)."""
@@ -293,7 +370,7 @@ class WasmDecoder:
         wt, store = self._wt, self._store
         try:
             root = data or b""
-            at = self._stage(blob, image, len(root))
+            at = self._stage(blob, image, len(root), rtype_table(rtypes))
             if at < 0:
                 self.stats["errors"] += 1
                 return _error(f"the tables and {len(image.data):,} copied bytes do not fit its memory limit")
@@ -312,10 +389,11 @@ class WasmDecoder:
             self._decode_both(store, at)        # the one call into the module for this value
             self._refresh_view()                # output may have grown the memory
             view = self._view
-            status, n0, n1, used, why, out = _RESULT.unpack_from(view, self._result)
+            status, n0, n1, used, why, out, arg = _RESULT.unpack_from(view, self._result)
             if status == ST_UNSUPPORTED:
                 self.stats["unsupported"] += 1
-                raise Unsupported(self._text(why))
+                text = self._text(why)
+                raise Unsupported(text, rtype=arg if "dynamic type" in text else 0)
             if status != ST_OK:
                 self.stats["errors"] += 1
                 return _error(self._text(why) or f"status {status}")
@@ -337,7 +415,8 @@ class WasmDecoder:
         _charge(snapshot_budget, used)
         return got[0], got[1]
 
-    def decode_batch(self, blob: TypeBlob, image: Image, values: list, budgets: Budgets) -> list:
+    def decode_batch(self, blob: TypeBlob, image: Image, values: list, budgets: Budgets,
+                     rtypes: dict | None = None) -> list:
         """Many values in one call into the module: `values` are (type id,
         root bytes or None, address or None, frame bytes left, snapshot bytes
         left); returns per value (plain, raw, bytes read), or None where the
@@ -350,7 +429,7 @@ class WasmDecoder:
             chunk = values[start:start + 4096]
             roots = b"".join(d or b"" for _, d, _, _, _ in chunk)
             try:
-                at = self._stage(blob, image, len(chunk) * HDR.size + len(roots))
+                at = self._stage(blob, image, len(chunk) * HDR.size + len(roots), rtype_table(rtypes))
                 if at < 0:
                     e = _error("the batch does not fit its memory limit")
                     return [(e[0], e[1], 0) for _ in values]
@@ -451,11 +530,30 @@ def decode_value(types, type_id, data, addr, read, budgets, *, frame_budget, sna
     from probe_compiler.decode import decode_value as reference
     copies = getattr(read, "__self__", None)
     if isinstance(copies, Copies) and type_id in types:
-        try:
-            return WasmDecoder.for_thread().decode_value(
-                blob_for(types), type_id, data, addr, image_of_copies(copies), budgets,
-                frame_budget=frame_budget, snapshot_budget=snapshot_budget)
-        except Unsupported:
-            pass
+        learned = _learned_rtypes(types)
+        dec = WasmDecoder.for_thread()
+        for _ in range(64):                 # each round learns one interface's dynamic type
+            try:
+                return dec.decode_value(blob_for(types), type_id, data, addr, image_of_copies(copies), budgets,
+                                        frame_budget=frame_budget, snapshot_budget=snapshot_budget,
+                                        rtypes=learned)
+            except Unsupported as e:
+                t = type_by_rtype(e.rtype) if e.rtype else None
+                if t is None or t.id not in types or e.rtype in learned:
+                    break                   # a kind the module does not decode, or a type nobody knows
+                learned[e.rtype] = t.id     # type_by_rtype may have grown the table: blob_for rebuilds
     return reference(types, type_id, data, addr, read, budgets, frame_budget=frame_budget,
                      snapshot_budget=snapshot_budget, func_name=func_name, type_by_rtype=type_by_rtype)
+
+
+_rtype_maps: dict[int, tuple[object, dict]] = {}
+
+
+def _learned_rtypes(types: TypeTable) -> dict:
+    """Runtime type address -> type id, as this plan's interfaces met them."""
+    hit = _rtype_maps.get(id(types))
+    if hit is None or hit[0] is not types:
+        if len(_rtype_maps) > 64:
+            _rtype_maps.clear()
+        hit = _rtype_maps[id(types)] = (types, {})
+    return hit[1]
