@@ -202,6 +202,15 @@ def snapshot_together(targets: list, opts, probe: StackProbe | None = None,
         live = [j for j in live if j.rec.error is None]
         if live:                            # before the pause: the first plan, no regs, no old records
             probe.prepare(live[0].plan)
+        # Every process's threads interrupted back to back, then the stops
+        # waited for: the pauses start together (PausedProcess.interrupt).
+        for j in live:
+            if hasattr(j.pause, "interrupt"):
+                try:
+                    j.pause.interrupt()
+                except AgentError as e:
+                    j.fail(e)
+        live = [j for j in live if j.rec.error is None]
         with ExitStack() as pauses:
             for j in live:
                 try:
