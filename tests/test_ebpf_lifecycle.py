@@ -111,3 +111,22 @@ def test_a_thousand_snapshots(states):
     _untraced_and_alive(t.pid)
     assert not loaded_prog_ids(ids)
     assert not our_uprobes()
+
+
+def test_without_bpf_auto_says_why_and_ebpf_refuses(monkeypatch):
+    """A machine that can't run the probe (simulated: no CAP_BPF): `auto`
+    snapshots with ptrace and its warning names what is missing; `ebpf`
+    gives the process an error saying the same. No kernel needed."""
+    from agent.ebpf import executor
+    from agent.snapshot import SnapshotOptions, snapshot_processes
+    from server.snapshot_job import load_target
+    why = "no CAP_BPF (run the agent as root, or grant CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE)"
+    monkeypatch.setattr(executor, "why_unavailable", lambda: why)
+    binary = build("states")
+    with run_target(binary, dump=False) as t:
+        target = load_target(str(binary), None, {})
+        [auto] = snapshot_processes([(t.pid, target)], SnapshotOptions(executor="auto"))
+        [ebpf] = snapshot_processes([(t.pid, target)], SnapshotOptions(executor="ebpf"))
+    assert auto.error is None and auto.goroutines
+    assert f"executor auto: used ptrace, because {why}" in auto.warnings
+    assert ebpf.error == f"executor ebpf: {why}" and not ebpf.goroutines
