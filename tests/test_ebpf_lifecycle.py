@@ -130,3 +130,27 @@ def test_without_bpf_auto_says_why_and_ebpf_refuses(monkeypatch):
     assert auto.error is None and auto.goroutines
     assert f"executor auto: used ptrace, because {why}" in auto.warnings
     assert ebpf.error == f"executor ebpf: {why}" and not ebpf.goroutines
+
+
+def test_snapshots_from_two_threads_take_turns_with_the_probe(states):
+    """An agent serving two requests at once: each thread's snapshot of the
+    process completes and has its goroutines (the probe's one cursor is
+    taken in turn)."""
+    import threading
+    from agent.ebpf.executor import snapshot_process
+    from agent.ebpf.probe import StackProbe
+    from agent.snapshot import SnapshotOptions
+    t, target = states
+    out: list = []
+    with StackProbe() as probe:
+        def one():
+            for _ in range(5):
+                out.append(snapshot_process(t.pid, target, SnapshotOptions(), probe=probe))
+        threads = [threading.Thread(target=one) for _ in range(2)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(120)
+    assert len(out) == 10
+    assert all(r.error is None and len(r.goroutines) > 20 for r in out), [r.error for r in out]
+    _untraced_and_alive(t.pid)

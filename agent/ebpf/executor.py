@@ -190,6 +190,11 @@ def snapshot_together(targets: list, opts, probe: StackProbe | None = None,
     the probe in turn, then all resumed; then the records. Each record keeps
     its pause start and its distance from the earliest (pause_skew_ns)."""
     probe = probe or shared_probe()
+    with probe.lock:            # the probe has one cursor: one snapshot at a time
+        return _together(targets, opts, probe, budgets)
+
+
+def _together(targets: list, opts, probe: StackProbe, budgets) -> list[ProcessRecord]:
     jobs = [_Job(pid, t, opts, budgets) for pid, t in targets]
     live = [j for j in jobs if j.prepare()]
     walked = []

@@ -22,6 +22,7 @@ import os
 import select
 import signal
 import struct
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -86,7 +87,12 @@ class _State:
 
 
 class StackProbe:
+    """The loaded probe. It has one cursor (the `state` map) and one ring
+    buffer: one snapshot at a time uses it, under `lock` (an agent serving
+    several requests at once takes turns here)."""
+
     def __init__(self, ringbuf_pages: int = RINGBUF_PAGES):
+        self.lock = threading.RLock()
         self._uprobes: dict[int, list] = {}     # pid -> [(perf event fd, event name)]
         self._records: list[bytes] = []
         self._kern = None
