@@ -208,3 +208,28 @@ def test_snapshot_budget_is_spent_in_goroutine_order(go_build, monkeypatch, forc
     skus = [c.values["sku"] for g in rec.goroutines for c in g.captures]
     assert len(skus) == 12 and rec.truncated
     assert skus[:6] == ["widget"] * 6 and skus[6:] == [{"__truncated": "budget"}] * 6, skus
+
+
+def test_coalesced_reads_fail_exactly_where_single_reads_would():
+    """A level's reads are merged by page; a merged read spanning an unmapped
+    gap is read again range by range, so only the unreadable range fails,
+    and the copies answer the decoder as single reads would have."""
+    from agent.errors import MemoryReadError
+    from agent.readexec import coalesce, read_coalesced
+    fake = FakeMemory({0x1000: b"A" * 16, 0x1800: b"B" * 16, 0x2000: b"C" * 8})
+    addrs = np.array([0x1800, 0x1000, 0x5000, 0x2000, 0x1004], np.int64)
+    sizes = np.array([16, 8, 8, 8, 4], np.int64)
+    starts, ends, gid = coalesce(addrs, sizes)
+    assert len(starts) == 2 and gid.tolist() == [0, 0, 1, 0, 0]    # 0x1000-0x2008 is one read
+    buf, at, ok, chunks = read_coalesced(fake, addrs, sizes)
+    assert ok.tolist() == [True, True, False, True, True]
+    got = [bytes(buf[a:a + n]) for a, n in zip(at.tolist(), sizes.tolist())]
+    assert got[:2] == [b"B" * 16, b"A" * 8] and got[3:] == [b"C" * 8, b"A" * 4]
+    copies = Copies(0)
+    for c in chunks:
+        copies.add(*c)
+    assert copies.read(0x1808, 8) == b"B" * 8
+    with pytest.raises(MemoryReadError, match="unmapped or unreadable"):
+        copies.read(0x5000, 8)
+    with pytest.raises(MemoryReadError, match="not copied"):
+        copies.read(0x1400, 8)          # the gap the merged read spanned: never copied
