@@ -29,6 +29,7 @@ from oracle import parse_go_traceback
 from ptrace_helpers import Target as WatchdogTarget, assert_free, tracer_pid
 from stack_compare import NAMED, STABLE, assert_stacks_match
 from targets import run_target
+from agent.memory import ProcessMemory
 from agent.snapshot import SnapshotOptions, snapshot_process
 from probe_compiler.spec import parse_spec
 from server.snapshot_job import load_target, snapshot_pids
@@ -151,33 +152,73 @@ def run_bounded(fn, limit: float):
 DEADLINE = 2.0
 
 
-# Stacks only, 10,000 goroutines pause the target for about 20 ms here; with
-# main.extraWaiter in the spec each of them is unwound in the pause too (a
-# few hundred ms), so a later kill lands among the reads of captured frames.
-UNWIND_ALL_SPEC = "version: 1\nfunctions:\n  main.extraWaiter:\n"
+# A spec whose captures are read in the pause: 10,000 extra waiters and the
+# handler whose receiver's name is read.
+CAPTURE_SPEC = "version: 1\nfunctions:\n  main.extraWaiter:\n  main.(*server).handle:\n    capture: [s.name]\n"
 
 
-@pytest.mark.parametrize("delay_ms,spec_text", [(0, None), (6, None), (40, UNWIND_ALL_SPEC)],
-                         ids=["at-seize", "in-bulk-reads", "in-captures"])
-def test_process_exits_mid_pause(go_build, delay_ms, spec_text):
-    """The target (10,000 goroutines) is SIGKILLed 0, 6 or 40 ms into the pause
-    (while seizing, while copying g structs and stacks, while unwinding for
-    captures). The record carries the error, the call returns within the
-    deadline, and no thread of ours is left waiting."""
+class CountingMemory(ProcessMemory):
+    """The process's memory, counting read calls; SIGKILLs the process just
+    before call number `kill_at` (None: never), so a test can stop it at an
+    exact point of the pause whatever the machine's speed."""
+
+    def __init__(self, pid: int, kill_at: int | None = None):
+        super().__init__(pid)
+        self.calls, self.kill_at = 0, kill_at
+
+    def _count(self):
+        self.calls += 1
+        if self.calls == self.kill_at:
+            os.kill(self.pid, signal.SIGKILL)
+            while not Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in "ZX":
+                time.sleep(0.0005)          # dead before the read it precedes
+
+    def read(self, addr, size):
+        self._count()
+        return super().read(addr, size)
+
+    def read_many(self, reqs):
+        self._count()
+        return super().read_many(reqs)
+
+    def read_into(self, addrs, sizes):
+        self._count()
+        return super().read_into(addrs, sizes)
+
+    def read_scatter(self, addrs, sizes):
+        self._count()
+        return super().read_scatter(addrs, sizes)
+
+
+def _snapshot_bounded(t, target, mem=None):
+    return run_bounded(lambda: snapshot_process(t.pid, target, SnapshotOptions(deadline_s=DEADLINE),
+                                                mem=mem), DEADLINE + 10)
+
+
+@pytest.mark.parametrize("when", ["at-seize", "second-read", "last-read"])
+def test_process_exits_mid_pause(go_build, when):
+    """The target (10,000 goroutines, captures read in the pause) is SIGKILLed
+    while it is being seized, before the pause's second memory read (the g
+    structs), or before its last one (among the captured values). The record
+    carries the error, the call returns within the deadline, and no thread of
+    ours is left waiting."""
     binary = go_build("states")
     with run_target(binary, "-extra", "10000", "-busy", "0", "-nospin", ready_timeout=60) as t:
-        cache: dict = {}
-        spec = parse_spec(spec_text) if spec_text else None
-        target = load_target(f"/proc/{t.pid}/exe", spec, cache)
-        killer = KillWhenTraced(t.pid, delay_ms / 1000)
-        killer.start()
-        rec, took = run_bounded(lambda: snapshot_process(t.pid, target,
-                                                         SnapshotOptions(deadline_s=DEADLINE)),
-                                DEADLINE + 10)
-        killer.join(5)
-        assert killer.killed_at is not None, "the target was never seen traced"
+        target = load_target(f"/proc/{t.pid}/exe", parse_spec(CAPTURE_SPEC), {})
+        if when == "at-seize":
+            killer = KillWhenTraced(t.pid, 0)
+            killer.start()
+            rec, took = _snapshot_bounded(t, target)
+            killer.join(5)
+            assert killer.killed_at is not None, "the target was never seen traced"
+        else:
+            counted = CountingMemory(t.pid)
+            first, _ = _snapshot_bounded(t, target, counted)     # how many reads a snapshot makes
+            assert first.error is None and counted.calls >= 3, (first.error, counted.calls)
+            kill_at = 2 if when == "second-read" else counted.calls
+            rec, took = _snapshot_bounded(t, target, CountingMemory(t.pid, kill_at))
         t.proc.wait(5)
-    assert rec.error, f"a snapshot of a process killed {delay_ms} ms into the pause has no error"
+    assert rec.error, f"a snapshot of a process killed {when} has no error"
     assert str(t.pid) in rec.error or "exit" in rec.error.lower() or "no such process" in rec.error.lower(), \
         rec.error
     assert rec.goroutines == []
