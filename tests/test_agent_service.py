@@ -77,7 +77,7 @@ def test_lists_fetches_and_snapshots(tmp_path, target):
         assert stat.S_IMODE(os.stat(audit).st_mode) == 0o600
         c.close()
     finally:
-        server.stop(0)
+        server.stop(0).wait(10)   # the socket is gone before the next server binds it
 
 
 def test_allow_list_and_rate_limit(tmp_path, target):
@@ -92,7 +92,7 @@ def test_allow_list_and_rate_limit(tmp_path, target):
         [rec] = list(c.run_plan(plan_request([target.pid], {}, request_id="r2"), timeout=30))
         assert "refused by the agent's allow-list" in rec.error and "matches no --allow-exe" in rec.error
     finally:
-        server.stop(0)
+        server.stop(0).wait(10)   # the socket is gone before the next server binds it
     server, addr, audit = serve(tmp_path, Policy(allow_exe=["*"], min_interval_s=3600))
     try:
         c = AgentClient.connect(addr)
@@ -103,7 +103,7 @@ def test_allow_list_and_rate_limit(tmp_path, target):
         assert first.error is None
         assert "rate limited" in second.error and "at most once per 3600 s" in second.error
     finally:
-        server.stop(0)
+        server.stop(0).wait(10)   # the socket is gone before the next server binds it
 
 
 def test_malformed_and_oversized_requests(tmp_path, target):
@@ -128,7 +128,7 @@ def test_malformed_and_oversized_requests(tmp_path, target):
         outcomes = [e["outcome"] for e in audit_lines(audit) if e["method"] == "RunPlan"]
         assert any(o.startswith("refused: the plan for build id") for o in outcomes)
     finally:
-        server.stop(0)
+        server.stop(0).wait(10)   # the socket is gone before the next server binds it
 
 
 def test_deadline_enforced_on_the_agent(tmp_path, target):
@@ -144,7 +144,7 @@ def test_deadline_enforced_on_the_agent(tmp_path, target):
         assert "deadline passed before the pause instant; nothing was paused" in rec.error
         assert tracer_pid(target.pid) == 0
     finally:
-        server.stop(0)
+        server.stop(0).wait(10)   # the socket is gone before the next server binds it
 
 
 def test_tcp_needs_credentials(tmp_path, target):
@@ -163,7 +163,7 @@ def test_tcp_needs_credentials(tmp_path, target):
         assert any(e["who"] == "ops-laptop" for e in lines)
         assert sum(e["outcome"] == "refused: no valid bearer token" for e in lines) == 2
     finally:
-        server.stop(0)
+        server.stop(0).wait(10)   # the socket is gone before the next server binds it
     os.chmod(token, 0o644)
     with pytest.raises(ListenError, match="readable by others"):
         serve(tmp_path, listen="tcp:127.0.0.1:0", token_file=str(token))
@@ -185,7 +185,7 @@ def test_mutual_tls(tmp_path, target):
         with pytest.raises(AgentUnavailable, match="unreachable|refused"):
             AgentClient.connect(addr, Credentials(ca=certs["ca.crt"], server_name="exray-agent")).health(10)
     finally:
-        server.stop(0)
+        server.stop(0).wait(10)   # the socket is gone before the next server binds it
 
 
 def test_cancelled_before_the_pause(tmp_path, target):
@@ -212,7 +212,7 @@ def test_cancelled_before_the_pause(tmp_path, target):
         assert end["errors"][str(target.pid)].startswith("the client cancelled the request before the pause")
         assert tracer_pid(target.pid) == 0
     finally:
-        server.stop(0)
+        server.stop(0).wait(10)   # the socket is gone before the next server binds it
 
 
 def test_agent_command_refuses_unsafe_setups(tmp_path):
