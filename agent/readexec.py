@@ -619,9 +619,149 @@ class Run:
     def _c_mapidx_hdr(self, buf, w, off, addr, frames, p):
         m = self.prog.maps[p["ops"][p["i"]][1]]
         dp, dl = w[off + m["dir_ptr"]], w[off + m["dir_len"]]
-        self.mark(frames[dl != 0], "a map index on a map with a table directory")
         one = (dl == 0) & (dp != 0)          # dp == 0: no group yet, the key is not there
         self.add(dp[one], m["group"], frames[one], "mapidx_group", ops=p["ops"], i=p["i"], tid=p["tid"])
+        dirs = (dl > 0) & (dl <= _MAX_DIR)   # a directory: its tables' groups in order, in waves
+        self.add(dp[dirs], dl[dirs] * 8, frames[dirs], "mapidx_dir", ops=p["ops"], i=p["i"], tid=p["tid"],
+                 dl=dl[dirs])
+
+    def _c_mapidx_dir(self, buf, w, off, addr, frames, p):
+        m = self.prog.maps[p["ops"][p["i"]][1]]
+        tps, mids, orders, fr = [], [], [], []
+        for r in range(len(frames)):
+            seen, order, mid = set(), 0, self._map_seq
+            self._map_seq += 1
+            for tp in w[off[r] + 8 * np.arange(int(p["dl"][r]))].tolist():
+                if tp and tp not in seen:
+                    seen.add(tp)
+                    tps.append(tp); mids.append(mid); orders.append(order); fr.append(frames[r])
+                    order += 1
+        if tps:
+            a = lambda xs: np.array(xs, np.int64)
+            self.add(a(tps), m["table"], a(fr), "mapidx_table", ops=p["ops"], i=p["i"], tid=p["tid"],
+                     mid=a(mids), order=a(orders))
+
+    def _c_mapidx_table(self, buf, w, off, addr, frames, p):
+        m = self.prog.maps[p["ops"][p["i"]][1]]
+        data, mask = w[off + m["table_data"]], w[off + m["table_mask"]]
+        by_map: dict[int, list] = {}
+        for i, (mid, order) in enumerate(zip(p["mid"].tolist(), p["order"].tolist())):
+            by_map.setdefault(mid, []).append((order, i))
+        for mid, tables in by_map.items():
+            tables.sort()
+            segs = []
+            for want, (order, i) in enumerate(tables):
+                if order != want:
+                    break                     # an unreadable table: the lookup stops there
+                segs.append((int(data[i]), int(mask[i]) + 1 if mask[i] >= 0 else 0))
+            self._map_state[mid] = {"segs": segs, "frame": int(frames[tables[0][1]])}
+        self._mapidx_wave(p, list(by_map))
+
+    def _mapidx_wave(self, p, mids) -> None:
+        """The next groups of each lookup (the reference walks them one by one
+        until the key; a wave reads a few at a time)."""
+        m = self.prog.maps[p["ops"][p["i"]][1]]
+        addrs, fr, gm, pos = [], [], [], []
+        for mid in mids:
+            st = self._map_state[mid]
+            wave = []
+            while st["segs"] and len(wave) < 8:
+                d, n = st["segs"][0]
+                take = min(n, 8 - len(wave))
+                wave += [d + g * m["group"] for g in range(take)]
+                st["segs"][0] = (d + take * m["group"], n - take)
+                if st["segs"][0][1] == 0:
+                    st["segs"].pop(0)
+            addrs += wave; fr += [st["frame"]] * len(wave); gm += [mid] * len(wave)
+            pos += list(range(len(wave)))
+        if addrs:
+            a = lambda xs: np.array(xs, np.int64)
+            self.add(a(addrs), m["group"], a(fr), "mapidx_groups", ops=p["ops"], i=p["i"], tid=p["tid"],
+                     mid=a(gm), pos=a(pos))
+
+    def _c_mapidx_groups(self, buf, w, off, addr, frames, p):
+        ops, i = p["ops"], p["i"]
+        m, key = self.prog.maps[ops[i][1]], ops[i][2]
+        hit, cand = self._key_slots(buf, w, off, m, key)
+        rows: dict[int, list] = {}
+        for r, (mid, pos) in enumerate(zip(p["mid"].tolist(), p["pos"].tolist())):
+            rows.setdefault(mid, []).append((pos, r))
+        found_r, found_s, again, kp, kmid, kg, ks = [], [], [], [], [], [], []
+        for mid, got in rows.items():
+            st = self._map_state[mid]
+            got.sort()
+            ordered = []
+            for want, (pos, r) in enumerate(got):
+                if pos != want:               # an unreadable group: the lookup stops there
+                    st["segs"] = []
+                    break
+                ordered.append(r)
+            if cand is None:                  # keys compared in the group bytes
+                for r in ordered:
+                    hs = np.flatnonzero(hit[r])
+                    if len(hs):
+                        found_r.append(r); found_s.append(int(hs[0]))
+                        break
+                else:
+                    if st["segs"]:
+                        again.append(mid)
+            else:                             # string keys of the wanted length: read their bytes
+                n0 = len(kp)
+                for r in ordered:
+                    for sl in np.flatnonzero(cand[r]).tolist():
+                        kp.append(int(w[np.array([off[r] + m["keys"] + sl * m["key_stride"] + m["key_str"]])][0]))
+                        kmid.append(mid); kg.append(int(addr[r])); ks.append(sl)
+                if len(kp) == n0 and st["segs"]:
+                    again.append(mid)
+        if found_r:
+            fr_ = np.array(found_r, np.int64)
+            elem = addr[fr_] + m["elems"] + np.array(found_s, np.int64) * m["elem_stride"]
+            self.run_ops(ops, i + 1, p["tid"], None, None, elem, frames[fr_])
+        if kp:
+            a = lambda xs: np.array(xs, np.int64)
+            self.add(a(kp), len(str(key).encode()), a([self._map_state[x]["frame"] for x in kmid]),
+                     "mapidx_dkeys", ops=ops, i=i, tid=p["tid"], mid=a(kmid), gaddr=a(kg), si=a(ks))
+        self._mapidx_wave(p, again)
+
+    def _c_mapidx_dkeys(self, buf, w, off, addr, frames, p):
+        """Candidates' key bytes, in the walk's order: the first equal one is the
+        slot; a lookup with none goes on to its next groups."""
+        ops, i = p["ops"], p["i"]
+        want = np.frombuffer(str(ops[i][2]).encode(), np.uint8)
+        same = (buf[off[:, None] + np.arange(len(want))] == want).all(axis=1)
+        mids = p["mid"].tolist()
+        done, rows = set(), []
+        for r, mid in enumerate(mids):
+            if mid not in done and same[r]:
+                done.add(mid)
+                rows.append(r)
+        if rows:
+            r = np.array(rows, np.int64)
+            m = self.prog.maps[ops[i][1]]
+            self.run_ops(ops, i + 1, p["tid"], None, None, p["gaddr"][r] + m["elems"] + p["si"][r] * m["elem_stride"],
+                         frames[r])
+        # a candidate whose bytes could not be read ends its lookup (the reference errs there)
+        self._mapidx_wave(p, [x for x in dict.fromkeys(mids) if x not in done and self._map_state[x]["segs"]])
+
+    def _key_slots(self, buf, w, off, m, key):
+        """(hits, None) for keys compared in the group's bytes, or (None,
+        candidates) for string keys of the wanted length (rows x slots)."""
+        ctrl = buf[off[:, None] + m["ctrl"] + _R8]
+        full = (ctrl & 0x80) == 0
+        koff = off[:, None] + m["keys"] + np.arange(8) * m["key_stride"]
+        kind = m["key_kind"]
+        if kind == "string":
+            want = str(key).encode()
+            klen = w[(koff + m["key_len"]).ravel()].reshape(koff.shape)
+            cand = full & (klen == len(want))
+            return (cand, None) if not len(want) else (None, cand)
+        if kind == "bool":
+            return full & ((buf[koff] != 0) == bool(key)), None
+        try:
+            want = np.frombuffer(int(key).to_bytes(m["key_size"], "little", signed=kind == "int"), np.uint8)
+        except OverflowError:
+            return np.zeros_like(full), None
+        return full & (buf[koff[:, :, None] + np.arange(m["key_size"])] == want).all(axis=2), None
 
     def _c_mapidx_group(self, buf, w, off, addr, frames, p):
         """The full slots whose key may equal the wanted one; string keys of the

@@ -233,3 +233,33 @@ def test_coalesced_reads_fail_exactly_where_single_reads_would():
         copies.read(0x5000, 8)
     with pytest.raises(MemoryReadError, match="not copied"):
         copies.read(0x1400, 8)          # the gap the merged read spanned: never copied
+
+
+def test_big_maps_walked_and_looked_up_by_the_program(go_build, monkeypatch):
+    """Maps of 300 and 21 entries (a directory of tables): whole, and looked
+    up by string keys (found, absent, the empty key): the program reads them
+    (no frame falls back) and its rows equal the reference's."""
+    import agent.snapshot as snap
+    from agent.snapshot import SnapshotOptions
+    from probe_compiler.spec import parse_spec
+    from server.snapshot_job import snapshot_pids
+    from targets import run_target
+    fell_back = []
+    orig = snap._program_in_pause
+
+    def spy(*a, **kw):
+        out = orig(*a, **kw)
+        fell_back.append(out["fallback"])
+        return out
+    monkeypatch.setattr(snap, "_program_in_pause", spy)
+    caps = ['m["k42"]', 'm["k299"]', 'm["nope"]', 'e[""]', 'e["x3"]', 'e["x"]', "m"]
+    spec = parse_spec("version: 1\nfunctions:\n  main.park:\n    capture:\n"
+                      + "".join(f"      - {json.dumps(c)}\n" for c in caps))
+    with run_target(go_build("bigmaps"), dump=False) as t:
+        [rec] = snapshot_pids([t.pid], spec, SnapshotOptions(capture_executor="compare"))
+    assert rec.error is None, rec.error
+    rows = [c.values for g in rec.goroutines for c in g.captures]
+    assert len(rows) == 3 and fell_back == [0]
+    r = rows[0]
+    assert (r["m_k42"], r["m_k299"], r["m_nope"], r["e"], r["e_x3"], r["e_x"]) == ("v42", "v299", None, 7, 3, None)
+    assert len(r["m"]) == 64 + 1 and r["m"]["__truncated"] == {"len": 300}   # elements: 64
