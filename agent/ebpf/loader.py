@@ -128,7 +128,7 @@ def _compile(source: str, cflags: list[str], programs: list[str], key: str) -> P
     except ImportError as e:
         raise LoadError("bcc is not importable (Debian's python3-bpfcc; run scripts/setup.sh)") from e
     try:
-        bpf = BPF(text=source, cflags=cflags)
+        bpf = BPF(text=source.encode(), cflags=cflags)   # bytes: bcc warns on str
     except Exception as e:   # bcc raises plain Exception for a failed compile
         raise LoadError(f"compiling the eBPF probe failed: {e}") from e
     try:
