@@ -27,7 +27,7 @@ from .loadbias import load_bias
 from .memory import ProcessMemory
 from .ptrace import PausedProcess
 from .records import CaptureRecord, GoroutineRecord, ProcessRecord
-from .symbolize import logical_frames
+from .symbolize import goroutine_record
 from .unwind import StackImage, Unwound, unwind
 
 
@@ -890,25 +890,10 @@ def _type_of_rtype(target, off: int):
 
 
 def _goroutine_record(g: _G, target: Target, opts, now_mono: int) -> GoroutineRecord:
-    layout, pcln, f = target.layout, target.pcln, g.raw.f
     _unwind(g, target, opts)
-    status = layout.status_names.get(gr.status_of(layout, g.raw), "unknown")
-    wr = f.get("waitreason", 0)
-    since = f.get("waitsince", 0)
-    # Go prints no creator for goroutine 1: runtime.main is started by the runtime itself.
-    created = (_created_by(pcln, f.get("gopc", 0) - target.bias) if f["goid"] != 1 and f.get("gopc")
-               else (None, None, None))
-    start_fn = pcln.func_for_pc(f.get("startpc", 0) - target.bias)
-    rec = GoroutineRecord(
-        goid=f["goid"], status=status,
-        wait_reason=layout.wait_reasons.get(wr, "") if status == "waiting" and wr else "",
-        wait_since_ns=(now_mono - since) if since and status in ("waiting", "syscall") else None,
-        created_by=created[0], created_by_file=created[1], created_by_line=created[2],
-        parent_goid=f.get("parentGoid") or None, labels=g.labels or {},
-        is_system=bool(start_fn and start_fn.name.startswith("runtime.") and start_fn.name != "runtime.main"),
-        thread_id=g.start.thread_id, error=g.unwound.error)
-    logical = logical_frames(pcln, g.unwound.frames, target.bias)
-    rec.frames = [frame for frame, _ in logical]
+    status = target.layout.status_names.get(gr.status_of(target.layout, g.raw), "unknown")
+    rec, logical = goroutine_record(target, g.raw.f, status, g.unwound, thread_id=g.start.thread_id,
+                                    labels=g.labels, error=g.unwound.error, now_mono=now_mono)
     rec.captures = _place_captures(logical, g.captures or [])
     return rec
 
@@ -942,9 +927,3 @@ def _place_captures(logical, captures) -> list[CaptureRecord]:
     return out
 
 
-def _created_by(pcln, gopc: int):
-    fn = pcln.func_for_pc(gopc) if gopc > 0 else None
-    if fn is None:
-        return None, None, None
-    file, line = pcln.file_line(fn, gopc - 1 if gopc > fn.entry else gopc)
-    return fn.name, file, line

@@ -30,7 +30,7 @@ from ..loadbias import load_bias
 from ..memory import ProcessMemory
 from ..ptrace import PausedProcess, Regs
 from ..records import GoroutineRecord, ProcessRecord
-from ..symbolize import logical_frames
+from ..symbolize import goroutine_record
 from ..unwind import StackImage, unwind
 from .availability import why_unavailable
 from .plan import StackBudgets, StackPlan
@@ -368,8 +368,9 @@ def _sparse_reader(words: dict[int, int]):
 
 
 def _goroutine_record(g: ProbeGoroutine, target, opts, threads, labels, now_mono) -> GoroutineRecord:
-    """As agent/snapshot.py's _goroutine_record, from the probe's copy (the
-    differential tests hold the two to the same output)."""
+    """The goroutine from the probe's copy, its record built as the ptrace
+    executor builds it (symbolize.goroutine_record; the differential tests
+    hold the two to the same output)."""
     layout, pcln = target.layout, target.pcln
     f = gr._fields(g.g, layout.g_offsets, gr._G_FIELDS)
     raw = gr.RawG(g.gaddr, f)
@@ -381,20 +382,9 @@ def _goroutine_record(g: ProbeGoroutine, target, opts, threads, labels, now_mono
     stack = StackImage(g.sp, g.top, None if g.flags & F_FULL else _sparse_reader(g.words()))
     unwound = unwind(pcln, start.pc, start.sp, start.bp, stack, trap=start.trap,
                      stack_hi=f.get("stack.hi"), max_frames=opts.max_frames, bias=target.bias)
-    wr = f.get("waitreason", 0)
-    since = f.get("waitsince", 0)
-    created = (_created_by(pcln, f.get("gopc", 0) - target.bias) if f["goid"] != 1 and f.get("gopc")
-               else (None, None, None))
-    start_fn = pcln.func_for_pc(f.get("startpc", 0) - target.bias)
-    rec = GoroutineRecord(
-        goid=f["goid"], status=status,
-        wait_reason=layout.wait_reasons.get(wr, "") if status == "waiting" and wr else "",
-        wait_since_ns=(now_mono - since) if since and status in ("waiting", "syscall") else None,
-        created_by=created[0], created_by_file=created[1], created_by_line=created[2],
-        parent_goid=f.get("parentGoid") or None, labels=labels.get(g.gaddr) or {},
-        is_system=bool(start_fn and start_fn.name.startswith("runtime.") and start_fn.name != "runtime.main"),
-        thread_id=start.thread_id, error=_unwind_error(unwound.error, g))
-    rec.frames = [frame for frame, _ in logical_frames(pcln, unwound.frames, target.bias)]
+    rec, _ = goroutine_record(target, f, status, unwound, thread_id=start.thread_id,
+                              labels=labels.get(g.gaddr), error=_unwind_error(unwound.error, g),
+                              now_mono=now_mono)
     return rec
 
 
@@ -407,12 +397,6 @@ def _unwind_error(error: str | None, g: ProbeGoroutine) -> str | None:
     return error
 
 
-def _created_by(pcln, gopc: int):
-    fn = pcln.func_for_pc(gopc) if gopc > 0 else None
-    if fn is None:
-        return None, None, None
-    file, line = pcln.file_line(fn, gopc - 1 if gopc > fn.entry else gopc)
-    return fn.name, file, line
 
 
 def snapshot_processes(targets: list, opts, ptrace) -> list[ProcessRecord]:
