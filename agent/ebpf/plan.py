@@ -12,6 +12,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from probe_compiler.capture_limits import DEFAULTS
+
 # Must match the probe's sizes (probe.bpf.c).
 G_MAX = 1024
 TOP_MAX = 8192
@@ -31,7 +33,7 @@ PARKED = ("waiting",)
 @dataclass(frozen=True)
 class StackBudgets:
     """How much the stack probe copies; one value, passed down (docs/ebpf.md)."""
-    max_frames: int = 4096     # frames per goroutine (the ptrace unwinder's max_frames)
+    max_frames: int = DEFAULTS.max_frames   # frames per goroutine: the unwinder's own limit
     max_gs: int = WORK_MAX     # allgs entries looked at; the rest are reported as cut
     top_parked: int = 64       # bytes at sp of a parked goroutine (g.sched with a frame pointer)
     top_other: int = 2048      # bytes at sp otherwise: running, in a syscall, no frame pointer
