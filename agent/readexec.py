@@ -417,11 +417,7 @@ class Run:
             keep = [k for k in (_subset(g, ~self.bad[g[2]]) for g in groups) if len(k[2])]
         if not keep:
             return
-        if len(keep) == 1:
-            frames, sizes = keep[0][2], keep[0][1]
-        else:
-            frames = np.concatenate([g[2] for g in keep])
-            sizes = np.concatenate([g[1] for g in keep])
+        frames, sizes = _joined(keep, 2), _joined(keep, 1)
         self.used += np.bincount(frames, weights=sizes, minlength=self.n).astype(np.int64)
         over = self.used > self.frame_cap
         if over.any():
@@ -435,11 +431,7 @@ class Run:
             keep = [k for k in (_subset(g, ~self.bad[g[2]]) for g in keep) if len(k[2])]
             if not keep:
                 return
-        if len(keep) == 1:
-            addrs, sizes = keep[0][0], keep[0][1]
-        else:
-            addrs = np.concatenate([g[0] for g in keep])
-            sizes = np.concatenate([g[1] for g in keep])
+        addrs, sizes = _joined(keep, 0), _joined(keep, 1)
         buf, offs, ok, chunks = read_coalesced(self.mem, addrs, sizes)
         for c in chunks:
             self.copies.add(*c)
@@ -1120,6 +1112,11 @@ class Run:
         shape = self.prog.shapes.get(tid)
         if shape and shape["need"]:
             self.add(addr, shape["need"], frames, "value", tid=tid, depth=depth)
+
+
+def _joined(groups: list, field: int) -> np.ndarray:
+    """One column (0 addrs, 1 sizes, 2 frames) of a level's pending groups, as one array."""
+    return groups[0][field] if len(groups) == 1 else np.concatenate([g[field] for g in groups])
 
 
 def _subset(g, m):
