@@ -36,3 +36,23 @@ def make_certs(d: Path) -> dict[str, str]:
         run("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key",
             "-CAcreateserial", "-days", "2", "-out", f"{name}.crt", "-extfile", str(ext))
     return {f: str(d / f) for f in os.listdir(d)}
+
+
+# linkpair's client calls and server handlers, linked by request id: the
+# spec the fleet tests snapshot across agents.
+LINKPAIR_SPEC = """\
+version: 1
+functions:
+  main.call:
+    table: calls
+    capture: [id, path]
+  main.handle:
+    table: handles
+    capture: [req]
+    columns:
+      req_id: "req ->> 'ID'"
+links:
+  - from: calls(id)
+    to: handles(req_id)
+    description: the server goroutine holding this request
+"""

@@ -25,27 +25,11 @@ import pytest
 from netns import Fleet, missing
 from targets import run_target
 
-from agent_helpers import tracer_pid, write_token
+from agent_helpers import LINKPAIR_SPEC as SPEC, tracer_pid, write_token
 
 EXRAY = str(Path(sys.prefix) / "bin" / "exray")
 HOSTS = ["h1", "h2", "h3"]
 PORT = 7701
-SPEC = """\
-version: 1
-functions:
-  main.call:
-    table: calls
-    capture: [id, path]
-  main.handle:
-    table: handles
-    capture: [req]
-    columns:
-      req_id: "req ->> 'ID'"
-links:
-  - from: calls(id)
-    to: handles(req_id)
-    description: the server goroutine holding this request
-"""
 
 why = missing()
 pytestmark = pytest.mark.skipif(why is not None, reason=f"this machine lacks what the hosts need: {why}")

@@ -21,24 +21,8 @@ from server.links import linked_rows
 from server.store import open_snapshot
 from targets import run_target
 
-from agent_helpers import tracer_pid
+from agent_helpers import LINKPAIR_SPEC as SPEC, tracer_pid
 
-SPEC = """\
-version: 1
-functions:
-  main.call:
-    table: calls
-    capture: [id, path]
-  main.handle:
-    table: handles
-    capture: [req]
-    columns:
-      req_id: "req ->> 'ID'"
-links:
-  - from: calls(id)
-    to: handles(req_id)
-    description: the server goroutine holding this request
-"""
 
 
 def sha_writer(data: bytes):
