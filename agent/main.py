@@ -3,7 +3,8 @@
     exray agent [--listen unix:/run/exray/agent.sock | tcp:HOST:PORT]
                 [--token-file F] [--tls-cert C --tls-key K --client-ca CA]
                 --allow-exe GLOB | --allow-uid UID | --allow-cgroup PATH | --policy FILE
-                [--min-interval S] [--max-pause S] [--audit-log F] [--host-name NAME]
+                [--min-interval S] [--max-pause S] [--allow-executor NAME] [--audit-log F]
+                [--host-name NAME]
 
 See docs/agent.md. The agent prints `listening on ADDR` once it serves.
 """
@@ -29,7 +30,8 @@ def add_arguments(a: argparse.ArgumentParser) -> None:
     a.add_argument("--tls-key", metavar="PEM", help="the agent's private key")
     a.add_argument("--client-ca", metavar="PEM", help="CA that signs client certificates (mutual TLS)")
     a.add_argument("--policy", metavar="FILE", help="JSON policy (allow_exe, allow_uid, allow_cgroup, "
-                   "min_interval_s, max_request_s, max_pause_deadline_s, max_pids, max_message_bytes)")
+                   "min_interval_s, max_request_s, max_pause_deadline_s, max_pids, max_message_bytes, "
+                   "pause_together, executors, max_capture_limits)")
     a.add_argument("--allow-exe", action="append", metavar="GLOB",
                    help="snapshot only processes whose exe path matches (repeatable; '*' = any)")
     a.add_argument("--allow-uid", action="append", type=int, metavar="UID", help="... whose uid is one of these")
@@ -39,6 +41,9 @@ def add_arguments(a: argparse.ArgumentParser) -> None:
     a.add_argument("--max-pause", type=float, metavar="S", help="bound on any one pause (seconds)")
     a.add_argument("--max-request", type=float, metavar="S", help="bound on any one request (seconds)")
     a.add_argument("--max-message-bytes", type=int, metavar="N", help="cap on every gRPC message")
+    a.add_argument("--allow-executor", action="append", choices=("ptrace", "ebpf", "auto"), metavar="NAME",
+                   help="an executor requests may ask for: ptrace, ebpf, auto (repeatable; the first serves "
+                        "requests that name none; default: all three, ptrace first)")
     a.add_argument("--sequential-pauses", dest="pause_together", action="store_false", default=None,
                    help="pause a request's processes one after another from the agreed instant instead of "
                         "all stopped together (each pause only one process's; later instants: see skew_ns)")
@@ -53,6 +58,8 @@ def policy_from_args(args):
     policy.allow_exe += args.allow_exe or []
     policy.allow_uid += args.allow_uid or []
     policy.allow_cgroup += args.allow_cgroup or []
+    if args.allow_executor:
+        policy.executors = list(dict.fromkeys(args.allow_executor))
     for attr, flag in (("min_interval_s", "min_interval"), ("max_pause_deadline_s", "max_pause"),
                        ("max_request_s", "max_request"), ("max_message_bytes", "max_message_bytes"),
                        ("pause_together", "pause_together")):

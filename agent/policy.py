@@ -17,6 +17,10 @@ import time
 from dataclasses import dataclass, field
 
 
+# Who may walk the stacks (agent/ebpf/executor.py EXECUTORS; tests hold the two equal).
+EXECUTORS = ("ptrace", "ebpf", "auto")
+
+
 class PolicyError(Exception):
     """The agent's configuration is unusable; it refuses to start."""
 
@@ -97,6 +101,15 @@ class Policy:
     pause_together: bool = True
     # Cap on every gRPC message in either direction; records and binaries go in chunks below it.
     max_message_bytes: int = 8 << 20
+    # The executors a request may name ("ptrace", "ebpf", "auto"); the first
+    # serves a request that names none. "auto" may fall back to ptrace, so it
+    # needs "ptrace" listed; without "ebpf" it uses ptrace and says why.
+    executors: list[str] = field(default_factory=lambda: list(EXECUTORS))
+    # Ceilings on a request's capture limits (probe_compiler/capture_limits.py
+    # names, e.g. {"max_frames": 1000, "string_bytes": 1024}), below the hard
+    # CEILINGS; the pause deadline's is max_pause_deadline_s. A request asking
+    # more gets the ceiling, and its records' warnings say so.
+    max_capture_limits: dict[str, float] = field(default_factory=dict)
 
     def check(self) -> None:
         if not (self.allow_exe or self.allow_uid or self.allow_cgroup):
@@ -106,6 +119,29 @@ class Policy:
             raise PolicyError("min_interval_s must be >= 0, max_request_s and max_pause_deadline_s > 0")
         if self.max_message_bytes < 64 << 10:
             raise PolicyError("max_message_bytes must be at least 64 KiB")
+        if not isinstance(self.executors, (list, tuple)) or not isinstance(self.max_capture_limits, dict):
+            raise PolicyError("executors must be a list of names, max_capture_limits an object of limits")
+        unknown = [e for e in self.executors if e not in EXECUTORS]
+        if not self.executors or unknown:
+            raise PolicyError(f"executors must name some of {', '.join(EXECUTORS)}"
+                              + (f", not {', '.join(map(repr, unknown))}" if unknown else ""))
+        if "auto" in self.executors and "ptrace" not in self.executors:
+            raise PolicyError("executors: \"auto\" falls back to ptrace where eBPF can't run; list \"ptrace\" too")
+        from probe_compiler import capture_limits as cl
+        for name, v in self.max_capture_limits.items():
+            if name not in cl.key_names():
+                raise PolicyError(f"max_capture_limits: unknown limit {name!r} (known: {', '.join(cl.key_names())})")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+                raise PolicyError(f"max_capture_limits: {name} must be a number more than 0, not {v!r}")
+
+    def limit_ceilings(self):
+        """The most a request's capture limits may ask (a CaptureLimits): the
+        hard CEILINGS, lowered by max_capture_limits and max_pause_deadline_s."""
+        from probe_compiler import capture_limits as cl
+        c = cl.CEILINGS
+        low = {n: min(getattr(c, n), v) for n, v in self.max_capture_limits.items()}
+        low["deadline_ms"] = min(low.get("deadline_ms", c.deadline_ms), self.max_pause_deadline_s * 1e3)
+        return c.with_(**{n: int(v) if cl.is_integer_key(n) else float(v) for n, v in low.items()})
 
     def refusal(self, facts: ProcFacts) -> str | None:
         """Why the allow-list refuses this process, or None when it allows it."""

@@ -276,7 +276,79 @@ class _Run:
             if plans[build_id].build_id != build_id:
                 self._refuse(grpc.StatusCode.INVALID_ARGUMENT,
                              f"the plan keyed {build_id} was compiled for build id {plans[build_id].build_id}")
+            self._cap_budgets(plans[build_id])
         return plans
+
+    def _cap_budgets(self, plan) -> None:
+        """The decoder's bounds the plan carries (the spec's `limits:`, compiled
+        in by the control plane), no higher than the request's limits and this
+        agent's ceilings."""
+        from dataclasses import fields, replace
+
+        from probe_compiler import capture_limits as cl
+        ceil, asked, cut = self.policy.limit_ceilings(), self.req.limits, {}
+        for f in fields(plan.budgets):
+            v = getattr(plan.budgets, f.name)
+            low = min(v, getattr(ceil, f.name), int(asked[f.name]) if f.name in asked else v)
+            if low < v:
+                cut[f.name] = low
+                if v > getattr(ceil, f.name) and v != getattr(cl.DEFAULTS, f.name) and f.name not in asked:
+                    self.limit_notes.append(_lowered(f.name, v, getattr(ceil, f.name)))
+        if cut:
+            plan.budgets = replace(plan.budgets, **cut)
+
+    def _executor(self) -> None:
+        """The executor the request names (or the policy's first), checked against
+        the names there are and the agent's policy."""
+        from .policy import EXECUTORS
+        r, policy = self.req, self.policy
+        name = r.executor or policy.executors[0]
+        if name not in EXECUTORS:
+            self._refuse(grpc.StatusCode.INVALID_ARGUMENT,
+                         f"unknown executor {name[:40]!r}: one of {', '.join(EXECUTORS)}")
+        if name not in policy.executors:
+            self._refuse(grpc.StatusCode.PERMISSION_DENIED,
+                         f"executor {name}: this agent's policy runs only {', '.join(policy.executors)}")
+        self.executor, self.executor_note = name, None
+        if name == "auto" and "ebpf" not in policy.executors:
+            self.executor = "ptrace"
+            self.executor_note = "executor auto: used ptrace, because this agent's policy does not run ebpf"
+
+    def _limits(self) -> None:
+        """The request's capture limits over the defaults: an unknown name or a
+        value out of range is refused; one above this agent's ceilings is
+        lowered to it (and the records say so when the request asked for it)."""
+        import math
+
+        from probe_compiler import capture_limits as cl
+        r = self.req
+        asked = {}
+        for name, v in r.limits.items():
+            if name not in cl.key_names():
+                self._refuse(grpc.StatusCode.INVALID_ARGUMENT,
+                             f"unknown capture limit {name[:40]!r} (known: {', '.join(cl.key_names())})")
+            if not math.isfinite(v) or (cl.is_integer_key(name) and not float(v).is_integer()):
+                self._refuse(grpc.StatusCode.INVALID_ARGUMENT,
+                             f"capture limit {name} must be a {'whole ' if cl.is_integer_key(name) else ''}"
+                             f"number, not {v!r}")
+            asked[name] = int(v) if cl.is_integer_key(name) else float(v)
+        limits = cl.DEFAULTS.with_(**asked)
+        bad = limits.over_ceiling()
+        if bad:
+            self._refuse(grpc.StatusCode.INVALID_ARGUMENT, "capture limits: " + "; ".join(bad))
+        # The older fields win where set; with no deadline at all, the agent's own bound.
+        if r.pause_deadline_s or "deadline_ms" not in asked:
+            limits = limits.with_(deadline_ms=(r.pause_deadline_s or self.policy.max_pause_deadline_s) * 1e3)
+        if r.capture_share:
+            limits = limits.with_(capture_share=r.capture_share)
+        ceil, capped = self.policy.limit_ceilings(), {}
+        for name in cl.key_names():
+            v, c = getattr(limits, name), getattr(ceil, name)
+            if v > c:
+                capped[name] = c
+                if name in asked:
+                    self.limit_notes.append(_lowered(name, v, c))
+        self.limits = limits.with_(**capped)
 
     def _target(self, binary, plan, plan_bytes: bytes):
         from probe_compiler.runtime_layout import RuntimeLayout
@@ -309,8 +381,11 @@ class _Run:
             self._refuse(grpc.StatusCode.INVALID_ARGUMENT,
                          f"pause instant {lead_s:.1f} s ahead; this agent schedules at most "
                          f"{policy.max_pause_lead_s:g} s ahead (are the clocks far apart?)")
+        self.limit_notes: list[str] = []
+        self._executor()
+        self._limits()
         self.plans = self._plans()
-        self._audit("started")
+        self._audit("started", executor=r.executor or None, limits=dict(r.limits) or None)
 
     def work(self, emit) -> None:
         try:
@@ -389,28 +464,56 @@ class _Run:
                 yield from self._send(_error_record(pid, host, f"pid {pid}: {why}"), done, total, "refused")
             return
         remaining = self.deadline - time.monotonic()
-        pause_deadline = min(r.pause_deadline_s or self.policy.max_pause_deadline_s,
-                             self.policy.max_pause_deadline_s, max(remaining, 0.001))
-        opts = SnapshotOptions(deadline_s=pause_deadline)
-        if r.capture_share:
-            opts.capture_share = r.capture_share
+        limits = self.limits.with_(deadline_ms=min(self.limits.deadline_ms, max(remaining, 0.001) * 1e3))
+        opts = SnapshotOptions(limits=limits, executor=self.executor)
         start_at = r.pause_at_ns or time.time_ns()
         items = list(ready.items())
         if self.policy.pause_together:
             # Every process stopped at the instant, then each read, then all
             # resumed (agent/snapshot.py snapshot_processes).
-            recs = _snapshot(items, opts, host, self._at_instant(start_at, opts))
+            recs = self._by_executor(items, opts, start_at)
         else:
             # --sequential-pauses: one after another from the agreed instant; each
             # pause is one process's, the later ones start late (skew_ns says by how much).
-            recs = (rec for item in items
-                    for rec in _snapshot([item], opts, host, self._at_instant(start_at, opts)))
+            recs = (rec for item in items for rec in self._by_executor([item], opts, start_at))
         for rec in recs:
             rec.host = host
             _wall_pause_start(rec)
+            if self.executor_note:
+                rec.warnings.append(self.executor_note)
+            rec.warnings.extend(self.limit_notes)
             done += 1
             self.outcomes[rec.pid] = rec.error or "ok"
             yield from self._send(rec, done, total, "done")
+
+    def _by_executor(self, items, opts, start_at: int) -> list[ProcessRecord]:
+        """The processes snapshotted by the request's executor. ptrace pauses at
+        the agreed instant after preparing each process (_AtInstant); the eBPF
+        executor prepares its own pause (uprobes, a thread left running), so
+        the processes it takes wait for the instant first and then start it.
+        `auto`'s fallbacks (and `ebpf`'s refusals) are agent/ebpf/executor.py's,
+        with their reasons in the records' warnings (or errors)."""
+        from dataclasses import replace
+        host = self.svc.host
+        ptrace_opts = replace(opts, executor="ptrace")
+
+        def ptrace(group):
+            return _snapshot(group, ptrace_opts, host, self._at_instant(start_at, ptrace_opts)) if group else []
+        if opts.executor == "ptrace":
+            return ptrace(items)
+        from .ebpf import executor as ebpf
+        try:
+            probe = [(pid, t) for pid, t in items if ebpf.choose(opts.executor, t) == ("ebpf", None)]
+            rest = [it for it in items if it not in probe]
+            recs = ebpf.snapshot_processes(rest, opts, ptrace) if rest else []
+            if probe:
+                why = self._wait_until(start_at)
+                recs += ([_error_record(pid, host, f"pid {pid}: {why}") for pid, _ in probe] if why
+                         else ebpf.snapshot_processes(probe, opts, ptrace))
+        except Exception as e:      # a bug must not end the stream: the records say it
+            return [_error_record(pid, host, f"pid {pid}: agent error: {type(e).__name__}: {e}")
+                    for pid, _ in items]
+        return recs
 
     def _at_instant(self, start_at_ns: int, opts):
         from . import snapshot      # its PausedProcess, looked up now (the test hook replaces it)
@@ -423,6 +526,12 @@ class _Run:
             yield pb.RunPlanEvent(record=pb.RecordChunk(pid=rec.pid, data=data, last=last))
 
 
+def _lowered(name: str, asked, ceiling) -> str:
+    from probe_compiler import capture_limits as cl
+    return (f"capture limit {name} lowered from {cl.text(asked)} to {cl.text(ceiling)}: this agent's "
+            "ceiling (its policy's max_capture_limits, or --max-pause for deadline_ms)")
+
+
 def _snapshot(items, opts, host, pause_for) -> list[ProcessRecord]:
     from . import snapshot
     try:
@@ -432,17 +541,31 @@ def _snapshot(items, opts, host, pause_for) -> list[ProcessRecord]:
 
 
 class _AtInstant:
-    """A process's pause that begins at the agreed instant: entering it first
-    waits (the deadline and a cancel still stop the wait), then pauses."""
+    """A process's pause that begins at the agreed instant: its first step
+    (interrupt(), which agent/snapshot.py calls for every process back to
+    back before waiting for their stops, or else __enter__) first waits for
+    the instant (the deadline and a cancel still stop the wait), then pauses.
+    The process runs until then: its pause and its deadline start at the
+    instant, not when the request arrived."""
 
     def __init__(self, pause, start_at_ns: int, wait):
         self._pause, self._start_at, self._wait = pause, start_at_ns, wait
+        self._waited = False
+
+    def _wait_for_instant(self) -> None:
+        from .errors import AgentError
+        if not self._waited:
+            self._waited = True
+            why = self._wait(self._start_at)
+            if why:
+                raise AgentError(why)
+
+    def interrupt(self) -> None:
+        self._wait_for_instant()
+        self._pause.interrupt()
 
     def __enter__(self):
-        from .errors import AgentError
-        why = self._wait(self._start_at)
-        if why:
-            raise AgentError(why)
+        self._wait_for_instant()
         return self._pause.__enter__()
 
     def __exit__(self, *exc):

@@ -207,12 +207,16 @@ class RunPlanCall:
 
 def plan_request(pids, plans: dict[str, str], *, request_id: str, spec_name: str = "",
                  spec_text: str | None = None, pause_at_ns: int = 0, pause_deadline_s: float = 0.0,
-                 capture_share: float = 0.0) -> "pb.RunPlanRequest":
+                 capture_share: float = 0.0, executor: str = "",
+                 limits: dict[str, float] | None = None) -> "pb.RunPlanRequest":
+    """`executor`: "ptrace", "ebpf", "auto" ("": the agent's default); `limits`:
+    CaptureLimits field -> value (server.fleet.limits_request)."""
     return pb.RunPlanRequest(
         request_id=request_id, spec_name=spec_name,
         spec_sha256=hashlib.sha256(spec_text.encode()).hexdigest() if spec_text else "",
         pids=list(pids), plans={b: p.encode() if isinstance(p, str) else p for b, p in plans.items()},
-        pause_at_ns=pause_at_ns, pause_deadline_s=pause_deadline_s, capture_share=capture_share)
+        pause_at_ns=pause_at_ns, pause_deadline_s=pause_deadline_s, capture_share=capture_share,
+        executor=executor, limits=dict(limits or {}))
 
 
 def error_record(pid: int, host: str, exe: str, error: str, **kw) -> ProcessRecord:

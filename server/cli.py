@@ -149,11 +149,12 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     if spec is None and not args.pid and os.path.exists("exray.yaml"):
         spec = "exray.yaml"     # no arguments at all: the spec here says what to snapshot
     from server import fleet    # through agents (--agent, or targets that name agents)
-    through_agents = fleet.snapshot_command(args, spec)
+    limits = _capture_limits(args)
+    through_agents = fleet.snapshot_command(args, spec, limits)
     if through_agents is not None:
         return through_agents
     return int(snapshot_job.run(list(args.pid or []), spec, args.out, executor=args.executor,
-                                limits=_capture_limits(args)) or 0)
+                                limits=limits) or 0)
 
 
 def _capture_limits(args: argparse.Namespace) -> dict:
@@ -249,7 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--executor", choices=("ptrace", "ebpf", "auto"), default=None,
                    help="who walks the stacks: ptrace (user space), ebpf (a probe in the kernel; "
                         "stacks only for now), auto (eBPF where the kernel and privileges allow, "
-                        "else ptrace, saying why); default: $EXRAY_EXECUTOR or ptrace")
+                        "else ptrace, saying why); default: $EXRAY_EXECUTOR, else ptrace (through agents: "
+                        "each agent's default)")
     __import__("server.fleet").fleet.add_snapshot_arguments(s)
     _add_capture_limit_arguments(s)
     s.set_defaults(func=cmd_snapshot)

@@ -58,11 +58,49 @@ class FleetOptions:
     connect_timeout_s: float = 5.0    # Health and ListProcesses
     fetch_timeout_s: float = 300.0    # one binary
     pause_lead_s: float | None = None  # None: 0.75 s + 4 round trips of the slowest agent (agents prepare first)
-    pause_deadline_s: float = 2.0     # bound on each process's pause (the agent caps it too)
+    # Bound on each process's pause (the agent caps it too); None: the limits' deadline_ms.
+    pause_deadline_s: float | None = None
     credentials: Credentials = field(default_factory=Credentials.from_env)
     cache: DebugInfoCache | None = None
     budgets: object = None
     progress: object = None           # callable(text) for progress lines
+    # Who walks the stacks on the agents: "ptrace", "ebpf", "auto"; None or
+    # "": each agent's default (the first executor of its policy).
+    executor: str | None = None
+    # The capture limits (probe_compiler/capture_limits.py CaptureLimits) the
+    # agents snapshot within (each caps them at its own ceilings); None: the
+    # spec's `limits:` (the defaults without a spec), as `exray snapshot` does.
+    limits: object = None
+
+    def checked(self) -> "FleetOptions":
+        """Refuses, before any agent is asked, an executor or limits no agent would take."""
+        from agent.policy import EXECUTORS
+
+        from .errors import ServerError
+        if self.executor and self.executor not in EXECUTORS:
+            raise ServerError(f"unknown executor {self.executor!r}: one of {', '.join(EXECUTORS)}")
+        if self.limits is not None:
+            bad = self.limits.over_ceiling()
+            if bad:
+                raise ServerError("capture limits: " + "; ".join(bad))
+        return self
+
+
+def limits_of(spec, opts: FleetOptions):
+    """The capture limits of a snapshot through agents: the options', else the spec's."""
+    from probe_compiler.capture_limits import DEFAULTS
+    return opts.limits or getattr(spec, "capture_limits", None) or DEFAULTS
+
+
+def limits_request(limits) -> dict[str, float]:
+    """The limits a RunPlanRequest carries: those that differ from the defaults
+    (an agent takes its defaults for the rest, and warns only where it lowers
+    a bound that was asked for)."""
+    from dataclasses import fields
+
+    from probe_compiler.capture_limits import DEFAULTS
+    return {f.name: float(getattr(limits, f.name)) for f in fields(limits)
+            if getattr(limits, f.name) != getattr(DEFAULTS, f.name)}
 
 
 @dataclass
@@ -141,7 +179,9 @@ def _unreached(a: _Agent, why: str) -> list[ProcessRecord]:
 
 def fleet_snapshot(targets: list[AgentTarget], spec, opts: FleetOptions | None = None) -> FleetResult:
     from .snapshot_job import load_target
-    opts = opts or FleetOptions()
+    opts = (opts or FleetOptions()).checked()
+    limits = limits_of(spec, opts)
+    budgets = opts.budgets or (limits.budgets() if opts.limits is not None else None)
     cache = opts.cache or DebugInfoCache()
     t0 = time.monotonic_ns()
     agents = [_Agent(t, AgentReport(t.address)) for t in targets]
@@ -177,7 +217,7 @@ def fleet_snapshot(targets: list[AgentTarget], spec, opts: FleetOptions | None =
     for build_id, (path, err) in fetched.items():
         if err is None:
             try:
-                compiled[build_id] = load_target(path, spec, targets_cache, opts.budgets)
+                compiled[build_id] = load_target(path, spec, targets_cache, budgets)
                 # The agent has no DWARF: every dynamic type an interface may hold goes in the plan.
                 add_runtime_types(compiled[build_id].plan, compiled[build_id].dwarf)
             except (AgentError, BinaryError) as e:
@@ -211,7 +251,8 @@ def fleet_snapshot(targets: list[AgentTarget], spec, opts: FleetOptions | None =
         plans = {p.build_id: compiled[p.build_id].plan.to_json() for p in runnable}
         req = plan_request([p.pid for p in runnable], plans, request_id=request_id, spec_name=spec_name,
                            spec_text=spec_text, pause_at_ns=pause_at + a.report.clock_offset_ns,
-                           pause_deadline_s=opts.pause_deadline_s)
+                           pause_deadline_s=opts.pause_deadline_s or limits.deadline_s,
+                           executor=opts.executor or "", limits=limits_request(limits))
         got = {}
         try:
             for rec in a.client.run_plan(req, timeout=opts.deadline_s):
@@ -303,6 +344,8 @@ def run(addresses: list[str], pids: list[int], spec_path: str | None, out: str |
         ok += 1
         skew = f", {r.skew_ns / 1e6:+.2f} ms from the agreed instant" if r.skew_ns is not None else ""
         print(f"{r.host} pid {r.pid}: {len(r.goroutines)} goroutines, paused {r.pause_ns / 1e6:.2f} ms{skew}")
+        for w in r.warnings:
+            print(f"  warning: {w}", file=sys.stderr)
     s = result.summary()
     if s["max_pause_ns"] is not None:
         print(f"{ok} processes on {sum(1 for a in result.agents if not a.error)} of {len(result.agents)} agents "
@@ -353,9 +396,11 @@ def add_snapshot_arguments(s) -> None:
                         "in processes.error and the snapshot completes without it")
 
 
-def snapshot_command(args, spec_path: str | None) -> int | None:
+def snapshot_command(args, spec_path: str | None, limits: dict | None = None) -> int | None:
     """`exray snapshot` through agents when --agent is given or the spec's
-    targets name agents (and no local --pid); None: a local snapshot."""
+    targets name agents (and no local --pid); None: a local snapshot.
+    `limits`: the capture-limit flags (CaptureLimits field -> value), over
+    the spec's `limits:`; --executor (else $EXRAY_EXECUTOR) goes to the agents."""
     addresses = list(getattr(args, "agent", None) or [])
     if not addresses:
         if args.pid or not spec_path:
@@ -368,5 +413,18 @@ def snapshot_command(args, spec_path: str | None) -> int | None:
                         args.agent_cert or env.cert, args.agent_key or env.key,
                         args.agent_server_name or env.server_name)
     opts = FleetOptions(deadline_s=args.deadline, credentials=creds,
-                        progress=lambda text: print(f"note: {text}", file=sys.stderr))
+                        progress=lambda text: print(f"note: {text}", file=sys.stderr),
+                        executor=getattr(args, "executor", None) or os.environ.get("EXRAY_EXECUTOR") or None,
+                        limits=_limits_with_flags(spec_path, limits))
     return run(addresses, list(args.pid or []), spec_path, args.out, opts)
+
+
+def _limits_with_flags(spec_path: str | None, flags: dict | None):
+    """The spec's `limits:` with `exray snapshot`'s limit flags over them
+    (None: no flags, the spec's alone)."""
+    if not flags:
+        return None
+    from probe_compiler.capture_limits import DEFAULTS
+    from probe_compiler.spec import load_spec
+    base = getattr(load_spec(spec_path), "capture_limits", None) if spec_path else None
+    return (base or DEFAULTS).with_(**flags).checked()

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11\x65xray_agent.proto\x12\x0e\x65xray.agent.v1\"\x0f\n\rHealthRequest\"j\n\x0bHealthReply\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0f\n\x07wall_ns\x18\x03 \x01(\x03\x12\x10\n\x08protocol\x18\x04 \x01(\x05\x12\x19\n\x11max_message_bytes\x18\x05 \x01(\x03\"\x16\n\x14ListProcessesRequest\"\x81\x01\n\x0bProcessInfo\x12\x0b\n\x03pid\x18\x01 \x01(\x05\x12\x0b\n\x03\x65xe\x18\x02 \x01(\t\x12\x10\n\x08\x62uild_id\x18\x03 \x01(\t\x12\x12\n\ngo_version\x18\x04 \x01(\t\x12\x15\n\rstart_time_ns\x18\x05 \x01(\x03\x12\x0e\n\x06\x63group\x18\x06 \x01(\t\x12\x0b\n\x03uid\x18\x07 \x01(\x05\"T\n\x12ListProcessesReply\x12.\n\tprocesses\x18\x01 \x03(\x0b\x32\x1b.exray.agent.v1.ProcessInfo\x12\x0e\n\x06hidden\x18\x02 \x01(\x05\")\n\x15\x46\x65tchDebugInfoRequest\x12\x10\n\x08\x62uild_id\x18\x01 \x01(\t\"`\n\x0e\x44\x65\x62ugInfoChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x12\n\ntotal_size\x18\x03 \x01(\x03\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x0c\n\x04last\x18\x05 \x01(\x08\"\x88\x02\n\x0eRunPlanRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tspec_name\x18\x02 \x01(\t\x12\x13\n\x0bspec_sha256\x18\x03 \x01(\t\x12\x0c\n\x04pids\x18\x04 \x03(\x05\x12\x38\n\x05plans\x18\x05 \x03(\x0b\x32).exray.agent.v1.RunPlanRequest.PlansEntry\x12\x13\n\x0bpause_at_ns\x18\x06 \x01(\x03\x12\x18\n\x10pause_deadline_s\x18\x07 \x01(\x01\x12\x15\n\rcapture_share\x18\x08 \x01(\x01\x1a,\n\nPlansEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"C\n\x08Progress\x12\x0c\n\x04\x64one\x18\x01 \x01(\x05\x12\r\n\x05total\x18\x02 \x01(\x05\x12\x0b\n\x03pid\x18\x03 \x01(\x05\x12\r\n\x05phase\x18\x04 \x01(\t\"6\n\x0bRecordChunk\x12\x0b\n\x03pid\x18\x01 \x01(\x05\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0c\n\x04last\x18\x03 \x01(\x08\"t\n\x0cRunPlanEvent\x12,\n\x08progress\x18\x01 \x01(\x0b\x32\x18.exray.agent.v1.ProgressH\x00\x12-\n\x06record\x18\x02 \x01(\x0b\x32\x1b.exray.agent.v1.RecordChunkH\x00\x42\x07\n\x05\x65vent2\xce\x02\n\x05\x41gent\x12\x44\n\x06Health\x12\x1d.exray.agent.v1.HealthRequest\x1a\x1b.exray.agent.v1.HealthReply\x12Y\n\rListProcesses\x12$.exray.agent.v1.ListProcessesRequest\x1a\".exray.agent.v1.ListProcessesReply\x12Y\n\x0e\x46\x65tchDebugInfo\x12%.exray.agent.v1.FetchDebugInfoRequest\x1a\x1e.exray.agent.v1.DebugInfoChunk0\x01\x12I\n\x07RunPlan\x12\x1e.exray.agent.v1.RunPlanRequest\x1a\x1c.exray.agent.v1.RunPlanEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11\x65xray_agent.proto\x12\x0e\x65xray.agent.v1\"\x0f\n\rHealthRequest\"j\n\x0bHealthReply\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0f\n\x07wall_ns\x18\x03 \x01(\x03\x12\x10\n\x08protocol\x18\x04 \x01(\x05\x12\x19\n\x11max_message_bytes\x18\x05 \x01(\x03\"\x16\n\x14ListProcessesRequest\"\x81\x01\n\x0bProcessInfo\x12\x0b\n\x03pid\x18\x01 \x01(\x05\x12\x0b\n\x03\x65xe\x18\x02 \x01(\t\x12\x10\n\x08\x62uild_id\x18\x03 \x01(\t\x12\x12\n\ngo_version\x18\x04 \x01(\t\x12\x15\n\rstart_time_ns\x18\x05 \x01(\x03\x12\x0e\n\x06\x63group\x18\x06 \x01(\t\x12\x0b\n\x03uid\x18\x07 \x01(\x05\"T\n\x12ListProcessesReply\x12.\n\tprocesses\x18\x01 \x03(\x0b\x32\x1b.exray.agent.v1.ProcessInfo\x12\x0e\n\x06hidden\x18\x02 \x01(\x05\")\n\x15\x46\x65tchDebugInfoRequest\x12\x10\n\x08\x62uild_id\x18\x01 \x01(\t\"`\n\x0e\x44\x65\x62ugInfoChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x12\n\ntotal_size\x18\x03 \x01(\x03\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x0c\n\x04last\x18\x05 \x01(\x08\"\x85\x03\n\x0eRunPlanRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tspec_name\x18\x02 \x01(\t\x12\x13\n\x0bspec_sha256\x18\x03 \x01(\t\x12\x0c\n\x04pids\x18\x04 \x03(\x05\x12\x38\n\x05plans\x18\x05 \x03(\x0b\x32).exray.agent.v1.RunPlanRequest.PlansEntry\x12\x13\n\x0bpause_at_ns\x18\x06 \x01(\x03\x12\x18\n\x10pause_deadline_s\x18\x07 \x01(\x01\x12\x15\n\rcapture_share\x18\x08 \x01(\x01\x12\x10\n\x08\x65xecutor\x18\t \x01(\t\x12:\n\x06limits\x18\n \x03(\x0b\x32*.exray.agent.v1.RunPlanRequest.LimitsEntry\x1a,\n\nPlansEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x1a-\n\x0bLimitsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"C\n\x08Progress\x12\x0c\n\x04\x64one\x18\x01 \x01(\x05\x12\r\n\x05total\x18\x02 \x01(\x05\x12\x0b\n\x03pid\x18\x03 \x01(\x05\x12\r\n\x05phase\x18\x04 \x01(\t\"6\n\x0bRecordChunk\x12\x0b\n\x03pid\x18\x01 \x01(\x05\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0c\n\x04last\x18\x03 \x01(\x08\"t\n\x0cRunPlanEvent\x12,\n\x08progress\x18\x01 \x01(\x0b\x32\x18.exray.agent.v1.ProgressH\x00\x12-\n\x06record\x18\x02 \x01(\x0b\x32\x1b.exray.agent.v1.RecordChunkH\x00\x42\x07\n\x05\x65vent2\xce\x02\n\x05\x41gent\x12\x44\n\x06Health\x12\x1d.exray.agent.v1.HealthRequest\x1a\x1b.exray.agent.v1.HealthReply\x12Y\n\rListProcesses\x12$.exray.agent.v1.ListProcessesRequest\x1a\".exray.agent.v1.ListProcessesReply\x12Y\n\x0e\x46\x65tchDebugInfo\x12%.exray.agent.v1.FetchDebugInfoRequest\x1a\x1e.exray.agent.v1.DebugInfoChunk0\x01\x12I\n\x07RunPlan\x12\x1e.exray.agent.v1.RunPlanRequest\x1a\x1c.exray.agent.v1.RunPlanEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,6 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RUNPLANREQUEST_PLANSENTRY']._loaded_options = None
   _globals['_RUNPLANREQUEST_PLANSENTRY']._serialized_options = b'8\001'
+  _globals['_RUNPLANREQUEST_LIMITSENTRY']._loaded_options = None
+  _globals['_RUNPLANREQUEST_LIMITSENTRY']._serialized_options = b'8\001'
   _globals['_HEALTHREQUEST']._serialized_start=37
   _globals['_HEALTHREQUEST']._serialized_end=52
   _globals['_HEALTHREPLY']._serialized_start=54
@@ -48,15 +50,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DEBUGINFOCHUNK']._serialized_start=447
   _globals['_DEBUGINFOCHUNK']._serialized_end=543
   _globals['_RUNPLANREQUEST']._serialized_start=546
-  _globals['_RUNPLANREQUEST']._serialized_end=810
-  _globals['_RUNPLANREQUEST_PLANSENTRY']._serialized_start=766
-  _globals['_RUNPLANREQUEST_PLANSENTRY']._serialized_end=810
-  _globals['_PROGRESS']._serialized_start=812
-  _globals['_PROGRESS']._serialized_end=879
-  _globals['_RECORDCHUNK']._serialized_start=881
-  _globals['_RECORDCHUNK']._serialized_end=935
-  _globals['_RUNPLANEVENT']._serialized_start=937
-  _globals['_RUNPLANEVENT']._serialized_end=1053
-  _globals['_AGENT']._serialized_start=1056
-  _globals['_AGENT']._serialized_end=1390
+  _globals['_RUNPLANREQUEST']._serialized_end=935
+  _globals['_RUNPLANREQUEST_PLANSENTRY']._serialized_start=844
+  _globals['_RUNPLANREQUEST_PLANSENTRY']._serialized_end=888
+  _globals['_RUNPLANREQUEST_LIMITSENTRY']._serialized_start=890
+  _globals['_RUNPLANREQUEST_LIMITSENTRY']._serialized_end=935
+  _globals['_PROGRESS']._serialized_start=937
+  _globals['_PROGRESS']._serialized_end=1004
+  _globals['_RECORDCHUNK']._serialized_start=1006
+  _globals['_RECORDCHUNK']._serialized_end=1060
+  _globals['_RUNPLANEVENT']._serialized_start=1062
+  _globals['_RUNPLANEVENT']._serialized_end=1178
+  _globals['_AGENT']._serialized_start=1181
+  _globals['_AGENT']._serialized_end=1515
 # @@protoc_insertion_point(module_scope)
