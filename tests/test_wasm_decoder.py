@@ -61,9 +61,9 @@ def test_values_program_decodes_as_the_reference_does(go_build, tmp_path, monkey
     both decoders with the bytes the reference read: the module's kinds match."""
     import agent.snapshot as snap
     from values_compare import capture_values
-    dec = WasmDecoder()
+    dec = WasmDecoder(fuel=200_000_000)   # ROOMY budgets: a 5,000-entry map whole is 22M instructions
     reference_decode = snap.decode_value
-    seen = {"same": 0, "unsupported": 0, "interfaces": 0, "diff": []}
+    seen = {"same": 0, "unsupported": 0, "interfaces": 0, "funcs": 0, "diff": [], "kinds": set()}
 
     def both(types, type_id, data, addr, read, budgets, *, frame_budget, snapshot_budget, **kw):
         fb, sb = ByteBudget(frame_budget.limit), ByteBudget(snapshot_budget.limit)
@@ -76,16 +76,19 @@ def test_values_program_decodes_as_the_reference_does(go_build, tmp_path, monkey
             return b
         want = reference_decode(types, type_id, data, addr, recording, budgets, frame_budget=frame_budget,
                                 snapshot_budget=snapshot_budget, **kw)
-        learned, got = {}, None
-        for _ in range(16):                 # learn the interfaces' dynamic types, as the agent does
+        learned, names, got = {}, {}, None
+        for _ in range(16):                 # learn dynamic types and funcs' names, as the agent does
             try:
                 f2, s2 = ByteBudget(fb.limit), ByteBudget(sb.limit)
                 f2.used, s2.used = fb.used, sb.used
                 got = dec.decode_value(TypeBlob.build(types), type_id, data, addr, Image.of(reads), budgets,
-                                       frame_budget=f2, snapshot_budget=s2, rtypes=learned)
+                                       frame_budget=f2, snapshot_budget=s2, rtypes=learned, funcs=names)
                 fb = f2
                 break
             except Unsupported as e:
+                if e.pcs:
+                    names.update((pc, kw["func_name"](pc) or None) for pc in e.pcs)
+                    continue
                 t = kw["type_by_rtype"](e.rtype) if e.rtype else None
                 if t is None or t.id not in types or e.rtype in learned:
                     break
@@ -94,8 +97,11 @@ def test_values_program_decodes_as_the_reference_does(go_build, tmp_path, monkey
             seen["unsupported"] += 1
             return want
         seen["interfaces"] += bool(learned)
+        seen["funcs"] += bool(names)
         if got == want and fb.used == frame_budget.used:
             seen["same"] += 1
+            seen["kinds"].add(types[type_id].kind.value if types[type_id].name not in ("time.Time", "time.Duration")
+                              else types[type_id].name)
         else:
             seen["diff"].append((types[type_id].name, want, got))
         return want
@@ -103,7 +109,8 @@ def test_values_program_decodes_as_the_reference_does(go_build, tmp_path, monkey
     monkeypatch.setattr(snap, "decode_value", both)
     capture_values(go_build("values"), tmp_path)
     assert not seen["diff"], seen["diff"][:3]
-    assert seen["same"] >= 25 and seen["interfaces"] >= 3, seen
+    assert seen["same"] >= 70 and seen["interfaces"] >= 3 and seen["funcs"] >= 3, seen
+    assert seen["kinds"] >= {"float", "complex", "map", "func", "time.Time", "time.Duration"}, seen["kinds"]
 
 
 def test_a_value_that_runs_out_of_fuel_is_an_error_row():

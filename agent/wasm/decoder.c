@@ -30,7 +30,8 @@ typedef long long i64;
 
 // Kinds as agent/wasm/decoder.py numbers them.
 enum { K_BOOL = 1, K_INT, K_UINT, K_STRING, K_POINTER, K_UNSAFE_POINTER, K_STRUCT, K_ARRAY,
-       K_SLICE, K_UNKNOWN, K_OTHER, K_IFACE, K_CHAN };
+       K_SLICE, K_UNKNOWN, K_OTHER, K_IFACE, K_CHAN, K_FLOAT, K_COMPLEX, K_MAP, K_FUNC, K_TIME,
+       K_DURATION };
 #define KIND_MASK 0xFF
 #define T_DIRECT 0x100           // an interface holds this type in its data word (IsDirectIface)
 #define T_NAMED_ERROR 0x200      // decode.ERROR_MESSAGE_FIELD names it: Python adds the message
@@ -40,6 +41,25 @@ enum { K_BOOL = 1, K_INT, K_UINT, K_STRING, K_POINTER, K_UNSAFE_POINTER, K_STRUC
 #define MAX_PATH 64              // pointers on the current path (the depth budget is below it)
 
 extern u8 __heap_base;
+
+// The compiler calls these for struct copies; there is no libc.
+void *memcpy(void *d, const void *s, unsigned long n) {
+    u8 *o = (u8 *)d; const u8 *i = (const u8 *)s;
+    if (!(((unsigned long)d | (unsigned long)s) & 7))
+        for (; n >= 8; n -= 8, o += 8, i += 8) *(u64 *)o = *(const u64 *)i;
+    while (n--) *o++ = *i++;
+    return d;
+}
+
+void *memset(void *d, int v, unsigned long n) {
+    u8 *o = (u8 *)d;
+    if (!((unsigned long)d & 7)) {
+        u64 w = (u8)v * 0x0101010101010101ULL;
+        for (; n >= 8; n -= 8, o += 8) *(u64 *)o = w;
+    }
+    while (n--) *o++ = (u8)v;
+    return d;
+}
 
 static u8 *in;                   // the input, as the agent wrote it
 static u32 in_len;
@@ -55,10 +75,18 @@ static u64 frame_left, snapshot_left, used;
 static u32 ntypes, types_off, nfields_total, fields_off, names_off, names_len;
 static u32 nranges, ranges_off, bytes_off, bytes_len;
 static u32 nrtypes, rtypes_off;   // (runtime type address, type id) records, sorted by address
+static u32 nfuncs, funcs_off, fnames_off, fnames_len;   // (pc, name) records, sorted by pc
+
+// Funcs whose pc the func table lacks: the decode goes on (each written as
+// null) and ends Unsupported with their pcs; the agent names them and asks again.
+#define MAX_MISSING 64
+static u64 missing[MAX_MISSING];
+static u32 nmissing;
 
 // -- memory management: one region for input and output, grown on request
 
 static u32 heap_end;
+static u32 scratch_top;          // a stack of scratch space after the output (maps' sets and sorts)
 
 static u32 pages(void) { return __builtin_wasm_memory_size(0); }
 
@@ -85,6 +113,7 @@ u32 prepare(u32 n, u32 out_n) {
     out = in + ((n + 15u) & ~15u);
     out_cap = out_n;
     heap_end = end;
+    scratch_top = (end + 15u) & ~15u;
     return base;
 }
 
@@ -93,6 +122,17 @@ __attribute__((export_name("output_len"))) u32 output_len(void) { return out_len
 __attribute__((export_name("bytes_used"))) u64 bytes_used(void) { return used; }
 __attribute__((export_name("why_ptr"))) u32 why_ptr(void) { return (u32)(unsigned long)why; }
 __attribute__((export_name("why_arg"))) u64 why_argument(void) { return why_arg; }
+__attribute__((export_name("missing_ptr"))) u32 missing_ptr(void) { return (u32)(unsigned long)missing; }
+__attribute__((export_name("missing_count"))) u32 missing_count(void) { return nmissing; }
+
+// Scratch space above everything else, taken and given back in stack order;
+// 0 when the memory limit refuses it (the value then ends ST_OUTPUT).
+static u8 *scratch(u32 n) {
+    u32 at = scratch_top, end = at + ((n + 15u) & ~15u);
+    if (end < at || !ensure(end)) { status = ST_OUTPUT; why = "the module's memory limit (scratch space)"; return 0; }
+    scratch_top = end;
+    return (u8 *)(unsigned long)at;
+}
 
 // -- checked input access
 
@@ -189,6 +229,11 @@ static void put_jstring(const u8 *b, u32 n) {
         i += sz;
         if (c == '"') put("\\\"", 2);
         else if (c == '\\') put("\\\\", 2);
+        else if (c == '\n') put("\\n", 2);       // json.dumps' escapes: a list map sorts by that text
+        else if (c == '\r') put("\\r", 2);
+        else if (c == '\t') put("\\t", 2);
+        else if (c == '\b') put("\\b", 2);
+        else if (c == '\f') put("\\f", 2);
         else if (c < 0x20) {
             char e[6] = {'\\', 'u', '0', '0', "0123456789abcdef"[c >> 4], "0123456789abcdef"[c & 15]};
             put(e, 6);
@@ -212,6 +257,7 @@ static u32 cut_at_rune(const u8 *b, u32 n) {
 
 typedef struct {
     u32 id, kind, tflags;
+    u32 w0, w1, w2;      // the records' last three words as written (map: w2 is the key type)
     u64 size;
     u32 elem;            // ~0: none
     u64 length;
@@ -232,10 +278,27 @@ static int type_at(u32 i, Type *t) {
     t->nfields = rd32(o + 36); t->first_field = rd32(o + 40);
     t->f0_off = rd32(o + 44) & 0xFFFF; t->f0_size = rd32(o + 44) >> 16;
     t->f1_off = rd32(o + 48) & 0xFFFF; t->f1_size = rd32(o + 48) >> 16;
+    t->w0 = rd32(o + 44); t->w1 = rd32(o + 48); t->w2 = rd32(o + 52);
     return status == ST_OK;
 }
 
-static int find_type(u32 id, Type *t) {      // the table is sorted by id
+// Types looked up lately (a map's thousand entries are two types): reset for every value.
+#define TCACHE 64
+static Type tcache[TCACHE];
+static u32 tcache_ok[TCACHE];
+static u32 tcache_gen = 1;
+
+static int find_type_slow(u32 id, Type *t);
+
+static int find_type(u32 id, Type *t) {
+    u32 h = (id * 2654435761u) >> 26;
+    if (tcache_ok[h] == tcache_gen && tcache[h].id == id) { *t = tcache[h]; return 1; }
+    if (!find_type_slow(id, t)) return 0;
+    tcache[h] = *t; tcache_ok[h] = tcache_gen;
+    return 1;
+}
+
+static int find_type_slow(u32 id, Type *t) {      // the table is sorted by id
     u32 lo = 0, hi = ntypes;
     while (lo < hi) {
         u32 mid = lo + (hi - lo) / 2;
@@ -353,6 +416,674 @@ static void run(u32 elem_id, const u8 *data, u64 dlen, u64 base, int has_base, u
     }
     if (n > count) { puts_(count ? ",{\"__truncated\":\"elements\",\"len\":" : "{\"__truncated\":\"elements\",\"len\":"); put_u64(n); puts_("}"); }
     puts_("]");
+}
+
+// -- floats (decode._float_json): exact decimal digits from big integers
+
+#define BIG 96
+typedef struct { u32 n; u32 d[BIG]; } Big;     // little-endian 32-bit limbs, no leading zero limb
+
+static void big_set(Big *b, u64 v) { b->n = 0; while (v) { b->d[b->n++] = (u32)v; v >>= 32; } }
+
+static void big_mul(Big *b, u32 m) {
+    u64 c = 0;
+    for (u32 i = 0; i < b->n; i++) { u64 t = (u64)b->d[i] * m + c; b->d[i] = (u32)t; c = t >> 32; }
+    if (c && b->n < BIG) b->d[b->n++] = (u32)c;
+}
+
+static void big_pow5(Big *b, u32 n) {
+    static const u32 p5[13] = {1, 5, 25, 125, 625, 3125, 15625, 78125, 390625, 1953125, 9765625,
+                               48828125, 244140625};
+    for (; n >= 13; n -= 13) big_mul(b, 1220703125u);
+    big_mul(b, p5[n]);
+}
+
+static void big_shl(Big *b, u32 s) {
+    if (!b->n) return;
+    u32 w = s / 32, r = s % 32;
+    if (b->n + w + 1 > BIG) { b->n = 0; return; }     // not reached: floats need at most 80 limbs
+    if (r) {
+        u32 c = 0;
+        for (u32 i = 0; i < b->n; i++) { u32 v = b->d[i]; b->d[i] = v << r | c; c = v >> (32 - r); }
+        if (c) b->d[b->n++] = c;
+    }
+    if (w) {
+        for (u32 i = b->n; i-- > 0;) b->d[i + w] = b->d[i];
+        for (u32 i = 0; i < w; i++) b->d[i] = 0;
+        b->n += w;
+    }
+}
+
+static u32 big_div(Big *b, u32 v) {                 // b /= v; the remainder
+    u64 r = 0;
+    for (u32 i = b->n; i-- > 0;) { u64 cur = r << 32 | b->d[i]; b->d[i] = (u32)(cur / v); r = cur % v; }
+    while (b->n && !b->d[b->n - 1]) b->n--;
+    return (u32)r;
+}
+
+static int big_cmp(const Big *a, const Big *b) {
+    if (a->n != b->n) return a->n < b->n ? -1 : 1;
+    for (u32 i = a->n; i-- > 0;)
+        if (a->d[i] != b->d[i]) return a->d[i] < b->d[i] ? -1 : 1;
+    return 0;
+}
+
+static void big_sub(Big *a, const Big *b) {         // a -= b, a >= b
+    u64 borrow = 0;
+    for (u32 i = 0; i < a->n; i++) {
+        u64 bi = (i < b->n ? b->d[i] : 0) + borrow, ai = a->d[i];
+        a->d[i] = (u32)(ai - bi);
+        borrow = ai < bi;
+    }
+    while (a->n && !a->d[a->n - 1]) a->n--;
+}
+
+static u32 big_bits(const Big *b) { return b->n ? (b->n - 1) * 32 + 32 - (u32)__builtin_clz(b->d[b->n - 1]) : 0; }
+static u32 big_bit(const Big *b, u32 i) { return i / 32 < b->n ? (b->d[i / 32] >> (i % 32)) & 1 : 0; }
+
+static char dg[800];                                // the exact digits of one float
+
+// The exact decimal digits of m * 2^e (m > 0) into dg; *X: the value is d.ddd × 10^X.
+static u32 exact_digits(u64 m, int e, int *X) {
+    Big b;
+    big_set(&b, m);
+    int dexp = 0;
+    if (e >= 0) big_shl(&b, (u32)e);
+    else { big_pow5(&b, (u32)-e); dexp = e; }       // m / 2^k = m * 5^k / 10^k
+    u32 chunk[96], nc = 0;
+    while (b.n && nc < 96) chunk[nc++] = big_div(&b, 1000000000u);
+    u32 n = 0;
+    for (u32 c = nc; c-- > 0;) {
+        char t[9];
+        u32 v = chunk[c];
+        for (int i = 8; i >= 0; i--) { t[i] = (char)('0' + v % 10); v /= 10; }
+        u32 i = 0;
+        if (c == nc - 1) while (i < 8 && t[i] == '0') i++;
+        for (; i < 9; i++) dg[n++] = t[i];
+    }
+    *X = (int)n - 1 + dexp;
+    return n;
+}
+
+// dg[0..n) rounded half-even to p digits into r (Python's correctly rounded
+// '%.{p}g'), trailing zeros dropped; *X is moved on a carry out of the top.
+static u32 round_digits(u32 n, u32 p, char *r, int *X) {
+    u32 k = n < p ? n : p;
+    for (u32 i = 0; i < k; i++) r[i] = dg[i];
+    if (n > p) {
+        int up = dg[p] > '5';
+        if (dg[p] == '5') {
+            up = (dg[p - 1] - '0') & 1;
+            for (u32 i = p + 1; i < n && !up; i++) up = dg[i] != '0';
+        }
+        if (up) {
+            int i = (int)p - 1;
+            while (i >= 0 && r[i] == '9') r[i--] = '0';
+            if (i < 0) { r[0] = '1'; (*X)++; } else r[i]++;
+        }
+    }
+    while (k > 1 && r[k - 1] == '0') k--;
+    return k;
+}
+
+typedef union { u64 u; double d; } F64;
+typedef union { u32 u; float f; } F32;
+
+// Q (55 bits) × 2^E, and whether bits below Q were set, rounded half-even to a double.
+static double mk_double(u64 Q, int sticky, int E) {
+    u64 low = Q & 3;
+    Q >>= 2; E += 2;
+    if (low > 2 || (low == 2 && (sticky || (Q & 1)))) Q++;
+    if (Q >> 53) { Q >>= 1; E++; }
+    int be = E + 52 + 1023;
+    F64 v;
+    v.u = be <= 0 || be >= 2047 ? 0 : (u64)be << 52 | (Q & ((1ULL << 52) - 1));   // float32's digits stay inside
+    return v.d;
+}
+
+// The double nearest D × 10^q (D > 0): what Python's float() makes of the digits.
+static double parse_dec(u64 D, int q) {
+    Big b;
+    big_set(&b, D);
+    if (q >= 0) {
+        big_pow5(&b, (u32)q);
+        big_shl(&b, (u32)q);
+        u32 L = big_bits(&b);
+        u64 Q = 0;
+        int sticky = 0;
+        for (u32 i = 0; i < 55; i++) Q = Q << 1 | (L >= i + 1 ? big_bit(&b, L - 1 - i) : 0);
+        for (u32 i = 0; L > 55 && i < L - 55 && !sticky; i++) sticky = (int)big_bit(&b, i);
+        return mk_double(Q, sticky, (int)L - 55);
+    }
+    Big v;
+    big_set(&v, 1);
+    big_pow5(&v, (u32)-q);                          // D / 10^r = D / 5^r × 2^-r
+    int s = 0;
+    while (big_cmp(&b, &v) < 0) { big_shl(&b, 1); s++; }
+    u64 Q = 0;
+    for (int i = 0; i < 55; i++) {
+        Q <<= 1;
+        if (big_cmp(&b, &v) >= 0) { big_sub(&b, &v); Q |= 1; }
+        big_shl(&b, 1);
+    }
+    return mk_double(Q, b.n != 0, q - (s + 54));
+}
+
+static u32 nfloats;              // floats written (a list map's key holding one goes to Python)
+
+// Digits r[0..k) × 10^(X-k+1) as a JSON number that Python reads as a float.
+static void put_digits(const char *r, u32 k, int X, int neg) {
+    if (neg) put("-", 1);
+    if (X >= -5 && X < 17) {
+        if (X >= 0) {
+            for (int i = 0; i <= X; i++) put(i < (int)k ? r + i : "0", 1);
+            put(".", 1);
+            if ((int)k > X + 1) put(r + X + 1, k - (u32)X - 1); else put("0", 1);
+        } else {
+            put("0.", 2);
+            for (int i = -1; i > X; i--) put("0", 1);
+            put(r, k);
+        }
+    } else {
+        put(r, 1);
+        if (k > 1) { put(".", 1); put(r + 1, k - 1); }
+        put("e", 1);
+        put_i64(X);
+    }
+}
+
+// A float32 (single) or float64 as decode._float_json gives it: NaN and the
+// infinities as strings; a float32 as the shortest of 6..9 digits that is the
+// same float32; a float64 exactly (17 digits read back as the same double).
+static void put_float(u64 bits, int single) {
+    u32 ebits = single ? 8 : 11, mbits = single ? 23 : 52;
+    u64 man = bits & ((1ULL << mbits) - 1);
+    u32 ex = (u32)(bits >> mbits) & ((1u << ebits) - 1);
+    int neg = (int)(bits >> (mbits + ebits)) & 1;
+    nfloats++;
+    if (ex == (1u << ebits) - 1) { puts_(man ? "\"NaN\"" : neg ? "\"-Inf\"" : "\"+Inf\""); return; }
+    if (!ex && !man) { puts_(neg ? "-0.0" : "0.0"); return; }
+    int bias = single ? 127 : 1023;
+    u64 m = ex ? man | 1ULL << mbits : man;
+    int e = (ex ? (int)ex : 1) - bias - (int)mbits;
+    int X;
+    u32 n = exact_digits(m, e, &X);
+    char r[20];
+    if (single) {
+        for (u32 p = 6; p <= 9; p++) {
+            int Xp = X;
+            u32 k = round_digits(n, p, r, &Xp);
+            u64 D = 0;
+            for (u32 i = 0; i < k; i++) D = D * 10 + (u64)(r[i] - '0');
+            F32 z;
+            z.f = (float)parse_dec(D, Xp - (int)(k - 1));
+            if ((z.u & 0x7FFFFFFFu) == (u32)(bits & 0x7FFFFFFFu)) { put_digits(r, k, Xp, neg); return; }
+        }
+    }
+    int Xp = X;
+    u32 k = round_digits(n, 17, r, &Xp);
+    put_digits(r, k, Xp, neg);
+}
+
+// -- time.Time and time.Duration (decode._time, decode._duration)
+
+static void put_pad(u64 v, int w) {
+    char b[24];
+    int i = 24;
+    do { b[--i] = (char)('0' + v % 10); v /= 10; } while (v);
+    while (24 - i < w) b[--i] = '0';
+    put(b + i, (u32)(24 - i));
+}
+
+static i64 floordiv(i64 a, i64 b) { i64 q = a / b; return (a % b != 0 && (a < 0) != (b < 0)) ? q - 1 : q; }
+
+// Digits of v (prec of them after the point) with the fraction's trailing zeros dropped.
+static void put_fraction_digits(u64 frac, int prec) {
+    char b[20];
+    for (int i = prec - 1; i >= 0; i--) { b[i] = (char)('0' + frac % 10); frac /= 10; }
+    int k = prec;
+    while (k > 0 && b[k - 1] == '0') k--;
+    if (k) { put(".", 1); put(b, (u32)k); }
+}
+
+// t.UTC().Format(time.RFC3339Nano)
+static void put_time(u64 wall, i64 ext) {
+    u64 nsec = wall & ((1u << 30) - 1);
+    i64 sec = (wall >> 63) ? 59453308800LL + (i64)((wall >> 30) & ((1ULL << 33) - 1)) : ext;
+    i64 days = floordiv(sec, 86400), rem = sec - days * 86400;
+    i64 cycles = floordiv(days, 146097), d = days - cycles * 146097;
+    // civil date of day d after 0001-01-01 (H. Hinnant's civil_from_days), within one 400-year cycle
+    i64 z = d - 719162 + 719468;
+    i64 era = z / 146097, doe = z - era * 146097;
+    i64 yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    i64 y = yoe + era * 400, doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    i64 mp = (5 * doy + 2) / 153, day = doy - (153 * mp + 2) / 5 + 1, month = mp < 10 ? mp + 3 : mp - 9;
+    if (month <= 2) y++;
+    i64 year = y + 400 * cycles;
+    put("\"", 1);
+    if (year < 0) { put("-", 1); put_pad((u64)-year, 4); } else put_pad((u64)year, 4);
+    put("-", 1); put_pad((u64)month, 2); put("-", 1); put_pad((u64)day, 2);
+    put("T", 1); put_pad((u64)(rem / 3600), 2); put(":", 1); put_pad((u64)(rem / 60 % 60), 2);
+    put(":", 1); put_pad((u64)(rem % 60), 2);
+    if (nsec) {
+        char b[12];
+        int n = 0;
+        u64 v = nsec;
+        char t[12];
+        int k = 0;
+        do { t[k++] = (char)('0' + v % 10); v /= 10; } while (v);
+        while (k < 9) t[k++] = '0';
+        while (k) b[n++] = t[--k];
+        while (n && b[n - 1] == '0') n--;
+        put(".", 1); put(b, (u32)n);
+    }
+    put("Z\"", 2);
+}
+
+// time.Duration.String()
+static void put_duration(i64 d) {
+    put("\"", 1);
+    if (d == 0) { put("0s\"", 3); return; }
+    u64 u = d < 0 ? (u64)0 - (u64)d : (u64)d;
+    if (d < 0) put("-", 1);
+    if (u < 1000000000ULL) {
+        if (u < 1000) { put_u64(u); puts_("ns"); }
+        else if (u < 1000000) { put_u64(u / 1000); put_fraction_digits(u % 1000, 3); puts_("\xc2\xb5s"); }
+        else { put_u64(u / 1000000); put_fraction_digits(u % 1000000, 6); puts_("ms"); }
+    } else {
+        u64 secs = u / 1000000000ULL, nanos = u % 1000000000ULL;
+        if (secs >= 3600) { put_u64(secs / 3600); put("h", 1); }
+        if (secs >= 60) { put_u64(secs / 60 % 60); put("m", 1); }
+        put_u64(secs % 60);
+        put_fraction_digits(nanos, 9);
+        put("s", 1);
+    }
+    put("\"", 1);
+}
+
+// -- funcs: a pc's name from the func table (decode._func; the agent's func_name answers)
+
+static int find_func(u64 pc, u32 *noff, u32 *nlen) {
+    u32 lo = 0, hi = nfuncs;
+    while (lo < hi && status == ST_OK) {
+        u32 mid = lo + (hi - lo) / 2;
+        u64 got = rd64(funcs_off + mid * 16);
+        if (got == pc) { *noff = rd32(funcs_off + mid * 16 + 8); *nlen = rd32(funcs_off + mid * 16 + 12); return status == ST_OK; }
+        if (got < pc) lo = mid + 1; else hi = mid;
+    }
+    return 0;
+}
+
+// -- maps (decode._map): the layout is data (a record in the names section,
+// computed in Python by the reference's own layout functions)
+
+enum { ML_IMPL, ML_OBJ, ML_HSIZE, ML_H0, ML_H1, ML_H2, ML_H3, ML_H4, ML_GSIZE, ML_CTRL, ML_KEYS, ML_KSTRIDE,
+       ML_ELEMS, ML_ESTRIDE, ML_OVERFLOW, ML_TSIZE, ML_TDATA, ML_TMASK, ML_WORDS };
+#define MAX_INLINE_KV 128
+
+static u64 field_of(const u8 *b, u32 packed) { return le(b + (packed & 0xFFFF), packed >> 16); }
+
+// A set of addresses (open addressing in scratch space; 0 is never added).
+typedef struct { u64 *k; u32 cap, n; } Set;
+
+static int set_add(Set *s, u64 a) {          // 1 added, 0 there already, -1 out of memory
+    if (!s->k || (s->n + 1) * 2 > s->cap) {
+        u32 cap = s->cap ? s->cap * 2 : 64;
+        if (cap > (1u << 26)) { status = ST_OUTPUT; why = "the module's memory limit (a map's walk)"; return -1; }
+        u64 *k = (u64 *)scratch(cap * 8);
+        if (!k) return -1;
+        for (u32 i = 0; i < cap; i++) k[i] = 0;
+        for (u32 i = 0; i < s->cap; i++) {
+            if (!s->k[i]) continue;
+            u32 h = (u32)((s->k[i] * 0x9E3779B97F4A7C15ULL) >> 40) & (cap - 1);
+            while (k[h]) h = (h + 1) & (cap - 1);
+            k[h] = s->k[i];
+        }
+        s->k = k; s->cap = cap;
+    }
+    u32 h = (u32)((a * 0x9E3779B97F4A7C15ULL) >> 40) & (s->cap - 1);
+    while (s->k[h]) {
+        if (s->k[h] == a) return 0;
+        h = (h + 1) & (s->cap - 1);
+    }
+    s->k[h] = a; s->n++;
+    return 1;
+}
+
+typedef struct {
+    const u8 *L;                 // the layout record
+    Type key, elem;
+    u32 depth;
+    u64 limit, entries;
+    int stop;                    // a full slot past the limit was found: the walk ends
+    Fail problem;                // unreadable memory or a spent budget: the walk ends, a marker says so
+} MapWalk;
+
+static u32 lw(const u8 *L, u32 i) { return (u32)le(L + 4 * i, 4); }
+
+static void slot_value(Type *t, const u8 *gb, u64 ga, u32 off, u32 depth) {
+    if (t->size > MAX_INLINE_KV) {           // stored indirectly: the slot holds a pointer
+        u64 p = le(gb + off, 8);
+        if (push(p, t->id, depth - 1)) { value(t->id, 0, 0, p, 1, depth); path_n--; }
+    } else {
+        value(t->id, gb + off, t->size, ga + off, 1, depth);
+    }
+}
+
+// One full slot: its key and elem into the output, each followed by a separator
+// byte (2 after a key holding a float), or the end of the walk past the limit.
+static void full_slot(MapWalk *w, const u8 *gb, u64 ga, u32 koff, u32 eoff) {
+    if (w->entries >= w->limit) { w->stop = 1; return; }
+    u32 fl = nfloats;
+    slot_value(&w->key, gb, ga, koff, w->depth);
+    put(nfloats != fl ? "\x02" : "\x01", 1);
+    slot_value(&w->elem, gb, ga, eoff, w->depth);
+    put("\x01", 1);
+    w->entries++;
+}
+
+static void swiss_group(MapWalk *w, u64 ga) {
+    const u8 *L = w->L;
+    const u8 *gb = mem(ga, lw(L, ML_GSIZE), &w->problem);
+    if (!gb) return;
+    u64 ctrl = le(gb + lw(L, ML_CTRL), 8);
+    for (u32 i = 0; i < 8 && !w->stop && status == ST_OK; i++)
+        if (!((ctrl >> (8 * i)) & 0x80))
+            full_slot(w, gb, ga, lw(L, ML_KEYS) + i * lw(L, ML_KSTRIDE), lw(L, ML_ELEMS) + i * lw(L, ML_ESTRIDE));
+}
+
+static char fmsg[64];
+
+// Returns 0 when the map itself is malformed (f says why).
+static int swiss_walk(MapWalk *w, u64 dir_ptr, i64 dir_len, Fail *f) {
+    const u8 *L = w->L;
+    if (dir_len == 0) {                      // small map: dirPtr is the one group
+        if (dir_ptr) swiss_group(w, dir_ptr);
+        return 1;
+    }
+    if (!(dir_len > 0 && dir_len <= (1 << 20))) {
+        u32 saved = out_len, cap = out_cap; u8 *o = out;
+        out = (u8 *)fmsg; out_len = 0; out_cap = sizeof fmsg - 1;
+        puts_("map directory length "); put_i64(dir_len);
+        fmsg[out_len] = 0;
+        out = o; out_len = saved; out_cap = cap;
+        f->code = R_MALFORMED; f->msg = fmsg;
+        return 0;
+    }
+    const u8 *dir = mem(dir_ptr, (u64)dir_len * 8, &w->problem);
+    if (!dir) return 1;
+    Set seen = {0, 0, 0};
+    u32 gsize = lw(L, ML_GSIZE);
+    for (i64 i = 0; i < dir_len && !w->stop && !w->problem.code && status == ST_OK; i++) {
+        u64 tp = le(dir + 8 * i, 8);
+        if (!tp) continue;
+        int added = set_add(&seen, tp);
+        if (added <= 0) continue;
+        const u8 *tb = mem(tp, lw(L, ML_TSIZE), &w->problem);
+        if (!tb) break;
+        u64 data = field_of(tb, lw(L, ML_TDATA)), mask = field_of(tb, lw(L, ML_TMASK));
+        for (u64 g = 0; !w->stop && !w->problem.code && status == ST_OK; g++) {
+            swiss_group(w, data + g * gsize);
+            if (g == mask) break;
+        }
+    }
+    return 1;
+}
+
+static void hmap_walk(MapWalk *w, u64 buckets, u64 nb, u64 old, u64 nold) {
+    const u8 *L = w->L;
+    u32 bsize = lw(L, ML_GSIZE), ctrl = lw(L, ML_CTRL), ovf = lw(L, ML_OVERFLOW);
+    Set seen = {0, 0, 0};
+    u64 base[2] = {buckets, old}, n[2] = {nb, old ? nold : 0};
+    for (int s = 0; s < 2; s++) {
+        for (u64 i = 0; base[s] && i < n[s] && !w->stop && !w->problem.code && status == ST_OK; i++) {
+            u64 bucket = base[s] + i * bsize;
+            while (bucket && !w->stop && status == ST_OK) {
+                int added = set_add(&seen, bucket);
+                if (added <= 0) break;
+                const u8 *bb = mem(bucket, bsize, &w->problem);
+                if (!bb) return;
+                for (u32 k = 0; k < 8 && !w->stop && status == ST_OK; k++)
+                    if (bb[ctrl + k] >= 5)          // minTopHash: empty and evacuated slots are below
+                        full_slot(w, bb, bucket, lw(L, ML_KEYS) + k * lw(L, ML_KSTRIDE),
+                                  lw(L, ML_ELEMS) + k * lw(L, ML_ESTRIDE));
+                if (w->stop) return;
+                bucket = le(bb + ovf, 8);
+            }
+        }
+    }
+}
+
+// Python's str order of two JSON string texts (both from put_jstring): code
+// point by code point, the escapes read back.
+static u32 jchar(const u8 *s, u32 n, u32 *i) {
+    u32 c = s[*i];
+    if (c == '\\' && *i + 1 < n) {
+        u32 e = s[*i + 1];
+        *i += 2;
+        if (e == 'n') return '\n';
+        if (e == 'r') return '\r';
+        if (e == 't') return '\t';
+        if (e == 'b') return '\b';
+        if (e == 'f') return '\f';
+        if (e == 'u' && *i + 4 <= n) {
+            u32 v = 0;
+            for (int k = 0; k < 4; k++) { u32 h = s[(*i)++]; v = v << 4 | (h <= '9' ? h - '0' : h - 'a' + 10); }
+            return v;
+        }
+        return e;
+    }
+    u32 sz;
+    u32 r = rune(s + *i, n - *i, &sz);
+    *i += sz;
+    return r;
+}
+
+static int cmp_jstr(const u8 *a, u32 an, const u8 *b, u32 bn) {
+    u32 i = 1, j = 1;                       // past the opening quotes; the closing ones end it
+    an--; bn--;
+    while (i < an && j < bn) {
+        u32 x = jchar(a, an, &i), y = jchar(b, bn, &j);
+        if (x != y) return x < y ? -1 : 1;
+    }
+    return (i < an) - (j < bn);
+}
+
+// An int or bool key's text as (negative, magnitude).
+static void int_key(const u8 *s, u32 n, int *neg, u64 *mag) {
+    *neg = 0; *mag = 0;
+    if (n && s[0] == 't') { *mag = 1; return; }
+    if (n && s[0] == 'f') return;
+    u32 i = 0;
+    if (n && s[0] == '-') { *neg = 1; i = 1; }
+    for (; i < n; i++) *mag = *mag * 10 + (u64)(s[i] - '0');
+}
+
+typedef struct { u32 ks, kl, vs, vl, kfloat; int neg; u64 mag; u64 ord; } Entry;
+static Entry *ents;
+static const u8 *ebase;
+static int obj_sort, ord_keys;   // ord_keys: every key an int in one u64 order (ord)
+
+// The order decode._map_json sorts in: objects by (is a string, key), lists by
+// the key's JSON text.
+static int entry_cmp(u32 a, u32 b) {
+    const u8 *ka = ebase + ents[a].ks, *kb = ebase + ents[b].ks;
+    u32 na = ents[a].kl, nb = ents[b].kl;
+    if (obj_sort) {
+        int sa = ka[0] == '"', sb = kb[0] == '"';
+        if (sa != sb) return sa - sb;
+        if (sa) return cmp_jstr(ka, na, kb, nb);
+        if (ord_keys) return ents[a].ord < ents[b].ord ? -1 : ents[a].ord > ents[b].ord;
+        int ga = ents[a].neg, gb = ents[b].neg; u64 ma = ents[a].mag, mb = ents[b].mag;
+        if (ga != gb) return ga ? -1 : 1;
+        if (ma == mb) return 0;
+        return (ma < mb) != ga ? -1 : 1;
+    }
+    for (u32 i = 0; i < na && i < nb; i++)
+        if (ka[i] != kb[i]) return ka[i] < kb[i] ? -1 : 1;
+    return (na > nb) - (na < nb);
+}
+
+static void merge_sort(u32 *idx, u32 *tmp, u32 n) {   // stable, as Python's sort
+    for (u32 w = 1; w < n; w *= 2) {
+        for (u32 lo = 0; lo < n; lo += 2 * w) {
+            u32 mid = lo + w < n ? lo + w : n, hi = lo + 2 * w < n ? lo + 2 * w : n;
+            u32 i = lo, j = mid, k = lo;
+            while (i < mid && j < hi) tmp[k++] = entry_cmp(idx[j], idx[i]) < 0 ? idx[j++] : idx[i++];
+            while (i < mid) tmp[k++] = idx[i++];
+            while (j < hi) tmp[k++] = idx[j++];
+        }
+        for (u32 i = 0; i < n; i++) idx[i] = tmp[i];
+    }
+}
+
+static void put_problem(const Fail *p) {
+    if (p->code == R_UNREADABLE) {
+        puts_("{\"__error\":\"unreadable memory at "); put_hex(p->addr); puts_(" ("); put_u64(p->n); puts_(" bytes)\"}");
+    } else puts_("{\"__truncated\":\"budget\"}");
+}
+
+// The walked entries (out[start..out_len), separated) rewritten as decode._map_json
+// renders them: an object sorted by key when every key is an int, bool or string,
+// else a list of {"key", "value"} sorted by the key's JSON text; then the markers.
+static void map_finish(u32 start, MapWalk *w, u64 count, int counted) {
+    u32 n = (u32)w->entries, top = scratch_top;
+    Entry *e = (Entry *)scratch(n * sizeof(Entry) + 8);
+    u32 *idx = (u32 *)scratch(n * 8 + 8);
+    if (!e || !idx) return;
+    u32 at = start, obj = lw(w->L, ML_OBJ), kfloats = 0;
+    for (u32 i = 0; i < n; i++) {
+        u32 s = at;
+        while (at < out_len && out[at] > 2) at++;
+        e[i].ks = s; e[i].kl = at - s; e[i].kfloat = at < out_len && out[at] == 2; at++;
+        s = at;
+        while (at < out_len && out[at] > 2) at++;
+        e[i].vs = s; e[i].vl = at - s; at++;
+        u8 c = e[i].kl ? out[e[i].ks] : 'n';
+        if (!(c == '"' || c == '-' || c == 't' || c == 'f' || (c >= '0' && c <= '9'))) obj = 0;
+        kfloats |= e[i].kfloat;
+        if (c != '"' && e[i].kl) int_key(out + e[i].ks, e[i].kl, &e[i].neg, &e[i].mag);
+        idx[i] = i;
+    }
+    if (!obj && kfloats) {
+        status = ST_UNSUPPORTED; why = "a list map whose keys hold floats (Python sorts them by its float text)";
+        return;
+    }
+    ents = e; ebase = out; obj_sort = (int)obj;
+    ord_keys = obj && n > 0;
+    for (u32 i = 0; i < n && ord_keys; i++)   // ints of one sign, or signed ones that fit: one order key
+        ord_keys = out[e[i].ks] != '"' && (e[i].mag >> 63) == 0;
+    for (u32 i = 0; i < n && ord_keys; i++)
+        e[i].ord = e[i].neg ? (1ULL << 63) - e[i].mag : (1ULL << 63) + e[i].mag;
+    merge_sort(idx, idx + n, n);
+    u32 cap = (out_len - start) + 24 * n + 256;
+    u8 *buf = scratch(cap);
+    if (!buf) return;
+    u8 *o = out; u32 o_len = out_len, o_cap = out_cap;
+    out = buf; out_len = 0; out_cap = cap;
+    int cut = counted && count > w->entries, first = 1;
+    if (obj) {
+        put("{", 1);
+        for (u32 i = 0; i < n; i++) {
+            // equal keys: the first one's place, the last one's value (a dict built in order)
+            while (i + 1 < n && entry_cmp(idx[i], idx[i + 1]) == 0) i++;
+            Entry *x = &e[idx[i]];
+            const u8 *k = o + x->ks;
+            if (!first) put(",", 1);
+            first = 0;
+            if (k[0] == '"') {
+                if (x->kl >= 3 && k[1] == '_' && k[2] == '_') { put("\"_", 2); put((const char *)k + 1, x->kl - 1); }
+                else put((const char *)k, x->kl);
+            } else {
+                put("\"", 1);
+                put((const char *)k, x->kl);
+                put("\"", 1);
+            }
+            put(":", 1);
+            put((const char *)o + x->vs, x->vl);
+        }
+        if (cut) { puts_(first ? "\"__truncated\":{\"len\":" : ",\"__truncated\":{\"len\":"); put_u64(count); puts_("}"); }
+        else if (w->problem.code) {
+            if (!first) put(",", 1);
+            if (w->problem.code == R_UNREADABLE) {
+                puts_("\"__error\":\"unreadable memory at "); put_hex(w->problem.addr); puts_(" (");
+                put_u64(w->problem.n); puts_(" bytes)\"");
+            } else puts_("\"__truncated\":\"budget\"");
+        }
+        put("}", 1);
+    } else {
+        put("[", 1);
+        for (u32 i = 0; i < n; i++) {
+            Entry *x = &e[idx[i]];
+            if (i) put(",", 1);
+            puts_("{\"key\":"); put((const char *)o + x->ks, x->kl);
+            puts_(",\"value\":"); put((const char *)o + x->vs, x->vl); put("}", 1);
+        }
+        if (cut) { puts_(n ? ",{\"__truncated\":\"elements\",\"len\":" : "{\"__truncated\":\"elements\",\"len\":"); put_u64(count); puts_("}"); }
+        if (w->problem.code) { if (n || cut) put(",", 1); put_problem(&w->problem); }
+        put("]", 1);
+    }
+    u32 len = out_len, ok = status == ST_OK;
+    out = o; out_len = o_len; out_cap = o_cap;
+    if (ok) {
+        out_len = start;
+        put((const char *)buf, len);
+    } else if (status == ST_OUTPUT) why = "output larger than its cap";
+    scratch_top = top;
+}
+
+static int packed_ok(u32 packed, u32 within) { return (packed >> 16) <= 8 && (packed & 0xFFFF) + (packed >> 16) <= within; }
+
+// Every offset the walk reads at is inside what it reads (hostile input must not make it read past).
+static int layout_ok(const u8 *L, Type *k, Type *e) {
+    u32 g = lw(L, ML_GSIZE), impl = lw(L, ML_IMPL), hs = lw(L, ML_HSIZE);
+    u64 ks = k->size > MAX_INLINE_KV ? 8 : k->size, es = e->size > MAX_INLINE_KV ? 8 : e->size;
+    if ((impl != 1 && impl != 2) || !g || !hs || (u64)lw(L, ML_CTRL) + 8 > g) return 0;
+    if ((u64)lw(L, ML_KEYS) + 7ULL * lw(L, ML_KSTRIDE) + ks > g) return 0;
+    if ((u64)lw(L, ML_ELEMS) + 7ULL * lw(L, ML_ESTRIDE) + es > g) return 0;
+    for (u32 i = ML_H0; i <= ML_H4; i++) if (!packed_ok(lw(L, i), hs)) return 0;
+    if (impl == 2) return (u64)lw(L, ML_OVERFLOW) + 8 <= g;
+    return lw(L, ML_TSIZE) && packed_ok(lw(L, ML_TDATA), lw(L, ML_TSIZE)) && packed_ok(lw(L, ML_TMASK), lw(L, ML_TSIZE));
+}
+
+static void map_value(Type *t, u64 p, u32 depth, Fail *f) {
+    if (t->length > names_len || names_len - t->length < ML_WORDS * 4) {
+        status = ST_MALFORMED; why = "a map layout outside the input"; return;
+    }
+    const u8 *L = in + names_off + (u32)t->length;
+    MapWalk w;
+    w.L = L; w.depth = depth; w.entries = 0; w.stop = 0; w.problem.code = 0;
+    if (!find_type(t->w2, &w.key) || !find_type(t->elem, &w.elem)) {
+        if (status == ST_OK) { status = ST_MALFORMED; why = "a map's key or elem type is not in the table"; }
+        return;
+    }
+    if (!layout_ok(L, &w.key, &w.elem)) { status = ST_MALFORMED; why = "a map layout outside its group"; return; }
+    u32 start = out_len, top = scratch_top;
+    u64 count = 0;
+    const u8 *h = mem(p, lw(L, ML_HSIZE), &w.problem);
+    if (h) {
+        if (lw(L, ML_IMPL) == 1) {
+            count = field_of(h, lw(L, ML_H0));
+            u64 dir_ptr = field_of(h, lw(L, ML_H1)), dir_len = field_of(h, lw(L, ML_H2));
+            w.limit = count < elements ? count : elements;
+            if (!swiss_walk(&w, dir_ptr, (i64)dir_len, f)) { scratch_top = top; return; }
+        } else {
+            count = field_of(h, lw(L, ML_H0));
+            u64 flags = field_of(h, lw(L, ML_H1)), B = field_of(h, lw(L, ML_H2));
+            u64 buckets = field_of(h, lw(L, ML_H3)), old = field_of(h, lw(L, ML_H4));
+            w.limit = count < elements ? count : elements;
+            u64 nb = B >= 64 ? ~0ULL : 1ULL << B;
+            u64 nold = (flags & 8) ? nb : (B == 0 ? 1 : B - 1 >= 64 ? ~0ULL : 1ULL << (B - 1));
+            hmap_walk(&w, buckets, nb, old, nold);
+        }
+    }
+    scratch_top = top;
+    if (status != ST_OK) return;
+    if (w.problem.code && w.problem.code != R_UNREADABLE && w.problem.code != R_BUDGET) {
+        *f = w.problem;                      // not reached: the walk's reads fail only so
+        return;
+    }
+    map_finish(start, &w, count, !w.problem.code);
 }
 
 static void decode(Type *t, const u8 *data, u64 dlen, u64 addr, int has_addr, u32 depth, Fail *f) {
@@ -544,6 +1275,74 @@ static void decode(Type *t, const u8 *data, u64 dlen, u64 addr, int has_addr, u3
         puts_(le(h + c_off, c_size) ? ",\"closed\":true}" : ",\"closed\":false}");
         return;
     }
+    case K_FLOAT:
+        if (t->size != 4 && t->size != 8) { status = ST_MALFORMED; why = "a float of neither 4 nor 8 bytes"; return; }
+        if (!(b = own(t, data, dlen, addr, has_addr, f))) return;
+        put_float(le(b, (u32)t->size), t->size == 4);
+        return;
+    case K_COMPLEX: {
+        if (t->size != 8 && t->size != 16) { status = ST_MALFORMED; why = "a complex of neither 8 nor 16 bytes"; return; }
+        if (!(b = own(t, data, dlen, addr, has_addr, f))) return;
+        u32 h = (u32)t->size / 2;
+        puts_("{\"real\":"); put_float(le(b, h), h == 4);
+        puts_(",\"imag\":"); put_float(le(b + h, h), h == 4); puts_("}");
+        return;
+    }
+    case K_TIME: {                       // decode._time: the wall and ext fields
+        if (t->f0_off + t->f0_size > t->size || t->f1_off + t->f1_size > t->size || t->f0_size > 8 || t->f1_size > 8) {
+            status = ST_MALFORMED; why = "time fields outside the time"; return;
+        }
+        if (!(b = own(t, data, dlen, addr, has_addr, f))) return;
+        put_time(le(b + t->f0_off, t->f0_size), (i64)le(b + t->f1_off, t->f1_size));
+        return;
+    }
+    case K_DURATION: {
+        if (t->size > 8) { status = ST_MALFORMED; why = "a duration wider than 8 bytes"; return; }
+        if (!(b = own(t, data, dlen, addr, has_addr, f))) return;
+        u32 n = (u32)t->size;
+        u64 v = le(b, n);
+        if (n && n < 8 && (v >> (8 * n - 1) & 1)) v |= ~0ULL << (8 * n);
+        put_duration((i64)v);
+        return;
+    }
+    case K_FUNC: {                       // decode._func: *funcval, its fn word, the pc's name
+        if (t->size < 8) { status = ST_MALFORMED; why = "a func narrower than a pointer"; return; }
+        if (!(b = own(t, data, dlen, addr, has_addr, f))) return;
+        u64 p = le(b, 8);
+        if (!p) { puts_("null"); return; }
+        const u8 *w = mem(p, 8, f);
+        if (!w) return;
+        u64 pc = le(w, 8);
+        u32 no = 0, nl = 0;
+        if (!find_func(pc, &no, &nl)) {
+            if (status != ST_OK) return;
+            u32 i = 0;
+            while (i < nmissing && missing[i] != pc) i++;
+            if (i == nmissing) {
+                if (nmissing == MAX_MISSING) { status = ST_UNSUPPORTED; why = "funcs whose names the table lacks"; return; }
+                missing[nmissing++] = pc;
+            }
+            puts_("null");                  // the value ends Unsupported: the agent names the pcs
+            return;
+        }
+        if (nl == 0xFFFFFFFFu) { puts_("{\"__func\":\""); put_hex(pc); puts_("\"}"); return; }
+        if (no > fnames_len || fnames_len - no < nl) { status = ST_MALFORMED; why = "a func name outside the input"; return; }
+        put_jstring(in + fnames_off + no, nl);
+        return;
+    }
+    case K_MAP: {                        // decode._map
+        if (t->size < 8) { status = ST_MALFORMED; why = "a map narrower than a pointer"; return; }
+        if (!(b = own(t, data, dlen, addr, has_addr, f))) return;
+        u64 p = le(b, 8);
+        if (!p) { puts_("null"); return; }
+        if (!push(p, t->id, depth)) return;
+        Fail g = {0};
+        u32 at = out_len;
+        map_value(t, p, depth + 1, &g);
+        path_n--;
+        if (g.code) { out_len = at; *f = g; }
+        return;
+    }
     default:
         status = ST_UNSUPPORTED;
         why = "a kind the module does not decode";
@@ -594,10 +1393,13 @@ static void value(u32 tid, const u8 *data, u64 dlen, u64 addr, int has_addr, u32
 //  60 ntypes  64 types offset  68 nfields  72 fields offset  76 names offset  80 names length
 //  84 nranges 88 ranges offset 92 bytes offset 96 bytes length
 // 100 nrtypes 104 rtypes offset
-#define HDR 108
+// 108 nfuncs 112 funcs offset (pc u64, name offset u32, name length u32 or ~0: no name) 116 func names offset 120 their length
+#define HDR 124
 
 static u32 run_one(u32 h, int force_raw, u32 start) {
     out_len = start; status = ST_OK; why = ""; why_arg = 0; used = 0; path_n = 0; nest = 0;
+    nmissing = 0; nfloats = 0; scratch_top = (heap_end + 15u) & ~15u;
+    if (++tcache_gen == 0) { for (u32 i = 0; i < TCACHE; i++) tcache_ok[i] = 0; tcache_gen = 1; }
     if (!in || h > in_len || in_len - h < HDR) { status = ST_MALFORMED; why = "input shorter than its header"; return status; }
     if (rd32(h + 0) != 0x31575258u) { status = ST_MALFORMED; why = "not a decoder input (magic)"; return status; }
     string_bytes = rd32(h + 4); elements = rd32(h + 8); depth_budget = rd32(h + 12);
@@ -610,10 +1412,12 @@ static u32 run_one(u32 h, int force_raw, u32 start) {
     names_off = rd32(h + 76); names_len = rd32(h + 80);
     nranges = rd32(h + 84); ranges_off = rd32(h + 88); bytes_off = rd32(h + 92); bytes_len = rd32(h + 96);
     nrtypes = rd32(h + 100); rtypes_off = rd32(h + 104);
+    nfuncs = rd32(h + 108); funcs_off = rd32(h + 112); fnames_off = rd32(h + 116); fnames_len = rd32(h + 120);
     if (status != ST_OK) return status;
     if (!in_ok(types_off, (u64)ntypes * TYPE_REC) || !in_ok(fields_off, (u64)nfields_total * FIELD_REC) ||
         !in_ok(names_off, names_len) || !in_ok(ranges_off, (u64)nranges * 24) ||
-        !in_ok(bytes_off, bytes_len) || !in_ok(rb_off, rb_len) || !in_ok(rtypes_off, (u64)nrtypes * 16)) {
+        !in_ok(bytes_off, bytes_len) || !in_ok(rb_off, rb_len) || !in_ok(rtypes_off, (u64)nrtypes * 16) ||
+        !in_ok(funcs_off, (u64)nfuncs * 16) || !in_ok(fnames_off, fnames_len)) {
         status = ST_MALFORMED; why = "a section outside the input"; return status;
     }
     Type t;
@@ -623,6 +1427,9 @@ static u32 run_one(u32 h, int force_raw, u32 start) {
         return status;
     }
     value(root, (flags & 1) ? in + rb_off : 0, rb_len, raddr, (flags & 2) != 0, 0);
+    if (status == ST_OK && nmissing) {
+        status = ST_UNSUPPORTED; why = "funcs whose names the table lacks"; why_arg = missing[0];
+    }
     return status;
 }
 

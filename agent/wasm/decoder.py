@@ -30,8 +30,10 @@ from probe_compiler.types import Kind, TypeTable
 
 MODULE = Path(__file__).with_name("decoder.wasm")
 MAGIC = 0x31575258                 # "XRW1"
-HDR = struct.Struct("<I4I QQ II Q II 6I 4I 2I")
-TYPE_REC = struct.Struct("<IIQIQIIIIII")  # 48 bytes, padded to 56
+HDR = struct.Struct("<I4I QQ II Q II 6I 4I 2I 4I")
+TYPE_REC = struct.Struct("<IIQIQIIIIIII")  # 56 bytes; the last word: a map's key type
+MAP_REC = struct.Struct("<18I")          # a map's layout, in the names section (decoder.c ML_*)
+FUNC_REC = struct.Struct("<QII")
 FIELD_REC = struct.Struct("<IIQII")      # 24 bytes
 RANGE_REC = struct.Struct("<QQQ")
 _RESULT = struct.Struct("<7Q")
@@ -40,8 +42,9 @@ NONE = 0xFFFFFFFF
 
 KINDS = {Kind.BOOL: 1, Kind.INT: 2, Kind.UINT: 3, Kind.STRING: 4, Kind.POINTER: 5,
          Kind.UNSAFE_POINTER: 6, Kind.STRUCT: 7, Kind.ARRAY: 8, Kind.SLICE: 9, Kind.UNKNOWN: 10,
-         Kind.INTERFACE: 12, Kind.CHAN: 13}
+         Kind.INTERFACE: 12, Kind.CHAN: 13, Kind.FLOAT: 14, Kind.COMPLEX: 15, Kind.MAP: 16, Kind.FUNC: 17}
 OTHER = 11
+K_TIME, K_DURATION = 18, 19
 T_DIRECT, T_NAMED_ERROR = 0x100, 0x200
 
 ST_OK, ST_UNSUPPORTED, ST_MALFORMED, ST_OUTPUT = range(4)
@@ -54,11 +57,13 @@ OUTPUT_FACTOR = 16                 # output cap: this many times the input, plus
 class Unsupported(Exception):
     """The module does not decode this value's kinds: decode it in Python.
     `rtype`: an interface's dynamic type (runtime address) the table lacked;
-    learn it and ask again."""
+    learn it and ask again. `pcs`: funcs' pcs the func table lacked; name
+    them (func_name) and ask again."""
 
-    def __init__(self, why: str, rtype: int = 0):
+    def __init__(self, why: str, rtype: int = 0, pcs: tuple = ()):
         super().__init__(why)
         self.rtype = rtype
+        self.pcs = pcs
 
 
 @dataclass(frozen=True)
@@ -89,8 +94,13 @@ class TypeBlob:
             t = table.types[tid]
             if not 0 <= tid < NONE:
                 raise ValueError(f"type id {tid} does not fit the module's table")
-            kind = KINDS.get(t.kind, OTHER) if t.name not in SPECIAL_TYPES else OTHER
-            f0 = f1 = 0
+            kind = KINDS.get(t.kind, OTHER)
+            f0 = f1 = key = 0
+            if t.name in SPECIAL_TYPES:
+                kind, f0, f1 = _special_layout(table, t)
+            elif t.kind == Kind.FLOAT and t.size not in (4, 8) or t.kind == Kind.COMPLEX and t.size not in (8, 16) \
+                    or t.kind in (Kind.FUNC, Kind.MAP) and t.size != 8:
+                kind = OTHER           # the reference would call it malformed: let it say so
             if kind in (KINDS[Kind.STRING], KINDS[Kind.SLICE]):
                 a, n = ((t.field("str"), t.field("len")) if t.kind == Kind.STRING
                         else (t.field("array"), t.field("len")))
@@ -102,6 +112,13 @@ class TypeBlob:
                 else:
                     f0, f1 = a.offset | sizes[0] << 16, n.offset | sizes[1] << 16
             length, elem_override = t.length or 0, None
+            if t.kind == Kind.MAP and kind != OTHER:
+                rec = _map_layout(table, t)
+                if rec is None:
+                    kind = OTHER
+                else:
+                    length, key = len(names), t.key
+                    names.extend(rec)
             if t.kind == Kind.INTERFACE and kind != OTHER:
                 got = _iface_layout(table, t)
                 if got is None:
@@ -132,8 +149,7 @@ class TypeBlob:
             if elem_override is not None:
                 elem = elem_override
             types.append(TYPE_REC.pack(tid, kind, t.size, elem, length, no, nl,
-                                       nf - first if t.kind == Kind.STRUCT else 0, first, f0, f1)
-                         + b"\0" * 4)
+                                       nf - first if t.kind == Kind.STRUCT else 0, first, f0, f1, key))
         return TypeBlob(b"".join(types), b"".join(fields), bytes(names), len(types), nf)
 
 
@@ -144,6 +160,67 @@ def _field(table: TypeTable, t, name: str):
     if ft is None or ft.size > 8 or f.offset > 0xFFFF:
         return None
     return f.offset, ft.size
+
+
+def _special_layout(table: TypeTable, t) -> tuple[int, int, int]:
+    """(kind, f0, f1) of time.Time (its wall and ext fields) or time.Duration."""
+    if t.name == "time.Duration":
+        return (K_DURATION, 0, 0) if t.size <= 8 else (OTHER, 0, 0)
+    if t.name == "time.Time":
+        wall, ext = _field(table, t, "wall"), _field(table, t, "ext")
+        if wall and ext and max(wall[0] + wall[1], ext[0] + ext[1]) <= t.size:
+            return K_TIME, wall[0] | wall[1] << 16, ext[0] | ext[1] << 16
+    return OTHER, 0, 0
+
+
+def _map_layout(table: TypeTable, t) -> bytes | None:
+    """The map's layout record (decoder.c ML_*), computed by the reference's own
+    layout functions; None when the reference would find it malformed (then
+    Python decodes the value and says so)."""
+    from probe_compiler.decode import (MAX_INLINE_KV, OBJECT_KEY_KINDS, TABLE_GROUPS_OFFSETS, _Decoder,
+                                       hmap_bucket_layout, swiss_group_layout)
+    lay = t.map_layout
+    if lay is None or lay.impl not in ("swiss", "hmap") or t.key not in table or t.elem not in table:
+        return None
+    d = _Decoder(table, None, Budgets(), ByteBudget(0), ByteBudget(0), None, None)
+    try:
+        header = d.type(lay.header)
+        names = ("used", "dirPtr", "dirLen") if lay.impl == "swiss" else ("count", "flags", "B", "buckets",
+                                                                           "oldbuckets")
+        hf = [d.offset(header, n) for n in names]
+        sl = swiss_group_layout(d, t) if lay.impl == "swiss" else hmap_bucket_layout(d, t)
+        tsize, tdata, tmask = 0, (0, 0), (0, 0)
+        if lay.impl == "swiss":
+            table_t = table.types.get(lay.table)
+            tsize = table_t.size if table_t else TABLE_GROUPS_OFFSETS[1] + 8
+            tdata, tmask = (TABLE_GROUPS_OFFSETS[0], 8), (TABLE_GROUPS_OFFSETS[1], 8)
+            if table_t is not None:
+                groups = table_t.field("groups")
+                if groups is not None:
+                    gr = d.type(groups.type_id)
+                    tdata = (groups.offset + d.offset(gr, "data")[0], 8)
+                    tmask = (groups.offset + d.offset(gr, "lengthMask")[0], 8)
+                elif table_t.field("groups_data"):
+                    tdata, tmask = d.offset(table_t, "groups_data"), d.offset(table_t, "groups_lengthMask")
+    except Exception:
+        return None
+    key_t, elem_t = table[t.key], table[t.elem]
+    ks = 8 if key_t.size > MAX_INLINE_KV else key_t.size
+    es = 8 if elem_t.size > MAX_INLINE_KV else elem_t.size
+    packed = []
+    for off, size, within in [(o, s, header.size) for o, s in hf] + [(*tdata, tsize), (*tmask, tsize)]:
+        if size > 8 or off > 0xFFFF or off + size > within:
+            return None
+        packed.append(off | size << 16)
+    if sl.ctrl + 8 > sl.size or sl.keys + 7 * sl.key_stride + ks > sl.size \
+            or sl.elems + 7 * sl.elem_stride + es > sl.size or min(sl.ctrl, sl.keys, sl.elems) < 0 \
+            or (lay.impl == "hmap" and not 0 <= sl.overflow <= sl.size - 8) or not 0 < header.size < 1 << 32 \
+            or sl.size >= 1 << 31 or (lay.impl == "swiss" and not 0 < tsize < 1 << 32):
+        return None
+    h = packed[:len(hf)] + [0] * (5 - len(hf))
+    return MAP_REC.pack(1 if lay.impl == "swiss" else 2, int(key_t.kind in OBJECT_KEY_KINDS), header.size, *h,
+                        sl.size, sl.ctrl, sl.keys, sl.key_stride, sl.elems, sl.elem_stride,
+                        max(sl.overflow, 0), tsize, *packed[len(hf):])
 
 
 def _iface_layout(table: TypeTable, t):
@@ -208,15 +285,15 @@ class Image:
 
 def encode_input(blob: TypeBlob, type_id: int, data: bytes | None, addr: int | None, image: Image,
                  budgets: Budgets, frame_left: int, snapshot_left: int, raw: bool,
-                 rtypes: dict | None = None) -> bytes:
+                 rtypes: dict | None = None, funcs: dict | None = None) -> bytes:
     """One value as one self-contained input (decoder.c's header comment has
     the layout): the header at 0, then the root bytes, tables and image."""
     root = data or b""
-    rt = rtype_table(rtypes)
+    rt, ft = rtype_table(rtypes), func_table(funcs)
     static_at = HDR.size + len(root)
     return b"".join([header(blob, type_id, data, addr, image, budgets, frame_left, snapshot_left, raw,
-                            root_at=HDR.size, static_at=static_at, rt=rt), root,
-                     *static_parts(blob, image, rt)])
+                            root_at=HDR.size, static_at=static_at, rt=rt, ft=ft), root,
+                     *static_parts(blob, image, rt, ft)])
 
 
 def rtype_table(rtypes: dict | None) -> bytes:
@@ -224,23 +301,37 @@ def rtype_table(rtypes: dict | None) -> bytes:
     return b"".join(RTYPE_REC.pack(a, tid) for a, tid in sorted((rtypes or {}).items()))
 
 
-def static_parts(blob: TypeBlob, image: Image, rt: bytes = b"") -> list[bytes]:
-    return [blob.types, blob.fields, blob.names, image.ranges, image.data, rt]
+def func_table(funcs: dict | None) -> tuple[bytes, bytes]:
+    """{pc: name or None} as the module's sorted (pc, name) records and their names."""
+    recs, names = [], bytearray()
+    for pc, name in sorted((funcs or {}).items()):
+        if name:
+            b = name.encode("utf-8", "surrogatepass")
+            recs.append(FUNC_REC.pack(pc, len(names), len(b)))
+            names.extend(b)
+        else:
+            recs.append(FUNC_REC.pack(pc, 0, NONE))
+    return b"".join(recs), bytes(names)
 
 
-def _tail(blob: TypeBlob, image: Image, rt: bytes, static_at: int) -> tuple:
+def static_parts(blob: TypeBlob, image: Image, rt: bytes = b"", ft: tuple = (b"", b"")) -> list[bytes]:
+    return [blob.types, blob.fields, blob.names, image.ranges, image.data, rt, ft[0], ft[1]]
+
+
+def _tail(blob: TypeBlob, image: Image, rt: bytes, static_at: int, ft: tuple = (b"", b"")) -> tuple:
     """The header's section fields, for the static parts placed at static_at."""
     offs, off = [], static_at
-    for part in static_parts(blob, image, rt):
+    for part in static_parts(blob, image, rt, ft):
         offs.append(off)
         off += len(part)
     return (blob.ntypes, offs[0], blob.nfields, offs[1], offs[2], len(blob.names),
-            image.count, offs[3], offs[4], len(image.data), len(rt) // RTYPE_REC.size, offs[5])
+            image.count, offs[3], offs[4], len(image.data), len(rt) // RTYPE_REC.size, offs[5],
+            len(ft[0]) // FUNC_REC.size, offs[6], offs[7], len(ft[1]))
 
 
 def header(blob: TypeBlob, type_id: int, data: bytes | None, addr: int | None, image: Image,
            budgets: Budgets, frame_left: int, snapshot_left: int, raw: bool, *, root_at: int,
-           static_at: int, rt: bytes = b"") -> bytes:
+           static_at: int, rt: bytes = b"", ft: tuple = (b"", b"")) -> bytes:
     """The header of one value whose root bytes are at root_at and whose
     tables and image (static_parts, in order) start at static_at."""
     flags = (1 if data is not None else 0) | (2 if addr is not None else 0)
@@ -248,7 +339,7 @@ def header(blob: TypeBlob, type_id: int, data: bytes | None, addr: int | None, i
     return HDR.pack(MAGIC, min(budgets.string_bytes, NONE), min(budgets.elements, NONE),
                     min(budgets.depth, NONE), int(raw), clamp(frame_left), clamp(snapshot_left),
                     type_id & NONE, flags, (addr or 0) & ((1 << 64) - 1), root_at, len(data or b""),
-                    *_tail(blob, image, rt, static_at))
+                    *_tail(blob, image, rt, static_at, ft))
 
 
 def _error(why: str) -> tuple[dict, dict]:
@@ -292,6 +383,7 @@ class WasmDecoder:
         self._decode_at, self._decode_both = ex["decode_at"], ex["decode_both"]
         self._view, self._view_key = None, None
         self._decode_batch = ex["decode_batch"]
+        self._missing_ptr, self._missing_count = ex["missing_ptr"], ex["missing_count"]
         self._store.set_fuel(1000)
         self._result = ex["result_ptr"](self._store)
         self._batch_result = ex["batch_result_ptr"](self._store)
@@ -332,15 +424,16 @@ class WasmDecoder:
             self._instantiate()
             raise
 
-    def _stage(self, blob: TypeBlob, image: Image, root_len: int, rt: bytes = b"") -> int:
+    def _stage(self, blob: TypeBlob, image: Image, root_len: int, rt: bytes = b"",
+               ft: tuple = (b"", b"")) -> int:
         """Write the tables and the image into the module once (per blob,
         image and rtype table), leaving room after them for one value's header
         and root; returns where that room starts."""
-        key = (id(blob), id(image), rt)
+        key = (id(blob), id(image), rt, ft)
         st = self._staged
         if st is None or st[0] != key or st[3] < HDR.size + root_len:
             self._staged = None
-            static = b"".join(static_parts(blob, image, rt))
+            static = b"".join(static_parts(blob, image, rt, ft))
             room = HDR.size + max(root_len, 4096)
             self._store.set_fuel(self.fuel)
             base = self._prepare(self._store, len(static) + room, max(64 << 10, len(static) * OUTPUT_FACTOR))
@@ -348,7 +441,7 @@ class WasmDecoder:
                 return -1
             self._refresh_view()
             self._view[base:base + len(static)] = static
-            st = self._staged = (key, base, len(static), room, blob, image, _tail(blob, image, rt, 0))
+            st = self._staged = (key, base, len(static), room, blob, image, _tail(blob, image, rt, 0, ft))
         return st[2]
 
     def _refresh_view(self) -> None:
@@ -362,7 +455,8 @@ class WasmDecoder:
 
     def decode_value(self, blob: TypeBlob, type_id: int, data: bytes | None, addr: int | None,
                      image: Image, budgets: Budgets, *, frame_budget: ByteBudget,
-                     snapshot_budget: ByteBudget, rtypes: dict | None = None) -> tuple:
+                     snapshot_budget: ByteBudget, rtypes: dict | None = None,
+                     funcs: dict | None = None) -> tuple:
         """(plain, raw) as probe_compiler.decode.decode_value gives them, the
         byte budgets charged the same; raises Unsupported for kinds the module
         does not decode (nothing is charged then)."""
@@ -370,7 +464,7 @@ class WasmDecoder:
         wt, store = self._wt, self._store
         try:
             root = data or b""
-            at = self._stage(blob, image, len(root), rtype_table(rtypes))
+            at = self._stage(blob, image, len(root), rtype_table(rtypes), func_table(funcs))
             if at < 0:
                 self.stats["errors"] += 1
                 return _error(f"the tables and {len(image.data):,} copied bytes do not fit its memory limit")
@@ -393,7 +487,11 @@ class WasmDecoder:
             if status == ST_UNSUPPORTED:
                 self.stats["unsupported"] += 1
                 text = self._text(why)
-                raise Unsupported(text, rtype=arg if "dynamic type" in text else 0)
+                pcs = ()
+                if "funcs" in text:
+                    n = self._missing_count(store)
+                    pcs = struct.unpack_from(f"<{n}Q", view, self._missing_ptr(store))
+                raise Unsupported(text, rtype=arg if "dynamic type" in text else 0, pcs=pcs)
             if status != ST_OK:
                 self.stats["errors"] += 1
                 return _error(self._text(why) or f"status {status}")
@@ -416,7 +514,7 @@ class WasmDecoder:
         return got[0], got[1]
 
     def decode_batch(self, blob: TypeBlob, image: Image, values: list, budgets: Budgets,
-                     rtypes: dict | None = None) -> list:
+                     rtypes: dict | None = None, funcs: dict | None = None) -> list:
         """Many values in one call into the module: `values` are (type id,
         root bytes or None, address or None, frame bytes left, snapshot bytes
         left); returns per value (plain, raw, bytes read), or None where the
@@ -429,7 +527,8 @@ class WasmDecoder:
             chunk = values[start:start + 4096]
             roots = b"".join(d or b"" for _, d, _, _, _ in chunk)
             try:
-                at = self._stage(blob, image, len(chunk) * HDR.size + len(roots), rtype_table(rtypes))
+                at = self._stage(blob, image, len(chunk) * HDR.size + len(roots), rtype_table(rtypes),
+                                 func_table(funcs))
                 if at < 0:
                     e = _error("the batch does not fit its memory limit")
                     return [(e[0], e[1], 0) for _ in values]
@@ -531,13 +630,18 @@ def decode_value(types, type_id, data, addr, read, budgets, *, frame_budget, sna
     copies = getattr(read, "__self__", None)
     if isinstance(copies, Copies) and type_id in types:
         learned = _learned_rtypes(types)
+        names = _learned_funcs(types, func_name)
         dec = WasmDecoder.for_thread()
-        for _ in range(64):                 # each round learns one interface's dynamic type
+        for _ in range(64):                 # each round learns one interface's dynamic type, or funcs' names
             try:
                 return dec.decode_value(blob_for(types), type_id, data, addr, image_of_copies(copies), budgets,
                                         frame_budget=frame_budget, snapshot_budget=snapshot_budget,
-                                        rtypes=learned)
+                                        rtypes=learned, funcs=names)
             except Unsupported as e:
+                if e.pcs and not any(pc in names for pc in e.pcs):
+                    for pc in e.pcs:        # as the reference: func_name(pc) or {"__func": hex(pc)}
+                        names[pc] = func_name(pc) or None
+                    continue
                 t = type_by_rtype(e.rtype) if e.rtype else None
                 if t is None or t.id not in types or e.rtype in learned:
                     break                   # a kind the module does not decode, or a type nobody knows
@@ -556,4 +660,21 @@ def _learned_rtypes(types: TypeTable) -> dict:
         if len(_rtype_maps) > 64:
             _rtype_maps.clear()
         hit = _rtype_maps[id(types)] = (types, {})
+    return hit[1]
+
+
+_func_maps: dict[tuple, tuple[object, dict]] = {}
+
+
+def _learned_funcs(types: TypeTable, func_name) -> dict:
+    """pc -> function name (None: none), as this plan's funcs met them, per
+    process (the agent's func_name closes over its target; pcs are its own)."""
+    cells = getattr(func_name, "__closure__", None) or ()
+    owner = cells[0].cell_contents if cells else func_name
+    key = (id(types), id(owner))
+    hit = _func_maps.get(key)
+    if hit is None or hit[0] is not owner:
+        if len(_func_maps) > 64:
+            _func_maps.clear()
+        hit = _func_maps[key] = (owner, {})
     return hit[1]
