@@ -1,10 +1,14 @@
 """Random Go values in fake memory, for the WebAssembly decoder's tests and fuzzing.
 
-`random_case(rng)` builds a small type table (bool, ints, uints, strings,
-pointers, slices, arrays, structs, unknown, unsafe.Pointer, interfaces
-empty and not, channels with and without their hchan type; cycles too),
-runtime types for the interfaces' dynamic values, a memory image with
-holes, a root, and budgets; `reference(case)` decodes it
+`random_case(rng)` builds a small type table (bool, ints, uints, floats,
+complex, strings, pointers, slices, arrays, structs, unknown, unsafe.Pointer,
+interfaces empty and not, channels with and without their hchan type, funcs,
+time.Time, time.Duration, maps of both layouts with keys of every form;
+cycles too), runtime types for the interfaces' dynamic values, names for
+some funcs' pcs, a memory image with holes (maps laid out as the runtime
+lays them out: swiss tables of one group or a directory of tables, hmap
+buckets with overflow chains and old buckets, their slots full, empty and
+deleted), a root, and budgets; `reference(case)` decodes it
 with probe_compiler.decode (the reference). Shared by tests/test_wasm_decoder.py
 and bench/wasm.py.
 """
@@ -12,10 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import struct
 from dataclasses import dataclass, field
 
-from probe_compiler.decode import Budgets, ByteBudget, decode_value
-from probe_compiler.types import Field, GoType, Kind, TypeTable
+from probe_compiler.decode import (MAX_INLINE_KV, Budgets, ByteBudget, computed_bucket_layout,
+                                   computed_group_layout, decode_value)
+from probe_compiler.types import Field, GoType, Kind, MapLayout, TypeTable
 
 
 @dataclass
@@ -29,10 +35,18 @@ class Case:
     frame_left: int
     snapshot_left: int
     rtypes: dict = field(default_factory=dict)     # runtime type address -> type id
+    funcs: dict = field(default_factory=dict)      # pc -> function name (None: no name)
 
 
 def _read(memory: dict[int, bytes]):
-    spans = sorted(memory.items())
+    """Reads of the fake memory; touching chunks are one span, as in the
+    module's Image (and in a process: the runtime's objects lie side by side)."""
+    spans: list[tuple[int, bytes]] = []
+    for a, b in sorted(memory.items()):
+        if spans and spans[-1][0] + len(spans[-1][1]) == a:
+            spans[-1] = (spans[-1][0], spans[-1][1] + b)
+        else:
+            spans.append((a, b))
 
     def read(addr: int, n: int) -> bytes:
         for a, b in spans:
@@ -46,7 +60,8 @@ def reference(case: Case):
     fb, sb = ByteBudget(case.frame_left), ByteBudget(case.snapshot_left)
     by_rtype = lambda a: case.types[case.rtypes[a]] if a in case.rtypes else None   # noqa: E731
     plain, raw = decode_value(case.types, case.type_id, case.data, case.addr, _read(case.memory),
-                              case.budgets, frame_budget=fb, snapshot_budget=sb, type_by_rtype=by_rtype)
+                              case.budgets, frame_budget=fb, snapshot_budget=sb, type_by_rtype=by_rtype,
+                              func_name=case.funcs.get)
     return plain, raw, fb.used
 
 
@@ -60,9 +75,12 @@ class _Builder:
                                  ("int32", Kind.INT, 4), ("int", Kind.INT, 8), ("uint8", Kind.UINT, 1),
                                  ("uint16", Kind.UINT, 2), ("uint32", Kind.UINT, 4), ("uint", Kind.UINT, 8),
                                  ("unsafe.Pointer", Kind.UNSAFE_POINTER, 8),
-                                 ("main.blob", Kind.UNKNOWN, 3)):
+                                 ("main.blob", Kind.UNKNOWN, 3), ("float32", Kind.FLOAT, 4),
+                                 ("float64", Kind.FLOAT, 8), ("complex64", Kind.COMPLEX, 8),
+                                 ("complex128", Kind.COMPLEX, 16), ("func()", Kind.FUNC, 8),
+                                 ("time.Duration", Kind.INT, 8)):
             self.base[name] = self.add(GoType(0, name, kind, size))
-        u8p = self.add(GoType(0, "*uint8", Kind.POINTER, 8, elem=self.base["uint8"]))
+        u8p = self.u8p = self.add(GoType(0, "*uint8", Kind.POINTER, 8, elem=self.base["uint8"]))
         self.base["string"] = self.add(GoType(0, "string", Kind.STRING, 16,
                                               fields=(Field("str", 0, u8p), Field("len", 8, self.base["int"]))))
         up, uint = self.base["unsafe.Pointer"], self.base["uint"]
@@ -78,6 +96,23 @@ class _Builder:
                                                     fields=(Field("_type", 0, up), Field("data", 8, up))))
         self.base["main.I"] = self.add(GoType(0, "main.I", Kind.INTERFACE, 16,
                                               fields=(Field("tab", 0, itabp), Field("data", 8, up))))
+        i64, u8 = self.base["int"], self.base["uint8"]
+        self.base["time.Time"] = self.add(GoType(0, "time.Time", Kind.STRUCT, 24, fields=(
+            Field("wall", 0, uint), Field("ext", 8, i64), Field("loc", 16, up))))
+        # the maps' runtime types: swiss (Go >= 1.24) and hmap (Go < 1.24)
+        self.swiss = self.add(GoType(0, "internal/runtime/maps.Map", Kind.STRUCT, 48, fields=(
+            Field("used", 0, uint), Field("seed", 8, uint), Field("dirPtr", 16, up), Field("dirLen", 24, i64))))
+        groups = self.add(GoType(0, "internal/runtime/maps.groupsReference", Kind.STRUCT, 16, fields=(
+            Field("data", 0, up), Field("lengthMask", 8, uint))))
+        self.table = self.add(GoType(0, "internal/runtime/maps.table", Kind.STRUCT, 32, fields=(
+            Field("used", 0, self.base["uint16"]), Field("index", 8, i64), Field("groups", 16, groups))))
+        self.hmap = self.add(GoType(0, "runtime.hmap", Kind.STRUCT, 48, fields=(
+            Field("count", 0, i64), Field("flags", 8, u8), Field("B", 9, u8), Field("buckets", 16, up),
+            Field("oldbuckets", 24, up))))
+        self.point = self.add(GoType(0, "main.Point", Kind.STRUCT, 16, fields=(
+            Field("X", 0, i64), Field("Y", 8, i64))))
+        self.big_key = self.add(GoType(0, "[20]int64", Kind.ARRAY, 160, elem=i64, length=20))
+        self.maps: list[int] = []
 
     def add(self, t: GoType) -> int:
         tid = self.next
@@ -90,6 +125,8 @@ class _Builder:
         pick = r.random()
         if depth > 3 or pick < 0.45:
             return self.base[r.choice(list(self.base))]
+        if pick < 0.53:
+            return self.map_type(depth)
         if pick < 0.6:
             return self.add(GoType(0, "*T", Kind.POINTER, 8, elem=self.type(depth + 1)))
         if pick < 0.72:
@@ -117,8 +154,119 @@ class _Builder:
         return tid
 
 
+    def map_type(self, depth: int) -> int:
+        r = self.rng
+        b = self.base
+        key = r.choice([b["int"], b["string"], b["string"], b["bool"], b["uint8"], b["int16"], self.point,
+                        b["float64"], self.big_key, b["time.Duration"], self.u8p])
+        elem = self.type(depth + 1)
+        if r.random() < 0.5:
+            lay = MapLayout("swiss", self.swiss, table=self.table if r.random() < 0.7 else None)
+        else:
+            lay = MapLayout("hmap", self.hmap)
+        tid = self.add(GoType(0, "map[K]V", Kind.MAP, 8, elem=elem, key=key, map_layout=lay))
+        self.maps.append(tid)
+        return tid
+
+
 RTYPES_AT = 0x700000
 ITABS_AT = 0x50000
+MAPS_AT = 0x300000         # each map laid out in its own 64 KiB
+FUNCS_AT = 0x60000         # funcvals: their first word a pc
+PCS = {0x401000: "main.work", 0x402000: "main.(*Server).handle.func1", 0x403000: None}
+FLOATS = [struct.unpack("<Q", struct.pack("<d", x))[0] for x in
+          (0.1, 1e16, 1e-7, 123456.789, -0.0, 5e-324, 1.7976931348623157e308, 2.5)] + \
+         [struct.unpack("<Q", struct.pack("<ff", 3.14, 1e-45))[0], 0x7FF8000000000000, 0xFFF0000000000000]
+
+
+def _map_memory(rng: random.Random, types: TypeTable, t: GoType, at: int, words: list[int],
+                memory: dict[int, bytes]) -> int:
+    """One map of type t laid out at `at` as the runtime would (sometimes
+    wrongly: counts that disagree, cycles, nil tables); returns its header's address."""
+    key, elem = types[t.key], types[t.elem]
+    full = lambda: rng.random() < 0.6   # noqa: E731
+    region = [at + 0x100]
+
+    def alloc(n: int) -> int:
+        a = region[0]
+        region[0] += (n + 15) & ~15
+        return a
+
+    def slots_bytes(n: int) -> bytes:
+        return _bytes(rng, n, words)
+
+    if t.map_layout.impl == "swiss":
+        lay = computed_group_layout(types, key, elem)
+        nfull = 0
+
+        def group() -> int:
+            nonlocal nfull
+            g = alloc(lay.size)
+            ctrl = bytearray()
+            for _ in range(8):
+                if full():
+                    ctrl.append(rng.randrange(0x80))
+                    nfull += 1
+                else:
+                    ctrl.append(rng.choice([0x80, 0xFE]))
+            memory[g] = bytes(ctrl) + slots_bytes(lay.size - 8)
+            return g
+        shape = rng.random()
+        if shape < 0.45:
+            dir_ptr, dir_len = group(), 0
+        elif shape < 0.5:
+            dir_ptr, dir_len = 0, 0
+        else:
+            tables = []
+            for _ in range(rng.randint(1, 3)):
+                mask = rng.choice([0, 1, 3])
+                data = alloc(0)
+                for _ in range(mask + 1):
+                    group()
+                tb = alloc(32)
+                memory[tb] = bytes(16) + data.to_bytes(8, "little") + mask.to_bytes(8, "little")
+                tables.append(tb)
+            dir_len = rng.choice([1, 2, 4, 8])
+            entries = [rng.choice(tables) if rng.random() < 0.9 else 0 for _ in range(dir_len)]
+            dir_ptr = alloc(8 * dir_len)
+            memory[dir_ptr] = b"".join(e.to_bytes(8, "little") for e in entries)
+            if rng.random() < 0.05:
+                dir_len = rng.choice([-1, 1 << 21])
+        used = nfull if rng.random() < 0.8 else rng.choice([0, 1, nfull + 3, 1000])
+        h = alloc(48)
+        memory[h] = (used.to_bytes(8, "little") + bytes(8) + dir_ptr.to_bytes(8, "little")
+                     + (dir_len & (1 << 64) - 1).to_bytes(8, "little") + bytes(16))
+        return h
+    lay = computed_bucket_layout(types, key, elem)
+    count = 0
+
+    def bucket(n: int) -> int:
+        nonlocal count
+        base = alloc(lay.size * n)
+        for i in range(n):
+            tophash = bytearray()
+            for _ in range(8):
+                if full():
+                    tophash.append(rng.randrange(5, 256))
+                    count += 1
+                else:
+                    tophash.append(rng.randrange(0, 5))
+            body = bytes(tophash) + slots_bytes(lay.overflow - 8)
+            over = 0
+            if rng.random() < 0.15:
+                over = base + rng.randrange(n) * lay.size if rng.random() < 0.3 else bucket(1)
+            memory[base + i * lay.size] = body + over.to_bytes(8, "little")
+        return base
+    b_log = rng.choice([0, 1, 2])
+    buckets = bucket(1 << b_log)
+    old, flags = 0, rng.choice([0, 0, 8])
+    if rng.random() < 0.3:
+        old = bucket(1 << b_log if flags & 8 else 1 << max(b_log - 1, 0))
+    count = count if rng.random() < 0.8 else rng.choice([0, 2, count + 5])
+    h = alloc(48)
+    memory[h] = (count.to_bytes(8, "little") + bytes([flags, b_log]) + bytes(6) + buckets.to_bytes(8, "little")
+                 + old.to_bytes(8, "little") + bytes(16))
+    return h
 
 
 def random_case(rng: random.Random) -> Case:
@@ -138,7 +286,18 @@ def random_case(rng: random.Random) -> Case:
     for at, rt in zip(itabs, rts):
         memory[at] = bytes(8) + rt.to_bytes(8, "little") + bytes(16)
     pool = [0x10000 + 0x1000 * i for i in range(24)]
-    words = pool + rts + itabs
+    funcvals = [FUNCS_AT + 0x10 * i for i in range(6)]
+    for i, a in enumerate(funcvals):
+        pc = list(PCS)[i % 3] if i < 5 else 0x404000      # the last: a pc nobody names
+        memory[a] = pc.to_bytes(8, "little") + bytes(8)
+    words = pool + rts + itabs + funcvals + FLOATS
+    headers, own_headers = [], {}
+    for i, tid in enumerate(b.maps[:6]):
+        for j in range(2):
+            h = _map_memory(rng, types, types[tid], MAPS_AT + 0x20000 * i + 0x10000 * j, words, memory)
+            headers.append(h)
+            own_headers.setdefault(tid, []).append(h)
+    words += headers * 3
     for a in pool:
         if rng.random() < 0.85:        # holes: unreadable memory
             memory[a] = _bytes(rng, 0x400, words)
@@ -153,9 +312,13 @@ def random_case(rng: random.Random) -> Case:
     addr = rng.choice(pool) if data is None or rng.random() < 0.5 else None
     budgets = Budgets(string_bytes=rng.choice([4, 16, 256]), elements=rng.choice([2, 8, 64]),
                       depth=rng.choice([1, 2, 8]))
+    frame_left, snapshot_left = rng.choice([0, 40, 300, 1 << 16]), rng.choice([100, 1 << 24])
+    if root in own_headers and rng.random() < 0.8:     # a map root: mostly one of its own type, room to read it
+        data, addr = rng.choice(own_headers[root]).to_bytes(8, "little"), None
+        frame_left, snapshot_left = rng.choice([300, 4096, 1 << 16]), rng.choice([300, 1 << 24, 1 << 24])
     return Case(types, root, data, addr, memory, budgets,
-                frame_left=rng.choice([0, 40, 300, 1 << 16]), snapshot_left=rng.choice([100, 1 << 24]),
-                rtypes=rtypes)
+                frame_left=frame_left, snapshot_left=snapshot_left,
+                rtypes=rtypes, funcs=dict(PCS))
 
 
 def _bytes(rng: random.Random, n: int, pool: list[int]) -> bytes:
@@ -165,6 +328,9 @@ def _bytes(rng: random.Random, n: int, pool: list[int]) -> bytes:
         if r < 0.35:      # a pointer into the pool, maybe offset; a runtime type; an itab
             w = rng.choice(pool)
             out += ((w + rng.choice([0, 0, 8, 16, 0x3f8])) if w < ITABS_AT else w).to_bytes(8, "little")
+        elif r < 0.4:     # a time's wall word with its monotonic bit, or a small float
+            out += rng.choice([(1 << 63) | rng.getrandbits(63), rng.getrandbits(30),
+                               struct.unpack("<Q", struct.pack("<d", rng.uniform(-1e3, 1e3)))[0]]).to_bytes(8, "little")
         elif r < 0.6:     # a small length
             out += rng.choice([0, 1, 2, 5, 12, 100, 300]).to_bytes(8, "little")
         elif r < 0.7:

@@ -454,6 +454,21 @@ static void big_shl(Big *b, u32 s) {
     }
 }
 
+static void big_shr(Big *b, u32 s, int *sticky) {   // b >>= s; *sticky: a one bit was shifted out
+    u32 w = s / 32, r = s % 32;
+    if (w >= b->n) { *sticky = b->n != 0; b->n = 0; return; }
+    *sticky = 0;
+    for (u32 i = 0; i < w; i++) *sticky |= b->d[i] != 0;
+    if (r) *sticky |= (b->d[w] & ((1u << r) - 1)) != 0;
+    for (u32 i = 0; i + w < b->n; i++) {
+        u64 v = b->d[i + w] >> r;
+        if (r && i + w + 1 < b->n) v |= (u64)b->d[i + w + 1] << (32 - r);
+        b->d[i] = (u32)v;
+    }
+    b->n -= w;
+    while (b->n && !b->d[b->n - 1]) b->n--;
+}
+
 static u32 big_div(Big *b, u32 v) {                 // b /= v; the remainder
     u64 r = 0;
     for (u32 i = b->n; i-- > 0;) { u64 cur = r << 32 | b->d[i]; b->d[i] = (u32)(cur / v); r = cur % v; }
@@ -483,13 +498,24 @@ static u32 big_bit(const Big *b, u32 i) { return i / 32 < b->n ? (b->d[i / 32] >
 
 static char dg[800];                                // the exact digits of one float
 
-// The exact decimal digits of m * 2^e (m > 0) into dg; *X: the value is d.ddd × 10^X.
+// The decimal digits of m * 2^e (m > 0) into dg; *X: the value is d.ddd × 10^X.
+// Exact for an integer; for a fraction, the first 21 or more digits exactly
+// and then a 1 if anything nonzero follows: all that rounding to 17 looks at.
 static u32 exact_digits(u64 m, int e, int *X) {
     Big b;
     big_set(&b, m);
-    int dexp = 0;
+    int dexp = 0, sticky = 0;
     if (e >= 0) big_shl(&b, (u32)e);
-    else { big_pow5(&b, (u32)-e); dexp = e; }       // m / 2^k = m * 5^k / 10^k
+    else {                                          // floor(m × 10^k / 2^-e), k for 21..23 digits
+        int bl = 64 - __builtin_clzll(m), l2 = bl + e - 1;
+        int x10 = l2 >= 0 ? (l2 * 78913) >> 18 : -((-l2 * 78913 + (1 << 18) - 1) >> 18);
+        int k = 21 - x10;
+        if (k < 0) k = 0;
+        big_pow5(&b, (u32)k);
+        if (k >= -e) big_shl(&b, (u32)(k + e));
+        else big_shr(&b, (u32)(-e - k), &sticky);
+        dexp = -k;
+    }
     u32 chunk[96], nc = 0;
     while (b.n && nc < 96) chunk[nc++] = big_div(&b, 1000000000u);
     u32 n = 0;
@@ -501,6 +527,7 @@ static u32 exact_digits(u64 m, int e, int *X) {
         if (c == nc - 1) while (i < 8 && t[i] == '0') i++;
         for (; i < 9; i++) dg[n++] = t[i];
     }
+    if (sticky) { dg[n++] = '1'; dexp--; }
     *X = (int)n - 1 + dexp;
     return n;
 }
@@ -558,8 +585,9 @@ static double parse_dec(u64 D, int q) {
     Big v;
     big_set(&v, 1);
     big_pow5(&v, (u32)-q);                          // D / 10^r = D / 5^r × 2^-r
-    int s = 0;
-    while (big_cmp(&b, &v) < 0) { big_shl(&b, 1); s++; }
+    int s = (int)big_bits(&v) - (int)big_bits(&b);  // D × 2^s / 5^r in [1, 2)
+    if (s > 0) big_shl(&b, (u32)s); else if (s < 0) big_shl(&v, (u32)-s);
+    if (big_cmp(&b, &v) < 0) { big_shl(&b, 1); s++; }
     u64 Q = 0;
     for (int i = 0; i < 55; i++) {
         Q <<= 1;
