@@ -20,7 +20,7 @@ pytest.importorskip("wasmtime", reason="the wasmtime package is not installed (p
 from probe_compiler.decode import Budgets, ByteBudget  # noqa: E402
 from agent.wasm.decoder import (ST_OK, Image, TypeBlob, Unsupported, WasmDecoder,  # noqa: E402
                                 encode_input)
-from wasm_cases import random_case, reference  # noqa: E402
+from wasm_cases import random_case, random_error_case, reference  # noqa: E402
 
 CORPUS = Path(__file__).parent / "wasm_corpus"
 
@@ -67,6 +67,24 @@ def test_random_values_decode_as_the_reference_does(dec):
     # the cases reach them: markers, complex, funcs, list and object maps (cut), times, floats
     assert kinds >= {"__chan", "__type", "__truncated", "__error", '"real"', "__func", '{"key"',
                      '"__truncated": {"len"', "Z\"", "map", "float"}, kinds
+
+
+def test_error_messages_are_added_as_the_reference_adds_them(dec):
+    """Error interfaces (errors.New, fmt.Errorf %w chains, errors.Join with
+    nil, cut and unreadable errs): the "__error" message the reference adds,
+    or its failure on a nil err in a joinError, comes out of the module too."""
+    rng = random.Random(303)
+    seen = {"message": 0, "joined": 0, "nil err": 0}
+    for i in range(300):
+        case = random_error_case(rng)
+        want = reference(case)
+        got = _wasm(dec, case)
+        assert got == want, f"case {i}: {json.dumps(want)[:300]} != {json.dumps(got)[:300]}"
+        text = json.dumps(want[0])
+        seen["message"] += '"__error": "' in text
+        seen["joined"] += "joinError" in text and "\\n" in text
+        seen["nil err"] += "NoneType" in text
+    assert seen["message"] >= 100 and seen["joined"] >= 2 and seen["nil err"] >= 2, seen
 
 
 def test_values_program_decodes_as_the_reference_does(go_build, tmp_path, monkeypatch):
@@ -258,7 +276,7 @@ def test_a_batch_decodes_each_value_as_alone():
         case = random_case(rng)
         blob, image = TypeBlob.build(case.types), Image.of(case.memory.items())
         batch = dec.decode_batch(blob, image, [(case.type_id, case.data, case.addr, case.frame_left,
-                                                case.snapshot_left)] * 3, case.budgets, case.rtypes)
+                                                case.snapshot_left)] * 3, case.budgets, case.rtypes, case.funcs)
         plain, raw, used = reference(case)
         for got in batch:
             assert got is None or got == (plain, raw, used)

@@ -277,6 +277,17 @@ def random_case(rng: random.Random) -> Case:
     dyn = rng.sample(sorted(b.types), min(6, len(b.types)))
     if rng.random() < 0.2:
         dyn.append(b.add(GoType(0, "*errors.errorString", Kind.POINTER, 8, elem=b.base["string"])))
+    if rng.random() < 0.5:       # error types whose message the reference adds, as Go lays them out
+        err, s = b.base["main.I"], b.base["string"]
+        es = b.add(GoType(0, "errors.errorString", Kind.STRUCT, 16, fields=(Field("s", 0, s),)))
+        we = b.add(GoType(0, "fmt.wrapError", Kind.STRUCT, 32, fields=(Field("msg", 0, s), Field("err", 16, err))))
+        errs = b.add(GoType(0, "[]error", Kind.SLICE, 24, elem=err, fields=(
+            Field("array", 0, b.base["unsafe.Pointer"]), Field("len", 8, b.base["int"]),
+            Field("cap", 16, b.base["int"]))))
+        je = b.add(GoType(0, "errors.joinError", Kind.STRUCT, 24, fields=(Field("errs", 0, errs),)))
+        dyn += [b.add(GoType(0, "*errors.errorString", Kind.POINTER, 8, elem=es)),
+                b.add(GoType(0, "*fmt.wrapError", Kind.POINTER, 8, elem=we)),
+                b.add(GoType(0, "*errors.joinError", Kind.POINTER, 8, elem=je))]
     rtypes = {RTYPES_AT + 0x100 * i: tid for i, tid in enumerate(dyn)}
     types = TypeTable(dict(b.types))
     memory: dict[int, bytes] = {}
@@ -338,3 +349,69 @@ def _bytes(rng: random.Random, n: int, pool: list[int]) -> bytes:
         else:
             out += rng.randbytes(8)
     return bytes(out[:n])
+
+
+ERRORS_AT = 0x800000
+
+
+def random_error_case(rng: random.Random) -> Case:
+    """An error interface holding *errors.errorString, *fmt.wrapError (chains
+    of them) or *errors.joinError (errs with nil, cut and unreadable ones), as
+    Go lays them out, for the messages the reference adds."""
+    b = _Builder(rng)
+    err, s, up = b.base["main.I"], b.base["string"], b.base["unsafe.Pointer"]
+    es = b.add(GoType(0, "errors.errorString", Kind.STRUCT, 16, fields=(Field("s", 0, s),)))
+    we = b.add(GoType(0, "fmt.wrapError", Kind.STRUCT, 32, fields=(Field("msg", 0, s), Field("err", 16, err))))
+    errs = b.add(GoType(0, "[]error", Kind.SLICE, 24, elem=err, fields=(
+        Field("array", 0, up), Field("len", 8, b.base["int"]), Field("cap", 16, b.base["int"]))))
+    je = b.add(GoType(0, "errors.joinError", Kind.STRUCT, 24, fields=(Field("errs", 0, errs),)))
+    dyn = {"es": b.add(GoType(0, "*errors.errorString", Kind.POINTER, 8, elem=es)),
+           "we": b.add(GoType(0, "*fmt.wrapError", Kind.POINTER, 8, elem=we)),
+           "je": b.add(GoType(0, "*errors.joinError", Kind.POINTER, 8, elem=je)),
+           "str": b.add(GoType(0, "*errors.errorString", Kind.POINTER, 8, elem=s))}   # not a struct: no message
+    types = TypeTable(dict(b.types))
+    rtypes = {RTYPES_AT + 0x100 * i: tid for i, tid in enumerate(dyn.values())}
+    itab = {tid: ITABS_AT + 0x40 * i for i, tid in enumerate(dyn.values())}
+    memory: dict[int, bytes] = {}
+    for (rt, tid) in rtypes.items():
+        memory[itab[tid]] = bytes(8) + rt.to_bytes(8, "little") + bytes(16)
+    at = [ERRORS_AT]
+
+    def alloc(data: bytes) -> int:
+        a = at[0]
+        memory[a] = data
+        at[0] += (len(data) + 0x1f) & ~0xf
+        return a
+
+    def text() -> tuple[int, int]:
+        t = rng.choice(["EOF", "connection reset", "quote \" and\nnewline", "héllo ✓", "x" * 40, "",
+                        "bad \udcff"]).encode("utf-8", "surrogateescape")
+        if rng.random() < 0.1:
+            return 0x123450, len(t) or 3          # unreadable
+        return (alloc(t) if t else 0), len(t)
+
+    def w(*words: int) -> bytes:
+        return b"".join(x.to_bytes(8, "little") for x in words)
+
+    def error(depth: int) -> tuple[int, int]:
+        """An error interface's two words."""
+        r = rng.random()
+        if r < 0.1:
+            return 0, 0
+        kind = rng.choice(["es", "es", "we", "je", "str"] if depth < 3 else ["es", "str"])
+        tid = dyn[kind]
+        if kind in ("es", "str"):
+            p = alloc(w(*text()))
+        elif kind == "we":
+            p = alloc(w(*text(), *error(depth + 1)))
+        else:
+            n = rng.choice([0, 1, 2, 3, 5])
+            elems = b"".join(w(*error(depth + 1)) for _ in range(n))
+            arr = alloc(elems) if n else 0
+            p = alloc(w(arr, n, n))
+        return itab[tid], p
+
+    tab, data = error(0)
+    budgets = Budgets(string_bytes=rng.choice([8, 256]), elements=rng.choice([2, 64]), depth=rng.choice([2, 8]))
+    return Case(types, err, w(tab, data), None, memory, budgets, frame_left=rng.choice([200, 1 << 16]),
+                snapshot_left=1 << 24, rtypes=rtypes, funcs=dict(PCS))

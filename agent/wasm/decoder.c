@@ -34,7 +34,8 @@ enum { K_BOOL = 1, K_INT, K_UINT, K_STRING, K_POINTER, K_UNSAFE_POINTER, K_STRUC
        K_DURATION };
 #define KIND_MASK 0xFF
 #define T_DIRECT 0x100           // an interface holds this type in its data word (IsDirectIface)
-#define T_NAMED_ERROR 0x200      // decode.ERROR_MESSAGE_FIELD names it: Python adds the message
+#define T_NAMED_ERROR 0x200      // decode.ERROR_MESSAGE_FIELD names it: the message field (w2) is added
+#define T_JOIN_ERROR 0x400       // *errors.joinError: its errs' messages joined are added
 
 #define EAGER_BYTES 4096
 #define MAX_NEST 200             // C recursion: far past any depth budget
@@ -1114,6 +1115,86 @@ static void map_value(Type *t, u64 p, u32 depth, Fail *f) {
     map_finish(start, &w, count, !w.problem.code);
 }
 
+// -- error messages (decode._error_message), read back from the value's JSON text
+
+static u32 json_skip(const u8 *s, u32 i, u32 n) {   // past the JSON value at s[i]
+    u32 depth = 0;
+    while (i < n) {
+        u8 c = s[i];
+        if (c == '"') {
+            for (i++; i < n && s[i] != '"'; i++) if (s[i] == '\\') i++;
+            i++;
+            if (!depth) return i;
+        } else if (c == '{' || c == '[') { depth++; i++; }
+        else if (c == '}' || c == ']') { if (!depth) return i; depth--; i++; if (!depth) return i; }
+        else if (c == ',' && !depth) return i;
+        else i++;
+    }
+    return i;
+}
+
+// The value of the object s[0..n)'s top-level key (plain ASCII): [*vs, *ve); 0 if absent.
+static int json_get(const u8 *s, u32 n, const char *key, u32 klen, u32 *vs, u32 *ve) {
+    if (!n || s[0] != '{') return 0;
+    int found = 0;
+    for (u32 i = 1; i < n && s[i] == '"';) {
+        u32 ks = i;
+        i = json_skip(s, i, n);
+        u32 v = i + 1, e = json_skip(s, v, n);
+        if (i - ks == klen + 2 && same(s + ks + 1, key, klen)) { *vs = v; *ve = e; found = 1; }
+        i = e < n && s[e] == ',' ? e + 1 : e;
+    }
+    return found;
+}
+
+// After an interface's value (out[vs..]) whose dynamic type is a known error
+// type: its message as "__error" when the reference finds one (the pointee's
+// message field, a string; a joinError's errs' messages joined by newlines).
+static void error_message(Type *dyn, u32 vs, Fail *f) {
+    const u8 *s = out + vs;
+    u32 n = out_len - vs, a, b;
+    if (dyn->kind == K_POINTER) {          // the message is the pointee's (decode: value.value)
+        Type e;
+        if (dyn->elem == 0xFFFFFFFFu || !find_type(dyn->elem, &e) || e.kind == K_POINTER) return;
+        if (raw_mode) {
+            if (n < 10 || !same(s, "{\"__addr\":", 10) || !json_get(s, n, "value", 5, &a, &b)) return;
+            s += a; n = b - a;
+        }
+    }
+    if (dyn->tflags & T_JOIN_ERROR) {
+        if (!json_get(s, n, "errs", 4, &a, &b) || s[a] != '[') return;
+        u32 count = 0, all = 1;
+        for (u32 i = a + 1; i < b && s[i] != ']';) {
+            u32 e = json_skip(s, i, b), x, y;
+            if (s[i] == 'n') {                 // the reference's own failure: None.get
+                f->code = R_MALFORMED; f->msg = "'NoneType' object has no attribute 'get'"; return;
+            }
+            if (s[i] != '{') { status = ST_UNSUPPORTED; why = "a joinError whose errs are not interfaces"; return; }
+            if (!json_get(s + i, e - i, "__error", 7, &x, &y) || s[i + x] != '"') all = 0;
+            count++;
+            i = e < b && s[e] == ',' ? e + 1 : e;
+        }
+        if (!count || !all) return;
+        puts_(",\"__error\":\"");
+        u32 k = 0;
+        for (u32 i = a + 1; i < b && s[i] != ']' && status == ST_OK; k++) {
+            u32 e = json_skip(s, i, b), x, y;
+            json_get(s + i, e - i, "__error", 7, &x, &y);
+            if (k) put("\\n", 2);
+            put((const char *)s + i + x + 1, y - x - 2);   // the text between its quotes
+            i = e < b && s[e] == ',' ? e + 1 : e;
+        }
+        put("\"", 1);
+        return;
+    }
+    u32 noff = dyn->w2 >> 8, nlen = dyn->w2 & 0xFF;
+    if (!in_ok((u64)names_off + noff, nlen) || noff > names_len) return;
+    if (json_get(s, n, (const char *)in + names_off + noff, nlen, &a, &b) && s[a] == '"') {
+        puts_(",\"__error\":");
+        put((const char *)s + a, b - a);
+    }
+}
+
 static void decode(Type *t, const u8 *data, u64 dlen, u64 addr, int has_addr, u32 depth, Fail *f) {
     const u8 *b;
     switch (t->kind) {
@@ -1268,12 +1349,9 @@ static void decode(Type *t, const u8 *data, u64 dlen, u64 addr, int has_addr, u3
             if (status == ST_OK) { status = ST_UNSUPPORTED; why = "an interface's dynamic type the table lacks"; why_arg = rtype; }
             return;
         }
-        if (dyn.tflags & T_NAMED_ERROR) {
-            status = ST_UNSUPPORTED; why = "an error type whose message the agent adds"; why_arg = 0;
-            return;
-        }
         u32 nn; const u8 *name = name_of(&dyn, &nn);
         puts_("{\"__type\":"); put_jstring(name, nn); puts_(",\"value\":");
+        u32 vstart = out_len;
         if (dyn.tflags & T_DIRECT) {
             u8 wb[8];
             for (int i = 0; i < 8; i++) wb[i] = (u8)(word >> (8 * i));
@@ -1282,6 +1360,9 @@ static void decode(Type *t, const u8 *data, u64 dlen, u64 addr, int has_addr, u3
             value(dyn_id, 0, 0, word, 1, depth + 1);
             path_n--;
         }
+        if (status == ST_OK && (dyn.tflags & (T_NAMED_ERROR | T_JOIN_ERROR)))
+            error_message(&dyn, vstart, f);
+        if (f->code) return;
         puts_("}");
         return;
     }

@@ -45,7 +45,7 @@ KINDS = {Kind.BOOL: 1, Kind.INT: 2, Kind.UINT: 3, Kind.STRING: 4, Kind.POINTER: 
          Kind.INTERFACE: 12, Kind.CHAN: 13, Kind.FLOAT: 14, Kind.COMPLEX: 15, Kind.MAP: 16, Kind.FUNC: 17}
 OTHER = 11
 K_TIME, K_DURATION = 18, 19
-T_DIRECT, T_NAMED_ERROR = 0x100, 0x200
+T_DIRECT, T_NAMED_ERROR, T_JOIN_ERROR = 0x100, 0x200, 0x400
 
 ST_OK, ST_UNSUPPORTED, ST_MALFORMED, ST_OUTPUT = range(4)
 
@@ -134,8 +134,15 @@ class TypeBlob:
             if kind != OTHER:
                 if direct_iface(table, t):
                     kind |= T_DIRECT
-                if t.name in ERROR_MESSAGE_FIELD:
-                    kind |= T_NAMED_ERROR
+                if t.name in ERROR_MESSAGE_FIELD:   # the message field's name, for the module to read
+                    fo, fl = name(ERROR_MESSAGE_FIELD[t.name])
+                    if fo < 1 << 24 and fl < 256 and t.kind != Kind.MAP:
+                        kind |= T_NAMED_ERROR
+                        key = fo << 8 | fl
+                    else:
+                        kind = OTHER
+                elif t.name == "*errors.joinError":
+                    kind |= T_JOIN_ERROR
             no, nl = name(t.name)
             first = nf
             if t.kind == Kind.STRUCT:
