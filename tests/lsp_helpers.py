@@ -26,8 +26,9 @@ def server_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def config(**env: str) -> ClientServerConfig:
-    return ClientServerConfig(server_command=SERVER_COMMAND, server_env=server_env(**env))
+def config(wrap: list[str] | None = None, **env: str) -> ClientServerConfig:
+    """`wrap`: a command the server runs under (e.g. setpriv dropping capabilities)."""
+    return ClientServerConfig(server_command=[*(wrap or []), *SERVER_COMMAND], server_env=server_env(**env))
 
 
 def capabilities(client: str) -> types.ClientCapabilities:
@@ -61,9 +62,9 @@ async def initialize(client, root: Path, caps: types.ClientCapabilities, options
 
 
 @contextlib.asynccontextmanager
-async def session(root: Path, client: str = "neovim", options=None, caps=None, **env: str):
+async def session(root: Path, client: str = "neovim", options=None, caps=None, wrap=None, **env: str):
     """A server of our own on `root`; shut down and stopped on exit."""
-    c = await config(**env).start()
+    c = await config(wrap, **env).start()
     try:
         c.init_result = await initialize(c, root, caps or capabilities(client), options)
         yield c

@@ -261,3 +261,17 @@ def test_cli_through_an_agent_takes_executor_and_limit_flags(tmp_path, parkers, 
         cut = db.execute("SELECT count(*) FROM goroutines WHERE error = 'stack deeper than 4 frames: cut'")
         assert cut.fetchone()[0] > 0
     assert any(w.startswith("executor auto: used ptrace") for w in json.loads(warnings))
+
+
+def test_agent_command_line_restricts_executors():
+    import argparse
+
+    from agent.main import add_arguments, policy_from_args
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    policy = policy_from_args(p.parse_args(["--allow-exe", "*", "--allow-executor", "auto",
+                                            "--allow-executor", "ptrace"]))
+    assert policy.executors == ["auto", "ptrace"]            # auto serves requests that name none
+    assert policy_from_args(p.parse_args(["--allow-exe", "*"])).executors == ["ptrace", "ebpf", "auto"]
+    with pytest.raises(PolicyError, match="list \"ptrace\" too"):
+        policy_from_args(p.parse_args(["--allow-exe", "*", "--allow-executor", "auto"]))

@@ -345,7 +345,8 @@ def test_neovim_snapshot_through_an_agent(go_build, tmp_path):
         block = readme_agents()
         block, n = re.subn(r"agents = \{[^}]*\}", f"agents = {{ '{addr}' }}", block)
         block, m = re.subn(r"agentTokenFile = '[^']*'", f"agentTokenFile = '{token}'", block)
-        assert n == m == 1, block
+        block, k = re.subn(r"executor = '[^']*'", "executor = 'ptrace'", block)
+        assert n == m == k == 1, block
         init = tmp_path / "init.lua"
         init.write_text(readme_init() + "\n" + block)
         sock = tmp_path / "nvim.sock"
@@ -380,6 +381,8 @@ def test_neovim_snapshot_through_an_agent(go_build, tmp_path):
         assert json.loads(any_ptr) == expected["anyPtr"]
         audit = [json.loads(l) for l in (tmp_path / "audit.jsonl").read_text().splitlines()]
         assert [e["outcome"] for e in audit if e["method"] == "RunPlan"] == ["started", "ok"]
+        # The plugin's settings.executor reached the agent.
+        assert [e.get("executor") for e in audit if e["method"] == "RunPlan"][0] == "ptrace"
         assert {e["who"] for e in audit if e["method"] == "RunPlan"} == {"neovim-user"}
         assert tracer_pid(target.pid) == 0
     finally:

@@ -14,7 +14,8 @@ const CONTENT_FALLBACK = 'exray/textDocumentContent';
 const CONTENT_REFRESH = 'workspace/textDocumentContent/refresh';
 // The server's settings (server/lsp/workspace.py Settings); serverCommand is ours.
 const SERVER_SETTINGS = ['specPath', 'snapshotsDir', 'maxHintLength', 'maxHoverValues', 'binary',
-  'agents', 'agentTokenFile', 'agentCa', 'agentCert', 'agentKey', 'agentServerName', 'agentDeadline'];
+  'agents', 'agentTokenFile', 'agentCa', 'agentCert', 'agentKey', 'agentServerName', 'agentDeadline',
+  'executor'];
 
 /** The exray settings the server knows, without empty strings (`binary: ""`,
  * `agentTokenFile: ""` mean "not set", and the server would reject them as

@@ -106,8 +106,12 @@ async def snapshot(ls: "ExrayServer", args) -> dict:
         def on_process(i, n, rec):
             loop.call_soon_threadsafe(progress.report, f"pid {rec.pid}: {len(rec.goroutines)} goroutines"
                                       + (f" (error: {rec.error})" if rec.error else ""), 5 + int(80 * i / n))
+        # The executor setting: the local snapshot's here, the agents' in the
+        # FleetAgent's options (fleet_agent.fleet_options).
+        from agent.snapshot import SnapshotOptions
+        options = SnapshotOptions(executor=ws.settings.executor) if agent is ls.agent else None
         try:
-            records = await asyncio.to_thread(agent.run_plan, pids, spec, None, cancel, on_process)
+            records = await asyncio.to_thread(agent.run_plan, pids, spec, options, cancel, on_process)
         except Cancelled as e:
             ls.show(types.MessageType.Info, f"Ex-Ray: snapshot cancelled ({e})")
             return {"cancelled": True}
@@ -129,7 +133,10 @@ async def snapshot(ls: "ExrayServer", args) -> dict:
             ls.show(types.MessageType.Warning, f"Ex-Ray: {e}")
         for p in problems or []:
             ls.log(f"Ex-Ray: {p}")
-        result = {"path": str(out), "processes": len(records), "errors": errors,
+        warnings = [f"{_where(r, records)}{w}" for r in records for w in r.warnings]
+        _show_run_notes(ls, records)
+        result = {"path": str(out), "processes": len(records), "errors": errors, "warnings": warnings,
+                  "executor": ws.settings.executor,
                   "goroutines": sum(len(r.goroutines) for r in records),
                   "seconds": round(time.monotonic() - t0, 3)}
         progress.end(f"{result['goroutines']} goroutines in {len(records) - len(errors)} "
@@ -141,6 +148,43 @@ async def snapshot(ls: "ExrayServer", args) -> dict:
         raise
     finally:
         progress.end("done")
+
+
+# Warnings about how a snapshot ran that the user is shown (the others go to the
+# log and the processes table): which executor walked the stacks and why
+# (`executor auto: used ptrace, because …`), and bounds an agent lowered.
+RUN_NOTES = ("executor ", "capture limit ")
+MAX_NOTES = 5
+
+
+def _name(rec) -> str:
+    return f"{rec.host} pid {rec.pid}" if rec.agent else f"pid {rec.pid}"
+
+
+def _where(rec, records) -> str:
+    """The process a warning is about, when the snapshot has several or they are remote."""
+    return f"{_name(rec)}: " if len(records) > 1 or rec.agent else ""
+
+
+def _show_run_notes(ls: "ExrayServer", records) -> None:
+    """One message per distinct note, naming its processes: auto's fallback
+    to ptrace as information (set exray.executor to choose), the rest as
+    warnings; every record's warnings also go to the log."""
+    by_text: dict[str, list] = {}
+    for r in records:
+        for w in r.warnings:
+            ls.log(f"Ex-Ray: {_where(r, records)}{w}")
+            if w.startswith(RUN_NOTES):
+                by_text.setdefault(w, []).append(r)
+    for i, (text, recs) in enumerate(by_text.items()):
+        if i == MAX_NOTES:
+            ls.show(types.MessageType.Warning, f"Ex-Ray: {len(by_text) - MAX_NOTES} more notes on how the "
+                    "snapshot ran: see the log, or the processes table's warnings")
+            break
+        who = ", ".join(_name(r) for r in recs[:8]) + (", …" if len(recs) > 8 else "")
+        fallback = text.startswith("executor auto: used ptrace")
+        ls.show(types.MessageType.Info if fallback else types.MessageType.Warning,
+                f"Ex-Ray: {text} ({who})" + ("; the setting exray.executor chooses one" if fallback else ""))
 
 
 async def list_snapshots(ls: "ExrayServer", args) -> list[dict]:

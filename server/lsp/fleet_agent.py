@@ -53,7 +53,8 @@ def fleet_options(settings):
     creds = Credentials(settings.agentTokenFile or env.token_file, settings.agentCa or env.ca,
                         settings.agentCert or env.cert, settings.agentKey or env.key,
                         settings.agentServerName or env.server_name)
-    return FleetOptions(deadline_s=float(settings.agentDeadline), credentials=creds)
+    return FleetOptions(deadline_s=float(settings.agentDeadline), credentials=creds,
+                        executor=settings.executor)
 
 
 def editor_targets(addresses: list[str], spec) -> list:

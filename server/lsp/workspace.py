@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from agent.policy import EXECUTORS
+
 SNAPSHOT_SUFFIX = ".sqlite"
 
 
@@ -33,9 +35,15 @@ class Settings:
     agentKey: str = ""
     agentServerName: str = ""
     agentDeadline: int = 30                 # seconds each agent may take (exray snapshot --deadline)
+    # Who walks the stacks, locally and on the agents (exray snapshot --executor):
+    # "ptrace", "ebpf", or "auto" (eBPF where the machine allows it, else ptrace,
+    # and the snapshot says why).
+    executor: str = "auto"
 
 
 _LIMITS = {"maxHintLength": (20, 2000), "maxHoverValues": (1, 10000), "agentDeadline": (1, 600)}
+# Settings that take one of a few words.
+_CHOICES = {"executor": EXECUTORS}
 MAX_AGENTS = 256
 
 
@@ -70,6 +78,11 @@ def validate_settings(raw: Any, base: Settings | None = None) -> tuple[Settings,
             lo, hi = _LIMITS[key]
             if not lo <= v <= hi:
                 problems.append(f"setting exray.{key} must be between {lo} and {hi}, not {v}; using {default}")
+                continue
+        elif key in _CHOICES:
+            if v not in _CHOICES[key]:
+                problems.append(f"setting exray.{key} must be one of {', '.join(_CHOICES[key])}, not {v!r}; "
+                                f"using {default!r}")
                 continue
         else:
             if not isinstance(v, str) or not v.strip() or "\0" in v:

@@ -162,7 +162,7 @@ describe('fake vscode + real language server', { skip }, () => {
   it('fake vscode: settings reach the server (pulled with workspace/configuration), serverCommand and empty paths left out', async () => {
     assert.deepEqual(extension.serverSettings(vscode.workspace.getConfiguration('exray')),
       { specPath: 'exray.yaml', snapshotsDir: '.exray/snapshots', maxHintLength: 200, maxHoverValues: 50,
-        agents: [], agentDeadline: 30 });
+        agents: [], agentDeadline: 30, executor: 'auto' });
     // Nothing so far (initializationOptions, the first pull) made the server complain.
     assert.deepEqual(fake.messages.filter(([, text]) => /setting/.test(text)), []);
     // A bad value, changed as in the Settings editor: the server pulls it and says so.

@@ -252,6 +252,8 @@ end
 --- setup{cmd = {…}, settings = {maxHintLength = …, …}} (settings: docs/editor.md).
 --- Snapshots through `exray agent`s: settings.agents = { 'host:port', … } with
 --- agentTokenFile, or agentCa/agentCert/agentKey (docs/agent.md, "From the editor").
+--- settings.executor = 'auto' | 'ptrace' | 'ebpf' chooses who walks the stacks,
+--- here and on the agents (default 'auto'); every setting goes to the server as is.
 function M.setup(opts)
   opts = opts or {}
   local settings = opts.settings or {}
