@@ -62,7 +62,7 @@ def reference(case: Case):
     plain, raw = decode_value(case.types, case.type_id, case.data, case.addr, _read(case.memory),
                               case.budgets, frame_budget=fb, snapshot_budget=sb, type_by_rtype=by_rtype,
                               func_name=case.funcs.get)
-    return plain, raw, fb.used
+    return plain, raw, fb.used, (fb.refused, sb.refused)
 
 
 class _Builder:

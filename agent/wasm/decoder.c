@@ -27,6 +27,7 @@ typedef long long i64;
 #define ST_UNSUPPORTED 1
 #define ST_MALFORMED 2
 #define ST_OUTPUT 3
+#define ST_SKIPPED 4             // a batch's chained value after one that was not decoded: not tried
 
 // Kinds as agent/wasm/decoder.py numbers them.
 enum { K_BOOL = 1, K_INT, K_UINT, K_STRING, K_POINTER, K_UNSAFE_POINTER, K_STRUCT, K_ARRAY,
@@ -67,6 +68,7 @@ static u32 in_len;
 static u8 *out;                  // the output buffer
 static u32 out_len, out_cap;
 static u32 status;
+static u32 refused;              // a read the frame's (1) or the snapshot's (2) budget refused
 static const char *why;          // ST_MALFORMED / ST_UNSUPPORTED: what
 static u64 why_arg;
 
@@ -344,7 +346,11 @@ typedef struct { u32 code; u64 addr, n; const char *msg; } Fail;
 // _Decoder.read: a read that fails still spent its budget).
 static const u8 *mem(u64 addr, u64 n, Fail *f) {
     if (n == 0) return in;
-    if (n > frame_left || n > snapshot_left) { f->code = R_BUDGET; return 0; }
+    if (n > frame_left || n > snapshot_left) {    // ByteBudget.refused: the snapshot says it was cut
+        refused |= (n > frame_left ? 1u : 0u) | (n > snapshot_left ? 2u : 0u);
+        f->code = R_BUDGET;
+        return 0;
+    }
     frame_left -= n; snapshot_left -= n; used += n;
     u32 lo = 0, hi = nranges;
     while (lo < hi) {                      // the last range starting at or below addr
@@ -1505,9 +1511,14 @@ static void value(u32 tid, const u8 *data, u64 dlen, u64 addr, int has_addr, u32
 // 108 nfuncs 112 funcs offset (pc u64, name offset u32, name length u32 or ~0: no name) 116 func names offset 120 their length
 #define HDR 124
 
+// decode_batch's chain: what the previous value left of the frame's and the
+// snapshot's budgets (header flags 4 and 8 take them instead of their own).
+static u64 chain_frame, chain_snapshot;
+static int chain_ok;
+
 static u32 run_one(u32 h, int force_raw, u32 start) {
     out_len = start; status = ST_OK; why = ""; why_arg = 0; used = 0; path_n = 0; nest = 0;
-    nmissing = 0; nfloats = 0; scratch_top = (heap_end + 15u) & ~15u;
+    nmissing = 0; nfloats = 0; refused = 0; scratch_top = (heap_end + 15u) & ~15u;
     if (++tcache_gen == 0) { for (u32 i = 0; i < TCACHE; i++) tcache_ok[i] = 0; tcache_gen = 1; }
     if (!in || h > in_len || in_len - h < HDR) { status = ST_MALFORMED; why = "input shorter than its header"; return status; }
     if (rd32(h + 0) != 0x31575258u) { status = ST_MALFORMED; why = "not a decoder input (magic)"; return status; }
@@ -1516,6 +1527,11 @@ static u32 run_one(u32 h, int force_raw, u32 start) {
     frame_left = rd64(h + 20); snapshot_left = rd64(h + 28);
     u32 root = rd32(h + 36), flags = rd32(h + 40);
     u64 raddr = rd64(h + 44);
+    if (flags & 12) {
+        if (!chain_ok) { status = ST_SKIPPED; why = "chained after a value that was not decoded"; return status; }
+        if (flags & 4) frame_left = chain_frame;
+        if (flags & 8) snapshot_left = chain_snapshot;
+    }
     u32 rb_off = rd32(h + 52), rb_len = rd32(h + 56);
     ntypes = rd32(h + 60); types_off = rd32(h + 64); nfields_total = rd32(h + 68); fields_off = rd32(h + 72);
     names_off = rd32(h + 76); names_len = rd32(h + 80);
@@ -1543,11 +1559,11 @@ static u32 run_one(u32 h, int force_raw, u32 start) {
 }
 
 __attribute__((export_name("decode_at")))
-u32 decode_at(u32 h) { return run_one(h, -1, 0); }
+u32 decode_at(u32 h) { chain_ok = 0; return run_one(h, -1, 0); }
 
 // The whole input is one value: the header at its start.
 __attribute__((export_name("decode")))
-u32 decode_input(void) { return run_one(0, -1, 0); }
+u32 decode_input(void) { chain_ok = 0; return run_one(0, -1, 0); }
 
 // Both forms of one value in one call (the agent's path: one call into the
 // module per value): plain, then raw right after it in the output. The
@@ -1560,12 +1576,14 @@ __attribute__((export_name("result_ptr"))) u32 result_ptr(void) { return (u32)(u
 
 __attribute__((export_name("decode_both")))
 u32 decode_both(u32 h) {
+    chain_ok = 0;
     u32 st = run_one(h, 0, 0);
     u32 n0 = out_len;
     u64 used0 = used;
+    u32 refused0 = refused;
     if (st == ST_OK)
         st = run_one(h, 1, n0);
-    result[0] = st; result[1] = n0; result[2] = st == ST_OK ? out_len - n0 : 0; result[3] = used0;
+    result[0] = st | (u64)refused0 << 8; result[1] = n0; result[2] = st == ST_OK ? out_len - n0 : 0; result[3] = used0;
     result[4] = (u32)(unsigned long)why; result[5] = (u32)(unsigned long)out; result[6] = why_arg;
     return st;
 }
@@ -1575,7 +1593,11 @@ u32 decode_both(u32 h) {
 // a snapshot after the resume, one crossing into the module instead of one
 // a value. Per value, in batch_result: status, plain length, raw length,
 // bytes read; the outputs follow each other from the output's start. A
-// value that is not OK has empty outputs, and the batch goes on.
+// value that is not OK has empty outputs, and the batch goes on. A value
+// whose header has flag 4 (8) starts with what the previous one left of the
+// frame's (snapshot's) budget, as values decoded one after another in one
+// frame do; after a value not decoded, such a value is ST_SKIPPED (the agent
+// decodes that one in Python and asks again from the next).
 #define BATCH_MAX 4096
 static u64 batch_result[BATCH_MAX * 4];
 
@@ -1585,14 +1607,18 @@ __attribute__((export_name("decode_batch")))
 u32 decode_batch(u32 h, u32 count) {
     u32 at = 0, done = 0;
     if (count > BATCH_MAX) count = BATCH_MAX;
+    chain_ok = 0;
     for (u32 i = 0; i < count; i++) {
         u32 st = run_one(h + i * HDR, 0, at);
         u32 n0 = out_len - at;
-        u64 used0 = used;
+        u64 used0 = used, f_after = frame_left, s_after = snapshot_left;
+        u32 refused0 = refused;
         if (st == ST_OK) st = run_one(h + i * HDR, 1, at + n0);
+        chain_ok = st == ST_OK;
+        chain_frame = f_after; chain_snapshot = s_after;
         u32 n1 = st == ST_OK ? out_len - at - n0 : 0;
         if (st != ST_OK) { n0 = 0; out_len = at; }
-        batch_result[4 * i] = st; batch_result[4 * i + 1] = n0; batch_result[4 * i + 2] = n1;
+        batch_result[4 * i] = st | (u64)refused0 << 8; batch_result[4 * i + 1] = n0; batch_result[4 * i + 2] = n1;
         batch_result[4 * i + 3] = used0;
         at += n0 + n1;
         done++;

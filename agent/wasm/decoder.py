@@ -491,6 +491,7 @@ class WasmDecoder:
             self._refresh_view()                # output may have grown the memory
             view = self._view
             status, n0, n1, used, why, out, arg = _RESULT.unpack_from(view, self._result)
+            status, refused = status & 0xFF, status >> 8
             if status == ST_UNSUPPORTED:
                 self.stats["unsupported"] += 1
                 text = self._text(why)
@@ -516,9 +517,60 @@ class WasmDecoder:
             self._instantiate()
             self.stats["errors"] += 1
             return _error(str(e).splitlines()[0] if str(e) else type(e).__name__)
-        _charge(frame_budget, used)
-        _charge(snapshot_budget, used)
+        _charge(frame_budget, used, refused & 1)
+        _charge(snapshot_budget, used, refused & 2)
         return got[0], got[1]
+
+    def _batch_call(self, blob: TypeBlob, image: Image, chunk: list, budgets: Budgets, rt: bytes,
+                    ft: tuple, chain: bool) -> list:
+        """One call into the module for up to 4,096 values (type id, root bytes
+        or None, address or None, frame bytes left, snapshot bytes left); with
+        `chain`, each value after the first starts with the budgets the one
+        before it left. Per value (status, plain, raw, bytes read); outputs
+        are parsed in one json.loads. Raises wasmtime's Trap (reinstantiated)."""
+        store = self._store
+        roots = b"".join(d or b"" for _, d, _, _, _ in chunk)
+        at = self._stage(blob, image, len(chunk) * HDR.size + len(roots), rt, ft)
+        if at < 0:
+            return [(ST_MALFORMED, *_error("the batch does not fit its memory limit"), 0)] * len(chunk)
+        base, tail = self._staged[1], self._staged[6]
+        clamp = (1 << 64) - 1
+        head = (MAGIC, min(budgets.string_bytes, NONE), min(budgets.elements, NONE), min(budgets.depth, NONE), 0)
+        hdrs, r = [], at + len(chunk) * HDR.size
+        for i, (tid, data, addr, f_left, s_left) in enumerate(chunk):
+            n = len(data) if data else 0
+            flags = (1 if data is not None else 0) | (2 if addr is not None else 0) | (12 if chain and i else 0)
+            hdrs.append(HDR.pack(*head, max(0, min(f_left, clamp)), max(0, min(s_left, clamp)), tid & NONE, flags,
+                                 (addr or 0) & clamp, r, n, *tail))
+            r += n
+        payload = b"".join(hdrs) + roots
+        try:
+            self._refresh_view()
+            self._view[base + at:base + at + len(payload)] = payload
+            store.set_fuel(self.fuel * len(chunk))
+            done = self._decode_batch(store, at, len(chunk))
+        except Exception:
+            self._instantiate()
+            raise
+        self._refresh_view()
+        view = self._view
+        res = struct.unpack_from(f"<{4 * done}Q", view, self._batch_result)
+        pos, texts = self._out_ptr(store), []
+        for i in range(done):
+            st, n0, n1 = res[4 * i] & 0xFF, res[4 * i + 1], res[4 * i + 2]
+            if st == ST_OK:
+                texts += (view[pos:pos + n0], view[pos + n0:pos + n0 + n1])
+                pos += n0 + n1
+        parsed = iter(json.loads(b"[" + b",".join(texts) + b"]")) if texts else iter(())
+        out = []
+        for i in range(done):
+            st, used = res[4 * i] & 0xFF, res[4 * i + 3]
+            if st == ST_OK:
+                out.append((st, next(parsed), next(parsed), (used, res[4 * i] >> 8)))
+            else:
+                out.append((st, None, None, (0, 0)))
+        out += [(ST_OUTPUT, None, None, (0, 0))] * (len(chunk) - done)
+        return out
 
     def decode_batch(self, blob: TypeBlob, image: Image, values: list, budgets: Budgets,
                      rtypes: dict | None = None, funcs: dict | None = None) -> list:
@@ -526,57 +578,70 @@ class WasmDecoder:
         root bytes or None, address or None, frame bytes left, snapshot bytes
         left); returns per value (plain, raw, bytes read), or None where the
         module does not decode it (decode that one in Python). Each value's
-        budgets are its own: a caller spending one budget across values
-        charges them in order and cuts where the reference would."""
-        wt, store = self._wt, self._store
+        budgets are its own (decode_values chains them, as one frame does)."""
+        rt, ft = rtype_table(rtypes), func_table(funcs)
         out: list = []
         for start in range(0, len(values), 4096):
             chunk = values[start:start + 4096]
-            roots = b"".join(d or b"" for _, d, _, _, _ in chunk)
             try:
-                at = self._stage(blob, image, len(chunk) * HDR.size + len(roots), rtype_table(rtypes),
-                                 func_table(funcs))
-                if at < 0:
-                    e = _error("the batch does not fit its memory limit")
-                    return [(e[0], e[1], 0) for _ in values]
-                base, tail = self._staged[1], self._staged[6]
-                clamp = (1 << 64) - 1
-                hdrs, r = [], at + len(chunk) * HDR.size
-                for tid, data, addr, f_left, s_left in chunk:
-                    root = data or b""
-                    hdrs.append(HDR.pack(MAGIC, min(budgets.string_bytes, NONE), min(budgets.elements, NONE),
-                                         min(budgets.depth, NONE), 0, max(0, min(f_left, clamp)),
-                                         max(0, min(s_left, clamp)), tid & NONE,
-                                         (1 if data is not None else 0) | (2 if addr is not None else 0),
-                                         (addr or 0) & clamp, r, len(root), *tail))
-                    r += len(root)
-                payload = b"".join(hdrs) + roots
-                self._refresh_view()
-                self._view[base + at:base + at + len(payload)] = payload
-                store.set_fuel(self.fuel * len(chunk))
-                done = self._decode_batch(store, at, len(chunk))
-                self._refresh_view()
-                view = self._view
-                res = struct.unpack_from(f"<{4 * done}Q", view, self._batch_result)
-                pos = self._out_ptr(store)
-                for i in range(done):
-                    st, n0, n1, used = res[4 * i:4 * i + 4]
-                    if st == ST_OK:
-                        out.append((json.loads(bytes(view[pos:pos + n0])),
-                                    json.loads(bytes(view[pos + n0:pos + n0 + n1])), used))
-                        pos += n0 + n1
-                    elif st == ST_UNSUPPORTED:
-                        out.append(None)
-                    else:
-                        e = _error(f"status {st}")
-                        out.append((e[0], e[1], 0))
-                for _ in range(done, len(chunk)):
-                    e = _error("its output is full")
-                    out.append((e[0], e[1], 0))
-            except wt.Trap as e:
-                self._instantiate()
+                got = self._batch_call(blob, image, chunk, budgets, rt, ft, chain=False)
+            except self._wt.Trap as e:
                 err = _error("ran out of fuel" if "fuel" in str(e) else "trapped")
-                out.extend((err[0], err[1], 0) for _ in range(start + len(chunk) - len(out)))
+                out.extend((err[0], err[1], 0) for _ in chunk)
+                continue
+            for st, plain, raw, (used, _) in got:
+                if st == ST_OK:
+                    out.append((plain, raw, used))
+                elif st == ST_UNSUPPORTED:
+                    out.append(None)
+                else:
+                    e = _error("its output is full" if st == ST_OUTPUT else f"status {st}")
+                    out.append((e[0], e[1], 0))
+        return out
+
+    def decode_values(self, blob: TypeBlob, image: Image, values: list, budgets: Budgets, *,
+                      frame_budget: ByteBudget, snapshot_budget: ByteBudget, rtypes: dict | None = None,
+                      funcs: dict | None = None, fallback=None) -> list:
+        """The values of one frame, (type id, root bytes or None, address or
+        None) in order, decoded as decode_value would one after another (the
+        frame's and the snapshot's budgets spent by each in turn), in one call
+        into the module for all of them. A value the module does not decode
+        is `fallback(i)` (the reference, spending the same budgets), or None;
+        the module is then asked again from the next value. A batch that
+        traps is decoded one value a call (each with its own fuel)."""
+        rt, ft = rtype_table(rtypes), func_table(funcs)
+        out: list = [None] * len(values)
+        i = 0
+        while i < len(values):
+            chunk = [(tid, d, a, frame_budget.remaining, snapshot_budget.remaining)
+                     for tid, d, a in values[i:i + 4096]]
+            try:
+                got = self._batch_call(blob, image, chunk, budgets, rt, ft, chain=True)
+            except self._wt.Trap:
+                for j in range(i, i + len(chunk)):
+                    tid, d, a = values[j]
+                    try:
+                        out[j] = self.decode_value(blob, tid, d, a, image, budgets, frame_budget=frame_budget,
+                                                   snapshot_budget=snapshot_budget, rtypes=rtypes, funcs=funcs)
+                    except Unsupported:
+                        out[j] = fallback(j) if fallback else None
+                i += len(chunk)
+                continue
+            nxt = i + len(chunk)
+            for j, (st, plain, raw, (used, refused)) in enumerate(got):
+                if st == ST_OK:
+                    _charge(frame_budget, used, refused & 1)
+                    _charge(snapshot_budget, used, refused & 2)
+                    out[i + j] = (plain, raw)
+                    continue
+                if st == ST_UNSUPPORTED:
+                    out[i + j] = fallback(i + j) if fallback else None
+                else:            # an error row: nothing charged, as decode_value
+                    e = _error("its output is full" if st == ST_OUTPUT else f"status {st}")
+                    out[i + j] = e
+                nxt = i + j + 1  # the chain broke here: the rest are asked again
+                break
+            i = nxt
         return out
 
     def _text(self, p: int) -> str:
@@ -587,10 +652,12 @@ class WasmDecoder:
         return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
 
 
-def _charge(b: ByteBudget, used: int):
+def _charge(b: ByteBudget, used: int, refused: int = 0):
     """What the module read, charged as the reference's reads would be (it
-    refuses a read that does not fit before reading, so `used` fits)."""
+    refuses a read that does not fit before reading, so `used` fits), and
+    whether it refused one (ByteBudget.refused: the snapshot was cut)."""
     b.used += used
+    b.refused = b.refused or bool(refused)
 
 
 # ---------------------------------------------------------------- the agent's entry point
