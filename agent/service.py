@@ -354,7 +354,8 @@ class _Run:
         from probe_compiler.runtime_layout import RuntimeLayout
 
         from .snapshot import Target
-        key = (binary.build_id, hashlib.sha256(plan_bytes).hexdigest())
+        # The budgets too: the same plan under other limits (or another request's) is another target.
+        key = (binary.build_id, hashlib.sha256(plan_bytes).hexdigest(), plan.budgets)
         svc = self.svc
         with svc._targets_lock:
             t = svc._targets.pop(key, None)

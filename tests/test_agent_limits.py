@@ -275,3 +275,22 @@ def test_agent_command_line_restricts_executors():
     assert policy_from_args(p.parse_args(["--allow-exe", "*"])).executors == ["ptrace", "ebpf", "auto"]
     with pytest.raises(PolicyError, match="list \"ptrace\" too"):
         policy_from_args(p.parse_args(["--allow-exe", "*", "--allow-executor", "auto"]))
+
+
+def test_one_agent_two_requests_two_budgets(tmp_path, parkers):
+    """The same plan asked for with other limits is read with those: the
+    agent's cache of targets doesn't carry one request's budgets to the next."""
+    t = load_target(f"/proc/{parkers.pid}/exe", parse_spec(LIMITED.replace("string_bytes: 2", "string_bytes: 5")),
+                    {})
+    server, addr = serve(tmp_path)
+    try:
+        c = AgentClient.connect(addr)
+        got = []
+        for limits in ({"string_bytes": 1}, {}, {"string_bytes": 3}):
+            req = plan_request([parkers.pid], {t.plan.build_id: t.plan.to_json()}, request_id="x", limits=limits)
+            [rec] = list(c.run_plan(req, timeout=60))
+            got.append({c.values["sku"]["value"] for g in rec.goroutines for c in g.captures})
+        c.close()
+    finally:
+        server.stop(0).wait(10)
+    assert got == [{"w"}, {"widge"}, {"wid"}]
