@@ -8,11 +8,14 @@
 // value's own bytes, the memory image the pause copied (sorted disjoint
 // ranges), the budgets, and what the frame's and the snapshot's byte budgets
 // have left. It writes the value as JSON text, mirroring
-// probe_compiler/decode.py (the reference) rule for rule for the kinds it
-// knows: bool, int, uint, string, pointer, unsafe.Pointer, struct, array,
-// slice, and unknown (raw bytes). Anything else (floats, maps, interfaces,
-// channels, funcs, time.Time, time.Duration) ends the decode with
-// ST_UNSUPPORTED, and the agent decodes that value in Python.
+// probe_compiler/decode.py (the reference) rule for rule: bool, int, uint,
+// float, complex, string, pointer, unsafe.Pointer, struct, array, slice,
+// interface (with the message of a known error type), channel, func (named
+// from a pc table the agent fills), map (swiss tables and hmap buckets, the
+// layout as data), time.Time, time.Duration and unknown (raw bytes). What it
+// cannot answer alone (an interface's dynamic type or a func's pc its tables
+// lack, a list map whose keys hold floats) ends with ST_UNSUPPORTED, and the
+// agent learns the type or name and asks again, or decodes that value in Python.
 //
 // Nothing in the input is trusted: every offset and length is checked
 // against the input's size, recursion is bounded, and the output has a cap.

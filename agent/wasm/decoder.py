@@ -4,12 +4,18 @@
     tables = TypeBlob.build(plan.types)               # once per plan
     plain, raw = dec.decode_value(tables, type_id, data, addr, Image.of(ranges), budgets,
                                   frame_budget=fb, snapshot_budget=sb)
+    pairs = dec.decode_values(tables, image, [(type_id, data, addr), ...], budgets,   # a frame's values:
+                              frame_budget=fb, snapshot_budget=sb, fallback=...)      # one call for all
 
 The module (decoder.c, compiled to decoder.wasm) turns the bytes a pause
 copied into the same JSON values as probe_compiler.decode.decode_value (the
-reference, which stays in Python) for bool, int, uint, string, pointer,
-unsafe.Pointer, struct, array, slice and unknown kinds. For a value holding
-any other kind it answers Unsupported and the caller decodes that value in
+reference, which stays in Python): every kind the reference decodes, maps
+and floats, funcs, time.Time, time.Duration and error messages included.
+An interface's dynamic type or a func's name it has not been given answers
+Unsupported with the address or pcs: the caller looks them up as the
+reference does and asks again. A list map whose keys hold floats (the
+reference sorts those by Python's float text), a type the reference would
+call malformed, answer Unsupported and the caller decodes that value in
 Python. It runs isolated: its own linear memory (capped), a fuel budget per
 value (a bound on instructions: a hostile or looping input ends, it does not
 hang the agent), no imports at all. Input it can't make sense of, a trap, an
