@@ -322,3 +322,40 @@ def test_a_frame_of_values_in_one_call_spends_the_budgets_as_one_by_one():
         cut += "budget" in json.dumps(want[-1])
         fell_back += bool(used)
     assert cut >= 10 and fell_back >= 5, (cut, fell_back)
+
+
+def test_floats_are_written_as_the_reference_writes_them(dec):
+    """float32 and float64 of every exponent (subnormals, the largest, NaN,
+    the infinities, -0.0, integers, short decimals): the same JSON text as
+    the reference's, so the same float once read back, sign of zero too."""
+    import struct
+    from probe_compiler.decode import decode_value
+    from probe_compiler.types import GoType, Kind, TypeTable
+    rng = random.Random(64)
+    table = TypeTable({1: GoType(1, "float64", Kind.FLOAT, 8), 2: GoType(2, "float32", Kind.FLOAT, 4),
+                       3: GoType(3, "[64]float64", Kind.ARRAY, 512, elem=1, length=64),
+                       4: GoType(4, "[128]float32", Kind.ARRAY, 512, elem=2, length=128),
+                       5: GoType(5, "complex64", Kind.COMPLEX, 8),
+                       6: GoType(6, "[64]complex64", Kind.ARRAY, 512, elem=5, length=64)})
+    blob, image, budgets = TypeBlob.build(table), Image.of([]), Budgets(elements=128)
+    for _ in range(100):
+        words = []
+        for _ in range(64):
+            r = rng.random()
+            if r < 0.4:
+                words.append(rng.getrandbits(64))
+            elif r < 0.6:
+                x = rng.choice([rng.uniform(-1e6, 1e6), 10.0 ** rng.randint(-320, 308), rng.randint(-10**6, 10**6) / 1000])
+                words.append(struct.unpack("<Q", struct.pack("<d", x))[0])
+            elif r < 0.8:
+                words.append(rng.getrandbits(12) << 52 | rng.getrandbits(rng.choice([1, 5, 20, 52])))
+            else:
+                pair = (rng.uniform(-1e3, 1e3), 10.0 ** rng.randint(-45, 38))
+                words.append(struct.unpack("<Q", struct.pack("<ff", *pair))[0])
+        data = b"".join(w.to_bytes(8, "little") for w in words)
+        for tid in (3, 4, 6):
+            want = decode_value(table, tid, data, None, lambda a, n: None, budgets,
+                                frame_budget=ByteBudget(1 << 20), snapshot_budget=ByteBudget(1 << 20))
+            got = dec.decode_value(blob, tid, data, None, image, budgets, frame_budget=ByteBudget(1 << 20),
+                                   snapshot_budget=ByteBudget(1 << 20))
+            assert json.dumps(got) == json.dumps(want)
