@@ -544,7 +544,12 @@ static u32 exact_digits(u64 m, int e, int *X) {
 
 // dg[0..n) rounded half-even to p digits into r (Python's correctly rounded
 // '%.{p}g'), trailing zeros dropped; *X is moved on a carry out of the top.
-static u32 round_digits(u32 n, u32 p, char *r, int *X) {
+static u32 round_mode(u32 n, u32 p, char *r, int *X, int mode);
+
+static u32 round_digits(u32 n, u32 p, char *r, int *X) { return round_mode(n, p, r, X, 0); }
+
+// mode 0: half-even; 1: toward zero; 2: away from zero (when anything nonzero is dropped).
+static u32 round_mode(u32 n, u32 p, char *r, int *X, int mode) {
     u32 k = n < p ? n : p;
     for (u32 i = 0; i < k; i++) r[i] = dg[i];
     if (n > p) {
@@ -552,6 +557,11 @@ static u32 round_digits(u32 n, u32 p, char *r, int *X) {
         if (dg[p] == '5') {
             up = (dg[p - 1] - '0') & 1;
             for (u32 i = p + 1; i < n && !up; i++) up = dg[i] != '0';
+        }
+        if (mode) {
+            int any = 0;
+            for (u32 i = p; i < n && !any; i++) any = dg[i] != '0';
+            up = mode == 2 && any;
         }
         if (up) {
             int i = (int)p - 1;
@@ -567,14 +577,20 @@ typedef union { u64 u; double d; } F64;
 typedef union { u32 u; float f; } F32;
 
 // Q (55 bits) × 2^E, and whether bits below Q were set, rounded half-even to a double.
+// (Subnormals round at 2^-1074, as IEEE reading does; past the largest is infinity.)
 static double mk_double(u64 Q, int sticky, int E) {
-    u64 low = Q & 3;
-    Q >>= 2; E += 2;
-    if (low > 2 || (low == 2 && (sticky || (Q & 1)))) Q++;
+    int shift = 2;
+    if (-1074 - E > shift) shift = -1074 - E;
+    F64 v;
+    v.u = 0;
+    if (shift > 56) return v.d;
+    u64 low = Q & ((1ULL << shift) - 1), half = 1ULL << (shift - 1);
+    Q >>= shift; E += shift;
+    if (low > half || (low == half && (sticky || (Q & 1)))) Q++;
     if (Q >> 53) { Q >>= 1; E++; }
     int be = E + 52 + 1023;
-    F64 v;
-    v.u = be <= 0 || be >= 2047 ? 0 : (u64)be << 52 | (Q & ((1ULL << 52) - 1));   // float32's digits stay inside
+    if (Q < (1ULL << 52)) v.u = Q;                       // subnormal: E is -1074
+    else v.u = be >= 2047 ? 0x7FF0000000000000ULL : (u64)be << 52 | (Q & ((1ULL << 52) - 1));
     return v.d;
 }
 
@@ -630,6 +646,97 @@ static void put_digits(const char *r, u32 k, int X, int neg) {
     }
 }
 
+static void put_pad(u64 v, int w);
+
+// The bounds of the decimals that read back as x (the midpoints to its
+// neighbours; inclusive when its mantissa is even, as reading rounds ties to
+// even): their first 24 digits and whether anything nonzero follows.
+typedef struct { char d[25]; u32 n; int X; } Bound;
+static Bound blo, bhi;
+static int b_even;
+
+static void bound(Bound *b, u64 m, int e) {
+    u32 n = exact_digits(m, e, &b->X), k = n < 24 ? n : 24;
+    for (u32 i = 0; i < k; i++) b->d[i] = dg[i];
+    int more = 0;
+    for (u32 i = 24; i < n && !more; i++) more = dg[i] != '0';
+    if (more) b->d[k++] = '1';         // stands for the rest: c has at most 17 digits
+    b->n = k;
+}
+
+static int cmp_bound(const char *r, u32 k, int X, const Bound *b) {
+    if (X != b->X) return X < b->X ? -1 : 1;
+    for (u32 i = 0; i < k || i < b->n; i++) {
+        char x = i < k ? r[i] : '0', y = i < b->n ? b->d[i] : '0';
+        if (x != y) return x < y ? -1 : 1;
+    }
+    return 0;
+}
+
+static int reads_back_as_x(const char *r, u32 k, int X) {
+    int lo = cmp_bound(r, k, X, &blo), hi = cmp_bound(r, k, X, &bhi);
+    return (lo > 0 || (lo == 0 && b_even)) && (hi < 0 || (hi == 0 && b_even));
+}
+
+// p digits that read back as x (the nearest p-digit decimal, else the one on
+// the other side of it), or 0: the digits in r, *Xp their exponent.
+static u32 digits_that_read_back(u32 n, int X, u32 p, char *r, int *Xp) {
+    char t[20];
+    int Xt = X, Xn = X;
+    u32 kn = round_digits(n, p, r, &Xn);
+    u32 kt = round_mode(n, p, t, &Xt, 1);
+    int near_up = !(kn == kt && Xn == Xt && same((const u8 *)r, t, kn));
+    *Xp = Xn;
+    if (reads_back_as_x(r, kn, Xn)) return kn;
+    *Xp = X;
+    u32 k = round_mode(n, p, r, Xp, near_up ? 1 : 2);
+    return reads_back_as_x(r, k, *Xp) ? k : 0;
+}
+
+// repr(x) of a positive finite double: the fewest digits that read back as
+// it (the nearest such), Python's float_repr_style 'short'. The digits that
+// read back grow with p, so p is found by halving [1, 17].
+static u32 shortest(u64 bits, char *r, int *Xo) {
+    u64 man = bits & ((1ULL << 52) - 1);
+    u32 ex = (u32)(bits >> 52) & 0x7FF;
+    u64 m = ex ? man | 1ULL << 52 : man;
+    int e = (ex ? (int)ex : 1) - 1075;
+    b_even = !(m & 1);
+    if (!man && ex > 1) bound(&blo, 4 * m - 1, e - 2);    // below a power of two the gap is half
+    else bound(&blo, 2 * m - 1, e - 1);
+    bound(&bhi, 2 * m + 1, e - 1);
+    int X;
+    u32 n = exact_digits(m, e, &X);
+    u32 lo = 1, hi = 17;
+    char t[20];
+    int Xt;
+    while (lo < hi) {
+        u32 mid = (lo + hi) / 2;
+        if (digits_that_read_back(n, X, mid, t, &Xt)) hi = mid; else lo = mid + 1;
+    }
+    u32 k = digits_that_read_back(n, X, lo, r, Xo);
+    if (!k) { *Xo = X; k = round_digits(n, 17, r, Xo); }   // not reached: 17 digits always read back
+    return k;
+}
+
+// Python's repr of the double: fixed from 1e-4 to below 1e16, else d.ddde±XX.
+static void put_repr(u64 bits) {
+    int neg = (int)(bits >> 63);
+    bits &= ~(1ULL << 63);
+    if (!bits) { puts_(neg ? "-0.0" : "0.0"); return; }
+    char r[20];
+    int X;
+    u32 k = shortest(bits, r, &X);
+    if (X >= -4 && X < 16) { put_digits(r, k, X, neg); return; }
+    if (neg) put("-", 1);
+    put(r, 1);
+    if (k > 1) { put(".", 1); put(r + 1, k - 1); }
+    put(X < 0 ? "e-" : "e+", 2);
+    put_pad((u64)(X < 0 ? -X : X), 2);
+}
+
+static u32 in_key;               // inside a map key: floats as Python's repr (a list map sorts by it)
+
 // A float32 (single) or float64 as decode._float_json gives it: NaN and the
 // infinities as strings; a float32 as the shortest of 6..9 digits that is the
 // same float32; a float64 exactly (17 digits read back as the same double).
@@ -654,9 +761,20 @@ static void put_float(u64 bits, int single) {
             u64 D = 0;
             for (u32 i = 0; i < k; i++) D = D * 10 + (u64)(r[i] - '0');
             F32 z;
-            z.f = (float)parse_dec(D, Xp - (int)(k - 1));
-            if ((z.u & 0x7FFFFFFFu) == (u32)(bits & 0x7FFFFFFFu)) { put_digits(r, k, Xp, neg); return; }
+            F64 y;
+            y.d = parse_dec(D, Xp - (int)(k - 1));
+            z.f = (float)y.d;
+            if ((z.u & 0x7FFFFFFFu) == (u32)(bits & 0x7FFFFFFFu)) {
+                if (in_key) put_repr(y.u | (u64)neg << 63); else put_digits(r, k, Xp, neg);
+                return;
+            }
         }
+    }
+    if (in_key) {                          // the double itself (a float32's exactly)
+        F64 y;
+        if (single) { F32 z; z.u = (u32)bits; y.d = (double)z.f; } else y.u = bits;
+        put_repr(y.u);
+        return;
     }
     int Xp = X;
     u32 k = round_digits(n, 17, r, &Xp);
@@ -813,7 +931,9 @@ static void slot_value(Type *t, const u8 *gb, u64 ga, u32 off, u32 depth) {
 static void full_slot(MapWalk *w, const u8 *gb, u64 ga, u32 koff, u32 eoff) {
     if (w->entries >= w->limit) { w->stop = 1; return; }
     u32 fl = nfloats;
+    in_key++;
     slot_value(&w->key, gb, ga, koff, w->depth);
+    in_key--;
     put(nfloats != fl ? "\x02" : "\x01", 1);
     slot_value(&w->elem, gb, ga, eoff, w->depth);
     put("\x01", 1);
@@ -1003,10 +1123,7 @@ static void map_finish(u32 start, MapWalk *w, u64 count, int counted) {
         if (c != '"' && e[i].kl) int_key(out + e[i].ks, e[i].kl, &e[i].neg, &e[i].mag);
         idx[i] = i;
     }
-    if (!obj && kfloats) {
-        status = ST_UNSUPPORTED; why = "a list map whose keys hold floats (Python sorts them by its float text)";
-        return;
-    }
+    (void)kfloats;                           // keys' floats are written as Python's repr: sorted alike
     ents = e; ebase = out; obj_sort = (int)obj;
     ord_keys = obj && n > 0;
     for (u32 i = 0; i < n && ord_keys; i++)   // ints of one sign, or signed ones that fit: one order key
@@ -1354,7 +1471,13 @@ static void decode(Type *t, const u8 *data, u64 dlen, u64 addr, int has_addr, u3
         u64 word = le(b + t->f1_off, t->f1_size);
         u32 dyn_id;
         Type dyn;
-        if (!find_rtype(rtype, &dyn_id) || !find_type(dyn_id, &dyn)) {
+        int known = find_rtype(rtype, &dyn_id);
+        if (known && dyn_id == 0xFFFFFFFFu) {   // the agent looked it up: no type has this address
+            puts_("{\"__type\":\"unknown\",\"__addr\":"); put_u64(word);
+            puts_(",\"__rtype\":\""); put_hex(rtype); puts_("\"}");
+            return;
+        }
+        if (!known || !find_type(dyn_id, &dyn)) {
             if (status == ST_OK) { status = ST_UNSUPPORTED; why = "an interface's dynamic type the table lacks"; why_arg = rtype; }
             return;
         }
@@ -1521,7 +1644,7 @@ static int chain_ok;
 
 static u32 run_one(u32 h, int force_raw, u32 start) {
     out_len = start; status = ST_OK; why = ""; why_arg = 0; used = 0; path_n = 0; nest = 0;
-    nmissing = 0; nfloats = 0; refused = 0; scratch_top = (heap_end + 15u) & ~15u;
+    nmissing = 0; nfloats = 0; refused = 0; in_key = 0; scratch_top = (heap_end + 15u) & ~15u;
     if (++tcache_gen == 0) { for (u32 i = 0; i < TCACHE; i++) tcache_ok[i] = 0; tcache_gen = 1; }
     if (!in || h > in_len || in_len - h < HDR) { status = ST_MALFORMED; why = "input shorter than its header"; return status; }
     if (rd32(h + 0) != 0x31575258u) { status = ST_MALFORMED; why = "not a decoder input (magic)"; return status; }

@@ -722,10 +722,14 @@ def decode_value(types, type_id, data, addr, read, budgets, *, frame_budget, sna
                     for pc in e.pcs:        # as the reference: func_name(pc) or {"__func": hex(pc)}
                         names[pc] = func_name(pc) or None
                     continue
-                t = type_by_rtype(e.rtype) if e.rtype else None
-                if t is None or t.id not in types or e.rtype in learned:
-                    break                   # a kind the module does not decode, or a type nobody knows
-                learned[e.rtype] = t.id     # type_by_rtype may have grown the table: blob_for rebuilds
+                if not e.rtype or e.rtype in learned:
+                    break                   # what the module hands back to Python
+                t = type_by_rtype(e.rtype)
+                if t is not None and t.id not in types:
+                    break
+                # type_by_rtype may have grown the table (blob_for rebuilds); NONE: no type has
+                # that address, and the module writes the reference's "unknown" marker
+                learned[e.rtype] = t.id if t is not None else NONE
     return reference(types, type_id, data, addr, read, budgets, frame_budget=frame_budget,
                      snapshot_budget=snapshot_budget, func_name=func_name, type_by_rtype=type_by_rtype)
 
