@@ -364,3 +364,48 @@ def test_floats_are_written_as_the_reference_writes_them(dec):
             got = dec.decode_value(blob, tid, data, None, image, budgets, frame_budget=ByteBudget(1 << 20),
                                    snapshot_budget=ByteBudget(1 << 20))
             assert json.dumps(got) == json.dumps(want)
+
+
+def test_float_keys_sort_as_the_reference_sorts_them(dec):
+    """map[float64]int and map[float32]int are lists sorted by the key's
+    JSON text, which is Python's repr of the float: the module writes a
+    key's floats so (the shortest digits that read back), and sorts alike."""
+    import struct
+    from probe_compiler.decode import computed_group_layout, decode_value
+    from probe_compiler.types import Field, GoType, Kind, MapLayout, TypeTable
+    rng = random.Random(65)
+    base = {1: GoType(1, "float64", Kind.FLOAT, 8), 2: GoType(2, "float32", Kind.FLOAT, 4),
+            3: GoType(3, "int", Kind.INT, 8), 4: GoType(4, "unsafe.Pointer", Kind.UNSAFE_POINTER, 8),
+            5: GoType(5, "internal/runtime/maps.Map", Kind.STRUCT, 32, fields=(
+                Field("used", 0, 3), Field("dirPtr", 16, 4), Field("dirLen", 24, 3)))}
+    base[6] = GoType(6, "map[float64]int", Kind.MAP, 8, key=1, elem=3, map_layout=MapLayout("swiss", 5))
+    base[7] = GoType(7, "map[float32]int", Kind.MAP, 8, key=2, elem=3, map_layout=MapLayout("swiss", 5))
+    table = TypeTable(base)
+    blob, budgets = TypeBlob.build(table), Budgets()
+    for i in range(150):
+        tid = 6 if i % 2 else 7
+        lay = computed_group_layout(table, table[table[tid].key], table[3])
+        group = bytearray(lay.size)
+        for s in range(8):
+            r = rng.random()
+            if r < 0.5:
+                bits = rng.getrandbits(64)
+            elif r < 0.8:
+                bits = struct.unpack("<Q", struct.pack("<d", rng.choice(
+                    [10.0 ** rng.randint(-330, 308), rng.randint(-10**6, 10**6) / rng.choice([1, 10, 3, 1000])])))[0]
+            else:
+                bits = rng.getrandbits(11) << 52 | rng.choice([0, 1, (1 << 52) - 1])
+            if tid == 7:
+                bits &= 0xFFFFFFFF
+            size = table[table[tid].key].size
+            group[lay.keys + s * lay.key_stride:lay.keys + s * lay.key_stride + size] = bits.to_bytes(size, "little")
+            group[lay.elems + s * lay.elem_stride:lay.elems + s * lay.elem_stride + 8] = s.to_bytes(8, "little")
+        memory = {0x1000: (8).to_bytes(8, "little") + bytes(8) + (0x2000).to_bytes(8, "little") + bytes(8),
+                  0x2000: bytes(group)}
+        read = lambda a, n, m=memory: next(b[a - s:a - s + n] for s, b in m.items() if s <= a and a + n <= s + len(b))  # noqa: E731
+        want = decode_value(table, tid, (0x1000).to_bytes(8, "little"), None, read, budgets,
+                            frame_budget=ByteBudget(1 << 20), snapshot_budget=ByteBudget(1 << 20))
+        got = dec.decode_value(blob, tid, (0x1000).to_bytes(8, "little"), None, Image.of(memory.items()), budgets,
+                               frame_budget=ByteBudget(1 << 20), snapshot_budget=ByteBudget(1 << 20))
+        assert json.dumps(got) == json.dumps(want), i
+        assert len(want[0]) == 8
