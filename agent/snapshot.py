@@ -492,7 +492,7 @@ def _program_in_pause(target, opts, mem, paused, rec, table, live, ms, addrs, st
     what the read program names, level by level; goroutines it can't vouch
     for are read the reference way (recorded, so they decode from copies too)."""
     import numpy as np
-    from .readexec import Copies, RecordingMemory, Run, fp_walk, root_recipe
+    from .readexec import Copies, RecordingMemory, Run, fp_walk
 
     sh, bias, plan = target.shared, target.bias, target.plan
     cap_t, stop_t, top_t, labels = sh[("tables", bias)]
@@ -532,7 +532,7 @@ def _program_in_pause(target, opts, mem, paused, rec, table, live, ms, addrs, st
             fk.append(walk.k[idx]); fcfa.append(walk.cfa[idx])
             groups.append((pc, fplan, inst, np.arange(nf, nf + len(idx))))
             nf += len(idx)
-    cat = lambda xs: np.concatenate(xs) if len(xs) != 1 else xs[0] if xs else np.zeros(0, np.int64)
+    cat = lambda xs: np.concatenate(xs) if len(xs) > 1 else xs[0] if xs else np.zeros(0, np.int64)
     fk, fcfa = cat(fk), cat(fcfa)
     run = Run(sh["program"], mem, copies, nf, types_base=getattr(target.layout, "moduledata_types_addr", None),
               known_rtypes=sh["known_rtypes"], snapshot_left=budget.remaining)
@@ -543,8 +543,7 @@ def _program_in_pause(target, opts, mem, paused, rec, table, live, ms, addrs, st
     # their decode takes) plus the fallback's fit. Otherwise every captured
     # goroutine is read here, in order, the reference's own way.
     for pc, fplan, inst, frames in groups:
-        _roots_column(target, run, fplan, inst, pc - bias, frames, fk, fcfa, lo, soff, size, sbuf,
-                      root_recipe)
+        _roots_column(target, run, fplan, inst, pc - bias, frames, fk, fcfa, lo, soff, size, sbuf)
     limit = opts.deadline_s * opts.capture_share
     done = run.run_levels(lambda: paused.elapsed_s() > limit)
     if run.any_bad:
@@ -621,26 +620,14 @@ def _captured_at(target, pc: int) -> list:
     return got
 
 
-def _roots_column(target, run, fplan, inst, lpc, frames, fk, fcfa, lo, soff, size, sbuf, root_recipe):
+def _roots_column(target, run, fplan, inst, lpc, frames, fk, fcfa, lo, soff, size, sbuf):
     """Start every capture of these frames (same function, instance and pc) at its root."""
     import numpy as np
-    plan, recipes = target.plan, target.shared["recipes"]
     if fplan.unavailable:
         return
-    roots = fplan.roots if inst is None else inst.roots
     k, cfa = fk[frames], fcfa[frames]
     for cap in fplan.captures:
-        locs = roots.get(cap.root) or []
-        if inst is not None and not locs:
-            continue
-        lookup = lpc - 1
-        var_pc = lpc if inst is None or any(l.lo <= lpc < l.hi for l in locs) else lookup
-        key = (id(fplan), id(inst), lpc, cap.root)
-        r = recipes.get(key, False)
-        if r is False:
-            rsize = plan.types[fplan.root_types[cap.root]].size
-            r = recipes[key] = root_recipe(locs, var_pc, lookup, rsize,
-                                           fplan.spills if inst is None else None, cap.root)
+        r = recipe_at(target, fplan, inst, cap, lpc)
         if r is None:
             continue
         pieces = r[1]
@@ -675,6 +662,27 @@ def _roots_column(target, run, fplan, inst, lpc, frames, fk, fcfa, lo, soff, siz
                         np.full(int(ok.sum()), -1, np.int64), frames[ok])
         else:
             run.mark(frames, "a root in static memory and pieces")
+
+
+def recipe_at(target, fplan, inst, cap, lpc: int):
+    """Where the reference reader takes cap's root in a frame whose return pc
+    is lpc (link-time): readexec.root_recipe's answer, cached per target; None
+    when there is nothing to read (the variable is not there at that pc)."""
+    from .readexec import root_recipe
+    roots = fplan.roots if inst is None else inst.roots
+    locs = roots.get(cap.root) or []
+    if inst is not None and not locs:
+        return None
+    lookup = lpc - 1
+    var_pc = lpc if inst is None or any(l.lo <= lpc < l.hi for l in locs) else lookup
+    recipes = target.shared.setdefault("recipes", {})
+    key = (id(fplan), id(inst), lpc, cap.root)
+    r = recipes.get(key, False)
+    if r is False:
+        rsize = target.plan.types[fplan.root_types[cap.root]].size
+        r = recipes[key] = root_recipe(locs, var_pc, lookup, rsize,
+                                       fplan.spills if inst is None else None, cap.root)
+    return r
 
 
 def _program_frame(fplan, pf, depth, g, regs, inst, *, k, prog, target, snapshot_budget) -> CaptureRecord:

@@ -66,18 +66,29 @@ def test_errors_and_timeouts_leave_nothing(states):
     _untraced_and_alive(t.pid)
 
 
-def test_auto_falls_back_with_the_reason_when_the_spec_captures(states):
+def test_captures_run_in_the_probe_and_a_retry_says_why(states):
+    """A spec with captures runs in the probe (no fallback warning); where its
+    copies lack what the decoder reads, the snapshot is taken again with
+    ptrace and the warning says so. Either way the rows are ptrace's."""
     from agent.snapshot import SnapshotOptions, snapshot_processes
     from probe_compiler.spec import parse_spec
     from server.snapshot_job import load_target
     t, _ = states
-    spec = parse_spec("version: 1\nfunctions:\n  main.blockedConnRead:\n    capture: [c]\n")
+    spec = parse_spec("version: 1\nfunctions:\n  main.blockedConnRead:\n    capture: [c, buf]\n")
     target = load_target(f"/proc/{t.pid}/exe", spec, {})
-    [rec] = snapshot_processes([(t.pid, target)], SnapshotOptions(executor="auto"))
-    assert rec.error is None
-    assert any("executor auto: used ptrace" in w and "captures" in w for w in rec.warnings)
-    [rec] = snapshot_processes([(t.pid, target)], SnapshotOptions(executor="ebpf"))
-    assert rec.error and rec.error.startswith("executor ebpf:")
+    [ref] = snapshot_processes([(t.pid, target)], SnapshotOptions(executor="ptrace"))
+    for executor in ("auto", "ebpf"):
+        [rec] = snapshot_processes([(t.pid, target)], SnapshotOptions(executor=executor))
+        assert rec.error is None
+        assert not any("executor auto: used ptrace" in w for w in rec.warnings)
+        retried = [w for w in rec.warnings if "taken again with ptrace" in w]
+        assert bool(retried) == bool(getattr(rec, "ebpf_retry", None))
+        assert _capture_rows(rec) == _capture_rows(ref)
+
+
+def _capture_rows(rec) -> dict:
+    return {g.goid: [(c.function, c.depth, c.values, c.raw, c.errors) for c in g.captures]
+            for g in rec.goroutines if g.captures}
 
 
 def test_cli_takes_the_executor(states, tmp_path, capsys):

@@ -6,7 +6,10 @@ import struct
 import pytest
 
 from agent.ebpf import records as R
-from agent.ebpf.plan import ABSENT, StackBudgets, StackPlan
+from dataclasses import replace
+
+from agent.ebpf.capplan import Placement
+from agent.ebpf.plan import ABSENT, NO_PROG, CapturePlan, StackBudgets, StackPlan
 from probe_compiler.runtime_layout import RuntimeLayout
 
 HDR = struct.Struct("<IIQQQQIIIIII")
@@ -24,11 +27,22 @@ def _layout(**over):
 
 def test_plan_packs_offsets_masks_and_budgets():
     plan = StackPlan.from_layout(_layout(), 42, {"goid": 8, "labels": 8}, StackBudgets(max_frames=7))
-    v = struct.unpack("<5Q19I4x", plan.pack())
+    v = struct.unpack("<5Q19I4x3Q8I", plan.pack())
     assert v[:5] == (0x1000, 0x1008, (1 << 0) | (1 << 6) | (1 << 11), 1 << 2, 1 << 4)
     assert v[5:8] == (42, 0x1000, 360)           # tgid, gscan, g bytes through labels
     assert v[17] == ABSENT                        # no syscallbp before Go 1.23
-    assert v[-3:] == (7, 65536, 1024)
+    assert v[21:24] == (7, 65536, 1024)
+    assert v[27] == NO_PROG                       # stacks only: no capture tables
+
+
+def test_a_plan_with_captures_names_its_tables_and_walks_every_frame_pointer():
+    at = Placement(slot=3, shape_base=100, n_shapes=7, map_base=2, n_maps=1)
+    caps = CapturePlan(at=at, types_base=0x4a0000, bias=0x1000, cap_bytes=1 << 20, depth=8, elements=64,
+                       string_bytes=256)
+    plan = replace(StackPlan.from_layout(_layout(), 42, {"goid": 8}), captures=caps)
+    v = struct.unpack("<5Q19I4x3Q8I", plan.pack())
+    assert v[23] == 0                             # no whole-stack copies: sites are met on the chain
+    assert v[24:] == (0x4a0000, 0x1000, 1 << 20, 3, 8, 64, 256, 100, 7, 2, 1)
 
 
 def test_plan_refuses_what_the_probe_cant_walk():
@@ -87,3 +101,11 @@ def test_an_unwind_that_ran_out_of_copied_words_says_why_the_walk_stopped():
         "stack unreadable at 0x7010 (the probe's frame-pointer walk stopped: the frame budget ran out)"
     assert _unwind_error("unknown pc 0x1", g) == "unknown pc 0x1"
     assert _unwind_error(None, g) is None
+
+
+def test_copy_records_are_kept_by_address():
+    copy = lambda addr, data: struct.pack("<IIQ", R.K_COPY, len(data), addr) + data
+    out = R.parse([_g(1), copy(0xc000100000, b"hello"), copy(0xc000200000, b"")])
+    assert out.copies == [(0xc000100000, b"hello"), (0xc000200000, b"")]
+    with pytest.raises(R.RecordError, match="5 bytes claimed, 4 sent"):
+        R.parse([struct.pack("<IIQ", R.K_COPY, 5, 0x1000) + b"abcd"])

@@ -12,8 +12,14 @@ does what the ptrace executor does with its copies: the pcsp unwinder
 frame-pointer chain: leaf, prologue and fresh-goroutine frames), then
 agent/symbolize.py's logical frames. The records come out the same.
 
-Stacks only: a plan with captured functions needs the read program in the
-probe (issue 11), so `ebpf` refuses it and `auto` uses ptrace.
+Captures: the probe runs the read program too (capplan.py puts it in its
+maps before the pause): at each captured frame's return address it copies
+the roots and everything their shapes reach into K_COPY records, and after
+the resume the decoder reads those copies only, as the ptrace executor's
+program path does. What the copies lack (a frame the probe has no site for,
+a map or an op it does not walk, a read that failed in the kernel) the
+decoder finds missing; then the snapshot is taken again with ptrace, and the
+records say why (snapshot_processes).
 """
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ import socket
 import threading
 import time
 from contextlib import ExitStack
+from dataclasses import replace
 
 from .. import goroutines as gr
 from ..errors import AgentError
@@ -33,7 +40,7 @@ from ..records import GoroutineRecord, ProcessRecord
 from ..symbolize import goroutine_record
 from ..unwind import StackImage, unwind
 from .availability import why_unavailable
-from .plan import StackBudgets, StackPlan
+from .plan import CapturePlan, StackBudgets, StackPlan
 from .probe import ProbeError, StackProbe
 from .records import F_FULL, K_THREAD, START_REGS, START_SYSCALL, ProbeGoroutine, parse
 
@@ -71,8 +78,10 @@ def choose(executor: str, target) -> tuple[str, str | None]:
         return "ptrace", None
     why = why_unavailable()
     if why is None and target.plan.functions:
-        why = ("the spec captures values, and the eBPF probe runs stacks only until it executes "
-               "the read program")
+        try:
+            tables_of(target)
+        except (AgentError, ValueError) as e:
+            why = f"the spec's captures can't run in the probe: {e}"
     if why is None and target.layout is not None:
         try:                    # what the probe needs of this binary: its runtime layout, sigtramp
             StackPlan.from_layout(target.layout, 0, gr._G_FIELDS)
@@ -82,6 +91,30 @@ def choose(executor: str, target) -> tuple[str, str | None]:
     if why is None:
         return "ebpf", None
     return ("ptrace" if executor == "auto" else "ebpf"), why
+
+
+def tables_of(target):
+    """(key, CaptureTables) of a target's read program, built before its first
+    pause and again when the program has learned types since."""
+    from ..snapshot import _prepare_program
+    from .capplan import capture_tables
+    _prepare_program(target)
+    prog = target.shared["program"]
+    key = f"{prog.key}:{len(prog.shapes)}:{len(prog.rtypes)}"
+    got = target.shared.get("ebpf_tables")
+    if got is None or got[0] != key:
+        got = target.shared["ebpf_tables"] = (key, capture_tables(target))
+    return got
+
+
+def capture_bytes(snapshot_bytes: int) -> int:
+    """What the probe may copy for captures in one snapshot. It copies
+    breadth first and more than the decoder reads (whole groups, every
+    element), so the decoder's own budget would cut it in the wrong place:
+    four times that, at least 8 MiB, within the ring buffer (a record that
+    does not fit there is missing, and the snapshot goes to ptrace)."""
+    from .probe import RINGBUF_PAGES
+    return min(max(4 * snapshot_bytes, 8 << 20), RINGBUF_PAGES * 4096 * 3 // 4)
 
 
 def snapshot_process(pid: int, target, opts, probe: StackProbe | None = None,
@@ -100,7 +133,7 @@ class _Job:
                                  vcs_revision=b.vcs_revision, captured_at_ns=time.time_ns())
         self.rec.warnings.extend(target.plan.warnings)
         self.budgets = budgets or StackBudgets(max_frames=opts.max_frames)
-        self.paused = self.report = self.threads = None
+        self.paused = self.report = self.threads = self.tables = None
         self.now_mono = 0
 
     def fail(self, e: Exception) -> None:
@@ -126,6 +159,22 @@ class _Job:
             self.fail(e)
             return False
         return True
+
+    def load_captures(self, probe: StackProbe) -> None:
+        """Before the pause: the capture tables in the probe, their slot in the plan."""
+        t = self.target
+        if not t.plan.functions:
+            return
+        try:
+            key, self.tables = tables_of(t)
+            at = probe.load_tables(key, self.tables)
+        except (AgentError, ValueError) as e:
+            self.fail(e)
+            return
+        b = t.plan.budgets
+        self.plan = replace(self.plan, captures=CapturePlan(
+            at=at, types_base=getattr(t.layout, "moduledata_types_addr", 0) or 0, bias=t.bias,
+            cap_bytes=capture_bytes(b.snapshot_bytes), depth=b.depth, elements=b.elements, string_bytes=b.string_bytes))
 
     def walk(self, probe: StackProbe, first: bool) -> None:
         """In the pause: the plan in (the first job's went in before the pause),
@@ -159,9 +208,14 @@ class _Job:
         _report_limits(rec, out, self.report)
         from probe_compiler.capture_limits import DEFAULTS
         labels = _labels(self.pid, target.layout, out.goroutines, self.opts.limits or DEFAULTS)
+        caps = _Captures(self.pid, target, out.copies) if target.plan.functions else None
         for g in out.goroutines:
-            rec.goroutines.append(_goroutine_record(g, target, self.opts, self.threads, labels, self.now_mono))
+            rec.goroutines.append(_goroutine_record(g, target, self.opts, self.threads, labels, self.now_mono,
+                                                    caps))
         rec.goroutines.sort(key=lambda g: g.goid)
+        if caps is not None:
+            rec.truncated = rec.truncated or caps.budget.refused
+            rec.ebpf_retry = caps.why_retry(self.report, self.tables)
 
 
 class _Guard:
@@ -204,6 +258,8 @@ def _together(targets: list, opts, probe: StackProbe, budgets) -> list[ProcessRe
                 hooks.enter_context(probe.attached(j.pid, f"/proc/{j.pid}/exe", j.offsets))
             except AgentError as e:
                 j.fail(e)
+        for j in live:
+            j.load_captures(probe)
         live = [j for j in live if j.rec.error is None]
         if live:                            # before the pause: the first plan, no regs, no old records
             probe.prepare(live[0].plan)
@@ -367,7 +423,48 @@ def _sparse_reader(words: dict[int, int]):
     return read
 
 
-def _goroutine_record(g: ProbeGoroutine, target, opts, threads, labels, now_mono) -> GoroutineRecord:
+class _Captures:
+    """After the resume: the probe's copies as the decoder's only memory, and
+    whether the decoder found everything it read there."""
+
+    def __init__(self, pid: int, target, copies: list[tuple[int, bytes]]):
+        import numpy as np
+        from probe_compiler.decode import ByteBudget
+        from ..readexec import Copies
+        self.target = target
+        self.copies = Copies(pid)
+        if copies:
+            sizes = np.array([len(d) for _, d in copies], np.int64)
+            offs = np.zeros(len(copies) + 1, np.int64)
+            np.cumsum(sizes, out=offs[1:])
+            self.copies.add(np.array([a for a, _ in copies], np.int64), sizes,
+                            np.frombuffer(b"".join(d for _, d in copies), np.uint8), offs,
+                            np.ones(len(copies), bool))
+        self.budget = ByteBudget(target.plan.budgets.snapshot_bytes)
+
+    def read_frames(self, g) -> list:
+        """(physical frame, inline depth, record) of every captured frame of g."""
+        from functools import partial
+        from ..snapshot import _capture, _capture_frame
+        return _capture(g, self.target, partial(_capture_frame, target=self.target, mem=self.copies,
+                                                 snapshot_budget=self.budget))
+
+    def why_retry(self, report, tables) -> str | None:
+        """Why these rows are not the ptrace executor's (None: they are)."""
+        misses = self.copies.misses
+        if not misses:
+            return None
+        why = [f"{len(misses)} reads of the captures were not in the probe's copies"]
+        if report is not None and (report.misses or report.qcuts or report.unknown):
+            why.append(f"the probe: {report.misses} reads failed, {report.qcuts} values past its queue or "
+                       f"byte budget, {report.unknown} dynamic types not in its tables")
+        if tables is not None and tables.skipped:
+            why.append("not run in the probe: " + ", ".join(f"{k} ({n})" for k, n in tables.skipped.items()))
+        return "; ".join(why)
+
+
+def _goroutine_record(g: ProbeGoroutine, target, opts, threads, labels, now_mono,
+                      caps: _Captures | None = None) -> GoroutineRecord:
     """The goroutine from the probe's copy, its record built as the ptrace
     executor builds it (symbolize.goroutine_record; the differential tests
     hold the two to the same output)."""
@@ -382,10 +479,27 @@ def _goroutine_record(g: ProbeGoroutine, target, opts, threads, labels, now_mono
     stack = StackImage(g.sp, g.top, None if g.flags & F_FULL else _sparse_reader(g.words()))
     unwound = unwind(pcln, start.pc, start.sp, start.bp, stack, trap=start.trap,
                      stack_hi=f.get("stack.hi"), max_frames=opts.max_frames, bias=target.bias)
-    rec, _ = goroutine_record(target, f, status, unwound, thread_id=start.thread_id,
-                              labels=labels.get(g.gaddr), error=_unwind_error(unwound.error, g),
-                              now_mono=now_mono)
+    rec, logical = goroutine_record(target, f, status, unwound, thread_id=start.thread_id,
+                                    labels=labels.get(g.gaddr), error=_unwind_error(unwound.error, g),
+                                    now_mono=now_mono)
+    if caps is not None:
+        from ..snapshot import _G, _place_captures
+        # Unwound from the probe's stack words only; the captures' roots may
+        # lie elsewhere on the stack, where the probe copied them.
+        stack.read = _chained(stack.read, caps.copies.read)
+        rec.captures = _place_captures(logical, caps.read_frames(_G(raw, start, stack, unwound=unwound)))
     return rec
+
+
+def _chained(first, then):
+    def read(addr: int, n: int) -> bytes:
+        if first is not None:
+            try:
+                return first(addr, n)
+            except AgentError:
+                pass
+        return then(addr, n)
+    return read
 
 
 def _unwind_error(error: str | None, g: ProbeGoroutine) -> str | None:
@@ -399,6 +513,24 @@ def _unwind_error(error: str | None, g: ProbeGoroutine) -> str | None:
 
 
 
+def _with_retry(ours: list, opts, ptrace) -> dict[int, ProcessRecord]:
+    """The eBPF snapshot of `ours`; taken again with ptrace, all of them
+    together, when the probe's copies lacked what a capture's decoder read
+    (its rows would not be the ptrace executor's)."""
+    recs = snapshot_together(ours, opts)
+    why = [(r.pid, r.ebpf_retry, r.pause_ns) for r in recs if getattr(r, "ebpf_retry", None)]
+    if not why:
+        return {r.pid: r for r in recs}
+    again = dict(zip((pid for pid, _ in ours), ptrace(ours)))
+    for pid, _ in ours:
+        for p, reason, pause in why:
+            again[pid].warnings.append(
+                f"executor ebpf: pid {p}'s captures were not all in the probe's copies ({reason}); "
+                f"the snapshot was taken again with ptrace (the probe's pause was {pause / 1e6:.2f} ms)")
+        again[pid].ebpf_retry = dict((p, r) for p, r, _ in why).get(pid) or "another process of the snapshot"
+    return again
+
+
 def snapshot_processes(targets: list, opts, ptrace) -> list[ProcessRecord]:
     """agent.snapshot.snapshot_processes's executor switch (opts.executor):
     the processes eBPF can take are snapshotted together by it; the others go
@@ -408,7 +540,8 @@ def snapshot_processes(targets: list, opts, ptrace) -> list[ProcessRecord]:
     fallback = [(pid, t) for pid, t, ex, _ in routed if ex == "ptrace"]
     by_pid = dict(zip((pid for pid, _ in fallback), ptrace(fallback))) if fallback else {}
     ours = [(pid, t) for pid, t, ex, why in routed if ex == "ebpf" and not why]
-    by_pid.update(zip((pid for pid, _ in ours), snapshot_together(ours, opts))) if ours else None
+    if ours:
+        by_pid.update(_with_retry(ours, opts, ptrace))
     out = []
     for pid, t, ex, why in routed:
         if ex == "ptrace":

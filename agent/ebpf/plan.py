@@ -20,8 +20,9 @@ TOP_MAX = 8192
 WORK_MAX = 65536
 ABSENT = 0xFFFFFFFF            # an offset the layout lacks: the probe reads 0 there
 
-# struct plan: 5 u64, then 19 u32 and the tail padding (120 bytes).
-_PLAN = struct.Struct("<5Q19I4x")
+# struct plan: 5 u64, 19 u32 and padding; then the captures' 3 u64 and 8 u32 (168 bytes).
+_PLAN = struct.Struct("<5Q19I4x3Q8I")
+NO_PROG = 0xFFFFFFFF           # plan.prog of a stacks-only walk
 
 # The g fields the probe reads itself (the rest are parsed from its copy).
 _PROBE_G_FIELDS = ("atomicstatus", "stack.lo", "stack.hi", "m", "sched.pc", "sched.sp", "sched.bp",
@@ -43,6 +44,24 @@ class StackBudgets:
 
 
 @dataclass(frozen=True)
+class CapturePlan:
+    """Where a target's capture tables sit in the probe, and the budgets the
+    probe copies by (plain data; capplan.py loads the tables)."""
+    at: "Placement"            # capplan.Placement: the tables' slot and array runs
+    types_base: int            # moduledata.types as the process sees it
+    bias: int                  # load bias
+    cap_bytes: int             # bytes all captures may copy
+    depth: int
+    elements: int
+    string_bytes: int
+
+    def pack_fields(self) -> tuple:
+        a = self.at
+        return (self.types_base, self.bias, self.cap_bytes, a.slot, self.depth, self.elements,
+                self.string_bytes, a.shape_base, a.n_shapes, a.map_base, a.n_maps)
+
+
+@dataclass(frozen=True)
 class StackPlan:
     tgid: int
     allgs_addr: int            # runtime addresses: the layout already rebased by the load bias
@@ -55,6 +74,7 @@ class StackPlan:
     running_mask: int
     parked_mask: int = 0       # statuses gopark leaves (their g.sched is a call site)
     budgets: StackBudgets = StackBudgets()
+    captures: "CapturePlan | None" = None    # the read program's place in the probe (capplan.py)
 
     @staticmethod
     def from_layout(layout, tgid: int, g_fields: dict[str, int], budgets: StackBudgets | None = None
@@ -89,7 +109,9 @@ class StackPlan:
             o["sched.pc"], o["sched.sp"], o["sched.bp"],
             o.get("syscallsp", ABSENT), o.get("syscallpc", ABSENT), o.get("syscallbp", ABSENT),
             self.m_off_procid, min(b.top_parked, TOP_MAX - 8) & ~7, min(b.top_other, TOP_MAX - 8) & ~7,
-            b.max_frames, min(b.max_gs, WORK_MAX), min(b.full_stack, TOP_MAX - 8))
+            b.max_frames, min(b.max_gs, WORK_MAX),
+            0 if self.captures else min(b.full_stack, TOP_MAX - 8),   # captures need every frame pointer
+            *(self.captures.pack_fields() if self.captures else (0, 0, 0, NO_PROG, 0, 0, 0, 0, 0, 0, 0)))
 
 
 def _mask(layout, names) -> int:

@@ -48,6 +48,7 @@
 #define K_FRAMES 2              // frames of the goroutine allgs[gi], in order (several per goroutine)
 #define K_THREAD 3              // the interrupted registers of the thread that ran the probe
 #define K_MARK 4                // a run stopped (DONE, MORE, FAILED): wakes user space's epoll
+#define K_COPY 5                // captures: bytes copied at an address (the decoder's memory after the resume)
 
 // Phases of `state` (user space writes ARMED, the probe the rest).
 #define PH_IDLE 0
@@ -84,16 +85,35 @@ struct plan {
     u32 max_frames;             // frame budget per goroutine
     u32 max_gs;                 // allgs entries to look at, at most (<= WORK_MAX)
     u32 full_stack;             // a stack in use up to this many bytes is copied whole
+    // Captures (the read program, agent/ebpf/capplan.py): prog is the slot of
+    // the capture tables this target uses, NO_PROG for stacks only.
+    u64 types_base;             // moduledata.types, load bias added: rtype words minus this key `rtypes`
+    u64 bias;                   // load bias: a return address minus this keys `sites`
+    u64 cap_bytes;              // bytes the captures may copy in all
+    u32 prog, depth, elements, string_bytes;   // the decoder's depth, elements and string budgets
+    u32 shape_base, n_shapes, map_base, n_maps; // this target's runs in `shapes` and `maps`
 };
 
 struct regs3 { u64 pc, sp, bp; };
+
+// An item of the captures' FIFO (the reads stage, below). A map walk (I_MAPHDR .. I_GROUPS) goes one item at a time in the
+// decoder's order, carrying what it still needs: `left` full slots (the
+// decoder stops after min(used, elements) + 1 of them; ~0: it reads every
+// group), the directory at `dir` of dl entries and the entry idx it is at,
+// and in `word` the table being walked.
+struct item {
+    u64 addr, word;
+    u32 len, tid, depth, kind, count, esize, base, left;
+    u64 dir;
+    u32 dl, idx;
+};
 
 // A goroutine whose frame chain is still to be followed.
 struct work { u64 fp, lo, hi; u32 gi, pad; };
 
 struct state {
     u32 phase;
-    u32 stage;                  // 0 gstart, 1 frames
+    u32 stage;                  // 0 gstart, 1 frames, 2 reads (captures)
     u32 triggers;               // probe runs that started or continued the walk
     u32 tail_calls;             // in this trigger
     u64 arr;                    // allgs array
@@ -111,6 +131,16 @@ struct state {
     u32 pad2;
     u64 gbuf_at;                // allgs index of gbuf[0] (~0: none)
     u64 gbuf[16];               // allgs pointers, read 16 at a time
+    // the reads stage (captures): a FIFO of items, items[qhead] .. items[qtail - 1]
+    u64 qhead, qtail;
+    u64 cbytes;                 // bytes copied for captures
+    u64 copies, misses, qcuts, unknown, sites;   // copy records; failed reads; items refused; rtypes not in the table; captured frames
+    // the expansion cursor: the units of the item in `rbuf`, and the slots of the current unit
+    u64 ex_word;                // EX_SITE: the frame's CFA
+    u32 ex_kind, ex_tid, ex_count, ex_stride, ex_base, ex_depth, ex_unit;
+    u32 ex_first, ex_n, ex_slot, ex_ubase, ex_pad;
+    struct item ex_item;        // the item being expanded (a map walk goes on from it)
+    u64 reads_ns;               // time spent in reads runs (the rest of t_last - t_first is triggers and walks)
 };
 
 struct rec_hdr {
@@ -140,7 +170,7 @@ BPF_HASH(regs, u32, struct regs3, 4096);
 BPF_PERCPU_ARRAY(scratch, struct rec, 1);
 BPF_PERCPU_ARRAY(fscratch, struct frec, 1);
 BPF_RINGBUF_OUTPUT(out, RINGBUF_PAGES);
-BPF_PROG_ARRAY(progs, 2);
+BPF_PROG_ARRAY(progs, 3);
 
 static __always_inline u64 gfield(struct rec *r, u32 off) {
     u64 v = 0;
@@ -172,6 +202,526 @@ static __always_inline void stop(struct state *st, u32 phase) {
     st->t_last = bpf_ktime_get_ns();
     st->phase = phase;
     out.ringbuf_output(&mark, sizeof(mark), BPF_RB_FORCE_WAKEUP);
+}
+
+// ---------------------------------------------------------------- captures
+//
+// The read program (probe_compiler/readprog.py), executed here from the
+// tables agent/ebpf/capplan.py writes before the pause. A captured frame is
+// met in the frames stage: its return address (less the load bias) keys
+// `sites`, which lists the frame's roots as CFA offsets (the caller's frame
+// pointer + 16 is its CFA). Each root, and every value the shapes reach from
+// it, is an item of a FIFO: the reads stage copies an item's bytes into
+// `rbuf`, sends them as a K_COPY record, then expands them unit by unit (an
+// element, a map slot's key or elem, a root) and slot by slot (a string, a
+// pointer, ...), queueing the values they point to: breadth first, one read
+// per value, the same bytes the ptrace executor copies. Nothing is decoded
+// here; the decoder reads these copies after the resume, and whatever a
+// copy lacks (a read that failed here, a map this does not walk, a site or
+// a dynamic type not in the tables) it finds missing, which sends the
+// snapshot to the ptrace executor (agent/ebpf/executor.py).
+
+#define RBUF 4096               // bytes of one read (an element run is split at this)
+#define RBUF_MASK (2 * RBUF - 1)
+#define ITEMS_MAX 131072        // the FIFO (a power of two)
+#ifndef RD_STEPS
+#define RD_STEPS 96             // steps (a read, or a slot) per reads run
+#endif
+#define NO_PROG 0xffffffff
+
+// Item kinds.
+#define I_VALUE 0               // read len bytes; expand tid at base
+#define I_ELEMS 1               // read count elements of esize; expand tid in each
+#define I_LEAF 2                // read len bytes; nothing inside
+#define I_MAPHDR 3              // a swiss map's header: its one group, or its directory, next
+#define I_GROUPS 4              // count swiss groups of esize: the full slots' keys and elems; then the next ones
+#define I_DIRSCAN 10            // directory entries from idx on: the first table after `word` (the last one walked)
+#define I_TABLE 11              // a directory map's table: its groups next
+#define I_ITAB 5                // the itab's type word at addr; then the dynamic value of `word`
+#define I_DIRECT 6              // no read: expand tid over the 8 bytes of `word`
+#define I_SITE 7                // a captured frame: addr is its CFA, roots[tid ..+count]
+#define I_ROOT 8                // roots[tid] of the frame whose CFA is addr: its pieces, then its value
+#define I_DEREF 9               // a pointer (8 bytes at addr) on roots[tid]'s way to its value, the count-th
+
+// Expansion kinds (the units of the item in rbuf).
+#define EX_NONE 0
+#define EX_ELEMS 1              // unit u: tid at base + u * stride
+#define EX_GROUPS 2             // unit u: group u >> 4, slot (u & 15) >> 1, key (even) or elem (odd)
+#define EX_SITE 3               // unit u: root tid + u of the frame whose CFA is ex_word
+#define EX_DIRSCAN 4            // unit u: directory entry idx + u: the first table not walked yet
+
+// Slot kinds (readprog's ["str", ...] etc., capplan.SLOT_KINDS).
+#define S_STR 1
+#define S_PTR 2
+#define S_SLICE 3
+#define S_MAP 4
+#define S_IFACE 5
+#define S_CHAN 6
+#define S_FUNC 7
+
+struct shape { u32 need, first, count, pad; };
+struct slot { u32 kind, a, b, c; s32 d; u32 pad; };
+struct rtype { u32 tid, direct; };
+struct mapl {
+    u32 header, used, dir_ptr, dir_len, group, ctrl, keys, key_stride, elems, elem_stride, key, elem;
+    u32 table, table_data, table_mask, pad;
+};
+// A root: its bytes are [CFA + span_off, + span_len) on the stack, put
+// together from up to 4 pieces (src, size) of that span; the captured value
+// is at `sub` in them, or, after nderef pointers (the first at sub, each
+// next at the last one + add[i]), at the last pointer + add[nderef - 1].
+// `final` says what is read there: the value (F_VALUE), fsize bytes at
+// foff (F_LEAF: a len, a cap), or nothing (F_NONE: a constant, an address).
+#define F_VALUE 0
+#define F_LEAF 1
+#define F_NONE 2
+struct root {
+    s32 span_off;
+    u32 span_len, tid, sub, npieces, nderef;
+    s32 add[4];
+    u16 src[4], size[4];
+    u32 final, foff, fsize, pad;
+};
+struct site { u32 first, count; };
+struct crec { u32 kind, len; u64 addr; u8 data[2 * RBUF + 8]; };
+
+// Several targets' tables live side by side: the hashes' keys carry the
+// table slot (plan.prog) in the top byte above a pc or rtype offset; the
+// arrays hold each target's run (types and maps are dense indices, an array
+// load instead of a hash lookup for every slot).
+BPF_HASH(sites, u64, struct site, 65536);
+BPF_ARRAY(roots, struct root, 65536);
+BPF_ARRAY(shapes, struct shape, 131072);
+BPF_ARRAY(slots, struct slot, 262144);
+BPF_HASH(rtypes, u64, struct rtype, 65536);
+BPF_ARRAY(maps, struct mapl, 8192);
+BPF_ARRAY(items, struct item, ITEMS_MAX);
+BPF_ARRAY(rbuf, struct crec, 1);
+BPF_ARRAY(pbuf, struct crec, 1);    // a root's span, when its pieces are put together in rbuf
+
+static __always_inline u64 pkey(struct plan *p, u64 v) {
+    return ((u64)p->prog << 56) | (v & 0x00ffffffffffffffULL);
+}
+
+static __always_inline u64 rword(struct crec *b, u32 off) {
+    u64 v = 0;
+    if (off + 8 > b->len)
+        return 0;
+    __builtin_memcpy(&v, b->data + (off & RBUF_MASK), 8);
+    return v;
+}
+
+static __always_inline void push(struct state *st, struct plan *p, u32 kind, u64 addr, u64 len,
+                                 u32 tid, u32 depth, u32 count, u32 esize, u32 base, u64 word) {
+    if (st->qtail - st->qhead >= ITEMS_MAX || st->cbytes >= p->cap_bytes) {
+        st->qcuts++;
+        return;
+    }
+    u32 k = st->qtail & (ITEMS_MAX - 1);
+    struct item *it = items.lookup(&k);
+    if (!it)
+        return;
+    it->addr = addr;
+    it->word = word;
+    it->len = len > 0xffffffffULL ? 0xffffffff : (u32)len;
+    it->tid = tid;
+    it->depth = depth;
+    it->kind = kind;
+    it->count = count;
+    it->esize = esize;
+    it->base = base;
+    it->left = ~0U;
+    it->dir = 0;
+    it->dl = it->idx = 0;
+    st->qtail++;
+}
+
+// The next item of a map walk: `c` with kind, addr, len and count replaced.
+static __always_inline void push_walk(struct state *st, struct plan *p, struct item *c, u32 kind, u64 addr,
+                                      u64 len, u32 count) {
+    if (st->qtail - st->qhead >= ITEMS_MAX || st->cbytes >= p->cap_bytes) {
+        st->qcuts++;
+        return;
+    }
+    u32 k = st->qtail & (ITEMS_MAX - 1);
+    struct item *it = items.lookup(&k);
+    if (!it)
+        return;
+    *it = *c;
+    it->kind = kind;
+    it->addr = addr;
+    it->len = len > 0xffffffffULL ? 0xffffffff : (u32)len;
+    it->count = count;
+    st->qtail++;
+}
+
+static __always_inline struct shape *shape_of(struct plan *p, u32 t) {
+    if (t >= p->n_shapes)
+        return 0;
+    u32 k = p->shape_base + t;
+    return shapes.lookup(&k);
+}
+
+static __always_inline struct mapl *map_of(struct plan *p, u32 t) {
+    if (t >= p->n_maps)
+        return 0;
+    u32 k = p->map_base + t;
+    return maps.lookup(&k);
+}
+
+// An interface's dynamic value, from its runtime type word.
+static __always_inline void dyn(struct state *st, struct plan *p, u64 rt, u64 data, u32 depth) {
+    if (!rt || !p->types_base || rt < p->types_base)
+        return;
+    u64 k = pkey(p, rt - p->types_base);
+    struct rtype *r = rtypes.lookup(&k);
+    if (!r) {
+        st->unknown++;
+        return;
+    }
+    if (r->direct) {
+        push(st, p, I_DIRECT, 0, 8, r->tid, depth, 1, 0, 0, data);
+        return;
+    }
+    struct shape *s = shape_of(p, r->tid);
+    if (s && s->need && data && depth < p->depth)
+        push(st, p, I_VALUE, data, s->need, r->tid, depth + 1, 1, 0, 0, 0);
+}
+
+static __always_inline void start_ex(struct state *st, u32 kind, u32 tid, u32 count, u32 stride,
+                                     u32 base, u32 depth, u64 word) {
+    st->ex_kind = kind;
+    st->ex_tid = tid;
+    st->ex_count = count;
+    st->ex_stride = stride;
+    st->ex_base = base;
+    st->ex_depth = depth;
+    st->ex_word = word;
+    st->ex_unit = 0;
+    st->ex_n = 0;
+    st->ex_slot = 0;
+}
+
+// The k-th pointer on a root's way to its value: follow it.
+static __always_inline void chain(struct state *st, struct plan *p, struct root *r, u32 ri, u64 ptr, u32 k) {
+    if (!ptr)
+        return;                 // nil: the decoder reads nothing past it either
+    u64 at = ptr + (s64)r->add[k & 3];
+    if (k + 1 < r->nderef && k < 3) {
+        push(st, p, I_DEREF, at, 8, ri, 0, k + 1, 0, 0, 0);
+        return;
+    }
+    if (r->final == F_LEAF) {
+        push(st, p, I_LEAF, at + r->foff, r->fsize, 0, 0, 0, 0, 0, 0);
+        return;
+    }
+    struct shape *s = shape_of(p, r->tid);
+    if (s && s->need && r->final == F_VALUE)
+        push(st, p, I_VALUE, at, s->need, r->tid, 0, 1, 0, 0, 0);
+}
+
+// A root of the frame whose CFA is cfa: its span copied and sent, its
+// pieces put together in rbuf, then its value expanded or its pointers followed.
+static __always_inline void read_root(struct state *st, struct plan *p, struct crec *b, u32 ri, u64 cfa) {
+    u32 zero = 0;
+    struct root *r = roots.lookup(&ri);
+    struct crec *pb = pbuf.lookup(&zero);
+    if (!r || !pb)
+        return;
+    struct crec *span = r->npieces > 1 ? pb : b;
+    u32 n = r->span_len & (RBUF - 1);
+    u64 addr = cfa + (s64)r->span_off;
+    if (!n || bpf_probe_read_user(span->data, n, (void *)addr)) {
+        st->misses++;
+        return;
+    }
+    span->kind = K_COPY;
+    span->len = n;
+    span->addr = addr;
+    st->cbytes += n;
+    st->copies++;
+    if (out.ringbuf_output(span, (16 + (u64)n) & 0x3fff, BPF_RB_NO_WAKEUP)) {
+        st->dropped++;
+        return;
+    }
+    st->records++;
+    if (r->npieces > 1) {
+        u32 at = 0;
+        for (int i = 0; i < 4; i++) {
+            if (i < r->npieces) {
+                u32 sz = r->size[i] & 255;
+                if (sz)
+                    bpf_probe_read_kernel(b->data + (at & 1023), sz, pb->data + (r->src[i] & 1023));
+                at += sz;
+            }
+        }
+        b->len = at;
+    }
+    if (!r->nderef) {
+        if (r->final == F_VALUE)        // a len or cap of a value held here needs nothing more
+            start_ex(st, EX_ELEMS, r->tid, 1, 0, r->sub, 0, 0);
+    }
+    else
+        chain(st, p, r, ri, rword(b, r->sub), 0);
+}
+
+// A directory map's table: its groups, in order.
+static __always_inline void walk_table(struct state *st, struct plan *p, struct crec *b, struct item *c) {
+    struct mapl *m = map_of(p, c->tid);
+    if (!m)
+        return;
+    u64 data = rword(b, m->table_data);
+    s64 mask = rword(b, m->table_mask);
+    if (data && mask >= 0 && mask < 65536)
+        push_walk(st, p, c, I_GROUPS, data, m->group, (u32)mask + 1);
+}
+
+// A groups item is expanded: the walk goes on while the decoder would
+// still read, with the rest of this table's groups or the next table.
+static __always_inline void groups_done(struct state *st, struct plan *p) {
+    struct item *c = &st->ex_item;
+    if (c->kind != I_GROUPS || !c->left)
+        return;
+    if (c->base) {
+        push_walk(st, p, c, I_GROUPS, c->addr + (u64)c->count * c->esize, (u64)c->base * c->esize, c->base);
+        return;
+    }
+    if (c->dir && c->idx + 1 < c->dl) {
+        c->idx++;
+        push_walk(st, p, c, I_DIRSCAN, c->dir + 8 * (u64)c->idx, (u64)(c->dl - c->idx) * 8, 0);
+    }
+}
+
+// Pops an item: copies its bytes into rbuf, sends them, starts its expansion.
+static __always_inline void read_item(struct state *st, struct plan *p, struct crec *b) {
+    u32 k = st->qhead & (ITEMS_MAX - 1);
+    st->qhead++;
+    struct item *it = items.lookup(&k);
+    if (!it)
+        return;
+    struct item c = *it;
+    if (c.kind == I_SITE) {
+        st->sites++;
+        start_ex(st, EX_SITE, c.tid, c.count, 0, 0, 0, c.addr);
+        return;
+    }
+    if (c.kind == I_DIRECT) {
+        __builtin_memcpy(b->data, &c.word, 8);
+        b->len = 8;
+        start_ex(st, EX_ELEMS, c.tid, 1, 0, 0, c.depth, 0);
+        return;
+    }
+    if (c.kind == I_ROOT) {
+        read_root(st, p, b, c.tid, c.addr);
+        return;
+    }
+    u64 len = c.len;
+    if ((c.kind == I_ELEMS || c.kind == I_GROUPS) && c.esize) {
+        // an element run longer than a read: the rest is an item of its own
+        // (a map's groups: after these, if the walk needs more)
+        u32 per = RBUF / c.esize;
+        if (per == 0)
+            per = 1;
+        if (c.count > per) {
+            if (c.kind == I_ELEMS)
+                push(st, p, c.kind, c.addr + (u64)per * c.esize, (u64)(c.count - per) * c.esize, c.tid,
+                     c.depth, c.count - per, c.esize, 0, 0);
+            c.base = c.count - per;     // I_GROUPS: groups after these
+            c.count = per;
+        } else {
+            c.base = 0;
+        }
+        len = (u64)c.count * c.esize;
+    }
+    if (len > RBUF && c.kind == I_LEAF) {   // a long string: the rest is a leaf of its own
+        push(st, p, I_LEAF, c.addr + RBUF, len - RBUF, 0, c.depth, 0, 0, 0, 0);
+        len = RBUF;
+    }
+    if (len > RBUF)
+        len = RBUF;             // a value longer than a read is copied in part: the decoder misses the rest
+    u32 n = len & RBUF_MASK;
+    if (!n)
+        return;
+    if (bpf_probe_read_user(b->data, n, (void *)c.addr)) {
+        st->misses++;           // not resident, or gone: the decoder misses it
+        return;
+    }
+    b->kind = K_COPY;
+    b->len = n;
+    b->addr = c.addr;
+    st->cbytes += n;
+    st->copies++;
+    if (out.ringbuf_output(b, (16 + (u64)n) & 0x3fff, BPF_RB_NO_WAKEUP)) {
+        st->dropped++;
+        return;
+    }
+    st->records++;
+    if (c.kind == I_VALUE)
+        start_ex(st, EX_ELEMS, c.tid, 1, 0, c.base, c.depth, 0);
+    else if (c.kind == I_ELEMS)
+        start_ex(st, EX_ELEMS, c.tid, c.count, c.esize, 0, c.depth, 0);
+    else if (c.kind == I_GROUPS) {
+        start_ex(st, EX_GROUPS, c.tid, c.count * 16, c.esize, 0, c.depth, 0);
+        st->ex_item = c;
+    } else if (c.kind == I_DIRSCAN) {
+        start_ex(st, EX_DIRSCAN, c.tid, n / 8, 8, 0, c.depth, 0);
+        st->ex_item = c;
+    } else if (c.kind == I_TABLE)
+        walk_table(st, p, b, &c);
+    else if (c.kind == I_ITAB)
+        dyn(st, p, rword(b, 0), c.word, c.depth);
+    else if (c.kind == I_DEREF) {
+        u32 ri = c.tid;
+        struct root *r = roots.lookup(&ri);
+        if (r)
+            chain(st, p, r, ri, rword(b, 0), c.count);
+    }
+    else if (c.kind == I_MAPHDR) {
+        struct mapl *m = map_of(p, c.tid);
+        if (!m)
+            return;
+        s64 used = rword(b, m->used);
+        u64 dp = rword(b, m->dir_ptr), dl = rword(b, m->dir_len);
+        c.left = (used >= 0 && (u64)used > p->elements) ? p->elements + 1 : ~0U;
+        c.esize = m->group;
+        if (dp && dl == 0)          // one group
+            push_walk(st, p, &c, I_GROUPS, dp, m->group, 1);
+        else if (dp && dl <= RBUF / 8) {   // a directory (a longer one the decoder finds missing)
+            c.dir = dp;
+            c.dl = dl;
+            c.idx = 0;
+            c.word = 0;
+            push_walk(st, p, &c, I_DIRSCAN, dp, dl * 8, 0);
+        }
+    }
+}
+
+// The next unit of the item in rbuf: its type and where its bytes start.
+static __always_inline void next_unit(struct state *st, struct plan *p, struct crec *b) {
+    u32 u = st->ex_unit++;
+    u32 tid = st->ex_tid, base = st->ex_base + u * st->ex_stride;
+    st->ex_n = 0;
+    st->ex_slot = 0;
+    if (st->ex_kind == EX_SITE) {
+        push(st, p, I_ROOT, st->ex_word, 0, st->ex_tid + u, 0, 0, 0, 0, 0);
+        return;
+    }
+    if (st->ex_kind == EX_DIRSCAN) {
+        struct item *c = &st->ex_item;
+        u64 tp = rword(b, u * 8);
+        if (tp && tp != c->word) {  // a table covers 2^(globalDepth - localDepth) entries in a row
+            struct mapl *m = map_of(p, c->tid);
+            c->idx += u;
+            c->word = tp;
+            if (m)
+                push_walk(st, p, c, I_TABLE, tp, m->table, 0);
+            st->ex_unit = st->ex_count;     // the walk goes on from that table
+        }
+        return;
+    }
+    if (st->ex_kind == EX_GROUPS) {
+        struct mapl *m = map_of(p, st->ex_tid);
+        if (!m)
+            return;
+        u32 g = (u >> 4) * st->ex_stride, j = u & 15, i = j >> 1;
+        u32 at = g + m->ctrl + i;
+        if (at >= b->len || (b->data[at & RBUF_MASK] & 0x80))
+            return;             // an empty or deleted slot
+        if (!(j & 1) && st->ex_item.left != ~0U && st->ex_item.left)
+            st->ex_item.left--;
+        tid = (j & 1) ? m->elem : m->key;
+        base = g + ((j & 1) ? m->elems + i * m->elem_stride : m->keys + i * m->key_stride);
+    }
+    struct shape *s = shape_of(p, tid);
+    if (!s)
+        return;
+    st->ex_first = s->first;
+    st->ex_n = s->count;
+    st->ex_ubase = base;
+}
+
+// One slot of the current unit: queue what it points to.
+static __always_inline void do_slot(struct state *st, struct plan *p, struct crec *b) {
+    u32 si = st->ex_first + st->ex_slot++;
+    struct slot *sl = slots.lookup(&si);
+    if (!sl)
+        return;
+    u32 base = st->ex_ubase, depth = st->ex_depth, kind = sl->kind;
+    u64 ptr = rword(b, base + sl->a);
+    if (kind == S_STR) {
+        s64 n = rword(b, base + sl->b);
+        if (n) {
+            u64 want = (n < 0 || (u64)n > p->string_bytes) ? p->string_bytes : (u64)n;
+            push(st, p, I_LEAF, ptr, want, 0, depth, 0, 0, 0, 0);
+        }
+    } else if (kind == S_PTR) {
+        struct shape *s = shape_of(p, sl->c);
+        if (ptr && depth < p->depth && s && s->need)
+            push(st, p, I_VALUE, ptr, s->need, sl->c, depth + 1, 1, 0, 0, 0);
+    } else if (kind == S_SLICE) {
+        s64 n = rword(b, base + sl->b);
+        u64 cnt = (n < 0 || (u64)n > p->elements) ? p->elements : (u64)n;
+        if (ptr && depth < p->depth && cnt && sl->d > 0) {
+            struct shape *s = shape_of(p, sl->c);
+            u32 k = (s && s->count) ? I_ELEMS : I_LEAF;
+            push(st, p, k, ptr, cnt * (u64)sl->d, sl->c, depth + 1, cnt, sl->d, 0, 0);
+        }
+    } else if (kind == S_MAP) {
+        struct mapl *m = map_of(p, sl->c);
+        if (ptr && depth < p->depth && m)
+            push(st, p, I_MAPHDR, ptr, m->header, sl->c, depth + 1, 1, 0, 0, 0);
+    } else if (kind == S_IFACE) {
+        u64 data = rword(b, base + sl->b);
+        if (sl->d >= 0) {
+            if (ptr)
+                push(st, p, I_ITAB, ptr + sl->d, 8, 0, depth, 1, 0, 0, data);
+        } else {
+            dyn(st, p, ptr, data, depth);
+        }
+    } else if (kind == S_CHAN) {
+        if (ptr && sl->d > 0)
+            push(st, p, I_LEAF, ptr, sl->d, 0, depth, 0, 0, 0, 0);
+    } else if (kind == S_FUNC) {
+        if (ptr)
+            push(st, p, I_LEAF, ptr, 8, 0, depth, 0, 0, 0, 0);
+    }
+}
+
+int reads(struct pt_regs *ctx) {
+    u32 zero = 0;
+    struct state *st = state.lookup(&zero);
+    struct plan *p = plan.lookup(&zero);
+    struct crec *b = rbuf.lookup(&zero);
+    if (!st || !p || !b || st->phase != PH_RUNNING || st->stage != 2)
+        return 0;
+    st->runs++;
+    u64 t0 = bpf_ktime_get_ns();
+    for (int i = 0; i < RD_STEPS; i++) {
+        if (st->ex_kind != EX_NONE) {
+            if (st->ex_slot < st->ex_n)
+                do_slot(st, p, b);
+            else if (st->ex_unit < st->ex_count)
+                next_unit(st, p, b);
+            else {
+                if (st->ex_kind == EX_GROUPS)
+                    groups_done(st, p);
+                st->ex_kind = EX_NONE;
+            }
+        } else if (st->qhead < st->qtail) {
+            read_item(st, p, b);
+        }
+    }
+    st->reads_ns += bpf_ktime_get_ns() - t0;
+    if (st->ex_kind == EX_NONE && st->qhead >= st->qtail) {
+        stop(st, PH_DONE);
+        return 0;
+    }
+    if (st->tail_calls < 32) {
+        st->tail_calls++;
+        progs.call(ctx, 2);
+    }
+    stop(st, PH_MORE);
+    return 0;
 }
 
 // Looks at allgs[st->gi]: copies a live g, picks its start, copies the words
@@ -374,6 +924,12 @@ int frames(struct pt_regs *ctx) {
                 st->frames++;
                 st->lo = fp + 16;
                 st->fp = saved;
+                if (p->prog != NO_PROG && saved) {     // the caller's frame: is it captured?
+                    u64 sk = pkey(p, ret - p->bias);
+                    struct site *s = sites.lookup(&sk);
+                    if (s)
+                        push(st, p, I_SITE, saved + 16, 0, s->first, 0, s->count, 0, 0, 0);
+                }
                 if (!ret)
                     why = F_TOP;
                 else if (saved && saved <= fp)
@@ -389,7 +945,16 @@ int frames(struct pt_regs *ctx) {
         }
     }
     if (st->wi >= st->nwork) {
-        stop(st, PH_DONE);
+        if (p->prog == NO_PROG || st->qhead >= st->qtail) {
+            stop(st, PH_DONE);
+            return 0;
+        }
+        st->stage = 2;              // the captured frames' reads
+        if (st->tail_calls < 32) {
+            st->tail_calls++;
+            progs.call(ctx, 2);
+        }
+        stop(st, PH_MORE);
         return 0;
     }
     if (st->cur)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from ..errors import AgentError
 from ..ptrace import tgkill
-from . import loader
+from . import capplan, loader
 from .plan import _PLAN, StackPlan
 
 _PLAN_SIZE = _PLAN.size
@@ -39,6 +39,10 @@ SOURCE = Path(__file__).with_name("probe.bpf.c")
 RINGBUF_PAGES = 8192           # 32 MiB: ~10,000 goroutines of 30 frames
 GS_STEPS = 128                 # allgs entries per gstart run (what the verifier accepts quickly)
 FR_STEPS = 256                 # frames per frames run
+RD_STEPS = 96                  # reads or slots per reads run (captures; 128 is past the verifier's limit)
+
+MAX_TABLE_SLOTS = 16           # targets whose capture tables the probe holds at once
+_HASHES = ("sites", "rtypes")   # the capture maps keyed by slot (the others are arrays)   # the capture maps whose keys carry the slot
 
 RESEND_NS = 2_000_000          # a SIGURG with no run after this is sent again
 
@@ -65,20 +69,32 @@ class RunReport:
     wake_ns: int = 0           # from the first SIGURG to the probe's first instruction
     probe_ns: int = 0          # from the probe's first run's start to its last run's end
     sent_at_ns: int = 0        # CLOCK_MONOTONIC when the first SIGURG was sent
+    # captures (the reads stage)
+    sites: int = 0             # captured frames met
+    copies: int = 0            # values copied (K_COPY records)
+    cbytes: int = 0            # bytes they hold
+    misses: int = 0            # reads that failed in the kernel (not resident, or gone)
+    qcuts: int = 0             # values not queued: the queue or the byte budget was full
+    unknown: int = 0           # dynamic types not in the tables
+    reads_ns: int = 0          # time in the reads stage's runs
 
 
 # struct state (probe.bpf.c), as the map holds it.
-_STATE = struct.Struct("<4I8Q2I6Q2Q2IQ16Q")
+_STATE = struct.Struct("<4I8Q2I6Q2Q2IQ16Q9Q12I2Q8IQ2IQ")
 _STATE_FIELDS = ("phase", "stage", "triggers", "tail_calls", "arr", "n", "gi", "nwork", "wi", "fp", "lo",
                  "hi", "gframes", "cur", "records", "dropped", "frames", "gs", "read_errors",
-                 "budget_cuts", "t_first", "t_last", "runs", "pad2", "gbuf_at")
-PROGRAMS = ["on_sigtramp", "on_more", "gstart", "frames"]
-STAGES = ("gstart", "frames")          # progs[0], progs[1]: the tail-call targets
+                 "budget_cuts", "t_first", "t_last", "runs", "pad2", "gbuf_at",
+                 *(f"gbuf{i}" for i in range(16)),
+                 "qhead", "qtail", "cbytes", "copies", "misses", "qcuts", "unknown", "sites", "ex_word",
+                 *(f"ex{i}" for i in range(12)), *(f"ex_item{i}" for i in range(13)), "reads_ns")
+PROGRAMS = ["on_sigtramp", "on_more", "gstart", "frames", "reads"]
+STAGES = ("gstart", "frames", "reads")   # progs[0..2]: the tail-call targets
 
 
 def cflags(ringbuf_pages: int = RINGBUF_PAGES) -> list[str]:
     """The probe's compile-time sizes (the same for every target and request)."""
-    return [f"-DRINGBUF_PAGES={ringbuf_pages}", f"-DGS_STEPS={GS_STEPS}", f"-DFR_STEPS={FR_STEPS}"]
+    return [f"-DRINGBUF_PAGES={ringbuf_pages}", f"-DGS_STEPS={GS_STEPS}", f"-DFR_STEPS={FR_STEPS}",
+            f"-DRD_STEPS={RD_STEPS}"]
 
 
 class _State:
@@ -95,6 +111,8 @@ class StackProbe:
         self.lock = threading.RLock()
         self._uprobes: dict[int, list] = {}     # pid -> [(perf event fd, event name)]
         self._records: list[bytes] = []
+        self._tables: dict[str, tuple] = {}   # key -> (Placement, hash map -> keys written)
+        self._next = dict.fromkeys(("roots", "slots", "shapes", "maps"), 0)   # next free array index
         self._kern = None
         self._ring = None
         self._epoll = None
@@ -251,7 +269,9 @@ class StackProbe:
                          pause_trigger_ns=time.monotonic_ns() - t0, allglen=st.n, runs=st.runs,
                          wake_ns=st.t_first - t0 if st.t_first else 0,
                          probe_ns=st.t_last - st.t_first if st.t_first and st.t_last else 0,
-                         sent_at_ns=t0)
+                         sent_at_ns=t0, sites=st.sites, copies=st.copies, cbytes=st.cbytes,
+                         misses=st.misses, qcuts=st.qcuts, unknown=st.unknown,
+                         reads_ns=st.reads_ns)
 
     def finish(self) -> None:
         """After the resume: whatever SIGURG is still pending finds the probe idle."""
@@ -265,6 +285,57 @@ class StackProbe:
         self._lib.bpf_consume_ringbuf(self._ring)
         out, self._records = self._records, []
         return out
+
+    # -- capture tables (capplan.py)
+
+    def load_tables(self, key: str, tables) -> capplan.Placement:
+        """Put a target's capture tables in the probe, before the pause; where
+        they are, for its plan. Tables already in place under `key` are used
+        again; when the probe has no room left, every slot is emptied first."""
+        self._check_open()
+        got = self._tables.get(key)
+        if got is not None:
+            return got[0]
+        tables.check_fits()
+        want = {"roots": tables.n_roots, "slots": tables.n_slots, "shapes": len(tables.shapes) + 1,
+                "maps": len(tables.maps)}
+        most = {"roots": capplan.MAX_ROOTS, "slots": capplan.MAX_SLOTS, "shapes": capplan.MAX_SHAPES,
+                "maps": capplan.MAX_MAPS}
+        used = {v[0].slot for v in self._tables.values()}
+        if len(used) >= MAX_TABLE_SLOTS or any(self._next[m] + want[m] > most[m] for m in want):
+            self.clear_tables()
+            used = set()
+        at = capplan.Placement(slot=min(set(range(MAX_TABLE_SLOTS)) - used), root_base=self._next["roots"],
+                               slot_base=self._next["slots"], shape_base=self._next["shapes"],
+                               map_base=self._next["maps"], n_shapes=want["shapes"], n_maps=want["maps"])
+        entries = tables.entries(at)
+        self._tables[key] = (at, {m: [k for k, _ in kv] for m, kv in entries.items() if m in _HASHES})
+        for name, kv in entries.items():
+            self._update_batch(name, kv)
+        for m in want:
+            self._next[m] += want[m]
+        return at
+
+    def clear_tables(self) -> None:
+        """Every table slot emptied (its hash entries deleted; the arrays are overwritten)."""
+        for _, keys in self._tables.values():
+            for name, ks in keys.items():
+                for k in ks:
+                    kk = ct.create_string_buffer(k, len(k))
+                    self._lib.bpf_delete_elem(self._kern.maps[name], kk)
+        self._tables.clear()
+        self._next = dict.fromkeys(("roots", "slots", "shapes", "maps"), 0)
+
+    def _update_batch(self, name: str, kv: list[tuple[bytes, bytes]]) -> None:
+        """Many entries in one bpf(BPF_MAP_UPDATE_BATCH) call per chunk."""
+        for i in range(0, len(kv), 8192):
+            part = kv[i:i + 8192]
+            keys = b"".join(k for k, _ in part)
+            vals = b"".join(v for _, v in part)
+            kb, vb = ct.create_string_buffer(keys, len(keys)), ct.create_string_buffer(vals, len(vals))
+            n = ct.c_uint32(len(part))
+            if self._lib.bpf_update_batch(self._kern.maps[name], kb, vb, ct.byref(n)) < 0:
+                raise ProbeError(f"filling the probe's {name} map failed ({os.strerror(ct.get_errno() or 1)})")
 
     # -- internals
 

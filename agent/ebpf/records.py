@@ -3,7 +3,8 @@
 Kinds (probe.bpf.c): K_THREAD, the registers of the thread that ran the
 probe (from the signal's ucontext); K_G, a goroutine's header, the bytes of
 its g and the words at its stack pointer; K_FRAMES, (saved bp, return
-address) pairs of the frames of the goroutine at allgs index `gi`, in order.
+address) pairs of the frames of the goroutine at allgs index `gi`, in order;
+K_COPY, bytes the captures copied at an address.
 `ProbeGoroutine.stack()` turns them into the sparse stack image the pcsp
 unwinder (agent/unwind.py) walks: the words at sp, and at each frame
 pointer fp the saved bp (at fp) and the return address (at fp + 8).
@@ -15,7 +16,8 @@ from dataclasses import dataclass, field
 
 from ..errors import AgentError
 
-K_G, K_FRAMES, K_THREAD, K_MARK = 1, 2, 3, 4
+K_G, K_FRAMES, K_THREAD, K_MARK, K_COPY = 1, 2, 3, 4, 5
+_COPY = struct.Struct("<IIQ")      # struct crec's header: kind, len, addr
 START_SCHED, START_SYSCALL, START_REGS = 0, 1, 2
 
 F_TOP, F_RANGE, F_READ, F_BUDGET, F_DROPPED, F_GREAD, F_FULL = 1, 2, 4, 8, 16, 32, 64
@@ -67,6 +69,7 @@ class ProbeOutput:
     thread: tuple[int, dict[str, int]] | None = None    # (tid, registers) of the probing thread
     goroutines: list[ProbeGoroutine] = field(default_factory=list)
     orphan_frames: int = 0     # frame records with no goroutine record (its was dropped)
+    copies: list[tuple[int, bytes]] = field(default_factory=list)   # captures: (address, bytes copied)
 
 
 def parse(records: list[bytes]) -> ProbeOutput:
@@ -75,6 +78,12 @@ def parse(records: list[bytes]) -> ProbeOutput:
     for raw in records:
         if len(raw) == 8 and int.from_bytes(raw[:4], "little") == K_MARK:
             continue          # a run's end, for the agent's epoll
+        if int.from_bytes(raw[:4], "little") == K_COPY and len(raw) >= _COPY.size:
+            _, n, addr = _COPY.unpack_from(raw)
+            if n != len(raw) - _COPY.size:
+                raise RecordError(f"a copy record at {addr:#x}: {n} bytes claimed, {len(raw) - _COPY.size} sent")
+            out.copies.append((addr, raw[_COPY.size:]))
+            continue
         if len(raw) < _HDR.size:
             raise RecordError(f"a probe record of {len(raw)} bytes is shorter than its header")
         kind, gi, gaddr, pc, sp, bp, start, tid, g_len, top_len, nframes, flags = _HDR.unpack_from(raw)
