@@ -183,6 +183,12 @@ def fuzz(n: int, save: bool, seed: int) -> None:
     if save:
         CORPUS.mkdir(exist_ok=True)
         kept = 0
+        for f in CORPUS.glob("*.bin"):        # reasons the corpus holds already are not kept again
+            try:
+                status, _, _, why = dec.run(f.read_bytes())
+                found.pop((status, why), None)
+            except Exception as e:   # noqa: BLE001 - a trap is a reason too
+                found.pop(("trap", str(e).splitlines()[-1].strip()), None)
         for key, payload in found.items():
             name = hashlib.sha256(payload).hexdigest()[:16] + ".bin"
             if not (CORPUS / name).exists():
