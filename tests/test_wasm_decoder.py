@@ -97,7 +97,7 @@ def test_values_program_decodes_as_the_reference_does(go_build, tmp_path, monkey
     both decoders with the bytes the reference read: the module's kinds match."""
     import agent.snapshot as snap
     from values_compare import capture_values
-    dec = WasmDecoder(fuel=200_000_000)   # ROOMY budgets: a 5,000-entry map whole is 22M instructions
+    dec = WasmDecoder(fuel=200_000_000)   # ROOMY budgets: a 5,000-entry map whole is 16M instructions
     reference_decode = snap.decode_value
     seen = {"same": 0, "unsupported": 0, "interfaces": 0, "funcs": 0, "diff": [], "kinds": set()}
 
