@@ -1733,7 +1733,9 @@ u32 decode_both(u32 h) {
 // with its own budgets and root): what the agent does for all the values of
 // a snapshot after the resume, one crossing into the module instead of one
 // a value. Per value, in batch_result: status, plain length, raw length,
-// bytes read; the outputs follow each other from the output's start. A
+// bytes read; the outputs follow each other from the output's start, each
+// followed by a comma (so "[" + output without its last comma + "]" is
+// the JSON list of them all, read by the agent in one parse). A
 // value that is not OK has empty outputs, and the batch goes on. A value
 // whose header has flag 4 (8) starts with what the previous one left of the
 // frame's (snapshot's) budget, as values decoded one after another in one
@@ -1754,14 +1756,16 @@ u32 decode_batch(u32 h, u32 count) {
         u32 n0 = out_len - at;
         u64 used0 = used, f_after = frame_left, s_after = snapshot_left;
         u32 refused0 = refused;
-        if (st == ST_OK) st = run_one(h + i * HDR, 1, at + n0);
+        if (st == ST_OK && put(",", 1)) st = run_one(h + i * HDR, 1, at + n0 + 1);
+        else if (st == ST_OK) st = status;
+        if (st == ST_OK && !put(",", 1)) st = status;
         chain_ok = st == ST_OK;
         chain_frame = f_after; chain_snapshot = s_after;
-        u32 n1 = st == ST_OK ? out_len - at - n0 : 0;
+        u32 n1 = st == ST_OK ? out_len - at - n0 - 2 : 0;
         if (st != ST_OK) { n0 = 0; out_len = at; }
         batch_result[4 * i] = st | (u64)refused0 << 8; batch_result[4 * i + 1] = n0; batch_result[4 * i + 2] = n1;
         batch_result[4 * i + 3] = used0;
-        at += n0 + n1;
+        at = out_len;                        // plain "," raw "," for each value decoded: one JSON list
         done++;
         if (st == ST_OUTPUT) break;          // the output is full: the rest is not decoded
     }

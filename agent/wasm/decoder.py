@@ -542,12 +542,13 @@ class WasmDecoder:
         base, tail = self._staged[1], self._staged[6]
         clamp = (1 << 64) - 1
         head = (MAGIC, min(budgets.string_bytes, NONE), min(budgets.elements, NONE), min(budgets.depth, NONE), 0)
-        hdrs, r = [], at + len(chunk) * HDR.size
+        hdrs, r, pack = [], at + len(chunk) * HDR.size, HDR.pack
         for i, (tid, data, addr, f_left, s_left) in enumerate(chunk):
             n = len(data) if data else 0
             flags = (1 if data is not None else 0) | (2 if addr is not None else 0) | (12 if chain and i else 0)
-            hdrs.append(HDR.pack(*head, max(0, min(f_left, clamp)), max(0, min(s_left, clamp)), tid & NONE, flags,
-                                 (addr or 0) & clamp, r, n, *tail))
+            if not (0 <= f_left <= clamp and 0 <= s_left <= clamp):
+                f_left, s_left = max(0, min(f_left, clamp)), max(0, min(s_left, clamp))
+            hdrs.append(pack(*head, f_left, s_left, tid & NONE, flags, (addr or 0) & clamp, r, n, *tail))
             r += n
         payload = b"".join(hdrs) + roots
         try:
@@ -561,13 +562,8 @@ class WasmDecoder:
         self._refresh_view()
         view = self._view
         res = struct.unpack_from(f"<{4 * done}Q", view, self._batch_result)
-        pos, texts = self._out_ptr(store), []
-        for i in range(done):
-            st, n0, n1 = res[4 * i] & 0xFF, res[4 * i + 1], res[4 * i + 2]
-            if st == ST_OK:
-                texts += (view[pos:pos + n0], view[pos + n0:pos + n0 + n1])
-                pos += n0 + n1
-        parsed = iter(json.loads(b"[" + b",".join(texts) + b"]")) if texts else iter(())
+        pos, n = self._out_ptr(store), self._out_len(store)
+        parsed = iter(json.loads(b"[" + bytes(view[pos:pos + n - 1]) + b"]")) if n else iter(())
         out = []
         for i in range(done):
             st, used = res[4 * i] & 0xFF, res[4 * i + 3]
