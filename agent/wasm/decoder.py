@@ -705,7 +705,7 @@ def decode_value(types, type_id, data, addr, read, budgets, *, frame_budget, sna
     from probe_compiler.decode import decode_value as reference
     copies = getattr(read, "__self__", None)
     if isinstance(copies, Copies) and type_id in types:
-        learned = _learned_rtypes(types)
+        learned = _learned_rtypes(types, type_by_rtype)
         names = _learned_funcs(types, func_name)
         dec = WasmDecoder.for_thread()
         for _ in range(64):                 # each round learns one interface's dynamic type, or funcs' names
@@ -730,31 +730,35 @@ def decode_value(types, type_id, data, addr, read, budgets, *, frame_budget, sna
                      snapshot_budget=snapshot_budget, func_name=func_name, type_by_rtype=type_by_rtype)
 
 
-_rtype_maps: dict[int, tuple[object, dict]] = {}
+_learned: dict[tuple, tuple[object, object, dict]] = {}
 
 
-def _learned_rtypes(types: TypeTable) -> dict:
-    """Runtime type address -> type id, as this plan's interfaces met them."""
-    hit = _rtype_maps.get(id(types))
-    if hit is None or hit[0] is not types:
-        if len(_rtype_maps) > 64:
-            _rtype_maps.clear()
-        hit = _rtype_maps[id(types)] = (types, {})
-    return hit[1]
+def _process_of(fn) -> tuple:
+    """What a lookup callable answers for: the values it closes over (the
+    agent's func_name closes over its target, its type_by_rtype over the
+    target and its moduledata base), or the callable itself."""
+    cells = getattr(fn, "__closure__", None)
+    return tuple(c.cell_contents for c in cells) if cells else (fn,)
 
 
-_func_maps: dict[tuple, tuple[object, dict]] = {}
+def _learned_map(kind: str, types: TypeTable, lookup) -> dict:
+    """A dict of what `lookup` answered, kept per plan and per process (a
+    runtime type's address and a pc are the process's own)."""
+    owner = _process_of(lookup)
+    key = (kind, id(types), tuple(id(o) for o in owner))
+    hit = _learned.get(key)
+    if hit is None or hit[0] is not types or hit[1] != owner:
+        if len(_learned) > 128:
+            _learned.clear()
+        hit = _learned[key] = (types, owner, {})
+    return hit[2]
+
+
+def _learned_rtypes(types: TypeTable, type_by_rtype=None) -> dict:
+    """Runtime type address -> type id (NONE: no type), as this plan's interfaces met them."""
+    return _learned_map("rtypes", types, type_by_rtype)
 
 
 def _learned_funcs(types: TypeTable, func_name) -> dict:
-    """pc -> function name (None: none), as this plan's funcs met them, per
-    process (the agent's func_name closes over its target; pcs are its own)."""
-    cells = getattr(func_name, "__closure__", None) or ()
-    owner = cells[0].cell_contents if cells else func_name
-    key = (id(types), id(owner))
-    hit = _func_maps.get(key)
-    if hit is None or hit[0] is not owner:
-        if len(_func_maps) > 64:
-            _func_maps.clear()
-        hit = _func_maps[key] = (owner, {})
-    return hit[1]
+    """pc -> function name (None: none), as this plan's funcs met them."""
+    return _learned_map("funcs", types, func_name)
