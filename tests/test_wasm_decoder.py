@@ -92,10 +92,14 @@ def test_error_messages_are_added_as_the_reference_adds_them(dec):
     assert seen["message"] >= 100 and seen["joined"] >= 2 and seen["nil err"] >= 2, seen
 
 
-def test_values_program_decodes_as_the_reference_does(go_build, tmp_path, monkeypatch):
+@pytest.mark.parametrize("release", [None, "1.21.13", "1.24.11"], ids=["default", "go1.21.13", "go1.24.11"])
+def test_values_program_decodes_as_the_reference_does(release, tmp_path, monkeypatch):
     """Every value of the values program (a local of every kind) goes through
-    both decoders with the bytes the reference read: the module's kinds match."""
+    both decoders with the bytes the reference read, every one through the
+    module too: the default Go's build, and with -N -l Go 1.21 (hmap maps,
+    one of them mid-grow) and Go 1.24 (the first swiss tables)."""
     import agent.snapshot as snap
+    import gobuild
     from values_compare import capture_values
     dec = WasmDecoder(fuel=200_000_000)   # ROOMY budgets: a 5,000-entry map whole is 16M instructions
     reference_decode = snap.decode_value
@@ -125,8 +129,8 @@ def test_values_program_decodes_as_the_reference_does(go_build, tmp_path, monkey
                 if e.pcs:
                     names.update((pc, kw["func_name"](pc) or None) for pc in e.pcs)
                     continue
-                t = kw["type_by_rtype"](e.rtype) if e.rtype else None
-                if t is None or t.id not in types or e.rtype in learned:
+                t = kw["type_by_rtype"](e.rtype) if e.rtype and e.rtype not in learned else None
+                if t is None or t.id not in types:
                     break
                 learned[e.rtype] = t.id
         if got is None:
@@ -143,9 +147,12 @@ def test_values_program_decodes_as_the_reference_does(go_build, tmp_path, monkey
         return want
 
     monkeypatch.setattr(snap, "decode_value", both)
-    capture_values(go_build("values"), tmp_path)
+    binary = gobuild.build("values") if release is None else gobuild.build(
+        "values", ("-gcflags=all=-N -l",), release=release)
+    capture_values(binary, tmp_path)
     assert not seen["diff"], seen["diff"][:3]
-    assert seen["same"] >= 70 and seen["interfaces"] >= 3 and seen["funcs"] >= 3, seen
+    assert seen["same"] >= 74 and not seen["unsupported"], seen
+    assert seen["interfaces"] >= 3 and seen["funcs"] >= 3, seen
     assert seen["kinds"] >= {"float", "complex", "map", "func", "time.Time", "time.Duration"}, seen["kinds"]
 
 
