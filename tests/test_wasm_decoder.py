@@ -304,7 +304,7 @@ def test_a_frame_of_values_in_one_call_spends_the_budgets_as_one_by_one():
     from wasm_cases import _read
     rng = random.Random(4242)
     dec = WasmDecoder()
-    cut = fell_back = 0
+    cut = fell_back = learned = 0
     for _ in range(120):
         case = random_case(rng)
         pool = [a for a in case.memory if a < 0x100000]
@@ -326,14 +326,26 @@ def test_a_frame_of_values_in_one_call_spends_the_budgets_as_one_by_one():
         def fallback(i):
             used.append(i)
             return ref(i, fb2, sb2)
+        learning = rng.random() < 0.5           # learn names and unknown types as the agent does, or hand back
+        rtypes, funcs = dict(case.rtypes), ({} if learning else dict(case.funcs))
+
+        def learn(e):
+            if e.pcs and not all(pc in funcs for pc in e.pcs):
+                funcs.update((pc, case.funcs.get(pc)) for pc in e.pcs)
+                return True
+            if e.rtype and e.rtype not in rtypes:
+                rtypes[e.rtype] = 0xFFFFFFFF
+                return True
+            return False
         got = dec.decode_values(TypeBlob.build(case.types), Image.of(case.memory.items()), values, case.budgets,
-                                frame_budget=fb2, snapshot_budget=sb2, rtypes=case.rtypes, funcs=case.funcs,
-                                fallback=fallback)
+                                frame_budget=fb2, snapshot_budget=sb2, rtypes=rtypes, funcs=funcs,
+                                fallback=fallback, learn=learn if learning else None)
         assert got == want and (fb2.used, sb2.used, fb2.refused, sb2.refused) == (fb.used, sb.used, fb.refused,
                                                                                   sb.refused)
         cut += "budget" in json.dumps(want[-1])
         fell_back += bool(used)
-    assert cut >= 10 and fell_back >= 5, (cut, fell_back)
+        learned += learning and bool(funcs or len(rtypes) > len(case.rtypes))
+    assert cut >= 10 and fell_back >= 5 and learned >= 5, (cut, fell_back, learned)
 
 
 def test_floats_are_written_as_the_reference_writes_them(dec):

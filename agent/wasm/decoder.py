@@ -603,14 +603,17 @@ class WasmDecoder:
 
     def decode_values(self, blob: TypeBlob, image: Image, values: list, budgets: Budgets, *,
                       frame_budget: ByteBudget, snapshot_budget: ByteBudget, rtypes: dict | None = None,
-                      funcs: dict | None = None, fallback=None) -> list:
+                      funcs: dict | None = None, fallback=None, learn=None) -> list:
         """The values of one frame, (type id, root bytes or None, address or
         None) in order, decoded as decode_value would one after another (the
         frame's and the snapshot's budgets spent by each in turn), in one call
         into the module for all of them. A value the module does not decode
-        is `fallback(i)` (the reference, spending the same budgets), or None;
-        the module is then asked again from the next value. A batch that
-        traps is decoded one value a call (each with its own fuel)."""
+        is asked again alone, `learn(e)` given each Unsupported (it adds the
+        runtime type or the funcs' names to `rtypes`/`funcs` and says whether
+        it did), else it is `fallback(i)` (the reference, spending the same
+        budgets), or None; the module is then asked again from the next
+        value. A batch that traps is decoded one value a call (each with its
+        own fuel)."""
         rt, ft = rtype_table(rtypes), func_table(funcs)
         out: list = [None] * len(values)
         i = 0
@@ -637,7 +640,10 @@ class WasmDecoder:
                     out[i + j] = (plain, raw)
                     continue
                 if st == ST_UNSUPPORTED:
-                    out[i + j] = fallback(i + j) if fallback else None
+                    out[i + j] = self._one_learning(blob, image, values[i + j], budgets, frame_budget,
+                                                    snapshot_budget, rtypes, funcs, learn,
+                                                    lambda k=i + j: fallback(k) if fallback else None)
+                    rt, ft = rtype_table(rtypes), func_table(funcs)
                 else:            # an error row: nothing charged, as decode_value
                     e = _error("its output is full" if st == ST_OUTPUT else f"status {st}")
                     out[i + j] = e
@@ -645,6 +651,20 @@ class WasmDecoder:
                 break
             i = nxt
         return out
+
+    def _one_learning(self, blob, image, value, budgets, frame_budget, snapshot_budget, rtypes, funcs,
+                      learn, fallback):
+        """One value alone, learning what it needs (as the agent's decode_value
+        does) while `learn` learns something; else the fallback."""
+        tid, d, a = value
+        for _ in range(64):
+            try:
+                return self.decode_value(blob, tid, d, a, image, budgets, frame_budget=frame_budget,
+                                         snapshot_budget=snapshot_budget, rtypes=rtypes, funcs=funcs)
+            except Unsupported as e:
+                if learn is None or not learn(e):
+                    break
+        return fallback()
 
     def _text(self, p: int) -> str:
         if not p:
