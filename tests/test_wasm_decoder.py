@@ -428,3 +428,70 @@ def test_float_keys_sort_as_the_reference_sorts_them(dec):
                                frame_budget=ByteBudget(1 << 20), snapshot_budget=ByteBudget(1 << 20))
         assert json.dumps(got) == json.dumps(want), i
         assert len(want[0]) == 8
+
+
+
+def test_map_keys_sort_and_collide_as_the_reference_does(dec):
+    """Object maps of string, duration, bool, uint and int keys (one group or
+    a directory): keys starting "__", escapes, invalid UTF-8 that collides
+    as U+FFFD, equal keys (the first one's place, the last one's value),
+    cut strings that make the map a list, extreme ints, small budgets: the
+    same JSON text, key order included, and the same bytes spent."""
+    from probe_compiler.decode import computed_group_layout, decode_value
+    from probe_compiler.types import Field, GoType, Kind, MapLayout, TypeTable
+    le = lambda v, n=8: (v % (1 << 64)).to_bytes(n, "little")   # noqa: E731
+    base = {1: GoType(1, "string", Kind.STRING, 16, fields=(Field("str", 0, 8), Field("len", 8, 3))),
+            2: GoType(2, "time.Duration", Kind.INT, 8), 3: GoType(3, "int", Kind.INT, 8),
+            4: GoType(4, "unsafe.Pointer", Kind.UNSAFE_POINTER, 8),
+            5: GoType(5, "internal/runtime/maps.Map", Kind.STRUCT, 32, fields=(
+                Field("used", 0, 3), Field("dirPtr", 16, 4), Field("dirLen", 24, 3))),
+            8: GoType(8, "*uint8", Kind.POINTER, 8, elem=9), 9: GoType(9, "uint8", Kind.UINT, 1),
+            10: GoType(10, "bool", Kind.BOOL, 1), 11: GoType(11, "uint", Kind.UINT, 8)}
+    for tid, key in ((6, 1), (7, 2), (12, 10), (13, 11), (14, 3)):
+        base[tid] = GoType(tid, "map[K]int", Kind.MAP, 8, key=key, elem=3, map_layout=MapLayout("swiss", 5))
+    table = TypeTable(base)
+    blob = TypeBlob.build(table)
+    words = ["__a", "___b", "_c", "", "\x00", "\n", "\"", "\\", "é", "\ud7ff", "\U0001F600", "a", "a", "b\tc",
+             "\x7f", "\u2028", "Z", "z"]
+    texts = [w.encode("utf-8", "surrogatepass") for w in words] + [b"\xff", b"\xfe", b"\xe2\x82", b"x\xc3"]
+    ints = [0, 1, -1, 5, 2**63 - 1, -2**63, 10**9, 3600 * 10**9, 7, 7, 3]
+    rng = random.Random(1)
+    for i in range(600):
+        tid = rng.choice([6, 6, 6, 7, 12, 13, 14])
+        lay = computed_group_layout(table, table[table[tid].key], table[3])
+        memory, strs, groups = {}, 0x5000, b""
+        ngroups = rng.choice([1, 1, 2])
+        for _ in range(ngroups):
+            group = bytearray(lay.size)
+            for s in range(8):
+                group[s] = rng.randrange(0x80) if rng.random() < 0.8 else 0x80    # full or empty
+                if tid == 6:
+                    text = rng.choice(texts)
+                    memory[strs] = text or b"-"
+                    key = le(strs) + le(len(text))
+                    strs += 0x40
+                elif tid == 12:
+                    key = bytes([rng.choice([0, 1, 2])])
+                else:
+                    key = le(rng.choice(ints + ([2**64 - 1] if tid == 13 else [])))
+                k, e = lay.keys + s * lay.key_stride, lay.elems + s * lay.elem_stride
+                group[k:k + len(key)] = key
+                group[e:e + 8] = le(s)
+            groups += bytes(group)
+        memory[0x2000] = groups
+        if ngroups == 1:
+            memory[0x1000] = le(rng.choice([3, 8, 20])) + le(0) + le(0x2000) + le(0)
+        else:    # a directory of two entries, both the one table of two groups
+            memory[0x3000] = bytes(16) + le(0x2000) + le(1)
+            memory[0x3100] = le(0x3000) * 2
+            memory[0x1000] = le(16) + le(0) + le(0x3100) + le(2)
+        budgets = Budgets(string_bytes=rng.choice([2, 256]), elements=rng.choice([3, 64]))
+        read = lambda a, n, m=memory: next(   # noqa: E731
+            b[a - s:a - s + n] for s, b in m.items() if s <= a and a + n <= s + len(b))
+        fb, fb2 = ByteBudget(rng.choice([100, 1 << 20])), None
+        want = decode_value(table, tid, le(0x1000), None, read, budgets, frame_budget=fb,
+                            snapshot_budget=ByteBudget(1 << 20))
+        fb2 = ByteBudget(fb.limit)
+        got = dec.decode_value(blob, tid, le(0x1000), None, Image.of(memory.items()), budgets, frame_budget=fb2,
+                               snapshot_budget=ByteBudget(1 << 20))
+        assert (json.dumps(got), fb2.used) == (json.dumps(want), fb.used), i
