@@ -423,7 +423,7 @@ def _capture_in_pause(target, opts, mem, paused, rec, table, live, ms, addrs, st
     limit = opts.deadline_s * opts.capture_share
     for n, k in enumerate(candidates):
         if paused.elapsed_s() > limit:
-            unread = dict.fromkeys(candidates[n:], _stopped(opts, paused, rec, len(candidates) - n,
+            unread = dict.fromkeys(candidates[n:], _stopped(opts, paused.elapsed_s(), rec, len(candidates) - n,
                                                             len(candidates)))
             break
         g = _make_g(target.layout, table, live[k], ms, paused.threads, addrs[k], stacks.get(k), mem.read)
@@ -437,13 +437,22 @@ def _capture_in_pause(target, opts, mem, paused, rec, table, live, ms, addrs, st
     return out, unread
 
 
-def _stopped(opts, paused, rec, n_unread: int, n_all: int) -> str:
-    """The reason on rows not read when the captures' share of the deadline ran out."""
-    stop = (f"captures stopped when the pause reached {paused.elapsed_s() * 1e3:.0f} ms "
-            f"({opts.capture_share:.0%} of the {opts.deadline_s * 1e3:.0f} ms deadline)")
+def _stopped(opts, elapsed_s: float, rec, n_unread: int, n_all: int) -> str:
+    """The reason on rows not read when the captures' share of the deadline ran
+    out (at elapsed_s into the pause); the record's warning says how many."""
+    stop = _stop(opts, elapsed_s)
     rec.warnings.append(f"{stop}: the captures of {n_unread} of {n_all} goroutines "
                         "were not read (their rows say so); capture less or raise the deadline")
-    return f"not read: {stop}; capture less or raise the deadline"
+    return stop_reason(opts, elapsed_s)
+
+
+def stop_reason(opts, elapsed_s: float) -> str:
+    return f"not read: {_stop(opts, elapsed_s)}; capture less or raise the deadline"
+
+
+def _stop(opts, elapsed_s: float) -> str:
+    return (f"captures stopped when the pause reached {elapsed_s * 1e3:.0f} ms "
+            f"({opts.capture_share:.0%} of the {opts.deadline_s * 1e3:.0f} ms deadline)")
 
 
 # ---------------------------------------------------------------- the read program
@@ -554,7 +563,7 @@ def _program_in_pause(target, opts, mem, paused, rec, table, live, ms, addrs, st
     early, unread = {}, {}
     if not done:
         ks = set(fk.tolist())
-        reason = _stopped(opts, paused, rec, len(ks), len(ks))
+        reason = _stopped(opts, paused.elapsed_s(), rec, len(ks), len(ks))
         unread = dict.fromkeys(ks - fallback, reason)
     program_bytes = int(run.used[~run.bad].sum()) if done else 0
     recording = RecordingMemory(mem, copies)

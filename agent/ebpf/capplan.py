@@ -22,6 +22,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
+from probe_compiler.decode import MIN_TOPHASH, SAME_SIZE_GROW
+
 NO_TYPE = 0xFFFFFFFF           # a slot's map the program does not walk
 
 # The probe's records (probe.bpf.c: struct site, root, shape, slot, rtype, mapl).
@@ -34,11 +36,16 @@ MAX_SPAN = 1024                # bytes of stack one root's pieces may spread ove
 _SHAPE = struct.Struct("<IIII")
 _SLOT = struct.Struct("<IIIIiI")
 _RTYPE = struct.Struct("<II")
-_MAPL = struct.Struct("<16I")
+_MAPL = struct.Struct("<20I")
 _KEY = struct.Struct("<Q")
 _IDX = struct.Struct("<I")
 _MAP_FIELDS = ("header", "used", "dir_ptr", "dir_len", "group", "ctrl", "keys", "key_stride", "elems",
                "elem_stride", "key", "elem", "table", "table_data", "table_mask")
+# An hmap layout (Go < 1.24) in the same record: field -> where readprog keeps it
+# (a (offset, size) pair's offset for count, B and flags).
+_HMAP_FIELDS = {"used": ("count", 0), "dir_ptr": ("buckets", None), "dir_len": ("old", None),
+                "group": ("bucket", None), "table": ("overflow", None), "table_data": ("B", 0),
+                "table_mask": ("flags", 0)}
 
 # The probe's table sizes (probe.bpf.c): past these a target's captures run with ptrace.
 MAX_SITES = 65536
@@ -121,7 +128,7 @@ class CaptureTables:
             out["rtypes"].append((k(off), _RTYPE.pack(shape(tid), direct)))
         for i, lay in enumerate(self.maps.values()):
             out["maps"].append((idx(at.map_base + i),
-                                _MAPL.pack(*lay[:10], shape(lay[10]), shape(lay[11]), *lay[12:], 0)))
+                                _MAPL.pack(*lay[:10], shape(lay[10]), shape(lay[11]), *lay[12:], 0, 0)))
         return out
 
 
@@ -168,9 +175,20 @@ def program_tables(prog) -> CaptureTables:
     for off, tid in prog.rtypes.items():
         t.rtypes[off] = (tid, 1 if tid in prog.direct else 0)
     for tid, m in prog.maps.items():
-        if m.get("impl") == "swiss":
-            t.maps[tid] = tuple(m[f] for f in _MAP_FIELDS)
+        t.maps[tid] = _map_record(m)
     return t
+
+
+def _map_record(m: dict) -> tuple:
+    """A readprog map layout as the probe's struct mapl fields (before
+    same_size_grow and min_tophash, which only hmaps use)."""
+    if m.get("impl") == "hmap":
+        def field(f):
+            name, part = _HMAP_FIELDS.get(f, (f, None))
+            v = m[name]
+            return v[part] if part is not None else v
+        return (*(field(f) for f in _MAP_FIELDS), 1, SAME_SIZE_GROW, MIN_TOPHASH)
+    return (*(m[f] for f in _MAP_FIELDS), 0, 0, 0)
 
 
 def capture_tables(target) -> CaptureTables:

@@ -186,7 +186,9 @@ class _Job:
             probe.set_thread_regs({tid: (r.rip, r.rsp, r.rbp) for tid, r in paused.threads.items()})
             self.now_mono = time.monotonic_ns()
             left = max(0.0, self.opts.deadline_s - paused.elapsed_s())
-            self.report = probe.trigger(self.pid, self.runner, self.now_mono + int(left * 1e9))
+            share = max(0.0, self.opts.deadline_s * self.opts.capture_share - paused.elapsed_s())
+            self.report = probe.trigger(self.pid, self.runner, self.now_mono + int(left * 1e9),
+                                        self.now_mono + max(1, int(share * 1e9)))
             self.threads = dict(paused.threads)
         except AgentError as e:
             self.fail(e)
@@ -208,14 +210,24 @@ class _Job:
         _report_limits(rec, out, self.report)
         from probe_compiler.capture_limits import DEFAULTS
         labels = _labels(self.pid, target.layout, out.goroutines, self.opts.limits or DEFAULTS)
-        caps = _Captures(self.pid, target, out.copies) if target.plan.functions else None
+        # The probe's reads stopped at the captures' share of the pause: rows
+        # missing bytes say so, as ptrace's do (no second pause for them).
+        cut_s = self.opts.deadline_s * self.opts.capture_share if self.report and self.report.cut else None
+        caps = None
+        if target.plan.functions:
+            from ..snapshot import stop_reason
+            caps = _Captures(self.pid, target, out.copies, None if cut_s is None else stop_reason(self.opts, cut_s))
         for g in out.goroutines:
             rec.goroutines.append(_goroutine_record(g, target, self.opts, self.threads, labels, self.now_mono,
                                                     caps))
         rec.goroutines.sort(key=lambda g: g.goid)
         if caps is not None:
             rec.truncated = rec.truncated or caps.budget.refused
-            rec.ebpf_retry = caps.why_retry(self.report, self.tables)
+            if caps.unread:
+                from ..snapshot import _stopped
+                _stopped(self.opts, cut_s, rec, caps.unread, caps.captured)
+            elif cut_s is None:
+                rec.ebpf_retry = caps.why_retry(self.report, self.tables)
 
 
 class _Guard:
@@ -427,7 +439,7 @@ class _Captures:
     """After the resume: the probe's copies as the decoder's only memory, and
     whether the decoder found everything it read there."""
 
-    def __init__(self, pid: int, target, copies: list[tuple[int, bytes]]):
+    def __init__(self, pid: int, target, copies: list[tuple[int, bytes]], cut: str | None = None):
         import numpy as np
         from probe_compiler.decode import ByteBudget
         from ..readexec import Copies
@@ -441,13 +453,24 @@ class _Captures:
                             np.frombuffer(b"".join(d for _, d in copies), np.uint8), offs,
                             np.ones(len(copies), bool))
         self.budget = ByteBudget(target.plan.budgets.snapshot_bytes)
+        self.cut = cut                  # the reads stopped: rows missing bytes say so instead
+        self.captured = self.unread = 0
 
     def read_frames(self, g) -> list:
         """(physical frame, inline depth, record) of every captured frame of g."""
         from functools import partial
         from ..snapshot import _capture, _capture_frame
-        return _capture(g, self.target, partial(_capture_frame, target=self.target, mem=self.copies,
-                                                 snapshot_budget=self.budget))
+        before = len(self.copies.misses)
+        got = _capture(g, self.target, partial(_capture_frame, target=self.target, mem=self.copies,
+                                                snapshot_budget=self.budget))
+        self.captured += bool(got)
+        if got and self.cut and len(self.copies.misses) > before:
+            self.unread += 1            # as ptrace does: the goroutine's rows are not read
+            for _, _, r in got:
+                for col in r.values:
+                    r.values[col] = r.raw[col] = None
+                    r.errors[col] = self.cut
+        return got
 
     def why_retry(self, report, tables) -> str | None:
         """Why these rows are not the ptrace executor's (None: they are)."""

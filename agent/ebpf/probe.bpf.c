@@ -141,6 +141,8 @@ struct state {
     u32 ex_first, ex_n, ex_slot, ex_ubase, ex_pad;
     struct item ex_item;        // the item being expanded (a map walk goes on from it)
     u64 reads_ns;               // time spent in reads runs (the rest of t_last - t_first is triggers and walks)
+    u64 reads_cut_ns;           // CLOCK_MONOTONIC: no reads run starts after this (the captures' share of the pause)
+    u32 cut, pad3;              // the reads stopped there
 };
 
 struct rec_hdr {
@@ -225,7 +227,7 @@ static __always_inline void stop(struct state *st, u32 phase) {
 #define RBUF_MASK (2 * RBUF - 1)
 #define ITEMS_MAX 131072        // the FIFO (a power of two)
 #ifndef RD_STEPS
-#define RD_STEPS 96             // steps (a read, or a slot) per reads run
+#define RD_STEPS 64             // steps (a read, or a slot) per reads run
 #endif
 #define NO_PROG 0xffffffff
 
@@ -237,6 +239,7 @@ static __always_inline void stop(struct state *st, u32 phase) {
 #define I_GROUPS 4              // count swiss groups of esize: the full slots' keys and elems; then the next ones
 #define I_DIRSCAN 10            // directory entries from idx on: the first table after `word` (the last one walked)
 #define I_TABLE 11              // a directory map's table: its groups next
+#define I_BUCKET 12             // an hmap bucket (Go < 1.24): its full slots; then its overflow, or the next one
 #define I_ITAB 5                // the itab's type word at addr; then the dynamic value of `word`
 #define I_DIRECT 6              // no read: expand tid over the 8 bytes of `word`
 #define I_SITE 7                // a captured frame: addr is its CFA, roots[tid ..+count]
@@ -262,9 +265,14 @@ static __always_inline void stop(struct state *st, u32 phase) {
 struct shape { u32 need, first, count, pad; };
 struct slot { u32 kind, a, b, c; s32 d; u32 pad; };
 struct rtype { u32 tid, direct; };
+// A map's layout. Swiss (impl 0): the header's used/dirPtr/dirLen, the
+// table's groups data and lengthMask, the group's ctrl word and slots. hmap
+// (impl 1, Go < 1.24): `used` is count, dir_ptr buckets, dir_len oldbuckets,
+// table the bucket's overflow pointer, table_data B and table_mask flags (one
+// byte each), group the bucket's size, ctrl its tophash bytes.
 struct mapl {
     u32 header, used, dir_ptr, dir_len, group, ctrl, keys, key_stride, elems, elem_stride, key, elem;
-    u32 table, table_data, table_mask, pad;
+    u32 table, table_data, table_mask, impl, same_size_grow, min_tophash, pad[2];
 };
 // A root: its bytes are [CFA + span_off, + span_len) on the stack, put
 // together from up to 4 pieces (src, size) of that span; the captured value
@@ -478,9 +486,32 @@ static __always_inline void walk_table(struct state *st, struct plan *p, struct 
 
 // A groups item is expanded: the walk goes on while the decoder would
 // still read, with the rest of this table's groups or the next table.
-static __always_inline void groups_done(struct state *st, struct plan *p) {
+static __always_inline void groups_done(struct state *st, struct plan *p, struct crec *b) {
     struct item *c = &st->ex_item;
-    if (c->kind != I_GROUPS || !c->left)
+    if (!c->left)
+        return;
+    if (c->kind == I_BUCKET) {
+        struct mapl *m = map_of(p, c->tid);
+        if (!m)
+            return;
+        u64 ovf = rword(b, m->table);
+        if (ovf) {                  // the bucket's overflow chain, in the decoder's order
+            push_walk(st, p, c, I_BUCKET, ovf, m->group, 1);
+            return;
+        }
+        if (c->idx + 1 < c->base) {
+            c->idx++;
+            push_walk(st, p, c, I_BUCKET, c->word + (u64)c->idx * m->group, m->group, 1);
+        } else if (c->dir) {        // then the old buckets of a grow
+            c->word = c->dir;
+            c->base = c->dl;
+            c->dir = 0;
+            c->idx = 0;
+            push_walk(st, p, c, I_BUCKET, c->word, m->group, 1);
+        }
+        return;
+    }
+    if (c->kind != I_GROUPS)
         return;
     if (c->base) {
         push_walk(st, p, c, I_GROUPS, c->addr + (u64)c->count * c->esize, (u64)c->base * c->esize, c->base);
@@ -563,6 +594,9 @@ static __always_inline void read_item(struct state *st, struct plan *p, struct c
     else if (c.kind == I_GROUPS) {
         start_ex(st, EX_GROUPS, c.tid, c.count * 16, c.esize, 0, c.depth, 0);
         st->ex_item = c;
+    } else if (c.kind == I_BUCKET) {
+        start_ex(st, EX_GROUPS, c.tid, 16, c.esize, 0, c.depth, 0);
+        st->ex_item = c;
     } else if (c.kind == I_DIRSCAN) {
         start_ex(st, EX_DIRSCAN, c.tid, n / 8, 8, 0, c.depth, 0);
         st->ex_item = c;
@@ -584,7 +618,22 @@ static __always_inline void read_item(struct state *st, struct plan *p, struct c
         u64 dp = rword(b, m->dir_ptr), dl = rword(b, m->dir_len);
         c.left = (used >= 0 && (u64)used > p->elements) ? p->elements + 1 : ~0U;
         c.esize = m->group;
-        if (dp && dl == 0)          // one group
+        if (m->impl) {              // hmap: buckets[0 .. 2^B), then the old ones of a grow
+            u32 lg = b->data[m->table_data & RBUF_MASK] & 63;
+            u32 flags = b->data[m->table_mask & RBUF_MASK];
+            c.word = dp;
+            c.base = 1U << (lg & 31);
+            c.idx = 0;
+            c.dir = dl;
+            c.dl = (flags & m->same_size_grow) ? c.base : (lg ? 1U << ((lg - 1) & 31) : 1);
+            if (!dp) {
+                c.word = dl;
+                c.base = c.dl;
+                c.dir = 0;
+            }
+            if (c.word && lg < 24)
+                push_walk(st, p, &c, I_BUCKET, c.word, m->group, 1);
+        } else if (dp && dl == 0)   // one group
             push_walk(st, p, &c, I_GROUPS, dp, m->group, 1);
         else if (dp && dl <= RBUF / 8) {   // a directory (a longer one the decoder finds missing)
             c.dir = dp;
@@ -625,8 +674,11 @@ static __always_inline void next_unit(struct state *st, struct plan *p, struct c
             return;
         u32 g = (u >> 4) * st->ex_stride, j = u & 15, i = j >> 1;
         u32 at = g + m->ctrl + i;
-        if (at >= b->len || (b->data[at & RBUF_MASK] & 0x80))
-            return;             // an empty or deleted slot
+        if (at >= b->len)
+            return;
+        u8 ctrl = b->data[at & RBUF_MASK];
+        if (m->impl ? ctrl < m->min_tophash : (ctrl & 0x80))
+            return;             // an empty, deleted or evacuated slot
         if (!(j & 1) && st->ex_item.left != ~0U && st->ex_item.left)
             st->ex_item.left--;
         tid = (j & 1) ? m->elem : m->key;
@@ -696,6 +748,11 @@ int reads(struct pt_regs *ctx) {
         return 0;
     st->runs++;
     u64 t0 = bpf_ktime_get_ns();
+    if (st->reads_cut_ns && t0 >= st->reads_cut_ns) {
+        st->cut = 1;            // what is not copied yet is missing: those rows say the captures stopped
+        stop(st, PH_DONE);
+        return 0;
+    }
     for (int i = 0; i < RD_STEPS; i++) {
         if (st->ex_kind != EX_NONE) {
             if (st->ex_slot < st->ex_n)
@@ -704,7 +761,7 @@ int reads(struct pt_regs *ctx) {
                 next_unit(st, p, b);
             else {
                 if (st->ex_kind == EX_GROUPS)
-                    groups_done(st, p);
+                    groups_done(st, p, b);
                 st->ex_kind = EX_NONE;
             }
         } else if (st->qhead < st->qtail) {

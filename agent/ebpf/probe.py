@@ -39,7 +39,7 @@ SOURCE = Path(__file__).with_name("probe.bpf.c")
 RINGBUF_PAGES = 8192           # 32 MiB: ~10,000 goroutines of 30 frames
 GS_STEPS = 128                 # allgs entries per gstart run (what the verifier accepts quickly)
 FR_STEPS = 256                 # frames per frames run
-RD_STEPS = 96                  # reads or slots per reads run (captures; 128 is past the verifier's limit)
+RD_STEPS = 64                  # reads or slots per reads run (captures; 96 is past the verifier's limit)
 
 MAX_TABLE_SLOTS = 16           # targets whose capture tables the probe holds at once
 _HASHES = ("sites", "rtypes")   # the capture maps keyed by slot (the others are arrays)   # the capture maps whose keys carry the slot
@@ -77,16 +77,19 @@ class RunReport:
     qcuts: int = 0             # values not queued: the queue or the byte budget was full
     unknown: int = 0           # dynamic types not in the tables
     reads_ns: int = 0          # time in the reads stage's runs
+    cut: bool = False          # the reads stopped at the captures' share of the pause
 
 
 # struct state (probe.bpf.c), as the map holds it.
-_STATE = struct.Struct("<4I8Q2I6Q2Q2IQ16Q9Q12I2Q8IQ2IQ")
+_STATE = struct.Struct("<4I8Q2I6Q2Q2IQ16Q9Q12I2Q8IQ2IQQ2I")
+_CUT_AT = _STATE.size - 16          # offset of reads_cut_ns
 _STATE_FIELDS = ("phase", "stage", "triggers", "tail_calls", "arr", "n", "gi", "nwork", "wi", "fp", "lo",
                  "hi", "gframes", "cur", "records", "dropped", "frames", "gs", "read_errors",
                  "budget_cuts", "t_first", "t_last", "runs", "pad2", "gbuf_at",
                  *(f"gbuf{i}" for i in range(16)),
                  "qhead", "qtail", "cbytes", "copies", "misses", "qcuts", "unknown", "sites", "ex_word",
-                 *(f"ex{i}" for i in range(12)), *(f"ex_item{i}" for i in range(13)), "reads_ns")
+                 *(f"ex{i}" for i in range(12)), *(f"ex_item{i}" for i in range(13)), "reads_ns",
+                 "reads_cut_ns", "cut")
 PROGRAMS = ["on_sigtramp", "on_more", "gstart", "frames", "reads"]
 STAGES = ("gstart", "frames", "reads")   # progs[0..2]: the tail-call targets
 
@@ -229,12 +232,13 @@ class StackProbe:
         for tid, (pc, sp, bp) in regs.items():
             self._update("regs", struct.pack("<I", tid), struct.pack("<3Q", pc, sp, bp))
 
-    def trigger(self, pid: int, tid: int, deadline_ns: int) -> RunReport:
+    def trigger(self, pid: int, tid: int, deadline_ns: int, reads_cut_ns: int = 0) -> RunReport:
         """Arm, SIGURG the unstopped thread tid, and wait for the probe to finish
         (signalling again while it says MORE, and when a signal seems lost: a
         SIGURG sent while one is pending merges with it). Raises ProbeError at
-        the deadline, leaving the probe disarmed."""
-        self._set_phase(PH_ARMED)
+        the deadline, leaving the probe disarmed. No captures' reads start
+        after reads_cut_ns (CLOCK_MONOTONIC; 0: none)."""
+        self._set_phase(PH_ARMED, reads_cut_ns)
         t0 = time.monotonic_ns()
         try:
             tgkill(pid, tid, signal.SIGURG)
@@ -271,7 +275,7 @@ class StackProbe:
                          probe_ns=st.t_last - st.t_first if st.t_first and st.t_last else 0,
                          sent_at_ns=t0, sites=st.sites, copies=st.copies, cbytes=st.cbytes,
                          misses=st.misses, qcuts=st.qcuts, unknown=st.unknown,
-                         reads_ns=st.reads_ns)
+                         reads_ns=st.reads_ns, cut=bool(st.cut))
 
     def finish(self) -> None:
         """After the resume: whatever SIGURG is still pending finds the probe idle."""
@@ -354,8 +358,12 @@ class StackProbe:
             raise ProbeError("reading the probe's state failed")
         return _State(v.raw)
 
-    def _set_phase(self, phase: int) -> None:
-        self._update("state", struct.pack("<I", 0), struct.pack("<I", phase) + bytes(_STATE.size - 4))
+    def _set_phase(self, phase: int, reads_cut_ns: int = 0) -> None:
+        """The state reset to `phase` (every counter and cursor zero)."""
+        raw = bytearray(_STATE.size)
+        struct.pack_into("<I", raw, 0, phase)
+        struct.pack_into("<Q", raw, _CUT_AT, reads_cut_ns)
+        self._update("state", struct.pack("<I", 0), bytes(raw))
 
     def _clear_regs(self) -> None:
         fd, key, nxt = self._kern.maps["regs"], ct.c_uint(0), ct.c_uint(0)
