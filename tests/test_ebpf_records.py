@@ -27,7 +27,7 @@ def _layout(**over):
 
 def test_plan_packs_offsets_masks_and_budgets():
     plan = StackPlan.from_layout(_layout(), 42, {"goid": 8, "labels": 8}, StackBudgets(max_frames=7))
-    v = struct.unpack("<5Q19I4x3Q8I", plan.pack())
+    v = struct.unpack("<5Q19I4x3Q8I2Q", plan.pack())
     assert v[:5] == (0x1000, 0x1008, (1 << 0) | (1 << 6) | (1 << 11), 1 << 2, 1 << 4)
     assert v[5:8] == (42, 0x1000, 360)           # tgid, gscan, g bytes through labels
     assert v[17] == ABSENT                        # no syscallbp before Go 1.23
@@ -38,11 +38,11 @@ def test_plan_packs_offsets_masks_and_budgets():
 def test_a_plan_with_captures_names_its_tables_and_walks_every_frame_pointer():
     at = Placement(slot=3, shape_base=100, n_shapes=7, map_base=2, n_maps=1)
     caps = CapturePlan(at=at, types_base=0x4a0000, bias=0x1000, cap_bytes=1 << 20, depth=8, elements=64,
-                       string_bytes=256)
+                       string_bytes=256, site_lo=0x401000, site_hi=0x402000)
     plan = replace(StackPlan.from_layout(_layout(), 42, {"goid": 8}), captures=caps)
-    v = struct.unpack("<5Q19I4x3Q8I", plan.pack())
+    v = struct.unpack("<5Q19I4x3Q8I2Q", plan.pack())
     assert v[23] == 0                             # no whole-stack copies: sites are met on the chain
-    assert v[24:] == (0x4a0000, 0x1000, 1 << 20, 3, 8, 64, 256, 100, 7, 2, 1)
+    assert v[24:] == (0x4a0000, 0x1000, 1 << 20, 3, 8, 64, 256, 100, 7, 2, 1, 0x401000, 0x402000)
 
 
 def test_plan_refuses_what_the_probe_cant_walk():

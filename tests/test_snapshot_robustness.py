@@ -318,8 +318,17 @@ BASELINE_S = 3.0
 WORKER_SPEC = "version: 1\nfunctions:\n  main.worker:\n    capture: [id]\n"
 
 
-@pytest.mark.parametrize("spec_text,n", [(None, None), (WORKER_SPEC, None)], ids=["stacks", "captures"])
-def test_thousand_snapshots_never_harm_the_target(go_build, spec_text, n):
+def _ebpf_why():
+    from agent.ebpf.availability import why_unavailable
+    return why_unavailable()
+
+
+@pytest.mark.parametrize("spec_text,n,executor", [
+    (None, None, "ptrace"), (WORKER_SPEC, None, "ptrace"),
+    # The probe reads the captures; 100 snapshots (each detaches its uprobe, 0.1 s)
+    pytest.param(WORKER_SPEC, 100, "ebpf", marks=pytest.mark.skipif(
+        bool(_ebpf_why()), reason=f"eBPF: {_ebpf_why()}"))], ids=["stacks", "captures", "ebpf-captures"])
+def test_thousand_snapshots_never_harm_the_target(go_build, spec_text, n, executor):
     binary = go_build("ptrace_target")
     spec = parse_spec(spec_text) if spec_text else None
     n = n or N_SNAPSHOTS
@@ -335,7 +344,7 @@ def test_thousand_snapshots_never_harm_the_target(go_build, spec_text, n):
         worst = []   # (gap - pause) per snapshot, worst first
         pauses = []
         t0 = time.monotonic()
-        opts = SnapshotOptions(deadline_s=2)
+        opts = SnapshotOptions(deadline_s=2, executor=executor)
         cache: dict = {}    # one Target (plan, read program) for every snapshot, as a server keeps
         for i in range(n):
             [rec] = snapshot_pids([t.pid], spec, opts, cache=cache)
@@ -344,6 +353,7 @@ def test_thousand_snapshots_never_harm_the_target(go_build, spec_text, n):
             if spec is not None:
                 caps = [c for g in rec.goroutines for c in g.captures]
                 assert caps, f"snapshot {i}: no main.worker rows"
+                assert executor == "ptrace" or not getattr(rec, "ebpf_retry", None), rec.ebpf_retry
             gap_ms = t.ask("gap", "GAP")["max_ns"] / 1e6    # longest stall since the previous snapshot
             pause_ms = rec.pause_ns / 1e6
             pauses.append(pause_ms)

@@ -174,7 +174,8 @@ class _Job:
         b = t.plan.budgets
         self.plan = replace(self.plan, captures=CapturePlan(
             at=at, types_base=getattr(t.layout, "moduledata_types_addr", 0) or 0, bias=t.bias,
-            cap_bytes=capture_bytes(b.snapshot_bytes), depth=b.depth, elements=b.elements, string_bytes=b.string_bytes))
+            cap_bytes=capture_bytes(b.snapshot_bytes), depth=b.depth, elements=b.elements, string_bytes=b.string_bytes,
+            site_lo=min(self.tables.sites, default=1), site_hi=max(self.tables.sites, default=0)))
 
     def walk(self, probe: StackProbe, first: bool) -> None:
         """In the pause: the plan in (the first job's went in before the pause),

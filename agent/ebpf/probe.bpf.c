@@ -58,6 +58,8 @@
 #define PH_DONE 4
 #define PH_FAILED 5
 
+#define SIGURG_NR 23            // the trigger's signal (Go's preemption signal, which it tolerates at any time)
+
 // Why a goroutine's frame chain ended (record flags).
 #define F_TOP 1                 // a zero return address or frame pointer: the chain's end
 #define F_RANGE 2               // a frame pointer outside [sp, stack.hi) or not increasing
@@ -92,6 +94,7 @@ struct plan {
     u64 cap_bytes;              // bytes the captures may copy in all
     u32 prog, depth, elements, string_bytes;   // the decoder's depth, elements and string budgets
     u32 shape_base, n_shapes, map_base, n_maps; // this target's runs in `shapes` and `maps`
+    u64 site_lo, site_hi;       // every key of `sites` is in [site_lo, site_hi]: a cheap test before the lookup
 };
 
 struct regs3 { u64 pc, sp, bp; };
@@ -203,6 +206,14 @@ static __always_inline void stop(struct state *st, u32 phase) {
     u64 mark = K_MARK;
     st->t_last = bpf_ktime_get_ns();
     st->phase = phase;
+    // Out of tail calls with work left: this thread sends itself the next
+    // SIGURG. Go's handler blocks every signal, so it stays pending and the
+    // kernel delivers it as the handler returns, before the thread runs any
+    // Go code: the walk goes on in a new round of the signal path's uprobes
+    // with no round trip through user space, and the one thread left
+    // running never runs the target's code mid-walk.
+    if (phase == PH_MORE)
+        bpf_send_signal_thread(SIGURG_NR);
     out.ringbuf_output(&mark, sizeof(mark), BPF_RB_FORCE_WAKEUP);
 }
 
@@ -981,8 +992,9 @@ int frames(struct pt_regs *ctx) {
                 st->frames++;
                 st->lo = fp + 16;
                 st->fp = saved;
-                if (p->prog != NO_PROG && saved) {     // the caller's frame: is it captured?
-                    u64 sk = pkey(p, ret - p->bias);
+                u64 lpc = ret - p->bias;
+                if (p->prog != NO_PROG && saved && lpc >= p->site_lo && lpc <= p->site_hi) {
+                    u64 sk = pkey(p, lpc);       // the caller's frame: is it captured?
                     struct site *s = sites.lookup(&sk);
                     if (s)
                         push(st, p, I_SITE, saved + 16, 0, s->first, 0, s->count, 0, 0, 0);
