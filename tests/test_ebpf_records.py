@@ -35,13 +35,13 @@ def test_plan_packs_offsets_masks_and_budgets():
     assert v[27] == NO_PROG                       # stacks only: no capture tables
 
 
-def test_a_plan_with_captures_names_its_tables_and_walks_every_frame_pointer():
+def test_a_plan_with_captures_names_its_tables_and_keeps_whole_stacks_it_can():
     at = Placement(slot=3, shape_base=100, n_shapes=7, map_base=2, n_maps=1)
     caps = CapturePlan(at=at, types_base=0x4a0000, bias=0x1000, cap_bytes=1 << 20, depth=8, elements=64,
                        string_bytes=256, site_lo=0x401000, site_hi=0x402000)
     plan = replace(StackPlan.from_layout(_layout(), 42, {"goid": 8}), captures=caps)
     v = struct.unpack("<5Q19I4x3Q8I2Q", plan.pack())
-    assert v[23] == 0                             # no whole-stack copies: sites are met on the chain
+    assert v[23] == 1016                          # whole stacks fit the probe's kept copies (for their chain)
     assert v[24:] == (0x4a0000, 0x1000, 1 << 20, 3, 8, 64, 256, 100, 7, 2, 1, 0x401000, 0x402000)
 
 

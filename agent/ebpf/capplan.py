@@ -172,6 +172,9 @@ def program_tables(prog) -> CaptureTables:
     t = CaptureTables()
     for tid, shape in prog.shapes.items():
         t.shapes[tid] = (min(shape["need"], 0xFFFFFFFF), [slot_record(s) for s in shape["slots"]])
+        for s in shape["slots"]:
+            if s[0] == "fallback":
+                t.skip(s[2])            # e.g. a map whose keys are stored indirectly
     for off, tid in prog.rtypes.items():
         t.rtypes[off] = (tid, 1 if tid in prog.direct else 0)
     for tid, m in prog.maps.items():

@@ -17,6 +17,7 @@ from probe_compiler.capture_limits import DEFAULTS
 # Must match the probe's sizes (probe.bpf.c).
 G_MAX = 1024
 TOP_MAX = 8192
+FULL_BYTES = 1024              # with captures, a whole stack kept for its chain walk is at most this
 WORK_MAX = 65536
 ABSENT = 0xFFFFFFFF            # an offset the layout lacks: the probe reads 0 there
 
@@ -112,7 +113,7 @@ class StackPlan:
             o.get("syscallsp", ABSENT), o.get("syscallpc", ABSENT), o.get("syscallbp", ABSENT),
             self.m_off_procid, min(b.top_parked, TOP_MAX - 8) & ~7, min(b.top_other, TOP_MAX - 8) & ~7,
             b.max_frames, min(b.max_gs, WORK_MAX),
-            0 if self.captures else min(b.full_stack, TOP_MAX - 8),   # captures need every frame pointer
+            min(b.full_stack, FULL_BYTES - 8 if self.captures else TOP_MAX - 8),   # captures: kept for their chain
             *(self.captures.pack_fields() if self.captures else (0, 0, 0, NO_PROG, 0, 0, 0, 0, 0, 0, 0, 0, 0)))
 
 

@@ -42,6 +42,8 @@
 #define TOP_MAX 8192            // bytes at a goroutine's sp we can copy
 #define FR_MAX 64               // frames per K_FRAMES record; more go in the next one
 #define REC_DATA (G_MAX + TOP_MAX)
+#define FULL_BYTES 1024         // with captures, a stack copied whole is kept here for its chain walk
+#define FULL_MAX 8192           // ... for this many goroutines (the rest walk their chain in memory)
 
 // Record kinds (agent/ebpf/records.py parses them).
 #define K_G 1                   // a goroutine: header, g bytes, top words
@@ -112,7 +114,9 @@ struct item {
 };
 
 // A goroutine whose frame chain is still to be followed.
-struct work { u64 fp, lo, hi; u32 gi, pad; };
+// fslot: 1 + the fstacks entry holding its whole stack (its chain is
+// followed there, not in the target's memory), or 0.
+struct work { u64 fp, lo, hi; u32 gi, fslot; };
 
 struct state {
     u32 phase;
@@ -144,6 +148,8 @@ struct state {
     u32 ex_first, ex_n, ex_slot, ex_ubase, ex_pad;
     struct item ex_item;        // the item being expanded (a map walk goes on from it)
     u64 reads_ns;               // time spent in reads runs (the rest of t_last - t_first is triggers and walks)
+    u32 fslot, nfull;           // the chain being walked is in fstacks[fslot - 1] (0: in memory); entries used
+    u64 fbase;                  // the address of that copy's first byte
     u64 reads_cut_ns;           // CLOCK_MONOTONIC: no reads run starts after this (the captures' share of the pause)
     u32 cut, pad3;              // the reads stopped there
 };
@@ -176,6 +182,10 @@ BPF_PERCPU_ARRAY(scratch, struct rec, 1);
 BPF_PERCPU_ARRAY(fscratch, struct frec, 1);
 BPF_RINGBUF_OUTPUT(out, RINGBUF_PAGES);
 BPF_PROG_ARRAY(progs, 3);
+// With captures, the stacks copied whole (a goroutine's chain is followed in
+// its copy: the frames stage meets its captured frames without a read each).
+struct fstack { u8 data[FULL_BYTES + 16]; };
+BPF_ARRAY(fstacks, struct fstack, FULL_MAX);
 
 static __always_inline u64 gfield(struct rec *r, u32 off) {
     u64 v = 0;
@@ -792,6 +802,15 @@ int reads(struct pt_regs *ctx) {
     return 0;
 }
 
+// The cursor on a queued goroutine's chain.
+static __always_inline void load_work(struct state *st, struct work *w) {
+    st->fp = w->fp;
+    st->lo = w->lo;
+    st->hi = w->hi;
+    st->fslot = w->fslot;
+    st->fbase = w->lo;
+}
+
 // Looks at allgs[st->gi]: copies a live g, picks its start, copies the words
 // at sp, and queues its frame chain.
 static __always_inline void start_g(struct state *st, struct plan *p, struct rec *r, u64 n) {
@@ -875,8 +894,22 @@ static __always_inline void start_g(struct state *st, struct plan *p, struct rec
     if (len > sizeof(struct rec))
         len = sizeof(struct rec);
     emit(st, r, len);
-    if (r->h.flags & F_FULL)
-        return;
+    u32 fslot = 0;
+    if (r->h.flags & F_FULL) {
+        // Stacks only: the copy is all Python needs. With captures the chain
+        // is followed to meet the captured frames: in a kept copy (else in
+        // memory, frame by frame).
+        if (p->prog == NO_PROG)
+            return;
+        u32 fi = st->nfull;
+        struct fstack *fs = fstacks.lookup(&fi);
+        u32 n = r->h.top_len;
+        if (fs && fi < FULL_MAX && n <= FULL_BYTES - 8 &&
+            !bpf_probe_read_kernel(fs->data, n & (FULL_BYTES - 1), r->data + (glen & (G_MAX - 1)))) {
+            st->nfull++;
+            fslot = fi + 1;
+        }
+    }
     u64 wi = st->nwork;
     struct work *w = work.lookup((u32 *)&wi);
     if (!w) {
@@ -885,8 +918,9 @@ static __always_inline void start_g(struct state *st, struct plan *p, struct rec
     }
     w->fp = bp;
     w->lo = sp;
-    w->hi = hi;
+    w->hi = fslot ? sp + r->h.top_len : hi;
     w->gi = i;
+    w->fslot = fslot;
     st->nwork = wi + 1;
 }
 
@@ -910,11 +944,8 @@ int gstart(struct pt_regs *ctx) {
         st->gframes = 0;
         st->cur = 0;
         struct work *w = work.lookup(&zero);
-        if (w) {
-            st->fp = w->fp;
-            st->lo = w->lo;
-            st->hi = w->hi;
-        }
+        if (w)
+            load_work(st, w);
     }
     if (st->tail_calls < 32) {
         st->tail_calls++;
@@ -931,7 +962,8 @@ static __always_inline void flush(struct state *st, struct frec *f, u32 flags) {
         nf = FR_MAX;
     f->h.nframes = nf;
     f->h.flags = flags;
-    emit(st, f, (sizeof(struct rec_hdr) + 16 * (u64)nf) & 0x3fff);
+    if (!st->fslot)             // a whole stack's record already holds these words
+        emit(st, f, (sizeof(struct rec_hdr) + 16 * (u64)nf) & 0x3fff);
     st->cur = 0;
 }
 
@@ -941,13 +973,25 @@ static __always_inline int next_work(struct state *st, struct frec *f) {
     struct work *w = work.lookup(&wi);
     if (!w || st->wi >= st->nwork)
         return 0;
-    st->fp = w->fp;
-    st->lo = w->lo;
-    st->hi = w->hi;
+    load_work(st, w);
     st->gframes = 0;
     st->cur = 0;
     f->h.kind = K_FRAMES;
     f->h.gi = w->gi;
+    return 1;
+}
+
+// The (saved bp, return address) pair at fp: from the goroutine's kept
+// whole-stack copy, or read from its memory. 0 if it can't be had.
+static __always_inline int pair_at(struct state *st, u64 *dst, u64 fp) {
+    if (!st->fslot)
+        return !bpf_probe_read_user(dst, 16, (void *)fp);
+    u32 fi = st->fslot - 1;
+    struct fstack *fs = fstacks.lookup(&fi);
+    u64 off = fp - st->fbase;
+    if (!fs || off > FULL_BYTES - 16)
+        return 0;
+    __builtin_memcpy(dst, fs->data + (off & (FULL_BYTES - 1)), 16);
     return 1;
 }
 
@@ -982,7 +1026,7 @@ int frames(struct pt_regs *ctx) {
             why = F_BUDGET;
         if (!why) {
             u32 k = (st->cur & (FR_MAX - 1)) * 2;
-            if (bpf_probe_read_user(&f->w[k & (2 * FR_MAX - 2)], 16, (void *)fp)) {
+            if (!pair_at(st, &f->w[k & (2 * FR_MAX - 2)], fp)) {
                 why = F_READ;
                 st->read_errors++;
             } else {

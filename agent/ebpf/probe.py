@@ -81,7 +81,7 @@ class RunReport:
 
 
 # struct state (probe.bpf.c), as the map holds it.
-_STATE = struct.Struct("<4I8Q2I6Q2Q2IQ16Q9Q12I2Q8IQ2IQQ2I")
+_STATE = struct.Struct("<4I8Q2I6Q2Q2IQ16Q9Q12I2Q8IQ2IQ2IQQ2I")
 _CUT_AT = _STATE.size - 16          # offset of reads_cut_ns
 _STATE_FIELDS = ("phase", "stage", "triggers", "tail_calls", "arr", "n", "gi", "nwork", "wi", "fp", "lo",
                  "hi", "gframes", "cur", "records", "dropped", "frames", "gs", "read_errors",
@@ -89,7 +89,7 @@ _STATE_FIELDS = ("phase", "stage", "triggers", "tail_calls", "arr", "n", "gi", "
                  *(f"gbuf{i}" for i in range(16)),
                  "qhead", "qtail", "cbytes", "copies", "misses", "qcuts", "unknown", "sites", "ex_word",
                  *(f"ex{i}" for i in range(12)), *(f"ex_item{i}" for i in range(13)), "reads_ns",
-                 "reads_cut_ns", "cut")
+                 "fslot", "nfull", "fbase", "reads_cut_ns", "cut")
 PROGRAMS = ["on_sigtramp", "on_more", "gstart", "frames", "reads"]
 STAGES = ("gstart", "frames", "reads")   # progs[0..2]: the tail-call targets
 
