@@ -327,6 +327,7 @@ BPF_ARRAY(maps, struct mapl, 8192);
 BPF_ARRAY(items, struct item, ITEMS_MAX);
 BPF_ARRAY(rbuf, struct crec, 1);
 BPF_ARRAY(pbuf, struct crec, 1);    // a root's span, when its pieces are put together in rbuf
+BPF_ARRAY(lbuf, struct crec, 1);    // a leaf copied as its slot is met (rbuf holds the value it is in)
 
 static __always_inline u64 pkey(struct plan *p, u64 v) {
     return ((u64)p->prog << 56) | (v & 0x00ffffffffffffffULL);
@@ -713,6 +714,33 @@ static __always_inline void next_unit(struct state *st, struct plan *p, struct c
     st->ex_ubase = base;
 }
 
+// Bytes with nothing inside (a string's, a chan's header, a func's word):
+// copied and sent at once, saving the queue's round trip; a long one is queued.
+static __always_inline void leaf(struct state *st, struct plan *p, u64 addr, u64 len, u32 depth) {
+    u32 zero = 0;
+    struct crec *lb = lbuf.lookup(&zero);
+    if (!lb || len > RBUF || st->cbytes >= p->cap_bytes) {
+        push(st, p, I_LEAF, addr, len, 0, depth, 0, 0, 0, 0);
+        return;
+    }
+    u32 n = len & RBUF_MASK;
+    if (!n)
+        return;
+    if (bpf_probe_read_user(lb->data, n, (void *)addr)) {
+        st->misses++;
+        return;
+    }
+    lb->kind = K_COPY;
+    lb->len = n;
+    lb->addr = addr;
+    st->cbytes += n;
+    st->copies++;
+    if (out.ringbuf_output(lb, (16 + (u64)n) & 0x3fff, BPF_RB_NO_WAKEUP))
+        st->dropped++;
+    else
+        st->records++;
+}
+
 // One slot of the current unit: queue what it points to.
 static __always_inline void do_slot(struct state *st, struct plan *p, struct crec *b) {
     u32 si = st->ex_first + st->ex_slot++;
@@ -725,7 +753,7 @@ static __always_inline void do_slot(struct state *st, struct plan *p, struct cre
         s64 n = rword(b, base + sl->b);
         if (n) {
             u64 want = (n < 0 || (u64)n > p->string_bytes) ? p->string_bytes : (u64)n;
-            push(st, p, I_LEAF, ptr, want, 0, depth, 0, 0, 0, 0);
+            leaf(st, p, ptr, want, depth);
         }
     } else if (kind == S_PTR) {
         struct shape *s = shape_of(p, sl->c);
@@ -753,10 +781,10 @@ static __always_inline void do_slot(struct state *st, struct plan *p, struct cre
         }
     } else if (kind == S_CHAN) {
         if (ptr && sl->d > 0)
-            push(st, p, I_LEAF, ptr, sl->d, 0, depth, 0, 0, 0, 0);
+            leaf(st, p, ptr, sl->d, depth);
     } else if (kind == S_FUNC) {
         if (ptr)
-            push(st, p, I_LEAF, ptr, 8, 0, depth, 0, 0, 0, 0);
+            leaf(st, p, ptr, 8, depth);
     }
 }
 
