@@ -120,3 +120,29 @@ def test_optimized_builds_give_ptraces_rows(build, tmp_path):
     with run_target(binary, "-values", str(tmp_path / "v.json")) as t:
         ref, got = both(t.pid, parse_spec(SPEC))
     assert rows(got) == rows(ref) and rows(ref)
+
+
+def test_a_client_and_a_server_in_one_probe_snapshot(go_build, tmp_path):
+    """Two binaries, one spec, one eBPF snapshot: each process's captures come
+    from its own tables in the probe (two slots side by side), and equal the
+    ptrace snapshot's rows for both."""
+    from test_two_binaries import BALANCES, FIRST, SPEC
+    addr = tmp_path / "addr"
+    server_exe, client_exe = go_build("rpcserver"), go_build("rpcclient")
+    spec = parse_spec(SPEC.format(server=server_exe.name, client=client_exe.name))
+    with run_target(server_exe, "-addr-file", addr, "-expect", 1 + BALANCES, dump=False) as server:
+        server.wait_line("JOB", 10)
+        with run_target(client_exe, "-addr-file", addr, "-first", FIRST, "-balances", BALANCES,
+                        dump=False) as client:
+            for _ in range(1 + BALANCES):
+                client.wait_line("CALL", 10)
+                server.wait_line("HANDLE", 10)
+            server.wait_line("PARKED", 10)
+            pids = [server.pid, client.pid]
+            ref = snapshot_pids(pids, spec, SnapshotOptions(executor="ptrace"))
+            got = snapshot_pids(pids, spec, SnapshotOptions(executor="ebpf"))
+    for r, g in zip(ref, got):
+        assert r.error is None and g.error is None, (r.error, g.error)
+        assert getattr(g, "ebpf_retry", None) is None, g.ebpf_retry
+        assert g.probe_report.sites >= 1
+        assert rows(g) == rows(r) and rows(r)
