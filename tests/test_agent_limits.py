@@ -55,6 +55,16 @@ def through_agent(tmp_path, addr, pid, spec, **opts):
     return rec
 
 
+def local_and_agent(tmp_path, pid, spec):
+    """(a local ptrace snapshot, the same through a fresh agent) of pid."""
+    [local] = snapshot_pids([pid], spec)
+    server, addr = serve(tmp_path)
+    try:
+        return local, through_agent(tmp_path, addr, pid, spec, executor="ptrace")
+    finally:
+        server.stop(0).wait(10)
+
+
 def shape(rec):
     """What the limits decide, per parked goroutine: frames (cut or not), its
     unwind error, its labels; and the captured values."""
@@ -65,13 +75,7 @@ def shape(rec):
 
 
 def test_spec_limits_apply_through_an_agent(tmp_path, parkers):
-    spec = parse_spec(LIMITED)
-    [local] = snapshot_pids([parkers.pid], spec)
-    server, addr = serve(tmp_path)
-    try:
-        remote = through_agent(tmp_path, addr, parkers.pid, spec, executor="ptrace")
-    finally:
-        server.stop(0).wait(10)
+    local, remote = local_and_agent(tmp_path, parkers.pid, parse_spec(LIMITED))
     assert local.error is None and remote.error is None, (local.error, remote.error)
     # The bounds did bite locally ...
     gs, caps = shape(local)
@@ -224,12 +228,7 @@ def test_pause_deadline_of_the_spec_holds_through_an_agent(tmp_path, parkers):
     small deadline_ms is met through an agent as it is locally."""
     spec = parse_spec("version: 1\nlimits:\n  deadline_ms: 150\nfunctions:\n  main.parkLabeled:\n"
                       "    table: labeled\n    capture: [sku]\n")
-    [local] = snapshot_pids([parkers.pid], spec)
-    server, addr = serve(tmp_path)
-    try:
-        remote = through_agent(tmp_path, addr, parkers.pid, spec, executor="ptrace")
-    finally:
-        server.stop(0).wait(10)
+    local, remote = local_and_agent(tmp_path, parkers.pid, spec)
     for rec in (local, remote):
         assert rec.error is None and rec.pause_ns < 150e6, (rec.error, rec.pause_ns)
         assert all(not c.errors for g in rec.goroutines for c in g.captures)

@@ -248,7 +248,7 @@ static __always_inline void stop(struct state *st, u32 phase) {
 #define RBUF_MASK (2 * RBUF - 1)
 #define ITEMS_MAX 131072        // the FIFO (a power of two)
 #ifndef RD_STEPS
-#define RD_STEPS 64             // steps (a read, or a slot) per reads run
+#define RD_STEPS 48             // steps (a read, or a slot) per reads run
 #endif
 #define NO_PROG 0xffffffff
 
@@ -341,14 +341,20 @@ static __always_inline u64 rword(struct crec *b, u32 off) {
     return v;
 }
 
-static __always_inline void push(struct state *st, struct plan *p, u32 kind, u64 addr, u64 len,
-                                 u32 tid, u32 depth, u32 count, u32 esize, u32 base, u64 word) {
+// The queue's next free item (the caller fills it, then st->qtail++), or 0
+// when the queue or the captures' byte budget is full.
+static __always_inline struct item *qslot(struct state *st, struct plan *p) {
     if (st->qtail - st->qhead >= ITEMS_MAX || st->cbytes >= p->cap_bytes) {
         st->qcuts++;
-        return;
+        return 0;
     }
     u32 k = st->qtail & (ITEMS_MAX - 1);
-    struct item *it = items.lookup(&k);
+    return items.lookup(&k);
+}
+
+static __always_inline void push(struct state *st, struct plan *p, u32 kind, u64 addr, u64 len,
+                                 u32 tid, u32 depth, u32 count, u32 esize, u32 base, u64 word) {
+    struct item *it = qslot(st, p);
     if (!it)
         return;
     it->addr = addr;
@@ -369,12 +375,7 @@ static __always_inline void push(struct state *st, struct plan *p, u32 kind, u64
 // The next item of a map walk: `c` with kind, addr, len and count replaced.
 static __always_inline void push_walk(struct state *st, struct plan *p, struct item *c, u32 kind, u64 addr,
                                       u64 len, u32 count) {
-    if (st->qtail - st->qhead >= ITEMS_MAX || st->cbytes >= p->cap_bytes) {
-        st->qcuts++;
-        return;
-    }
-    u32 k = st->qtail & (ITEMS_MAX - 1);
-    struct item *it = items.lookup(&k);
+    struct item *it = qslot(st, p);
     if (!it)
         return;
     *it = *c;
@@ -383,6 +384,30 @@ static __always_inline void push_walk(struct state *st, struct plan *p, struct i
     it->len = len > 0xffffffffULL ? 0xffffffff : (u32)len;
     it->count = count;
     st->qtail++;
+}
+
+// Copies n bytes at addr into buf and sends them as a K_COPY record; 0 if
+// the read failed (not resident, or gone: the decoder will miss them) or
+// the ring buffer was full.
+static __always_inline int copy_out(struct state *st, struct crec *buf, u64 addr, u32 n) {
+    n &= RBUF_MASK;
+    if (!n)
+        return 0;
+    if (bpf_probe_read_user(buf->data, n, (void *)addr)) {
+        st->misses++;
+        return 0;
+    }
+    buf->kind = K_COPY;
+    buf->len = n;
+    buf->addr = addr;
+    st->cbytes += n;
+    st->copies++;
+    if (out.ringbuf_output(buf, (16 + (u64)n) & 0x3fff, BPF_RB_NO_WAKEUP)) {
+        st->dropped++;
+        return 0;
+    }
+    st->records++;
+    return 1;
 }
 
 static __always_inline struct shape *shape_of(struct plan *p, u32 t) {
@@ -459,22 +484,8 @@ static __always_inline void read_root(struct state *st, struct plan *p, struct c
     if (!r || !pb)
         return;
     struct crec *span = r->npieces > 1 ? pb : b;
-    u32 n = r->span_len & (RBUF - 1);
-    u64 addr = cfa + (s64)r->span_off;
-    if (!n || bpf_probe_read_user(span->data, n, (void *)addr)) {
-        st->misses++;
+    if (!copy_out(st, span, cfa + (s64)r->span_off, r->span_len & (RBUF - 1)))
         return;
-    }
-    span->kind = K_COPY;
-    span->len = n;
-    span->addr = addr;
-    st->cbytes += n;
-    st->copies++;
-    if (out.ringbuf_output(span, (16 + (u64)n) & 0x3fff, BPF_RB_NO_WAKEUP)) {
-        st->dropped++;
-        return;
-    }
-    st->records++;
     if (r->npieces > 1) {
         u32 at = 0;
         for (int i = 0; i < 4; i++) {
@@ -593,22 +604,8 @@ static __always_inline void read_item(struct state *st, struct plan *p, struct c
     if (len > RBUF)
         len = RBUF;             // a value longer than a read is copied in part: the decoder misses the rest
     u32 n = len & RBUF_MASK;
-    if (!n)
+    if (!copy_out(st, b, c.addr, n))
         return;
-    if (bpf_probe_read_user(b->data, n, (void *)c.addr)) {
-        st->misses++;           // not resident, or gone: the decoder misses it
-        return;
-    }
-    b->kind = K_COPY;
-    b->len = n;
-    b->addr = c.addr;
-    st->cbytes += n;
-    st->copies++;
-    if (out.ringbuf_output(b, (16 + (u64)n) & 0x3fff, BPF_RB_NO_WAKEUP)) {
-        st->dropped++;
-        return;
-    }
-    st->records++;
     if (c.kind == I_VALUE)
         start_ex(st, EX_ELEMS, c.tid, 1, 0, c.base, c.depth, 0);
     else if (c.kind == I_ELEMS)
@@ -723,22 +720,7 @@ static __always_inline void leaf(struct state *st, struct plan *p, u64 addr, u64
         push(st, p, I_LEAF, addr, len, 0, depth, 0, 0, 0, 0);
         return;
     }
-    u32 n = len & RBUF_MASK;
-    if (!n)
-        return;
-    if (bpf_probe_read_user(lb->data, n, (void *)addr)) {
-        st->misses++;
-        return;
-    }
-    lb->kind = K_COPY;
-    lb->len = n;
-    lb->addr = addr;
-    st->cbytes += n;
-    st->copies++;
-    if (out.ringbuf_output(lb, (16 + (u64)n) & 0x3fff, BPF_RB_NO_WAKEUP))
-        st->dropped++;
-    else
-        st->records++;
+    copy_out(st, lb, addr, len);
 }
 
 // One slot of the current unit: queue what it points to.

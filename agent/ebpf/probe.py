@@ -39,7 +39,7 @@ SOURCE = Path(__file__).with_name("probe.bpf.c")
 RINGBUF_PAGES = 8192           # 32 MiB: ~10,000 goroutines of 30 frames
 GS_STEPS = 128                 # allgs entries per gstart run (what the verifier accepts quickly)
 FR_STEPS = 256                 # frames per frames run
-RD_STEPS = 64                  # reads or slots per reads run (captures; 96 is past the verifier's limit)
+RD_STEPS = 48                  # reads or slots per reads run (captures; 64 is past the verifier's limit)
 
 MAX_TABLE_SLOTS = 16           # targets whose capture tables the probe holds at once
 _HASHES = ("sites", "rtypes")   # the capture maps keyed by slot (the others are arrays)   # the capture maps whose keys carry the slot
