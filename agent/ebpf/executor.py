@@ -211,24 +211,17 @@ class _Job:
         _report_limits(rec, out, self.report)
         from probe_compiler.capture_limits import DEFAULTS
         labels = _labels(self.pid, target.layout, out.goroutines, self.opts.limits or DEFAULTS)
-        # The probe's reads stopped at the captures' share of the pause: rows
-        # missing bytes say so, as ptrace's do (no second pause for them).
-        cut_s = self.opts.deadline_s * self.opts.capture_share if self.report and self.report.cut else None
-        caps = None
-        if target.plan.functions:
-            from ..snapshot import stop_reason
-            caps = _Captures(self.pid, target, out.copies, None if cut_s is None else stop_reason(self.opts, cut_s))
+        caps = _Captures(self.pid, target, out.copies, self.opts, self._cut_s()) if target.plan.functions else None
         for g in out.goroutines:
             rec.goroutines.append(_goroutine_record(g, target, self.opts, self.threads, labels, self.now_mono,
                                                     caps))
         rec.goroutines.sort(key=lambda g: g.goid)
         if caps is not None:
-            rec.truncated = rec.truncated or caps.budget.refused
-            if caps.unread:
-                from ..snapshot import _stopped
-                _stopped(self.opts, cut_s, rec, caps.unread, caps.captured)
-            elif cut_s is None:
-                rec.ebpf_retry = caps.why_retry(self.report, self.tables)
+            caps.conclude(rec, self.report, self.tables)
+
+    def _cut_s(self) -> float | None:
+        """Where the probe's reads stopped (the captures' share of the pause), or None."""
+        return self.opts.deadline_s * self.opts.capture_share if self.report and self.report.cut else None
 
 
 class _Guard:
@@ -440,11 +433,12 @@ class _Captures:
     """After the resume: the probe's copies as the decoder's only memory, and
     whether the decoder found everything it read there."""
 
-    def __init__(self, pid: int, target, copies: list[tuple[int, bytes]], cut: str | None = None):
+    def __init__(self, pid: int, target, copies: list[tuple[int, bytes]], opts, cut_s: float | None = None):
         import numpy as np
         from probe_compiler.decode import ByteBudget
         from ..readexec import Copies
-        self.target = target
+        from ..snapshot import stop_reason
+        self.target, self.opts = target, opts
         self.copies = Copies(pid)
         if copies:
             sizes = np.array([len(d) for _, d in copies], np.int64)
@@ -454,7 +448,10 @@ class _Captures:
                             np.frombuffer(b"".join(d for _, d in copies), np.uint8), offs,
                             np.ones(len(copies), bool))
         self.budget = ByteBudget(target.plan.budgets.snapshot_bytes)
-        self.cut = cut                  # the reads stopped: rows missing bytes say so instead
+        # The reads stopped at the captures' share of the pause: rows missing
+        # bytes say so, as ptrace's do (no second pause for them).
+        self.cut_s = cut_s
+        self.cut = None if cut_s is None else stop_reason(opts, cut_s)
         self.captured = self.unread = 0
 
     def read_frames(self, g) -> list:
@@ -472,6 +469,17 @@ class _Captures:
                     r.values[col] = r.raw[col] = None
                     r.errors[col] = self.cut
         return got
+
+    def conclude(self, rec: ProcessRecord, report, tables) -> None:
+        """After every goroutine: the record's truncation, its warning if the
+        reads stopped, else why it must be taken again with ptrace, if so
+        (`ebpf_retry`: not a record field; snapshot_processes reads it)."""
+        rec.truncated = rec.truncated or self.budget.refused
+        if self.unread:
+            from ..snapshot import _stopped
+            _stopped(self.opts, self.cut_s, rec, self.unread, self.captured)
+        elif self.cut_s is None:
+            rec.ebpf_retry = self.why_retry(report, tables)
 
     def why_retry(self, report, tables) -> str | None:
         """Why these rows are not the ptrace executor's (None: they are)."""
@@ -516,6 +524,7 @@ def _goroutine_record(g: ProbeGoroutine, target, opts, threads, labels, now_mono
 
 
 def _chained(first, then):
+    """A stack reader that asks `first` (the probe's words; None: none), then `then`."""
     def read(addr: int, n: int) -> bytes:
         if first is not None:
             try:
