@@ -1,7 +1,7 @@
 """The read program as the probe's capture tables (pure data; no kernel here).
 
     tables = capture_tables(target)          # once per (build, spec, types learned)
-    entries = tables.entries(slot, root_base, slot_base)   # map name -> [(key, value)]
+    entries = tables.entries(placement)      # map name -> [(key bytes, value bytes)]
 
 The probe (probe.bpf.c, "captures") meets a captured frame by its return
 address: `sites` maps each return address of every captured function, and
