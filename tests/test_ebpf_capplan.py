@@ -9,18 +9,23 @@ import pytest
 from agent.ebpf import capplan as C
 
 
-def test_ops_become_a_chain_of_pointers():
+def test_ops_become_a_chain_of_steps():
+    deref = lambda after: (*C.DEREF, after)
     assert C._chain([]) == (0, [], (C.F_VALUE, 0, 0))
     assert C._chain([("offset", 8), ("offset", 16)]) == (24, [], (C.F_VALUE, 0, 0))
     # &x escaped to the heap, then a field: the pointer at 0, the value at +40
-    assert C._chain([("deref",), ("offset", 40)]) == (0, [40], (C.F_VALUE, 0, 0))
+    assert C._chain([("deref",), ("offset", 40)]) == (0, [deref(40)], (C.F_VALUE, 0, 0))
     # r.User.Name: r's pointer at 0; User's at +24 of *r; Name at +8 of *User
-    assert C._chain([("deref",), ("offset", 24), ("deref",), ("offset", 8)]) == (0, [24, 8], (C.F_VALUE, 0, 0))
+    assert C._chain([("deref",), ("offset", 24), ("deref",), ("offset", 8)]) == \
+        (0, [deref(24), deref(8)], (C.F_VALUE, 0, 0))
+    # st.tags[1] (tags a []string at +16): the header at 16, data at +0, len at +8
+    assert C._chain([("offset", 16), ("index", 1, 16, 0, 8)]) == \
+        (16, [(0, 8, 1, 16, 16, 0)], (C.F_VALUE, 0, 0))
     assert C._chain([("offset", 8), ("len", 8)]) == (8, [], (C.F_NONE, 0, 0))      # held in the root
-    assert C._chain([("deref",), ("len", 8)]) == (0, [0], (C.F_LEAF, 8, 8))         # read behind a pointer
-    assert C._chain([("offset", 16), ("len_indirect", 8, 8)]) == (16, [0], (C.F_LEAF, 8, 8))
+    assert C._chain([("deref",), ("len", 8)]) == (0, [deref(0)], (C.F_LEAF, 8, 8))  # read behind a pointer
+    assert C._chain([("offset", 16), ("len_indirect", 8, 8)]) == (16, [deref(0)], (C.F_LEAF, 8, 8))
     assert C._chain([("offset", 16), ("addr",)]) == (16, [], (C.F_NONE, 0, 0))
-    for op in (("index", 1, 8, 0, 8), ("map_index", 5, "k"), ("assert", 0, 0, -1, 8, True, "T")):
+    for op in (("map_index", 5, "k"), ("assert", 0, 0, -1, 8, True, "T")):
         assert C._chain([op]) is None
 
 
@@ -32,7 +37,7 @@ def test_roots_in_pieces_and_what_the_probe_does_not_take():
     assert "register or a constant" in C._root([[8, "reg", 0, 0], [8, "cfa", 0, -8]], [], 7)
     assert "too many or too wide" in C._root([[8, "cfa", 0, -8 * i] for i in range(1, 6)], [], 7)
     assert "too many or too wide" in C._root([[8, "cfa", 0, -4096], [8, "cfa", 0, -8]], [], 7)
-    assert C._root([[8, "cfa", 0, -8]], [("index", 1, 8, 0, 8)], 7) == "the 'index' op"
+    assert C._root([[8, "cfa", 0, -8]], [("map_index", 5, "k")], 7) == "the 'map_index' op"
     assert "more than 4 pointers" in C._root([[8, "cfa", 0, -8]], [("deref",)] * 6, 7)
 
 

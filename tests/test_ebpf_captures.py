@@ -89,12 +89,14 @@ def test_expressions_give_ptraces_rows(tmp_path):
     assert rows(got) == rows(ref) and rows(ref)
 
 
-def test_a_field_path_through_pointers_runs_in_the_probe(tmp_path):
-    """Derefs, lengths and addresses run in the probe (its root chains): no retry."""
+def test_field_paths_and_indexes_run_in_the_probe(tmp_path):
+    """Derefs, slice indexes (in and out of range), lengths and addresses
+    run in the probe (its roots' steps): no retry."""
     binary = gobuild.build("exprs", ())
     spec = parse_spec("version: 1\nfunctions:\n  main.inspect:\n    capture:\n"
                       + "".join(f"      - \"{e}\"\n" for e in ("st.ID", "st.Base.Name", "&st.p.B", "len(st.tags)",
-                                                             "cap(st.ch)", "len(st.byName)", "st.s")))
+                                                             "cap(st.ch)", "len(st.byName)", "st.s", "st.tags[1]",
+                                                             "st.tags[9]", "st.s[1]")))
     with run_target(binary, "-values", str(tmp_path / "v.json")) as t:
         ref, got = both(t.pid, spec)
     assert getattr(got, "ebpf_retry", None) is None, got.ebpf_retry

@@ -28,7 +28,7 @@ NO_TYPE = 0xFFFFFFFF           # a slot's map the program does not walk
 
 # The probe's records (probe.bpf.c: struct site, root, shape, slot, rtype, mapl).
 _SITE = struct.Struct("<II")
-_ROOT = struct.Struct("<iIIIII4i4H4H4I")
+_ROOT = struct.Struct("<iIIIII4i4H4H4I4H4h4i4i4H")
 F_VALUE, F_LEAF, F_NONE = 0, 1, 2     # what a root's last step reads (probe.bpf.c struct root)
 MAX_PIECES = 4                 # pieces of one root the probe puts together
 MAX_DEREFS = 4                 # pointers on one root's way to its value
@@ -110,12 +110,8 @@ class CaptureTables:
             if key not in root_at:           # one run of roots per distinct list, shared by its pcs
                 root_at[key] = at.root_base + len(out["roots"])
                 for i in ris:
-                    span_off, span_len, tid, sub, pieces, adds, final = self.roots[i]
-                    src = [p[0] for p in pieces] + [0] * (MAX_PIECES - len(pieces))
-                    size = [p[1] for p in pieces] + [0] * (MAX_PIECES - len(pieces))
-                    out["roots"].append((idx(at.root_base + len(out["roots"])), _ROOT.pack(
-                        span_off, span_len, shape(tid), sub, len(pieces),
-                        len(adds), *adds, *[0] * (MAX_DEREFS - len(adds)), *src, *size, *final, 0)))
+                    out["roots"].append((idx(at.root_base + len(out["roots"])),
+                                         _pack_root(self.roots[i], shape)))
             out["sites"].append((k(pc), _SITE.pack(root_at[key], len(ris))))
         n = at.slot_base
         for i, (need, slots) in enumerate([*self.shapes.values(), (0, [])]):
@@ -249,6 +245,16 @@ def _site_roots(target, t: CaptureTables, fplan, inst, lpc: int) -> list[int]:
     return out
 
 
+def _pack_root(root: tuple, shape) -> bytes:
+    """struct root's bytes; `shape` numbers the type densely."""
+    span_off, span_len, tid, sub, pieces, steps, final = root
+    pad = lambda xs, fill=0: list(xs) + [fill] * (MAX_DEREFS - len(xs))
+    col = lambda i, fill=0: pad([s[i] for s in steps], fill)
+    return _ROOT.pack(span_off, span_len, shape(tid), sub, len(pieces), len(steps),
+                      *col(5), *pad([p[0] for p in pieces]), *pad([p[1] for p in pieces]), *final, 0,
+                      *col(0), *col(1, -1), *col(2), *col(3), *col(4))
+
+
 def _root(pieces: list, ops: list, type_id: int) -> tuple | str:
     """(span offset, span length, type id, sub, [(src, size)], [add]) of a
     root whose bytes are stack pieces; or why the probe can't read it."""
@@ -260,49 +266,56 @@ def _root(pieces: list, ops: list, type_id: int) -> tuple | str:
     got = _chain(ops)
     if got is None:
         return f"the {next(op[0] for op in ops if op[0] not in _CHAIN_OPS)!r} op"
-    sub, adds, final = got
-    if len(adds) > MAX_DEREFS:
+    sub, steps, final = got
+    if len(steps) > MAX_DEREFS:
         return f"more than {MAX_DEREFS} pointers from a root"
     cut = [(p[3] - lo, p[0]) for p in pieces]
     if len(pieces) == 1:
         cut = []                        # the span is the root: nothing to put together
-    return (lo, hi - lo, type_id, sub, cut, adds, final)
+    return (lo, hi - lo, type_id, sub, cut, steps, final)
 
 
-_CHAIN_OPS = ("offset", "deref", "len", "cap", "len_indirect", "const", "addr")
+_CHAIN_OPS = ("offset", "deref", "index", "len", "cap", "len_indirect", "const", "addr")
+DEREF = (0, -1, 0, 0, 8)               # a step: pointer at 0, no length, no index; 8 bytes read
 
 
-def _chain(ops: list) -> tuple[int, list[int], tuple] | None:
-    """ops as (offset of the first pointer in the root, [offset added after
-    each deref], (F_*, offset, size) of what the last step reads); with no
-    deref the first number is where the value is in the root. None for an op
-    the probe does not run (index, map_index, assert)."""
-    cur, sub, adds, seen = 0, 0, [], False
+def _chain(ops: list) -> tuple[int, list[tuple], tuple] | None:
+    """ops as (where the first step's bytes start in the root, steps, what
+    the last step reads: (F_*, offset, size)). A step is (pointer offset,
+    length offset or -1, index, index * element size, bytes it reads when it
+    is not the first, offset added after it): a deref, or a slice's `[i]`.
+    With no step the first number is where the value is in the root. None
+    for an op the probe does not run (map_index, assert)."""
+    cur, sub, steps, seen = 0, 0, [], False
     final = (F_VALUE, 0, 0)
 
-    def deref():
+    def step(s):
         nonlocal cur, sub, seen
         if seen:
-            adds.append(cur)
+            steps[-1] = (*steps[-1][:5], cur)
         else:
             sub, seen = cur, True
+        steps.append((*s, 0))
         cur = 0
     for op in ops:
         if op[0] == "offset":
             cur += op[1]
         elif op[0] == "deref":
-            deref()
-        elif op[0] in ("len", "cap"):     # read after a deref; held in the root's bytes otherwise
+            step(DEREF)
+        elif op[0] == "index":            # ("index", i, elem size, data offset, len offset)
+            _, i, esize, data_off, len_off = op
+            step((data_off, len_off, i, i * esize, max(data_off, len_off) + 8))
+        elif op[0] in ("len", "cap"):     # read after a step; held in the root's bytes otherwise
             final = (F_LEAF, op[1], 8) if seen else (F_NONE, 0, 0)
         elif op[0] == "len_indirect":     # one more pointer, then an int behind it
-            deref()
+            step(DEREF)
             final = (F_LEAF, op[1], op[2])
         elif op[0] in ("const", "addr"):
             final = (F_NONE, 0, 0)
         else:
             return None
     if seen:
-        adds.append(cur)
+        steps[-1] = (*steps[-1][:5], cur)
     else:
         sub = cur
-    return sub, adds, final
+    return sub, steps, final

@@ -297,8 +297,12 @@ struct mapl {
 };
 // A root: its bytes are [CFA + span_off, + span_len) on the stack, put
 // together from up to 4 pieces (src, size) of that span; the captured value
-// is at `sub` in them, or, after nderef pointers (the first at sub, each
-// next at the last one + add[i]), at the last pointer + add[nderef - 1].
+// is at `sub` in them, or at the end of nderef steps. Step i reads its bytes
+// (the root's from sub for step 0, else hsize[i] bytes where the last step
+// left): the pointer at poff[i] (a deref's is at 0, a slice index's at its
+// data word), stopping at nil, or where the length at loff[i] (-1: none) is
+// not above idx[i]; the pointer + step_add[i] (idx * the element size) +
+// add[i] is where the next step, or the value, is.
 // `final` says what is read there: the value (F_VALUE), fsize bytes at
 // foff (F_LEAF: a len, a cap), or nothing (F_NONE: a constant, an address).
 #define F_VALUE 0
@@ -310,6 +314,10 @@ struct root {
     s32 add[4];
     u16 src[4], size[4];
     u32 final, foff, fsize, pad;
+    u16 poff[4];
+    s16 loff[4];
+    s32 idx[4], step_add[4];
+    u16 hsize[4];
 };
 struct site { u32 first, count; };
 struct crec { u32 kind, len; u64 addr; u8 data[2 * RBUF + 8]; };
@@ -458,12 +466,20 @@ static __always_inline void start_ex(struct state *st, u32 kind, u32 tid, u32 co
 }
 
 // The k-th pointer on a root's way to its value: follow it.
-static __always_inline void chain(struct state *st, struct plan *p, struct root *r, u32 ri, u64 ptr, u32 k) {
+static __always_inline void chain(struct state *st, struct plan *p, struct crec *b, struct root *r, u32 ri,
+                                  u32 o, u32 k) {
+    k &= 3;
+    u64 ptr = rword(b, o + r->poff[k]);
+    if (r->loff[k] >= 0) {      // s[i]: out of range stops, as in the decoder
+        s64 n = rword(b, o + r->loff[k]);
+        if (!(n > r->idx[k] || n < 0))
+            return;
+    }
     if (!ptr)
         return;                 // nil: the decoder reads nothing past it either
-    u64 at = ptr + (s64)r->add[k & 3];
+    u64 at = ptr + (s64)r->step_add[k] + (s64)r->add[k];
     if (k + 1 < r->nderef && k < 3) {
-        push(st, p, I_DEREF, at, 8, ri, 0, k + 1, 0, 0, 0);
+        push(st, p, I_DEREF, at, r->hsize[(k + 1) & 3], ri, 0, k + 1, 0, 0, 0);
         return;
     }
     if (r->final == F_LEAF) {
@@ -503,7 +519,7 @@ static __always_inline void read_root(struct state *st, struct plan *p, struct c
             start_ex(st, EX_ELEMS, r->tid, 1, 0, r->sub, 0, 0);
     }
     else
-        chain(st, p, r, ri, rword(b, r->sub), 0);
+        chain(st, p, b, r, ri, r->sub, 0);
 }
 
 // A directory map's table: its groups, in order.
@@ -627,7 +643,7 @@ static __always_inline void read_item(struct state *st, struct plan *p, struct c
         u32 ri = c.tid;
         struct root *r = roots.lookup(&ri);
         if (r)
-            chain(st, p, r, ri, rword(b, 0), c.count);
+            chain(st, p, b, r, ri, 0, c.count);
     }
     else if (c.kind == I_MAPHDR) {
         struct mapl *m = map_of(p, c.tid);
