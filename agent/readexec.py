@@ -997,6 +997,9 @@ class Run:
                 p = w.at(off, s[1])
                 m = (p != 0) & (depth < D)
                 mp = self.prog.maps[s[2]]
+                if _indirect(mp):
+                    self.mark(frames[p != 0], "a map with indirect keys or elems")
+                    continue
                 self.add(p[m], mp["header"], frames[m],
                          "hmap_hdr" if mp.get("impl") == "hmap" else "map_hdr", tid=s[2], depth=depth[m] + 1)
             elif kind == "iface":
@@ -1098,7 +1101,7 @@ class Run:
                 m = self.prog.maps.get(op[1])
                 p = _words(buf, off)
                 live = p != 0                 # a nil map: "not present", nothing read
-                if m is None or m.get("impl") == "hmap":
+                if m is None or m.get("impl") == "hmap" or _indirect(m):
                     return self.mark(frames[live], "a map index on a map the program doesn't walk")
                 return self.add(p[live], m["header"], frames[live], "mapidx_hdr", ops=ops, i=i, tid=tid)
             else:
@@ -1112,6 +1115,12 @@ class Run:
         shape = self.prog.shapes.get(tid)
         if shape and shape["need"]:
             self.add(addr, shape["need"], frames, "value", tid=tid, depth=depth)
+
+
+def _indirect(m: dict) -> bool:
+    """A map whose slots hold pointers to its keys or elems (over 128 bytes):
+    this executor leaves it to the reference reader (the eBPF probe walks it)."""
+    return bool(m.get("key_indirect") or m.get("elem_indirect"))
 
 
 def _joined(groups: list, field: int) -> np.ndarray:

@@ -31,7 +31,7 @@ from .decode import (EAGER_BYTES, HCHAN_OFFSETS, MAX_INLINE_KV, SPECIAL_TYPES, T
                      swiss_group_layout)
 from .types import Kind, TypeTable
 
-READ_PROGRAM_VERSION = 1
+READ_PROGRAM_VERSION = 2      # 2: maps with indirect keys or elems are described (key_indirect, elem_indirect)
 MAX_SLOTS = 4096      # past this a type's flattened slots go to the fallback reader
 
 
@@ -182,10 +182,17 @@ class _Compiler:
         header = self.types.types.get(lay.header)
         if key is None or elem is None or header is None:
             return f"{t.name}: types missing"
-        if key.size > MAX_INLINE_KV or elem.size > MAX_INLINE_KV:
-            return f"{t.name}: indirect keys or elems"
         if lay.impl == "hmap":
-            return self._hmap(t, key, elem, header)
+            why = self._hmap(t, key, elem, header)
+        else:
+            why = self._swiss(t, key, elem, header, lay)
+        if why is None:     # a key or elem over 128 bytes: the slot holds a pointer to it
+            self.prog.maps[t.id].update(key_indirect=key.size > MAX_INLINE_KV,
+                                        elem_indirect=elem.size > MAX_INLINE_KV)
+        return why
+
+    def _swiss(self, t, key, elem, header, lay) -> str | None:
+        """Go >= 1.24: one group, or a directory of tables of groups."""
         try:
             g = swiss_group_layout(self.dec, t)
             off = {n: self.dec.offset(header, n) for n in ("used", "dirPtr", "dirLen")}

@@ -53,28 +53,23 @@ def values_spec(binary, workdir, skip=()) -> tuple[object, list[str]]:
                       + "".join(f"      - {k}\n" for k in names)), names
 
 
-# Maps whose keys or elems are stored indirectly (> 128 bytes): the read
-# program leaves them to the reference reader, and the probe to ptrace.
-INDIRECT_MAPS = ("bigKeys", "bigVals")
-
-
 @pytest.mark.parametrize("budgets", [None, TIGHT, Budgets(string_bytes=1 << 20, elements=100_000, depth=16,
                                                           frame_bytes=64 << 20)],
                          ids=["default", "tight", "roomy"])
 def test_every_kind_of_the_values_program_is_read_by_the_probe(go_build, tmp_path, budgets):
     binary = go_build("values")
     with run_target(binary, "-values", str(tmp_path / "v.json")) as t:
-        spec, names = values_spec(binary, tmp_path, skip=INDIRECT_MAPS)
+        spec, names = values_spec(binary, tmp_path)
         ref, got = both(t.pid, spec, budgets)
     assert getattr(got, "ebpf_retry", None) is None, got.ebpf_retry
     assert got.probe_report.sites >= 1 and got.probe_report.copies > len(names)
     assert rows(got) == rows(ref)
 
 
-def test_what_the_probe_does_not_walk_is_read_again_with_ptrace(go_build, tmp_path):
-    binary = go_build("values")
+def test_what_the_probe_does_not_walk_is_read_again_with_ptrace(tmp_path):
+    binary = gobuild.build("exprs", ())
+    spec = parse_spec('version: 1\nfunctions:\n  main.inspect:\n    capture: [st.ID, "st.byName[\\"beta\\"]"]\n')
     with run_target(binary, "-values", str(tmp_path / "v.json")) as t:
-        spec = parse_spec("version: 1\nfunctions:\n  main.capture:\n    capture: [s, bigVals]\n")
         ref, got = both(t.pid, spec)
     assert got.ebpf_retry and "not in the probe's copies" in got.ebpf_retry
     assert any("taken again with ptrace" in w for w in got.warnings)

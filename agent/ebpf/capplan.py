@@ -124,7 +124,7 @@ class CaptureTables:
             out["rtypes"].append((k(off), _RTYPE.pack(shape(tid), direct)))
         for i, lay in enumerate(self.maps.values()):
             out["maps"].append((idx(at.map_base + i),
-                                _MAPL.pack(*lay[:10], shape(lay[10]), shape(lay[11]), *lay[12:], 0, 0)))
+                                _MAPL.pack(*lay[:10], shape(lay[10]), shape(lay[11]), *lay[12:])))
         return out
 
 
@@ -179,15 +179,19 @@ def program_tables(prog) -> CaptureTables:
 
 
 def _map_record(m: dict) -> tuple:
-    """A readprog map layout as the probe's struct mapl fields (before
-    same_size_grow and min_tophash, which only hmaps use)."""
+    """A readprog map layout as the probe's struct mapl fields: the layout,
+    impl, same_size_grow and min_tophash (hmaps only), key_ind and elem_ind."""
     if m.get("impl") == "hmap":
         def field(f):
             name, part = _HMAP_FIELDS.get(f, (f, None))
             v = m[name]
             return v[part] if part is not None else v
-        return (*(field(f) for f in _MAP_FIELDS), 1, SAME_SIZE_GROW, MIN_TOPHASH)
-    return (*(m[f] for f in _MAP_FIELDS), 0, 0, 0)
+        return (*(field(f) for f in _MAP_FIELDS), 1, SAME_SIZE_GROW, MIN_TOPHASH, *_indirect(m))
+    return (*(m[f] for f in _MAP_FIELDS), 0, 0, 0, *_indirect(m))
+
+
+def _indirect(m: dict) -> tuple[int, int]:
+    return int(bool(m.get("key_indirect"))), int(bool(m.get("elem_indirect")))
 
 
 def capture_tables(target) -> CaptureTables:

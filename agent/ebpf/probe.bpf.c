@@ -293,7 +293,8 @@ struct rtype { u32 tid, direct; };
 // byte each), group the bucket's size, ctrl its tophash bytes.
 struct mapl {
     u32 header, used, dir_ptr, dir_len, group, ctrl, keys, key_stride, elems, elem_stride, key, elem;
-    u32 table, table_data, table_mask, impl, same_size_grow, min_tophash, pad[2];
+    u32 table, table_data, table_mask, impl, same_size_grow, min_tophash;
+    u32 key_ind, elem_ind;      // keys or elems over 128 bytes: the slots hold pointers to them
 };
 // A root: its bytes are [CFA + span_off, + span_len) on the stack, put
 // together from up to 4 pieces (src, size) of that span; the captured value
@@ -718,6 +719,13 @@ static __always_inline void next_unit(struct state *st, struct plan *p, struct c
             st->ex_item.left--;
         tid = (j & 1) ? m->elem : m->key;
         base = g + ((j & 1) ? m->elems + i * m->elem_stride : m->keys + i * m->key_stride);
+        if ((j & 1) ? m->elem_ind : m->key_ind) {     // the slot holds a pointer to it
+            u64 ptr = rword(b, base);
+            struct shape *s = shape_of(p, tid);
+            if (ptr && s && s->need && st->ex_depth < p->depth)
+                push(st, p, I_VALUE, ptr, s->need, tid, st->ex_depth, 1, 0, 0, 0);
+            return;
+        }
     }
     struct shape *s = shape_of(p, tid);
     if (!s)
