@@ -17,16 +17,18 @@
 // return address) pair of each frame of its frame-pointer chain. The pcsp
 // refinement and all symbolization run in Python after the resume.
 //
-// Two stages, each a bounded loop in its own program, chained by tail calls:
-// `gstart` looks at GS_STEPS allgs entries per run (copies the g, picks the
-// start, copies the stack or the words at sp, queues the chain's start in
-// `work`), then `frames` follows FR_STEPS frame pointers per run across the
-// queue. bcc 0.26 inlines everything (no BPF-to-BPF calls, no bpf_loop), and
+// Three stages, each a bounded loop in its own program, chained by tail
+// calls: `gstart` looks at GS_STEPS allgs entries per run (copies the g,
+// picks the start, copies the stack or the words at sp, queues the chain's
+// start in `work`), then `frames` follows FR_STEPS frame pointers per run
+// across the queue, and, when the spec captures values, `reads` copies
+// them (below, "captures"). bcc 0.26 inlines everything (no BPF-to-BPF calls, no bpf_loop), and
 // the verifier explores a bounded loop once per iteration, so a loop body
 // with few branches and one way out is what buys iterations. A stage that
 // finishes its batch tail-calls the next run (the kernel allows 33 per
 // uprobe hit); when those run out the state says MORE and the next uprobe
-// on the signal path, or the next SIGURG, goes on. The cursor lives in the
+// on the signal path, or the next SIGURG (which the thread sends itself),
+// goes on. The cursor lives in the
 // `state` map, so any run resumes where the last stopped. Each run ends
 // with a K_MARK record that wakes the agent's epoll.
 #include <uapi/linux/ptrace.h>
@@ -232,8 +234,8 @@ static __always_inline void stop(struct state *st, u32 phase) {
 // The read program (probe_compiler/readprog.py), executed here from the
 // tables agent/ebpf/capplan.py writes before the pause. A captured frame is
 // met in the frames stage: its return address (less the load bias) keys
-// `sites`, which lists the frame's roots as CFA offsets (the caller's frame
-// pointer + 16 is its CFA). Each root, and every value the shapes reach from
+// `sites`, which lists the frame's roots as CFA offsets (the frame pointer
+// saved beside that return address, + 16, is the frame's CFA). Each root, and every value the shapes reach from
 // it, is an item of a FIFO: the reads stage copies an item's bytes into
 // `rbuf`, sends them as a K_COPY record, then expands them unit by unit (an
 // element, a map slot's key or elem, a root) and slot by slot (a string, a
@@ -256,7 +258,7 @@ static __always_inline void stop(struct state *st, u32 phase) {
 #define I_VALUE 0               // read len bytes; expand tid at base
 #define I_ELEMS 1               // read count elements of esize; expand tid in each
 #define I_LEAF 2                // read len bytes; nothing inside
-#define I_MAPHDR 3              // a swiss map's header: its one group, or its directory, next
+#define I_MAPHDR 3              // a map's header: swiss, its one group or its directory next; hmap, its first bucket
 #define I_GROUPS 4              // count swiss groups of esize: the full slots' keys and elems; then the next ones
 #define I_DIRSCAN 10            // directory entries from idx on: the first table after `word` (the last one walked)
 #define I_TABLE 11              // a directory map's table: its groups next
