@@ -634,20 +634,10 @@ class Run:
                      mid=a(mids), order=a(orders))
 
     def _c_mapidx_table(self, buf, w, off, addr, frames, p):
-        m = self.prog.maps[p["ops"][p["i"]][1]]
-        data, mask = w[off + m["table_data"]], w[off + m["table_mask"]]
-        by_map: dict[int, list] = {}
-        for i, (mid, order) in enumerate(zip(p["mid"].tolist(), p["order"].tolist())):
-            by_map.setdefault(mid, []).append((order, i))
-        for mid, tables in by_map.items():
-            tables.sort()
-            segs = []
-            for want, (order, i) in enumerate(tables):
-                if order != want:
-                    break                     # an unreadable table: the lookup stops there
-                segs.append((int(data[i]), int(mask[i]) + 1 if mask[i] >= 0 else 0))
-            self._map_state[mid] = {"segs": segs, "frame": int(frames[tables[0][1]])}
-        self._mapidx_wave(p, list(by_map))
+        segs = _table_segments(self.prog.maps[p["ops"][p["i"]][1]], w, off, p)
+        for mid, (runs, i0) in segs.items():
+            self._map_state[mid] = {"segs": runs, "frame": int(frames[i0])}
+        self._mapidx_wave(p, list(segs))
 
     def _mapidx_wave(self, p, mids) -> None:
         """The next groups of each lookup (the reference walks them one by one
@@ -847,23 +837,11 @@ class Run:
     def _c_map_table(self, buf, w, off, addr, frames, p):
         """The groups of a directory map's tables, in order, cut at the first
         table that could not be read (the decoder stops there with an error)."""
-        m = self.prog.maps[p["tid"]]
-        data, mask = w[off + m["table_data"]], w[off + m["table_mask"]]
-        by_map: dict[int, list] = {}
-        for i, (mid, order) in enumerate(zip(p["mid"].tolist(), p["order"].tolist())):
-            by_map.setdefault(mid, []).append((order, i))
-        for mid, tables in by_map.items():
-            tables.sort()
-            segs = []
-            for want, (order, i) in enumerate(tables):
-                if order != want:
-                    break
-                d, k = int(data[i]), int(mask[i])
-                segs.append((d, max(k, 0) + 1 if k >= 0 else 0))
-            i0 = tables[0][1]
-            self._map_state[mid] = {"segs": segs, "found": 0, "limit": int(p["limit"][i0]),
+        segs = _table_segments(self.prog.maps[p["tid"]], w, off, p)
+        for mid, (runs, i0) in segs.items():
+            self._map_state[mid] = {"segs": runs, "found": 0, "limit": int(p["limit"][i0]),
                                     "depth": int(p["depth"][i0]), "frame": int(frames[i0])}
-        self._map_wave(p["tid"], list(by_map))
+        self._map_wave(p["tid"], list(segs))
 
     def _map_wave(self, tid, mids) -> None:
         """The next groups of each map: enough for the entries it still needs
@@ -1115,6 +1093,27 @@ class Run:
         shape = self.prog.shapes.get(tid)
         if shape and shape["need"]:
             self.add(addr, shape["need"], frames, "value", tid=tid, depth=depth)
+
+
+def _table_segments(m: dict, w, off, p) -> dict[int, tuple[list, int]]:
+    """The tables of directory maps just read, for both walks (the decoder's
+    and m[k]'s): map walk id -> ([(groups address, groups)] in directory
+    order, cut at the first table that could not be read, as the reference
+    stops there; the row of the walk's first table)."""
+    data, mask = w[off + m["table_data"]], w[off + m["table_mask"]]
+    by_map: dict[int, list] = {}
+    for i, (mid, order) in enumerate(zip(p["mid"].tolist(), p["order"].tolist())):
+        by_map.setdefault(mid, []).append((order, i))
+    out = {}
+    for mid, tables in by_map.items():
+        tables.sort()
+        segs = []
+        for want, (order, i) in enumerate(tables):
+            if order != want:
+                break
+            segs.append((int(data[i]), int(mask[i]) + 1 if mask[i] >= 0 else 0))
+        out[mid] = (segs, tables[0][1])
+    return out
 
 
 def _indirect(m: dict) -> bool:
