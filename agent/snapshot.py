@@ -199,11 +199,34 @@ def snapshot_processes(targets: list[tuple[int, Target]], opts: SnapshotOptions 
             gc.enable()
     for j in live:
         j.finish()
-    starts = [j.rec.pause_start_ns for j in jobs if j.rec.pause_start_ns]
-    for j in jobs:
-        if j.rec.pause_start_ns:
-            j.rec.pause_skew_ns = j.rec.pause_start_ns - min(starts)
-    return [j.rec for j in jobs]
+    return with_skews([j.rec for j in jobs])
+
+
+def with_skews(recs: list[ProcessRecord]) -> list[ProcessRecord]:
+    """recs, each paused one with its pause start's distance from the earliest
+    (processes.pause_skew_ns); both executors' snapshots of several processes."""
+    starts = [r.pause_start_ns for r in recs if r.pause_start_ns]
+    for r in recs:
+        if r.pause_start_ns:
+            r.pause_skew_ns = r.pause_start_ns - min(starts)
+    return recs
+
+
+def new_record(pid: int, target) -> ProcessRecord:
+    """The record a snapshot of pid fills, with what the binary says of itself
+    and the plan's warnings (both executors start from it)."""
+    b = target.binary
+    rec = ProcessRecord(pid=pid, host=socket.gethostname(), exe=_exe(pid), build_id=b.build_id,
+                        go_version=b.go_version, main_module=b.main_module,
+                        vcs_revision=b.vcs_revision, captured_at_ns=time.time_ns())
+    rec.warnings.extend(target.plan.warnings)
+    return rec
+
+
+def no_layout(binary) -> str:
+    """The error of a target whose runtime layout is unknown (both executors)."""
+    return (f"{binary.path} ({binary.build_description}) has no DWARF for the runtime layout "
+            "and no reference build matched; can't find goroutines")
 
 
 def _pause_and_read(live: list) -> None:
@@ -261,11 +284,7 @@ class _Job:
         self.pid, self.target, self.opts = pid, target, opts
         self.mem, self.pause, self.paused = mem, pause, None
         self.state = None
-        b = target.binary
-        self.rec = ProcessRecord(pid=pid, host=socket.gethostname(), exe=_exe(pid), build_id=b.build_id,
-                                 go_version=b.go_version, main_module=b.main_module,
-                                 vcs_revision=b.vcs_revision, captured_at_ns=time.time_ns())
-        self.rec.warnings.extend(target.plan.warnings)
+        self.rec = new_record(pid, target)
 
     def fail(self, e: AgentError) -> None:
         if self.rec.error is None:
@@ -273,10 +292,8 @@ class _Job:
         self.state = None
 
     def prepare(self) -> bool:
-        b = self.target.binary
         if self.target.layout is None:
-            self.rec.error = (f"{b.path} ({b.build_description}) has no DWARF for the runtime layout "
-                              "and no reference build matched; can't find goroutines")
+            self.rec.error = no_layout(self.target.binary)
             return False
         try:
             self.target = self.target.at_bias(self.mem_bias())

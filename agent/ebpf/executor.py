@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import atexit
 import os
-import socket
 import threading
 import time
 from contextlib import ExitStack
@@ -37,6 +36,7 @@ from ..loadbias import load_bias
 from ..memory import ProcessMemory
 from ..ptrace import PausedProcess, Regs
 from ..records import GoroutineRecord, ProcessRecord
+from ..snapshot import new_record, no_layout, with_skews
 from ..symbolize import goroutine_record
 from ..unwind import StackImage, unwind
 from .availability import why_unavailable
@@ -126,12 +126,8 @@ class _Job:
     """One process of an eBPF snapshot: prepared (unpaused), walked, finished."""
 
     def __init__(self, pid, target, opts, budgets):
-        b = target.binary
         self.pid, self.target, self.opts = pid, target, opts
-        self.rec = ProcessRecord(pid=pid, host=socket.gethostname(), exe=_exe(pid), build_id=b.build_id,
-                                 go_version=b.go_version, main_module=b.main_module,
-                                 vcs_revision=b.vcs_revision, captured_at_ns=time.time_ns())
-        self.rec.warnings.extend(target.plan.warnings)
+        self.rec = new_record(pid, target)
         self.budgets = budgets or StackBudgets(max_frames=opts.max_frames)
         self.paused = self.report = self.threads = self.tables = None
         self.now_mono = 0
@@ -143,8 +139,7 @@ class _Job:
     def prepare(self) -> bool:
         b = self.target.binary
         if self.target.layout is None:
-            self.rec.error = (f"{b.path} ({b.build_description}) has no DWARF for the runtime layout "
-                              "and no reference build matched; can't find goroutines")
+            self.rec.error = no_layout(b)
             return False
         try:
             self.target = self.target.at_bias(load_bias(self.pid, b))
@@ -300,18 +295,7 @@ def _together(targets: list, opts, probe: StackProbe, budgets) -> list[ProcessRe
     for j in walked:
         if j.rec.error is None:
             j.finish(mine[j.pid])
-    starts = [j.rec.pause_start_ns for j in jobs if j.rec.pause_start_ns]
-    for j in jobs:
-        if j.rec.pause_start_ns:
-            j.rec.pause_skew_ns = j.rec.pause_start_ns - min(starts)
-    return [j.rec for j in jobs]
-
-
-def _exe(pid: int) -> str:
-    try:
-        return os.readlink(f"/proc/{pid}/exe")
-    except OSError:
-        return ""
+    return with_skews([j.rec for j in jobs])
 
 
 # Where the probe runs: runtime.sigtramp (the .abi0 assembly entry the
@@ -582,9 +566,8 @@ def snapshot_processes(targets: list, opts, ptrace) -> list[ProcessRecord]:
             if why:
                 rec.warnings.append(f"executor auto: used ptrace, because {why}")
         elif why:
-            rec = ProcessRecord(pid=pid, host=socket.gethostname(), exe=_exe(pid),
-                                build_id=t.binary.build_id, go_version=t.binary.go_version,
-                                captured_at_ns=time.time_ns(), error=f"executor ebpf: {why}")
+            rec = new_record(pid, t)
+            rec.error = f"executor ebpf: {why}"
         else:
             rec = by_pid[pid]
         out.append(rec)
