@@ -81,6 +81,35 @@ def read_line(proc: subprocess.Popen, prefix: bytes, timeout: float) -> bytes:
     raise AssertionError(f"the service did not print {prefix!r}: {buf!r}")
 
 
+def start_nvim(tmp_path, ws, init_text: str, file, **env):
+    """Headless Neovim set up by init_text, in ws, editing `file` with its
+    exray client initialized: (process, pynvim session, buffer number). The
+    process is killed if it does not get there."""
+    import pynvim
+    init, sock = tmp_path / "init.lua", tmp_path / "nvim.sock"
+    init.write_text(init_text)
+    xdg = {k: str(tmp_path / "xdg" / k.lower()) for k in
+           ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME")}
+    proc = subprocess.Popen([NVIM, "--headless", "--listen", str(sock), "-u", str(init), "-i", "NONE", "-n"],
+                            cwd=ws, env=dict(os.environ, EXRAY=str(ROOT), **env, **xdg),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=open(tmp_path / "nvim.stderr", "wb"))
+    try:
+        wait_for(lambda: sock.exists() or proc.poll() is not None, 10, "Neovim's socket")
+        assert proc.poll() is None, (tmp_path / "nvim.stderr").read_text()
+        nv = pynvim.attach("socket", path=str(sock))
+        nv.command(f"edit {file}")
+        buf = nv.current.buffer.number
+        wait_for(lambda: nv.exec_lua("local c = vim.lsp.get_clients({ bufnr = 0, name = 'exray' })[1] "
+                                     "return c ~= nil and c.initialized == true"), 20,
+                 "the exray client on " + os.path.basename(str(file)))
+        return proc, nv, buf
+    except BaseException:
+        proc.kill()
+        proc.wait(5)
+        raise
+
+
 def http_get(addr: tuple[str, int], path: str) -> socket.socket:
     s = socket.create_connection(addr, timeout=5)
     s.sendall(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
@@ -131,7 +160,6 @@ vim.api.nvim_win_set_cursor(0, { link.range.start.line + 1, col })
 
 
 def test_neovim_capture_snapshot_hints_and_documents(go_build, tmp_path):
-    import pynvim
 
     ws = tmp_path / "inventory"
     ws.mkdir()
@@ -160,25 +188,8 @@ def test_neovim_capture_snapshot_hints_and_documents(go_build, tmp_path):
         # The spec names the target; the capture comes from the code action.
         (ws / "exray.yaml").write_text(f"version: 1\ntargets:\n  - pid: {service.pid}\n")
 
-        init = tmp_path / "init.lua"
-        init.write_text(readme_init())
-        sock = tmp_path / "nvim.sock"
-        xdg = {k: str(tmp_path / "xdg" / k.lower()) for k in
-               ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME")}
-        env = dict(os.environ, EXRAY=str(ROOT), **xdg)
-        nvim_log = open(tmp_path / "nvim.stderr", "wb")
-        nvim_proc = subprocess.Popen([NVIM, "--headless", "--listen", str(sock), "-u", str(init), "-i", "NONE",
-                                      "-n"], cwd=ws, env=env, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=nvim_log)
-        wait_for(lambda: sock.exists() or nvim_proc.poll() is not None, 10, "Neovim's socket")
-        assert nvim_proc.poll() is None, (tmp_path / "nvim.stderr").read_text()
-        nv = pynvim.attach("socket", path=str(sock))
+        nvim_proc, nv, buf = start_nvim(tmp_path, ws, readme_init(), main_go)
         lua = nv.exec_lua
-
-        nv.command(f"edit {main_go}")
-        buf = nv.current.buffer.number
-        wait_for(lambda: lua("local c = vim.lsp.get_clients({ bufnr = 0, name = 'exray' })[1] "
-                             "return c ~= nil and c.initialized == true"), 20, "the exray client on main.go")
         assert lua("return vim.lsp.inlay_hint.is_enabled({ bufnr = 0 })")
 
         # --- the code action, through Neovim's own LSP machinery
@@ -316,7 +327,6 @@ def test_neovim_snapshot_through_an_agent(go_build, tmp_path):
     the hint there shows `s` and `anyPtr` (an interface whose dynamic type no
     capture names: the agent has no DWARF, the plan carries it) as the
     program itself reported them."""
-    import pynvim
 
     sys.path.insert(0, str(Path(__file__).parent))
     from agent_helpers import tracer_pid, write_token
@@ -347,23 +357,9 @@ def test_neovim_snapshot_through_an_agent(go_build, tmp_path):
         block, m = re.subn(r"agentTokenFile = '[^']*'", f"agentTokenFile = '{token}'", block)
         block, k = re.subn(r"executor = '[^']*'", "executor = 'ptrace'", block)
         assert n == m == k == 1, block
-        init = tmp_path / "init.lua"
-        init.write_text(readme_init() + "\n" + block)
-        sock = tmp_path / "nvim.sock"
-        xdg = {k: str(tmp_path / "xdg" / k.lower()) for k in
-               ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME")}
-        env = dict(os.environ, EXRAY=str(ROOT), EXRAY_DEBUGINFO_CACHE=str(tmp_path / "debuginfo"), **xdg)
-        nvim_proc = subprocess.Popen([NVIM, "--headless", "--listen", str(sock), "-u", str(init), "-i", "NONE",
-                                      "-n"], cwd=ws, env=env, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=open(tmp_path / "nvim.stderr", "wb"))
-        wait_for(lambda: sock.exists() or nvim_proc.poll() is not None, 10, "Neovim's socket")
-        assert nvim_proc.poll() is None, (tmp_path / "nvim.stderr").read_text()
-        nv = pynvim.attach("socket", path=str(sock))
+        nvim_proc, nv, buf = start_nvim(tmp_path, ws, readme_init() + "\n" + block, ws / "main.go",
+                                        EXRAY_DEBUGINFO_CACHE=str(tmp_path / "debuginfo"))
         lua = nv.exec_lua
-        nv.command(f"edit {ws / 'main.go'}")
-        buf = nv.current.buffer.number
-        wait_for(lambda: lua("local c = vim.lsp.get_clients({ bufnr = 0, name = 'exray' })[1] "
-                             "return c ~= nil and c.initialized == true"), 20, "the exray client on main.go")
 
         nv.command("ExraySnapshot")
 
