@@ -643,23 +643,31 @@ class Run:
         """The next groups of each lookup (the reference walks them one by one
         until the key; a wave reads a few at a time)."""
         m = self.prog.maps[p["ops"][p["i"]][1]]
+        wave = self._group_wave(mids, m["group"], lambda st: 8)
+        if wave:
+            addrs, fr, gm, pos = wave
+            self.add(addrs, m["group"], fr, "mapidx_groups", ops=p["ops"], i=p["i"], tid=p["tid"], mid=gm, pos=pos)
+
+    def _group_wave(self, mids, group: int, want):
+        """The next groups of each directory-map walk in mids, at most
+        want(its state) each, taken off its segments in order: (addresses,
+        frames, walk ids, position in the wave) columns, or None if none is left."""
         addrs, fr, gm, pos = [], [], [], []
         for mid in mids:
             st = self._map_state[mid]
-            wave = []
-            while st["segs"] and len(wave) < 8:
+            most, wave = want(st), []
+            while st["segs"] and len(wave) < most:
                 d, n = st["segs"][0]
-                take = min(n, 8 - len(wave))
-                wave += [d + g * m["group"] for g in range(take)]
-                st["segs"][0] = (d + take * m["group"], n - take)
+                take = min(n, most - len(wave))
+                wave += [d + g * group for g in range(take)]
+                st["segs"][0] = (d + take * group, n - take)
                 if st["segs"][0][1] == 0:
                     st["segs"].pop(0)
             addrs += wave; fr += [st["frame"]] * len(wave); gm += [mid] * len(wave)
             pos += list(range(len(wave)))
-        if addrs:
-            a = lambda xs: np.array(xs, np.int64)
-            self.add(a(addrs), m["group"], a(fr), "mapidx_groups", ops=p["ops"], i=p["i"], tid=p["tid"],
-                     mid=a(gm), pos=a(pos))
+        if not addrs:
+            return None
+        return tuple(np.array(xs, np.int64) for xs in (addrs, fr, gm, pos))
 
     def _c_mapidx_groups(self, buf, w, off, addr, frames, p):
         ops, i = p["ops"], p["i"]
@@ -847,23 +855,11 @@ class Run:
         """The next groups of each map: enough for the entries it still needs
         if they were half full (the decoder reads them one by one in order)."""
         m = self.prog.maps[tid]
-        addrs, fr, gm, pos = [], [], [], []
-        for mid in mids:
-            st = self._map_state[mid]
-            want = max(2, -(-(st["limit"] + 1 - st["found"]) // 4))
-            wave = []
-            while st["segs"] and len(wave) < want:
-                d, n = st["segs"][0]
-                take = min(n, want - len(wave))
-                wave += [d + g * m["group"] for g in range(take)]
-                st["segs"][0] = (d + take * m["group"], n - take)
-                if st["segs"][0][1] == 0:
-                    st["segs"].pop(0)
-            addrs += wave; fr += [st["frame"]] * len(wave); gm += [mid] * len(wave)
-            pos += list(range(len(wave)))
-        if addrs:
-            a = lambda xs: np.array(xs, np.int64)
-            self.add(a(addrs), m["group"], a(fr), "map_groups", tid=tid, mid=a(gm), pos=a(pos))
+        wave = self._group_wave(mids, m["group"],
+                                lambda st: max(2, -(-(st["limit"] + 1 - st["found"]) // 4)))
+        if wave:
+            addrs, fr, gm, pos = wave
+            self.add(addrs, m["group"], fr, "map_groups", tid=tid, mid=gm, pos=pos)
 
     def _c_map_groups(self, buf, w, off, addr, frames, p):
         """A wave of groups: the first full slots each map still needs, in
