@@ -110,6 +110,21 @@ def start_nvim(tmp_path, ws, init_text: str, file, **env):
         raise
 
 
+def stop(nv, *procs) -> None:
+    """Quit Neovim's session (nv, if any), then kill and reap procs (None: not started)."""
+    if nv is not None:
+        try:
+            nv.command("qall!")
+        except Exception:
+            pass
+        nv.close()
+    for p in procs:
+        if p is not None and p.poll() is None:
+            p.kill()
+        if p is not None:
+            p.wait(10)
+
+
 def http_get(addr: tuple[str, int], path: str) -> socket.socket:
     s = socket.create_connection(addr, timeout=5)
     s.sendall(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
@@ -296,17 +311,7 @@ def test_neovim_capture_snapshot_hints_and_documents(go_build, tmp_path):
                          30, "main.go's hints (a hidden buffer) from the second snapshot")
         assert f'"{LATE_SKU}"' in label or "|+" in label, label
     finally:
-        if nv is not None:
-            try:
-                nv.command("qall!")
-            except Exception:
-                pass
-            nv.close()
-        for p in (nvim_proc, service):
-            if p is not None and p.poll() is None:
-                p.kill()
-            if p is not None:
-                p.wait(10)
+        stop(nv, nvim_proc, service)
         for c in conns:
             c.close()
 
@@ -382,14 +387,4 @@ def test_neovim_snapshot_through_an_agent(go_build, tmp_path):
         assert {e["who"] for e in audit if e["method"] == "RunPlan"} == {"neovim-user"}
         assert tracer_pid(target.pid) == 0
     finally:
-        if nv is not None:
-            try:
-                nv.command("qall!")
-            except Exception:
-                pass
-            nv.close()
-        for p in (nvim_proc, agent, target):
-            if p is not None and p.poll() is None:
-                p.kill()
-            if p is not None:
-                p.wait(10)
+        stop(nv, nvim_proc, agent, target)
