@@ -48,6 +48,7 @@ from dataclasses import dataclass, fields
 from agent.errors import (AgentError, PauseDeadlineExceeded, PermissionDenied, ProcessExited,
                           ProcessNotFound)
 
+PTRACE_CONT = 7
 PTRACE_GETREGS = 12
 PTRACE_DETACH = 17
 PTRACE_GETEVENTMSG = 0x4201
@@ -61,6 +62,9 @@ PTRACE_EVENT_STOP = 128
 
 WALL = 0x40000000          # __WALL: wait for threads (clone children) too
 DETACH_GRACE_S = 2.0       # how long __exit__ waits for a straggler to stop or die
+HAND_OVER_S = 0.005        # how long a thread handed over may take to reach its signal
+HAND_OVER_NAP_S = 20e-6    # its wait's sleeps
+PR_SET_TIMERSLACK = 29
 _ULONG = ctypes.c_ulong
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -309,6 +313,7 @@ class PausedProcess:
         self.deadline_s = deadline_s
         self.threads: dict[int, Regs] = {}
         self.signals: dict[int, int] = {}     # tid -> signal held back during the pause (re-injected)
+        self.refused: dict[int, str] = {}     # tid -> why hand_over could not let it go
         self.paused_at_ns = 0
         self.resumed_at_ns = 0
         self.pause_ns = 0
@@ -372,6 +377,78 @@ class PausedProcess:
                                                and not isinstance(exc, ProcessExited))):
             raise ProcessExited(f"pid {self.pid} exited during the pause") from exc
         return False
+
+    def hand_over(self, tid: int, sig: int) -> bool:
+        """Lets one stopped thread go, untraced, straight into its handler of
+        `sig`: the eBPF probe's other runners start there (their uprobe is on
+        the handler's entry), each on its own CPU. The thread must be stopped,
+        hold no other signal and not block sig. False, with the thread
+        stopped and traced again, when it can't be done (`refused` says why)."""
+        t = self._t.get(tid)
+        why = ("not one of ours" if t is None else "not stopped" if not t.stopped or t.gone
+               else f"it holds signal {t.inject}" if t.inject not in (0, sig)
+               else f"it blocks signal {sig}" if _blocks(self.pid, tid, sig) else None)
+        if why:
+            self.refused[tid] = why
+            return False
+        if t.inject == sig:     # stopped delivering sig already (Go's own SIGURG): one is as good as two
+            return self._let_go(t, sig)
+        # The wait below sleeps (sched_yield at nice -20 would starve the very
+        # thread it waits for, on a machine with few CPUs): with a slack of
+        # 1 us a 20 us sleep takes about that, not the default 50 us more.
+        _libc.prctl(PR_SET_TIMERSLACK, 1000, 0, 0, 0)
+        tgkill(self.pid, tid, sig)
+        if _ptrace(PTRACE_CONT, tid, 0, 0):
+            self.refused[tid] = "PTRACE_CONT failed"   # gone: the pending sig is Go's, harmless later
+            return False
+        t.stopped = False
+        if not self._reach_signal(t, sig, time.monotonic() + HAND_OVER_S):
+            self.refused[tid] = f"it did not reach signal {sig} within {HAND_OVER_S * 1e3:.0f} ms"
+            return False
+        t.stopped = True
+        return self._let_go(t, sig)
+
+    def _let_go(self, t: _Tracee, sig: int) -> bool:
+        """Detaches t, in its signal-delivery-stop, delivering sig."""
+        if _ptrace(PTRACE_DETACH, t.tid, 0, sig):
+            t.inject = sig      # still in that stop: detached with the others, sig with it
+            self.refused[t.tid] = "PTRACE_DETACH failed"
+            return False
+        t.detached = True
+        t.inject = 0
+        return True
+
+    def _reach_signal(self, t: _Tracee, sig: int, until: float) -> bool:
+        """Waits for t's signal-delivery-stop of sig (another signal met on
+        the way is delivered; a clone adopted). At `until` it is interrupted
+        and waited for instead: False."""
+        interrupted = False
+        while True:
+            st = _wait_status(t.tid)
+            if st is None:
+                if not interrupted and time.monotonic() > until:
+                    _ptrace(PTRACE_INTERRUPT, t.tid)      # it runs the target's code: stop it
+                    interrupted = True
+                    until = time.monotonic() + DETACH_GRACE_S
+                elif interrupted and time.monotonic() > until:
+                    return False      # _release waits for it again
+                time.sleep(HAND_OVER_NAP_S)
+                continue
+            if st[0] == 0 or not os.WIFSTOPPED(st[1]):
+                t.gone = True
+                return False
+            event, got = st[1] >> 16, os.WSTOPSIG(st[1])
+            if event == 0 and got == sig and not interrupted:
+                t.stopped = True
+                return True
+            if interrupted:
+                self._on_stop(t, got, event)
+                return False
+            if event == PTRACE_EVENT_CLONE:
+                child = _event_msg(t.tid)
+                if child:
+                    self._adopt(child)
+            _ptrace(PTRACE_CONT, t.tid, 0, got if event == 0 else 0)
 
     def elapsed_s(self) -> float:
         """Seconds since the first thread was interrupted (0 before)."""
@@ -647,6 +724,18 @@ def _raiser(exc: type[BaseException], sig: int):
     def handler(signum, frame):
         raise exc(128 + signum) if exc is SystemExit else exc()
     return handler
+
+
+def _blocks(pid: int, tid: int, sig: int) -> bool:
+    """Whether thread tid blocks sig (or can't be looked at)."""
+    try:
+        with open(f"/proc/{pid}/task/{tid}/status") as f:
+            for line in f:
+                if line.startswith("SigBlk:"):
+                    return bool(int(line.split(":", 1)[1], 16) & (1 << (sig - 1)))
+    except (OSError, ValueError):
+        pass
+    return True
 
 
 def _status_field(status: str, name: str) -> int:

@@ -34,8 +34,11 @@ class Copies:
     after the resume. A range that failed in the pause fails again with the
     reader's own message; a range never copied counts as a miss."""
 
-    def __init__(self, pid: int):
+    def __init__(self, pid: int, static=None):
         self.pid = pid
+        # (lo, hi, read): a range never copied because it is the binary's own
+        # read-only data, read from its file instead
+        self.static = static
         self._chunks: list[tuple] = []        # (addrs, sizes, buf, offs, ok)
         self._recorded: list[tuple[int, bytes]] = []
         self._failed: list[tuple[int, int]] = []
@@ -113,6 +116,8 @@ class Copies:
         if i >= 0 and addr + size <= self._iend[i]:
             b = int(self._ibase[i] + addr - self._istart[i])
             return self._bytes[b:b + size].tobytes()
+        if self.static is not None and self.static[0] <= addr and addr + size <= self.static[1]:
+            return self.static[2](addr, size)
         if any(a < addr + size and addr < a + s for a, s in self._failed):
             raise MemoryReadError(addr, size, f"pid {self.pid}: cannot read {size} bytes at "
                                   f"{addr:#x} (unmapped or unreadable)")

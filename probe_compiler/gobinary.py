@@ -293,6 +293,17 @@ class GoBinary:
                 return seg["p_vaddr"]
         return None
 
+    def rodata_span(self) -> tuple[int, int] | None:
+        """[lo, hi) link-time addresses of the read-only, non-executable
+        segment that holds rodata (string literals among it): bytes there
+        never change while the process runs, so they can be read from the file."""
+        start = self._rodata_start()
+        for seg in self._loads:
+            lo = seg["p_vaddr"]
+            if seg["p_flags"] & 0x7 == 0x4 and start is not None and lo <= start < lo + seg["p_filesz"]:
+                return lo, lo + seg["p_filesz"]
+        return None
+
     @cached_property
     def pclntab(self) -> PcLnTab:
         return PcLnTab(self._data, self.text_start, self._pcln_off, self._pcln_size,

@@ -51,7 +51,7 @@ def test_errors_and_timeouts_leave_nothing(states):
             probe.prepare(plan)
             import time
             with pytest.raises(ProbeError, match="did not finish"):
-                probe.trigger(t.pid, t.pid, time.monotonic_ns() + 50_000_000)
+                probe.trigger(t.pid, [t.pid], time.monotonic_ns() + 50_000_000)
             probe.finish()
         # An exception inside the attached block detaches too.
         with pytest.raises(RuntimeError):

@@ -27,7 +27,7 @@ def _layout(**over):
 
 def test_plan_packs_offsets_masks_and_budgets():
     plan = StackPlan.from_layout(_layout(), 42, {"goid": 8, "labels": 8}, StackBudgets(max_frames=7))
-    v = struct.unpack("<5Q19I4x3Q8I2Q", plan.pack())
+    v = struct.unpack("<5Q19I4x3Q8I4Q", plan.pack())
     assert v[:5] == (0x1000, 0x1008, (1 << 0) | (1 << 6) | (1 << 11), 1 << 2, 1 << 4)
     assert v[5:8] == (42, 0x1000, 360)           # tgid, gscan, g bytes through labels
     assert v[17] == ABSENT                        # no syscallbp before Go 1.23
@@ -38,11 +38,12 @@ def test_plan_packs_offsets_masks_and_budgets():
 def test_a_plan_with_captures_names_its_tables_and_keeps_whole_stacks_it_can():
     at = Placement(slot=3, shape_base=100, n_shapes=7, map_base=2, n_maps=1)
     caps = CapturePlan(at=at, types_base=0x4a0000, bias=0x1000, cap_bytes=1 << 20, depth=8, elements=64,
-                       string_bytes=256, site_lo=0x401000, site_hi=0x402000)
+                       string_bytes=256, site_lo=0x401000, site_hi=0x402000, ro_lo=0x4a0000, ro_hi=0x4c0000)
     plan = replace(StackPlan.from_layout(_layout(), 42, {"goid": 8}), captures=caps)
-    v = struct.unpack("<5Q19I4x3Q8I2Q", plan.pack())
+    v = struct.unpack("<5Q19I4x3Q8I4Q", plan.pack())
     assert v[23] == 1016                          # whole stacks fit the probe's kept copies (for their chain)
-    assert v[24:] == (0x4a0000, 0x1000, 1 << 20, 3, 8, 64, 256, 100, 7, 2, 1, 0x401000, 0x402000)
+    assert v[24:] == (0x4a0000, 0x1000, 1 << 20, 3, 8, 64, 256, 100, 7, 2, 1, 0x401000, 0x402000,
+                      0x4a0000, 0x4c0000)
 
 
 def test_plan_refuses_what_the_probe_cant_walk():
@@ -81,7 +82,7 @@ def test_cut_chains_say_why_and_lost_goroutines_are_counted():
 def test_thread_record_gives_the_interrupted_registers():
     regs = list(range(100, 123))
     out = R.parse([HDR.pack(R.K_THREAD, 0, 0, 0, 0, 0, 2, 77, 23 * 8, 0, 0, 0) + struct.pack("<23Q", *regs)])
-    tid, r = out.thread
+    [(tid, r)] = out.threads
     assert tid == 77 and r["rip"] == 116 and r["rsp"] == 115 and r["rbp"] == 110
 
 
@@ -109,3 +110,42 @@ def test_copy_records_are_kept_by_address():
     assert out.copies == [(0xc000100000, b"hello"), (0xc000200000, b"")]
     with pytest.raises(R.RecordError, match="5 bytes claimed, 4 sent"):
         R.parse([struct.pack("<IIQ", R.K_COPY, 5, 0x1000) + b"abcd"])
+
+
+def _batch(*copies, claim=None) -> bytes:
+    """A K_BATCH record of (address, bytes) copies, each padded to 8 bytes."""
+    body = b""
+    for addr, data in copies:
+        rec = struct.pack("<IIQ", R.K_COPY, len(data), addr) + data
+        body += rec + bytes(-len(rec) % 8)
+    return struct.pack("<II", R.K_BATCH, len(body) if claim is None else claim) + body
+
+
+def test_a_runners_batch_of_copies_is_its_copies():
+    out = R.parse([_g(1), _batch((0xc000100000, b"hello"), (0xc000100010, b"12345678"), (0x1000, b""))])
+    assert out.copies == [(0xc000100000, b"hello"), (0xc000100010, b"12345678"), (0x1000, b"")]
+
+
+@pytest.mark.parametrize("raw", [_batch((0x10, b"abc"), claim=99),
+                                 struct.pack("<II", R.K_BATCH, 16) + struct.pack("<IIQ", R.K_COPY, 50, 0x20),
+                                 struct.pack("<II", R.K_BATCH, 16) + struct.pack("<IIQ", R.K_G, 0, 0x20)])
+def test_a_malformed_batch_is_an_error_not_a_crash(raw):
+    with pytest.raises(R.RecordError):
+        R.parse([raw])
+
+
+def test_the_binarys_read_only_data_is_read_from_the_file_not_missed():
+    """What the probe leaves out (a literal in rodata) is read from the
+    binary; anything else it did not copy is still a miss."""
+    import numpy as np
+    from agent.readexec import Copies
+    from agent.errors import MemoryReadError
+    rodata = bytes(range(256))
+    c = Copies(1, static=(0x4000, 0x4100, lambda a, n: rodata[a - 0x4000:a - 0x4000 + n]))
+    c.add(np.array([0xc000], np.int64), np.array([4], np.int64), np.frombuffer(b"heap", np.uint8),
+          np.array([0, 4], np.int64), np.ones(1, bool))
+    assert c.read(0xc000, 4) == b"heap"
+    assert c.read(0x4010, 3) == bytes([16, 17, 18])
+    with pytest.raises(MemoryReadError, match="not copied"):
+        c.read(0x40ff, 2)            # runs past the read-only data
+    assert c.misses == [(0x40ff, 2)]

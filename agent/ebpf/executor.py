@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import signal
 import threading
 import time
 from contextlib import ExitStack
@@ -41,7 +42,7 @@ from ..symbolize import goroutine_record
 from ..unwind import StackImage, unwind
 from .availability import why_unavailable
 from .plan import CapturePlan, StackBudgets, StackPlan
-from .probe import ProbeError, StackProbe
+from .probe import R_MAX, ProbeError, StackProbe
 from .records import F_FULL, K_THREAD, START_REGS, START_SYSCALL, ProbeGoroutine, parse
 
 EXECUTORS = ("ptrace", "ebpf", "auto")
@@ -146,9 +147,12 @@ class _Job:
             self.rec.load_bias = self.target.bias
             self.plan = StackPlan.from_layout(self.target.layout, self.pid, gr._G_FIELDS, self.budgets)
             self.offsets = probe_offsets(b)
-            if _allglen(self.pid, self.target.layout) <= ONE_HOOK_UP_TO:
+            allglen = _allglen(self.pid, self.target.layout)
+            if allglen <= ONE_HOOK_UP_TO:
                 self.offsets = self.offsets[:1]   # one uprobe's 33 runs walk it: each detach costs 0.1 s
-            self.runner = pick_runner(self.pid)   # the thread left running: SIGURG sends it into sigtramp
+            # The thread left running (a SIGURG sends it into sigtramp), then
+            # the stopped ones handed over to share a long walk.
+            self.runner, *self.helpers = pick_runners(self.pid, runner_count(allglen))
             self.pause = PausedProcess(self.pid, deadline_s=self.opts.deadline_s, leave_running=self.runner)
         except (AgentError, ValueError) as e:
             self.fail(e)
@@ -170,7 +174,8 @@ class _Job:
         self.plan = replace(self.plan, captures=CapturePlan(
             at=at, types_base=getattr(t.layout, "moduledata_types_addr", 0) or 0, bias=t.bias,
             cap_bytes=capture_bytes(b.snapshot_bytes), depth=b.depth, elements=b.elements, string_bytes=b.string_bytes,
-            site_lo=min(self.tables.sites, default=1), site_hi=max(self.tables.sites, default=0)))
+            site_lo=min(self.tables.sites, default=1), site_hi=max(self.tables.sites, default=0),
+            **_rodata(t)))
 
     def walk(self, probe: StackProbe, first: bool) -> None:
         """In the pause: the plan in (the first job's went in before the pause),
@@ -183,13 +188,12 @@ class _Job:
             self.now_mono = time.monotonic_ns()
             left = max(0.0, self.opts.deadline_s - paused.elapsed_s())
             share = max(0.0, self.opts.deadline_s * self.opts.capture_share - paused.elapsed_s())
-            self.report = probe.trigger(self.pid, self.runner, self.now_mono + int(left * 1e9),
-                                        self.now_mono + max(1, int(share * 1e9)))
+            self.report = probe.trigger(self.pid, [self.runner, *self.helpers], self.now_mono + int(left * 1e9),
+                                        self.now_mono + max(1, int(share * 1e9)),
+                                        release=lambda tid: paused.hand_over(tid, signal.SIGURG))
             self.threads = dict(paused.threads)
         except AgentError as e:
-            self.fail(e)
-        finally:
-            probe.finish()
+            self.fail(e)        # trigger() disarmed the probe on its way out
 
     def finish(self, records: list[bytes]) -> None:
         """After the resume: this process's records into goroutines and frames."""
@@ -200,8 +204,7 @@ class _Job:
         except AgentError as e:
             self.fail(e)
             return
-        if out.thread is not None:
-            tid, regs = out.thread
+        for tid, regs in out.threads:
             self.threads[tid] = _regs(regs)
         _report_limits(rec, out, self.report)
         from probe_compiler.capture_limits import DEFAULTS
@@ -263,7 +266,7 @@ def _together(targets: list, opts, probe: StackProbe, budgets) -> list[ProcessRe
             j.load_captures(probe)
         live = [j for j in live if j.rec.error is None]
         if live:                            # before the pause: the first plan, no regs, no old records
-            probe.prepare(live[0].plan)
+            probe.prepare(live[0].plan, [[j.runner, *j.helpers] for j in live])
         # Every process's threads interrupted back to back, then the stops
         # waited for: the pauses start together (PausedProcess.interrupt).
         for j in live:
@@ -283,8 +286,12 @@ def _together(targets: list, opts, probe: StackProbe, budgets) -> list[ProcessRe
                 if j.paused is not None and j.rec.error is None:
                     j.walk(probe, first=j is live[0])   # one after another: the probe has one cursor
                     walked.append(j)
-    # Resumed. A walk begins with its K_THREAD record (the runner's tid), in order.
-    by_runner = {j.runner: j for j in walked}
+        # A runner that is DONE ignores a late SIGURG as an idle one does:
+        # disarming waits until the processes run again.
+        probe.finish()
+    # Resumed. A walk begins with its first runner's K_THREAD record (the
+    # runner's tid); the others' come later in the same walk.
+    by_runner = {tid: j for j in walked for tid in (j.runner, *j.helpers)}
     mine: dict[int, list] = {j.pid: [] for j in walked}
     current = None
     for raw in probe.drain():
@@ -338,16 +345,40 @@ def probe_offsets(binary) -> list[int]:
 SIGURG_BIT = 1 << (23 - 1)      # SIGURG in /proc's signal masks
 
 
-def pick_runner(pid: int) -> int:
-    """The thread to leave running and send the SIGURG: one that is on a CPU
-    now (the signal reaches it at once; a sleeping thread must first be
-    woken and scheduled, which on a busy machine costs more than the walk),
-    else the leader; never one that blocks SIGURG (a C thread may)."""
-    best = None
+# With this many allgs entries or more the walk is shared by several of the
+# target's threads, one per CPU: below it one walks it in less time than a
+# second takes to start (handing a stopped thread over, ~0.1 ms).
+SHARE_FROM = 256
+
+
+def runner_count(allglen: int) -> int:
+    """Threads to walk allglen goroutines: one, or one per CPU this agent
+    may run on (at most R_MAX); $EXRAY_EBPF_RUNNERS sets it (1 keeps a
+    snapshot to one CPU), still at most one per CPU: a runner whose share is
+    done spins until the last ends, and one without a CPU of its own would
+    take it from those still walking."""
+    cpus = max(1, min(R_MAX, len(os.sched_getaffinity(0))))
+    want = os.environ.get("EXRAY_EBPF_RUNNERS", "")
+    if want.strip():
+        try:
+            return max(1, min(cpus, int(want)))
+        except ValueError:
+            raise ProbeError(f"EXRAY_EBPF_RUNNERS={want!r} is not a number of threads (1 to {R_MAX})") from None
+    return 1 if allglen < SHARE_FROM else cpus
+
+
+def pick_runners(pid: int, n: int = 1) -> list[int]:
+    """n threads to run the probe (fewer if the target has fewer that take
+    SIGURG; never one that blocks it: a C thread may). The first is left
+    running and signalled: one on a CPU now (the signal reaches it at once;
+    a sleeping thread must first be woken and scheduled, which on a busy
+    machine costs more than the walk), else the leader. The others are
+    stopped with the rest and handed over (PausedProcess.hand_over)."""
+    running, other = [], []
     try:
         tids = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
     except OSError:
-        return pid
+        return [pid]
     for tid in tids:
         try:
             with open(f"/proc/{pid}/task/{tid}/status") as f:
@@ -356,11 +387,9 @@ def pick_runner(pid: int) -> int:
             continue
         if int(fields.get("SigBlk", "0").strip(), 16) & SIGURG_BIT:
             continue
-        if fields.get("State", "").strip().startswith("R"):
-            return tid
-        if best is None or tid == pid:
-            best = tid
-    return best if best is not None else pid
+        (running if fields.get("State", "").strip().startswith("R") else other).append(tid)
+    other.sort(key=lambda tid: tid != pid)      # the leader first among the sleeping
+    return ((running + other) or [pid])[:max(1, n)]
 
 
 def _regs(gregs: dict[str, int]) -> Regs:
@@ -413,6 +442,22 @@ def _sparse_reader(words: dict[int, int]):
     return read
 
 
+def _rodata(target) -> dict:
+    """The plan's ro_lo/ro_hi: the binary's rodata as the process maps it (none: 0, 0)."""
+    span = target.binary.rodata_span()
+    return {} if span is None else {"ro_lo": span[0] + target.bias, "ro_hi": span[1] + target.bias}
+
+
+def static_reader(target):
+    """(lo, hi, read) for readexec.Copies: the binary's rodata, read from its
+    file (what the probe does not copy), by the addresses the process sees."""
+    span = _rodata(target)
+    if not span:
+        return None
+    bias, binary = target.bias, target.binary
+    return span["ro_lo"], span["ro_hi"], lambda addr, n: bytes(binary.read_static(addr - bias, n))
+
+
 class _Captures:
     """After the resume: the probe's copies as the decoder's only memory, and
     whether the decoder found everything it read there."""
@@ -423,7 +468,7 @@ class _Captures:
         from ..readexec import Copies
         from ..snapshot import stop_reason
         self.target, self.opts = target, opts
-        self.copies = Copies(pid)
+        self.copies = Copies(pid, static=static_reader(target))
         if copies:
             sizes = np.array([len(d) for _, d in copies], np.int64)
             offs = np.zeros(len(copies) + 1, np.int64)

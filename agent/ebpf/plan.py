@@ -21,8 +21,8 @@ FULL_BYTES = 1024              # with captures, a whole stack kept for its chain
 WORK_MAX = 65536
 ABSENT = 0xFFFFFFFF            # an offset the layout lacks: the probe reads 0 there
 
-# struct plan: 5 u64, 19 u32 and padding; then the captures' 3 u64, 8 u32 and 2 u64 (184 bytes).
-_PLAN = struct.Struct("<5Q19I4x3Q8I2Q")
+# struct plan: 5 u64, 19 u32 and padding; then the captures' 3 u64, 8 u32 and 4 u64 (200 bytes).
+_PLAN = struct.Struct("<5Q19I4x3Q8I4Q")
 NO_PROG = 0xFFFFFFFF           # plan.prog of a stacks-only walk
 
 # The g fields the probe reads itself (the rest are parsed from its copy).
@@ -57,11 +57,16 @@ class CapturePlan:
     string_bytes: int
     site_lo: int = 0           # the least and the greatest return address with a site (link-time)
     site_hi: int = 0
+    # The binary's read-only data as the process maps it: bytes wholly inside
+    # (string literals) are not copied; the decoder reads them from the file.
+    ro_lo: int = 0
+    ro_hi: int = 0
 
     def pack_fields(self) -> tuple:
         a = self.at
         return (self.types_base, self.bias, self.cap_bytes, a.slot, self.depth, self.elements,
-                self.string_bytes, a.shape_base, a.n_shapes, a.map_base, a.n_maps, self.site_lo, self.site_hi)
+                self.string_bytes, a.shape_base, a.n_shapes, a.map_base, a.n_maps, self.site_lo, self.site_hi,
+                self.ro_lo, self.ro_hi)
 
 
 @dataclass(frozen=True)
@@ -114,7 +119,7 @@ class StackPlan:
             self.m_off_procid, min(b.top_parked, TOP_MAX - 8) & ~7, min(b.top_other, TOP_MAX - 8) & ~7,
             b.max_frames, min(b.max_gs, WORK_MAX),
             min(b.full_stack, FULL_BYTES - 8 if self.captures else TOP_MAX - 8),   # captures: kept for their chain
-            *(self.captures.pack_fields() if self.captures else (0, 0, 0, NO_PROG, 0, 0, 0, 0, 0, 0, 0, 0, 0)))
+            *(self.captures.pack_fields() if self.captures else (0, 0, 0, NO_PROG, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)))
 
 
 def _mask(layout, names) -> int:

@@ -31,6 +31,15 @@
 // goes on. The cursor lives in the
 // `state` map, so any run resumes where the last stopped. Each run ends
 // with a K_MARK record that wakes the agent's epoll.
+//
+// Runners: with many goroutines the walk is shared by up to R_MAX of the
+// target's threads, each on its own CPU (the agent lets them go one by one
+// into the signal's handler; `runners` maps their tids to an index). Each
+// runner has its own `state`, list of chains, captures FIFO and buffers;
+// they take allgs entries GCHUNK at a time from one shared cursor (`ctl`),
+// so a runner that starts late takes less. A runner whose share is done
+// waits (PH_WAIT: it signals itself again, so it never runs the target's
+// code) until the last one ends the walk: the process then runs on as one.
 #include <uapi/linux/ptrace.h>
 
 #ifndef GS_STEPS
@@ -40,6 +49,9 @@
 #define FR_STEPS 256            // frames per frames run
 #endif
 #define WORK_MAX 65536          // goroutines one snapshot can queue (plan.max_gs is at most this)
+#define R_MAX 4                 // runners (a power of two)
+#define GCHUNK 16               // allgs entries a runner takes at a time (one gbuf refill)
+#define W_NONE 0xffffffff       // the end of a runner's chain list
 #define G_MAX 1024              // bytes of a g we can copy (mask: G_MAX - 1)
 #define TOP_MAX 8192            // bytes at a goroutine's sp we can copy
 #define FR_MAX 64               // frames per K_FRAMES record; more go in the next one
@@ -53,6 +65,7 @@
 #define K_THREAD 3              // the interrupted registers of the thread that ran the probe
 #define K_MARK 4                // a run stopped (DONE, MORE, FAILED): wakes user space's epoll
 #define K_COPY 5                // captures: bytes copied at an address (the decoder's memory after the resume)
+#define K_BATCH 6               // K_COPY records one after another (each padded to 8 bytes): a runner's stage
 
 // Phases of `state` (user space writes ARMED, the probe the rest).
 #define PH_IDLE 0
@@ -61,6 +74,7 @@
 #define PH_MORE 3               // out of tail calls: trigger again to go on
 #define PH_DONE 4
 #define PH_FAILED 5
+#define PH_WAIT 6               // this runner's share is done; the others' is not
 
 #define SIGURG_NR 23            // the trigger's signal (Go's preemption signal, which it tolerates at any time)
 
@@ -99,6 +113,7 @@ struct plan {
     u32 prog, depth, elements, string_bytes;   // the decoder's depth, elements and string budgets
     u32 shape_base, n_shapes, map_base, n_maps; // this target's runs in `shapes` and `maps`
     u64 site_lo, site_hi;       // every key of `sites` is in [site_lo, site_hi]: a cheap test before the lookup
+    u64 ro_lo, ro_hi;           // the binary's read-only data: leaves wholly inside are read from its file
 };
 
 struct regs3 { u64 pc, sp, bp; };
@@ -115,10 +130,24 @@ struct item {
     u32 dl, idx;
 };
 
-// A goroutine whose frame chain is still to be followed.
+// A goroutine whose frame chain is still to be followed; next: the same
+// runner's next one (each runner follows its own list).
 // fslot: 1 + the fstacks entry holding its whole stack (its chain is
 // followed there, not in the target's memory), or 0.
-struct work { u64 fp, lo, hi; u32 gi, fslot; };
+struct work { u64 fp, lo, hi; u32 gi, fslot, next, pad; };
+
+// The runners' shared words (`ctl`): the allgs cursor, how many runners
+// ended, how many there are (the agent lowers it when one can't start),
+// the work and fstacks entries used; allgs and allglen, read by runner 0,
+// and whether it has.
+#define C_NEXT 0
+#define C_DONE 1
+#define C_NRUN 2
+#define C_NFULL 3
+#define C_ARR 4
+#define C_N 5
+#define C_NWORK 6
+#define C_INIT 7                // runner 0 has read allgs: the others may start
 
 struct state {
     u32 phase;
@@ -128,8 +157,8 @@ struct state {
     u64 arr;                    // allgs array
     u64 n;                      // allglen
     u64 gi;                     // next allgs index
-    u64 nwork;                  // goroutines queued in `work`
-    u64 wi;                     // the one being walked
+    u64 gend;                   // the end of this runner's allgs chunk
+    u32 wi, wnext;              // the work entry being walked, and the next (W_NONE: none)
     u64 fp, lo, hi;             // its next frame pointer and bounds
     u32 gframes;                // its frames so far
     u32 cur;                    // frames in the record being built
@@ -150,10 +179,16 @@ struct state {
     u32 ex_first, ex_n, ex_slot, ex_ubase, ex_pad;
     struct item ex_item;        // the item being expanded (a map walk goes on from it)
     u64 reads_ns;               // time spent in reads runs (the rest of t_last - t_first is triggers and walks)
-    u32 fslot, nfull;           // the chain being walked is in fstacks[fslot - 1] (0: in memory); entries used
+    u32 fslot, nwork;           // the chain being walked is in fstacks[fslot - 1] (0: in memory); chains queued
     u64 fbase;                  // the address of that copy's first byte
+    u32 whead, wtail;           // this runner's list of chains in `work` (W_NONE: empty)
+    u32 gdone, waits;           // no allgs chunk left; rounds spent waiting for the other runners
+    u64 statics;                // leaves not copied: they are in the binary's read-only data
+    // set by the agent when it arms the runner:
     u64 reads_cut_ns;           // CLOCK_MONOTONIC: no reads run starts after this (the captures' share of the pause)
-    u32 cut, pad3;              // the reads stopped there
+    u64 cap_bytes;              // this runner's share of plan.cap_bytes
+    u32 ri, qbase, qmask;       // this runner's index; its FIFO is items[qbase .. qbase + qmask]
+    u32 cut;                    // the reads stopped at reads_cut_ns
 };
 
 struct rec_hdr {
@@ -177,11 +212,15 @@ struct frec {
 };
 
 BPF_ARRAY(plan, struct plan, 1);
-BPF_ARRAY(state, struct state, 1);
+BPF_ARRAY(state, struct state, R_MAX);
+BPF_ARRAY(ctl, u64, 8);
+BPF_HASH(runners, u32, u32, 64);        // a runner's tid -> its index
 BPF_ARRAY(work, struct work, WORK_MAX);
 BPF_HASH(regs, u32, struct regs3, 4096);
-BPF_PERCPU_ARRAY(scratch, struct rec, 1);
-BPF_PERCPU_ARRAY(fscratch, struct frec, 1);
+// Per runner, not per CPU: two runners may share a CPU, and a runner may
+// move between CPUs from one round to the next.
+BPF_ARRAY(scratch, struct rec, R_MAX);
+BPF_ARRAY(fscratch, struct frec, R_MAX);
 BPF_RINGBUF_OUTPUT(out, RINGBUF_PAGES);
 BPF_PROG_ARRAY(progs, 3);
 // With captures, the stacks copied whole (a goroutine's chain is followed in
@@ -205,6 +244,20 @@ static __always_inline u32 gfield32(struct rec *r, u32 off) {
     return v;
 }
 
+static __always_inline u64 *cval(u32 k) {
+    return ctl.lookup(&k);
+}
+
+// The calling thread's runner state (0: not a runner of this walk).
+static __always_inline struct state *my_state(void) {
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    u32 *ri = runners.lookup(&tid);
+    if (!ri)
+        return 0;
+    u32 k = *ri & (R_MAX - 1);
+    return state.lookup(&k);
+}
+
 static __always_inline void emit(struct state *st, void *r, u64 len) {
     // No wakeup: user space reads the ring after the resume, never waits on it.
     if (out.ringbuf_output(r, len, BPF_RB_NO_WAKEUP))
@@ -226,7 +279,9 @@ static __always_inline void stop(struct state *st, u32 phase) {
     // running never runs the target's code mid-walk.
     if (phase == PH_MORE)
         bpf_send_signal_thread(SIGURG_NR);
-    out.ringbuf_output(&mark, sizeof(mark), BPF_RB_FORCE_WAKEUP);
+    // Only an end wakes the agent (its poll looks at MORE now and then):
+    // on a machine with few CPUs its waking would compete with the runners.
+    out.ringbuf_output(&mark, sizeof(mark), phase == PH_MORE ? BPF_RB_NO_WAKEUP : BPF_RB_FORCE_WAKEUP);
 }
 
 // ---------------------------------------------------------------- captures
@@ -336,9 +391,14 @@ BPF_ARRAY(slots, struct slot, 262144);
 BPF_HASH(rtypes, u64, struct rtype, 65536);
 BPF_ARRAY(maps, struct mapl, 8192);
 BPF_ARRAY(items, struct item, ITEMS_MAX);
-BPF_ARRAY(rbuf, struct crec, 1);
-BPF_ARRAY(pbuf, struct crec, 1);    // a root's span, when its pieces are put together in rbuf
-BPF_ARRAY(lbuf, struct crec, 1);    // a leaf copied as its slot is met (rbuf holds the value it is in)
+// Per runner:
+BPF_ARRAY(rbuf, struct crec, R_MAX);
+BPF_ARRAY(pbuf, struct crec, R_MAX);    // a root's span, when its pieces are put together in rbuf
+// The copies are sent STAGE bytes at a time: one ring-buffer record (whose
+// producer lock the runners would otherwise fight over for every value).
+#define STAGE 65536
+struct stage { u32 kind, len; u8 data[STAGE + 2 * RBUF + 32]; };
+BPF_ARRAY(stages, struct stage, R_MAX);
 
 static __always_inline u64 pkey(struct plan *p, u64 v) {
     return ((u64)p->prog << 56) | (v & 0x00ffffffffffffffULL);
@@ -355,11 +415,11 @@ static __always_inline u64 rword(struct crec *b, u32 off) {
 // The queue's next free item (the caller fills it, then st->qtail++), or 0
 // when the queue or the captures' byte budget is full.
 static __always_inline struct item *qslot(struct state *st, struct plan *p) {
-    if (st->qtail - st->qhead >= ITEMS_MAX || st->cbytes >= p->cap_bytes) {
+    if (st->qtail - st->qhead > st->qmask || st->cbytes >= st->cap_bytes) {
         st->qcuts++;
         return 0;
     }
-    u32 k = st->qtail & (ITEMS_MAX - 1);
+    u32 k = (st->qbase + (st->qtail & st->qmask)) & (ITEMS_MAX - 1);
     return items.lookup(&k);
 }
 
@@ -397,12 +457,52 @@ static __always_inline void push_walk(struct state *st, struct plan *p, struct i
     st->qtail++;
 }
 
-// Copies n bytes at addr into buf and sends them as a K_COPY record; 0 if
-// the read failed (not resident, or gone: the decoder will miss them) or
-// the ring buffer was full.
+static __always_inline struct stage *stage_of(struct state *st) {
+    u32 me = st->ri & (R_MAX - 1);
+    return stages.lookup(&me);
+}
+
+// Sends the stage's copies as one K_BATCH record and empties it.
+static __always_inline void flush_stage(struct state *st, struct stage *sg) {
+    u32 used = sg->len;
+    if (!used)
+        return;
+    if (used > STAGE)
+        used = STAGE;
+    sg->kind = K_BATCH;
+    if (out.ringbuf_output(sg, 8 + (u64)used, BPF_RB_NO_WAKEUP))
+        st->dropped++;
+    else
+        st->records++;
+    sg->len = 0;
+}
+
+// Where the next copy of n bytes goes in the stage (its 16-byte header
+// first), sending the stage first if it has no room; 0 if there is none.
+static __always_inline u8 *stage_at(struct state *st, struct stage *sg, u32 n) {
+    if (sg->len + 16 + n + 8 > STAGE)
+        flush_stage(st, sg);
+    u32 off = sg->len & (STAGE - 1);
+    return sg->data + off;
+}
+
+// A copy of n bytes at addr written at `at` (its header and bytes are
+// there): counted and kept in the stage.
+static __always_inline void staged(struct state *st, struct stage *sg, u8 *at, u64 addr, u32 n) {
+    struct { u32 kind, len; u64 addr; } h = {K_COPY, n, addr};
+    __builtin_memcpy(at, &h, 16);
+    sg->len = (sg->len + 16 + n + 7) & ~7U;
+    st->cbytes += n;
+    st->copies++;
+}
+
+// Copies n bytes at addr into buf (the expansion reads them there) and
+// into the stage; 0 if the read failed (not resident, or gone: the decoder
+// will miss them).
 static __always_inline int copy_out(struct state *st, struct crec *buf, u64 addr, u32 n) {
     n &= RBUF_MASK;
-    if (!n)
+    struct stage *sg = stage_of(st);
+    if (!n || !sg)
         return 0;
     if (bpf_probe_read_user(buf->data, n, (void *)addr)) {
         st->misses++;
@@ -411,13 +511,25 @@ static __always_inline int copy_out(struct state *st, struct crec *buf, u64 addr
     buf->kind = K_COPY;
     buf->len = n;
     buf->addr = addr;
-    st->cbytes += n;
-    st->copies++;
-    if (out.ringbuf_output(buf, (16 + (u64)n) & 0x3fff, BPF_RB_NO_WAKEUP)) {
-        st->dropped++;
+    u8 *at = stage_at(st, sg, n);
+    if (bpf_probe_read_kernel(at + 16, n, buf->data))
+        return 0;
+    staged(st, sg, at, addr, n);
+    return 1;
+}
+
+// Bytes with nothing inside copied straight into the stage.
+static __always_inline int copy_leaf(struct state *st, u64 addr, u32 n) {
+    n &= RBUF_MASK;
+    struct stage *sg = stage_of(st);
+    if (!n || !sg)
+        return 0;
+    u8 *at = stage_at(st, sg, n);
+    if (bpf_probe_read_user(at + 16, n, (void *)addr)) {
+        st->misses++;
         return 0;
     }
-    st->records++;
+    staged(st, sg, at, addr, n);
     return 1;
 }
 
@@ -497,9 +609,9 @@ static __always_inline void chain(struct state *st, struct plan *p, struct crec 
 // A root of the frame whose CFA is cfa: its span copied and sent, its
 // pieces put together in rbuf, then its value expanded or its pointers followed.
 static __always_inline void read_root(struct state *st, struct plan *p, struct crec *b, u32 ri, u64 cfa) {
-    u32 zero = 0;
+    u32 me = st->ri & (R_MAX - 1);
     struct root *r = roots.lookup(&ri);
-    struct crec *pb = pbuf.lookup(&zero);
+    struct crec *pb = pbuf.lookup(&me);
     if (!r || !pb)
         return;
     struct crec *span = r->npieces > 1 ? pb : b;
@@ -577,7 +689,7 @@ static __always_inline void groups_done(struct state *st, struct plan *p, struct
 
 // Pops an item: copies its bytes into rbuf, sends them, starts its expansion.
 static __always_inline void read_item(struct state *st, struct plan *p, struct crec *b) {
-    u32 k = st->qhead & (ITEMS_MAX - 1);
+    u32 k = (st->qbase + (st->qhead & st->qmask)) & (ITEMS_MAX - 1);
     st->qhead++;
     struct item *it = items.lookup(&k);
     if (!it)
@@ -740,13 +852,15 @@ static __always_inline void next_unit(struct state *st, struct plan *p, struct c
 // Bytes with nothing inside (a string's, a chan's header, a func's word):
 // copied and sent at once, saving the queue's round trip; a long one is queued.
 static __always_inline void leaf(struct state *st, struct plan *p, u64 addr, u64 len, u32 depth) {
-    u32 zero = 0;
-    struct crec *lb = lbuf.lookup(&zero);
-    if (!lb || len > RBUF || st->cbytes >= p->cap_bytes) {
+    if (addr >= p->ro_lo && addr + len <= p->ro_hi) {
+        st->statics++;          // a literal: the decoder reads it from the binary
+        return;
+    }
+    if (len > RBUF || st->cbytes >= st->cap_bytes) {
         push(st, p, I_LEAF, addr, len, 0, depth, 0, 0, 0, 0);
         return;
     }
-    copy_out(st, lb, addr, len);
+    copy_leaf(st, addr, len);
 }
 
 // One slot of the current unit: queue what it points to.
@@ -796,18 +910,38 @@ static __always_inline void do_slot(struct state *st, struct plan *p, struct cre
     }
 }
 
+// This runner's share is done: the last runner to get here ends the walk;
+// the others wait for it, signalling themselves (see on_sigtramp).
+static __always_inline void finish(struct state *st) {
+    struct stage *sg = stage_of(st);
+    if (sg)
+        flush_stage(st, sg);
+    u64 *done = cval(C_DONE), *nrun = cval(C_NRUN);
+    u64 d = done ? __sync_fetch_and_add(done, 1) + 1 : 0;
+    if (!nrun || d >= *nrun) {
+        stop(st, PH_DONE);
+        return;
+    }
+    st->t_last = bpf_ktime_get_ns();
+    st->phase = PH_WAIT;
+    bpf_send_signal_thread(SIGURG_NR);
+}
+
 int reads(struct pt_regs *ctx) {
     u32 zero = 0;
-    struct state *st = state.lookup(&zero);
+    struct state *st = my_state();
     struct plan *p = plan.lookup(&zero);
-    struct crec *b = rbuf.lookup(&zero);
-    if (!st || !p || !b || st->phase != PH_RUNNING || st->stage != 2)
+    if (!st || !p || st->phase != PH_RUNNING || st->stage != 2)
+        return 0;
+    u32 me = st->ri & (R_MAX - 1);
+    struct crec *b = rbuf.lookup(&me);
+    if (!b)
         return 0;
     st->runs++;
     u64 t0 = bpf_ktime_get_ns();
     if (st->reads_cut_ns && t0 >= st->reads_cut_ns) {
         st->cut = 1;            // what is not copied yet is missing: those rows say the captures stopped
-        stop(st, PH_DONE);
+        finish(st);
         return 0;
     }
     for (int i = 0; i < RD_STEPS; i++) {
@@ -827,7 +961,7 @@ int reads(struct pt_regs *ctx) {
     }
     st->reads_ns += bpf_ktime_get_ns() - t0;
     if (st->ex_kind == EX_NONE && st->qhead >= st->qtail) {
-        stop(st, PH_DONE);
+        finish(st);
         return 0;
     }
     if (st->tail_calls < 32) {
@@ -845,6 +979,7 @@ static __always_inline void load_work(struct state *st, struct work *w) {
     st->hi = w->hi;
     st->fslot = w->fslot;
     st->fbase = w->lo;
+    st->wnext = w->next;
 }
 
 // Looks at allgs[st->gi]: copies a live g, picks its start, copies the words
@@ -937,17 +1072,16 @@ static __always_inline void start_g(struct state *st, struct plan *p, struct rec
         // memory, frame by frame).
         if (p->prog == NO_PROG)
             return;
-        u32 fi = st->nfull;
-        struct fstack *fs = fstacks.lookup(&fi);
+        u64 *nfull = cval(C_NFULL);
         u32 n = r->h.top_len;
-        if (fs && fi < FULL_MAX && n <= FULL_BYTES - 8 &&
-            !bpf_probe_read_kernel(fs->data, n & (FULL_BYTES - 1), r->data + (glen & (G_MAX - 1)))) {
-            st->nfull++;
+        u32 fi = (nfull && n <= FULL_BYTES - 8) ? (u32)__sync_fetch_and_add(nfull, 1) : FULL_MAX;
+        struct fstack *fs = fstacks.lookup(&fi);
+        if (fs && !bpf_probe_read_kernel(fs->data, n & (FULL_BYTES - 1), r->data + (glen & (G_MAX - 1))))
             fslot = fi + 1;
-        }
     }
-    u64 wi = st->nwork;
-    struct work *w = work.lookup((u32 *)&wi);
+    u64 *nw = cval(C_NWORK);
+    u32 wi = nw ? (u32)__sync_fetch_and_add(nw, 1) : WORK_MAX;
+    struct work *w = work.lookup(&wi);
     if (!w) {
         st->budget_cuts++;
         return;
@@ -957,29 +1091,58 @@ static __always_inline void start_g(struct state *st, struct plan *p, struct rec
     w->hi = fslot ? sp + r->h.top_len : hi;
     w->gi = i;
     w->fslot = fslot;
-    st->nwork = wi + 1;
+    w->next = W_NONE;
+    struct work *tail = 0;
+    if (st->wtail != W_NONE) {
+        u32 t = st->wtail;
+        tail = work.lookup(&t);
+    }
+    if (tail)
+        tail->next = wi;
+    else
+        st->whead = wi;
+    st->wtail = wi;
+    st->nwork++;
+}
+
+// This runner's next chunk of allgs entries (none left: gdone).
+static __always_inline void take_chunk(struct state *st, u64 n) {
+    u64 *next = cval(C_NEXT);
+    u64 c = next ? __sync_fetch_and_add(next, GCHUNK) : n;
+    if (c >= n) {
+        st->gdone = 1;
+        return;
+    }
+    st->gi = c;
+    st->gend = c + GCHUNK < n ? c + GCHUNK : n;
 }
 
 int gstart(struct pt_regs *ctx) {
     u32 zero = 0;
-    struct state *st = state.lookup(&zero);
+    struct state *st = my_state();
     struct plan *p = plan.lookup(&zero);
-    struct rec *r = scratch.lookup(&zero);
-    if (!st || !p || !r || st->phase != PH_RUNNING || st->stage != 0)
+    if (!st || !p || st->phase != PH_RUNNING || st->stage != 0)
+        return 0;
+    u32 me = st->ri & (R_MAX - 1);
+    struct rec *r = scratch.lookup(&me);
+    if (!r)
         return 0;
     st->runs++;
     u64 n = st->n < p->max_gs ? st->n : p->max_gs;
     // No early exit: a loop with one way out has its tail verified once.
     for (int i = 0; i < GS_STEPS; i++) {
-        if (st->gi < n)
+        if (st->gi >= st->gend && !st->gdone)
+            take_chunk(st, n);
+        if (st->gi < st->gend)
             start_g(st, p, r, n);
     }
-    if (st->gi >= n) {             // every g seen: the frames stage starts at work[0]
+    if (st->gdone) {               // no chunk left: the frames stage starts at this runner's first chain
         st->stage = 1;
-        st->wi = 0;
+        st->wi = st->whead;
         st->gframes = 0;
         st->cur = 0;
-        struct work *w = work.lookup(&zero);
+        u32 wi = st->wi;
+        struct work *w = work.lookup(&wi);
         if (w)
             load_work(st, w);
     }
@@ -1005,9 +1168,10 @@ static __always_inline void flush(struct state *st, struct frec *f, u32 flags) {
 
 // Loads the next queued goroutine into the cursor; 0 when none is left.
 static __always_inline int next_work(struct state *st, struct frec *f) {
+    st->wi = st->wnext;
     u32 wi = st->wi;
     struct work *w = work.lookup(&wi);
-    if (!w || st->wi >= st->nwork)
+    if (!w)
         return 0;
     load_work(st, w);
     st->gframes = 0;
@@ -1033,24 +1197,27 @@ static __always_inline int pair_at(struct state *st, u64 *dst, u64 fp) {
 
 int frames(struct pt_regs *ctx) {
     u32 zero = 0;
-    struct state *st = state.lookup(&zero);
+    struct state *st = my_state();
     struct plan *p = plan.lookup(&zero);
-    struct frec *f = fscratch.lookup(&zero);
-    if (!st || !p || !f || st->phase != PH_RUNNING || st->stage != 1)
+    if (!st || !p || st->phase != PH_RUNNING || st->stage != 1)
+        return 0;
+    u32 me = st->ri & (R_MAX - 1);
+    struct frec *f = fscratch.lookup(&me);
+    if (!f)
         return 0;
     st->runs++;
-    // This run may be on another CPU than the last one: the record of the
-    // goroutine being walked starts afresh (frames were sent when it ran out).
+    // The record of the goroutine being walked starts afresh in every run
+    // (its frames so far were sent when the last run ended).
     f->h.kind = K_FRAMES;
     f->h.gi = 0;
-    if (st->wi < st->nwork) {
+    if (st->wi != W_NONE) {
         u32 wi = st->wi;
         struct work *w = work.lookup(&wi);
         if (w)
             f->h.gi = w->gi;
     }
     for (int i = 0; i < FR_STEPS; i++) {
-        if (st->wi >= st->nwork)
+        if (st->wi == W_NONE)
             continue;               // done: idle to the end (one way out of the loop)
         u64 fp = st->fp;
         u32 why = 0;
@@ -1089,13 +1256,13 @@ int frames(struct pt_regs *ctx) {
         }
         if (why) {
             flush(st, f, why);
-            st->wi++;
-            next_work(st, f);
+            if (!next_work(st, f))
+                st->wi = W_NONE;
         }
     }
-    if (st->wi >= st->nwork) {
+    if (st->wi == W_NONE) {
         if (p->prog == NO_PROG || st->qhead >= st->qtail) {
-            stop(st, PH_DONE);
+            finish(st);
             return 0;
         }
         st->stage = 2;              // the captured frames' reads
@@ -1116,66 +1283,109 @@ int frames(struct pt_regs *ctx) {
     return 0;
 }
 
-// The uprobes on the signal path (runtime.sigtramp, then sigtrampgo and
-// sighandler): the first, at sigtramp(sig, info, ctx), starts the walk when
-// user space armed it; each later one in the same delivery, or in the next
-// SIGURG's, goes on while the state says MORE, with a fresh tail-call budget.
-int on_sigtramp(struct pt_regs *ctx) {
-    u32 zero = 0;
-    struct plan *p = plan.lookup(&zero);
-    struct state *st = state.lookup(&zero);
-    if (!p || !st)
+// A runner that waits for the others (PH_WAIT): on each round of the
+// signal path it ends the walk if they are done, or signals itself again.
+static __always_inline void wait_round(struct state *st) {
+    u64 *done = cval(C_DONE), *nrun = cval(C_NRUN);
+    st->waits++;
+    if (!done || !nrun || *done >= *nrun)
+        stop(st, PH_DONE);
+    else
+        bpf_send_signal_thread(SIGURG_NR);
+}
+
+// A runner's first run: its interrupted registers (from the signal's
+// ucontext, uc_mcontext.gregs at offset 40) as a K_THREAD record; runner 0
+// also reads allgs and allglen for all. 0: it failed.
+static __always_inline int arrive(struct pt_regs *ctx, struct plan *p, struct state *st, u32 tid) {
+    u32 me = st->ri & (R_MAX - 1);
+    struct rec *r = scratch.lookup(&me);
+    if (!r)
         return 0;
-    u64 id = bpf_get_current_pid_tgid();
-    if ((u32)(id >> 32) != p->tgid)
-        return 0;
-    u32 phase = st->phase;
-    if (phase != PH_ARMED && phase != PH_MORE)
-        return 0;
-    st->triggers++;
-    st->tail_calls = 0;
-    if (phase == PH_ARMED) {
-        st->t_first = bpf_ktime_get_ns();
-        st->runs = 0;
-        // This thread was not stopped: its interrupted registers are in the
-        // signal's ucontext (uc_mcontext.gregs at offset 40).
-        u32 tid = (u32)id;
-        struct rec *r = scratch.lookup(&zero);
-        if (!r)
-            return 0;
-        u64 uc = PT_REGS_PARM3(ctx);
-        r->h.kind = K_THREAD;
-        r->h.gi = 0;
-        r->h.gaddr = 0;
-        r->h.tid = tid;
-        r->h.flags = 0;
-        r->h.nframes = 0;
-        r->h.top_len = 0;
-        r->h.g_len = 0;
-        r->h.start = 2;
-        if (!bpf_probe_read_user(r->data, 23 * 8, (void *)(uc + 40))) {
-            u64 *g = (u64 *)r->data;
-            struct regs3 t = {.pc = g[16], .sp = g[15], .bp = g[10]};
+    st->t_first = bpf_ktime_get_ns();
+    st->runs = 0;
+    u64 uc = PT_REGS_PARM3(ctx);
+    r->h.kind = K_THREAD;
+    r->h.gi = 0;
+    r->h.gaddr = 0;
+    r->h.tid = tid;
+    r->h.flags = 0;
+    r->h.nframes = 0;
+    r->h.top_len = 0;
+    r->h.g_len = 0;
+    r->h.start = 2;
+    if (!bpf_probe_read_user(r->data, 23 * 8, (void *)(uc + 40))) {
+        u64 *g = (u64 *)r->data;
+        struct regs3 t = {.pc = g[16], .sp = g[15], .bp = g[10]};
+        // Runner 0 was not stopped: its registers are only here. The others'
+        // came from ptrace before the walk began.
+        if (me == 0)
             regs.update(&tid, &t);
-            r->h.pc = t.pc; r->h.sp = t.sp; r->h.bp = t.bp;
-            r->h.g_len = 23 * 8;
-        } else {
-            st->read_errors++;
-        }
-        emit(st, r, sizeof(struct rec_hdr) + 23 * 8);
+        r->h.pc = t.pc; r->h.sp = t.sp; r->h.bp = t.bp;
+        r->h.g_len = 23 * 8;
+    } else {
+        st->read_errors++;
+    }
+    emit(st, r, sizeof(struct rec_hdr) + 23 * 8);
+    u64 *carr = cval(C_ARR), *cn = cval(C_N), *init = cval(C_INIT);
+    if (!carr || !cn || !init)
+        return 0;
+    if (me == 0) {
         u64 n = 0, arr = 0;
         if (bpf_probe_read_user(&n, 8, (void *)p->allglen_addr) ||
             bpf_probe_read_user(&arr, 8, (void *)p->allgs_addr)) {
             st->read_errors++;
-            stop(st, PH_FAILED);
             return 0;
         }
-        st->n = n;
-        st->arr = arr;
-        st->gi = 0;
-        st->gbuf_at = ~0ULL;
-        st->nwork = 0;
-        st->stage = 0;
+        *carr = arr;
+        *cn = n;
+        *init = 1;
+    }
+    st->n = *cn;
+    st->arr = *carr;
+    st->gi = st->gend = 0;
+    st->gdone = 0;
+    st->gbuf_at = ~0ULL;
+    st->nwork = 0;
+    st->whead = st->wtail = st->wi = st->wnext = W_NONE;
+    st->stage = 0;
+    return 1;
+}
+
+// The uprobes on the signal path (runtime.sigtramp, then sigtrampgo and
+// sighandler): the first, at sigtramp(sig, info, ctx), starts a runner when
+// the agent armed it; each later one in the same delivery, or in the next
+// SIGURG's, goes on while its state says MORE, with a fresh tail-call
+// budget, or takes a waiting runner's next round.
+int on_sigtramp(struct pt_regs *ctx) {
+    u32 zero = 0;
+    struct plan *p = plan.lookup(&zero);
+    u64 id = bpf_get_current_pid_tgid();
+    if (!p || (u32)(id >> 32) != p->tgid)
+        return 0;
+    struct state *st = my_state();
+    if (!st)
+        return 0;
+    u32 phase = st->phase;
+    if (phase == PH_WAIT) {
+        wait_round(st);
+        return 0;
+    }
+    if (phase != PH_ARMED && phase != PH_MORE)
+        return 0;
+    if (phase == PH_ARMED && st->ri) {
+        u64 *init = cval(C_INIT);
+        if (!init || !*init) {          // runner 0 has not read allgs yet: the next round
+            st->waits++;
+            bpf_send_signal_thread(SIGURG_NR);
+            return 0;
+        }
+    }
+    st->triggers++;
+    st->tail_calls = 0;
+    if (phase == PH_ARMED && !arrive(ctx, p, st, (u32)id)) {
+        stop(st, PH_FAILED);
+        return 0;
     }
     st->phase = PH_RUNNING;
     progs.call(ctx, st->stage);
@@ -1184,15 +1394,21 @@ int on_sigtramp(struct pt_regs *ctx) {
 }
 
 // Later on the signal path (runtime.sigtrampgo, runtime.sighandler): only
-// goes on with a walk that ran out of tail calls, never starts one.
+// goes on with a walk that ran out of tail calls, or a wait; never starts one.
 int on_more(struct pt_regs *ctx) {
     u32 zero = 0;
     struct plan *p = plan.lookup(&zero);
-    struct state *st = state.lookup(&zero);
-    if (!p || !st)
-        return 0;
     u64 id = bpf_get_current_pid_tgid();
-    if ((u32)(id >> 32) != p->tgid || st->phase != PH_MORE)
+    if (!p || (u32)(id >> 32) != p->tgid)
+        return 0;
+    struct state *st = my_state();
+    if (!st)
+        return 0;
+    if (st->phase == PH_WAIT) {
+        wait_round(st);
+        return 0;
+    }
+    if (st->phase != PH_MORE)
         return 0;
     st->triggers++;
     st->tail_calls = 0;
@@ -1201,4 +1417,3 @@ int on_more(struct pt_regs *ctx) {
     stop(st, PH_FAILED);
     return 0;
 }
-

@@ -4,7 +4,7 @@
         with probe.attached(pid, exe, offset):   # uprobe on runtime.sigtramp of that process
             probe.prepare(plan)                  # the plan map, state reset, old records dropped
             ... pause every thread but one ...
-            report = probe.trigger(pid, tid, deadline)   # SIGURG to tid; the probe walks
+            report = probe.trigger(pid, [tid], deadline)   # SIGURG to tid; the probe walks
         records = probe.drain()                  # after the resume: the ring buffer's bytes
 
 Everything the probe needs about a target comes through maps (plan.py); the
@@ -18,6 +18,7 @@ any path, errors included.
 from __future__ import annotations
 
 import ctypes as ct
+import functools
 import os
 import select
 import signal
@@ -45,8 +46,12 @@ MAX_TABLE_SLOTS = 16           # targets whose capture tables the probe holds at
 _HASHES = ("sites", "rtypes")   # the capture maps keyed by slot (the others are arrays)   # the capture maps whose keys carry the slot
 
 RESEND_NS = 2_000_000          # a SIGURG with no run after this is sent again
+R_MAX = 4                      # runners: threads of the target that share the walk (probe.bpf.c)
+ITEMS_MAX = 131072             # the captures' FIFO, shared out among the runners
+NO_CAP = (1 << 64) - 1
 
-PH_IDLE, PH_ARMED, PH_RUNNING, PH_MORE, PH_DONE, PH_FAILED = range(6)
+PH_IDLE, PH_ARMED, PH_RUNNING, PH_MORE, PH_DONE, PH_FAILED, PH_WAIT = range(7)
+C_NEXT, C_DONE, C_NRUN, C_NFULL, C_ARR, C_N, C_NWORK, C_INIT = range(8)   # the `ctl` words
 
 
 class ProbeError(AgentError):
@@ -76,20 +81,33 @@ class RunReport:
     misses: int = 0            # reads that failed in the kernel (not resident, or gone)
     qcuts: int = 0             # values not queued: the queue or the byte budget was full
     unknown: int = 0           # dynamic types not in the tables
-    reads_ns: int = 0          # time in the reads stage's runs
+    reads_ns: int = 0          # time in the reads stage's runs (summed over the runners)
     cut: bool = False          # the reads stopped at the captures' share of the pause
+    runners: int = 1           # threads that shared the walk
+    waits: int = 0             # rounds runners spent waiting for the others to end
+    statics: int = 0           # leaves not copied: in the binary's read-only data
 
 
-# struct state (probe.bpf.c), as the map holds it.
-_STATE = struct.Struct("<4I8Q2I6Q2Q2IQ16Q9Q12I2Q8IQ2IQ2IQQ2I")
-_CUT_AT = _STATE.size - 16          # offset of reads_cut_ns
-_STATE_FIELDS = ("phase", "stage", "triggers", "tail_calls", "arr", "n", "gi", "nwork", "wi", "fp", "lo",
-                 "hi", "gframes", "cur", "records", "dropped", "frames", "gs", "read_errors",
-                 "budget_cuts", "t_first", "t_last", "runs", "pad2", "gbuf_at",
-                 *(f"gbuf{i}" for i in range(16)),
-                 "qhead", "qtail", "cbytes", "copies", "misses", "qcuts", "unknown", "sites", "ex_word",
-                 *(f"ex{i}" for i in range(12)), *(f"ex_item{i}" for i in range(13)), "reads_ns",
-                 "fslot", "nfull", "fbase", "reads_cut_ns", "cut")
+# struct state (probe.bpf.c), as the map holds it: (field, format) in order.
+_STATE_LAYOUT = (
+    ("phase", "I"), ("stage", "I"), ("triggers", "I"), ("tail_calls", "I"),
+    ("arr", "Q"), ("n", "Q"), ("gi", "Q"), ("gend", "Q"), ("wi", "I"), ("wnext", "I"),
+    ("fp", "Q"), ("lo", "Q"), ("hi", "Q"), ("gframes", "I"), ("cur", "I"),
+    *((f, "Q") for f in ("records", "dropped", "frames", "gs", "read_errors", "budget_cuts",
+                         "t_first", "t_last")),
+    ("runs", "I"), ("pad2", "I"), ("gbuf_at", "Q"), *((f"gbuf{i}", "Q") for i in range(16)),
+    *((f, "Q") for f in ("qhead", "qtail", "cbytes", "copies", "misses", "qcuts", "unknown", "sites",
+                         "ex_word")),
+    *((f"ex{i}", "I") for i in range(12)),
+    *((f"ex_item{i}", c) for i, c in enumerate("QQIIIIIIIIQII")),
+    ("reads_ns", "Q"), ("fslot", "I"), ("nwork", "I"), ("fbase", "Q"), ("whead", "I"), ("wtail", "I"),
+    ("gdone", "I"), ("waits", "I"), ("statics", "Q"),
+    # set by the agent when it arms a runner
+    ("reads_cut_ns", "Q"), ("cap_bytes", "Q"), ("ri", "I"), ("qbase", "I"), ("qmask", "I"), ("cut", "I"),
+)
+_STATE = struct.Struct("<" + "".join(c for _, c in _STATE_LAYOUT))
+_STATE_FIELDS = tuple(f for f, _ in _STATE_LAYOUT)
+_CUT_AT = struct.calcsize("<" + "".join(c for f, c in _STATE_LAYOUT[:_STATE_FIELDS.index("reads_cut_ns")]))
 PROGRAMS = ["on_sigtramp", "on_more", "gstart", "frames", "reads"]
 STAGES = ("gstart", "frames", "reads")   # progs[0..2]: the tail-call targets
 
@@ -105,6 +123,36 @@ class _State:
         self.__dict__.update(zip(_STATE_FIELDS, _STATE.unpack_from(raw)))
 
 
+def _armed_state(ri: int, nrun: int, reads_cut_ns: int, cap_bytes: int) -> bytes:
+    """Runner ri's state as the agent arms it: every counter and cursor zero,
+    its share of the FIFO and of the byte budget, the reads' cut-off."""
+    raw = bytearray(_armed_template(ri, nrun, cap_bytes))
+    struct.pack_into("<Q", raw, _CUT_AT, reads_cut_ns)
+    return bytes(raw)
+
+
+@functools.lru_cache(maxsize=64)
+def _armed_template(ri: int, nrun: int, cap_bytes: int) -> bytes:
+    share = ITEMS_MAX // _pow2(nrun)
+    v = dict.fromkeys(_STATE_FIELDS, 0)
+    v.update(phase=PH_ARMED, ri=ri, qbase=ri * share, qmask=share - 1,
+             cap_bytes=cap_bytes if cap_bytes == NO_CAP else cap_bytes // nrun)
+    return _STATE.pack(*(v[f] for f in _STATE_FIELDS))
+
+
+def _cpus() -> int:
+    """CPUs this agent may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except OSError:
+        return 1
+
+
+def _pow2(n: int) -> int:
+    """The least power of two >= n."""
+    return 1 << max(0, n - 1).bit_length()
+
+
 class StackProbe:
     """The loaded probe. It has one cursor (the `state` map) and one ring
     buffer: one snapshot at a time uses it, under `lock` (an agent serving
@@ -117,6 +165,7 @@ class StackProbe:
         self._tables: dict[str, tuple] = {}   # key -> (Placement, hash map -> keys written)
         self._next = dict.fromkeys(("roots", "slots", "shapes", "maps"), 0)   # next free array index
         self._kern = None
+        self._cap_bytes = NO_CAP      # the plan's captures byte budget (set_plan)
         self._ring = None
         self._epoll = None
         self.from_cache = False
@@ -214,10 +263,15 @@ class StackProbe:
 
     # -- one run
 
-    def prepare(self, plan: StackPlan) -> None:
-        """Before the pause: the plan in, the state idle, no regs, no old records."""
+    def prepare(self, plan: StackPlan, runners: list[list[int]] = ()) -> None:
+        """Before the pause: the plan in, the state idle, no regs, no old
+        records; each process's runner threads (its list's index is the
+        runner's: trigger() is given the same list)."""
         self.set_plan(plan)
-        self._clear_regs()
+        self._clear_hash("regs")
+        self._clear_hash("runners")
+        self._update_batch("runners", [(struct.pack("<I", tid), struct.pack("<I", i))
+                                       for tids in runners for i, tid in enumerate(tids[:R_MAX])])
         self.drain()
 
     def set_plan(self, plan: StackPlan) -> None:
@@ -225,62 +279,109 @@ class StackProbe:
         (the next process of a pause that walks several)."""
         self._check_open()
         self._update("plan", struct.pack("<I", 0), plan.pack())
-        self._set_phase(PH_IDLE)
+        self._cap_bytes = plan.captures.cap_bytes if plan.captures is not None else NO_CAP
+        self._set_phases(PH_IDLE)
 
     def set_thread_regs(self, regs: dict) -> None:
         """tid -> (pc, sp, bp) of the stopped threads, for running goroutines."""
-        for tid, (pc, sp, bp) in regs.items():
-            self._update("regs", struct.pack("<I", tid), struct.pack("<3Q", pc, sp, bp))
+        self._update_batch("regs", [(struct.pack("<I", tid), struct.pack("<3Q", pc, sp, bp))
+                                    for tid, (pc, sp, bp) in regs.items()])
 
-    def trigger(self, pid: int, tid: int, deadline_ns: int, reads_cut_ns: int = 0) -> RunReport:
-        """Arm, SIGURG the unstopped thread tid, and wait for the probe to finish
-        (signalling again while it says MORE, and when a signal seems lost: a
-        SIGURG sent while one is pending merges with it). Raises ProbeError at
-        the deadline, leaving the probe disarmed. No captures' reads start
-        after reads_cut_ns (CLOCK_MONOTONIC; 0: none)."""
-        self._set_phase(PH_ARMED, reads_cut_ns)
+    def trigger(self, pid: int, tids: list[int], deadline_ns: int, reads_cut_ns: int = 0,
+                release=None) -> RunReport:
+        """Arm a runner for each of tids, SIGURG the first (a thread left
+        running), and wait for the probe to finish. Once the first runs,
+        `release(tid)` lets each other one (stopped) into the signal's
+        handler; one it can't is dropped and the rest share the walk. While
+        a runner says MORE or WAIT with no progress, or a signal seems lost
+        (a SIGURG sent while one is pending merges with it), it is signalled
+        again. Raises ProbeError at the deadline, leaving the probe
+        disarmed. No captures' reads start after reads_cut_ns
+        (CLOCK_MONOTONIC; 0: none)."""
+        tids = list(tids)[:R_MAX]
+        if len(tids) > 1 and release is None:
+            raise ValueError("several runners need a release(tid) for all but the first")
+        self._arm(len(tids), reads_cut_ns)
         t0 = time.monotonic_ns()
         try:
-            tgkill(pid, tid, signal.SIGURG)
-            sent, last_runs = t0, -1
+            tgkill(pid, tids[0], signal.SIGURG)
+            # The others start while runner 0 reads allgs; one that arrives
+            # first waits for it (C_INIT).
+            live = [0, *self._release(tids, range(1, len(tids)), release)]
+            # With a CPU the runners leave free, this thread looks at their
+            # states without sleeping: waking from an idle CPU takes 0.1-0.2
+            # ms on a VM, a fifth of a walk of 1,000 goroutines.
+            spin = len(live) < _cpus()
+            sent = {0: t0}
+            last = {}
             while True:
-                st = self._read_state()
-                phase = st.phase
-                if phase == PH_DONE:
-                    break
-                if phase == PH_FAILED:
+                sts = {i: self._read_state(i) for i in live}
+                failed = [i for i in live if sts[i].phase == PH_FAILED]
+                if failed:
+                    st = sts[failed[0]]
                     raise ProbeError(f"the probe could not start in pid {pid} (allgs unreadable, "
                                      f"or its tail calls are not in place): {st.read_errors} read errors")
+                if all(sts[i].phase == PH_DONE for i in live):
+                    break
                 now = time.monotonic_ns()
                 if now > deadline_ns:
+                    st = sts[0]
                     raise ProbeError(
-                        f"the probe did not finish in pid {pid} within the deadline (phase {phase}, "
-                        f"{st.triggers} runs, {st.gs} goroutines, {st.frames} frames): thread {tid} "
-                        "may block SIGURG or be stuck in the kernel")
-                if phase == PH_MORE and (st.runs != last_runs or now - sent > RESEND_NS):
-                    last_runs = st.runs
-                    tgkill(pid, tid, signal.SIGURG)
-                    sent = now
-                elif phase == PH_ARMED and now - sent > RESEND_NS:
-                    tgkill(pid, tid, signal.SIGURG)
-                    sent = now
-                self._epoll.poll(min(RESEND_NS, max(0, deadline_ns - now)) / 1e9)
+                        f"the probe did not finish in pid {pid} within the deadline (phases "
+                        f"{[sts[i].phase for i in live]}, {st.triggers} runs, {st.gs} goroutines, "
+                        f"{st.frames} frames): thread {tids[0]} may block SIGURG or be stuck in the kernel")
+                for i in live:
+                    st = sts[i]
+                    progress = (st.runs, st.waits)
+                    if st.phase in (PH_MORE, PH_ARMED, PH_WAIT) and now - sent.get(i, t0) > RESEND_NS \
+                            or st.phase == PH_MORE and progress != last.get(i):
+                        last[i] = progress
+                        tgkill(pid, tids[i], signal.SIGURG)
+                        sent[i] = now
+                if not spin:
+                    self._epoll.poll(min(RESEND_NS, max(0, deadline_ns - now)) / 1e9)
         except BaseException:
-            self._set_phase(PH_IDLE)
+            self._set_phases(PH_IDLE)
             raise
-        return RunReport(triggers=st.triggers, records=st.records, dropped=st.dropped, frames=st.frames,
-                         goroutines=st.gs, read_errors=st.read_errors, budget_cuts=st.budget_cuts,
-                         pause_trigger_ns=time.monotonic_ns() - t0, allglen=st.n, runs=st.runs,
-                         wake_ns=st.t_first - t0 if st.t_first else 0,
-                         probe_ns=st.t_last - st.t_first if st.t_first and st.t_last else 0,
-                         sent_at_ns=t0, sites=st.sites, copies=st.copies, cbytes=st.cbytes,
-                         misses=st.misses, qcuts=st.qcuts, unknown=st.unknown,
-                         reads_ns=st.reads_ns, cut=bool(st.cut))
+        self.last_states = [sts[i] for i in live]     # for the bench's diagnostics
+        return self._report(self.last_states, t0)
+
+    def _release(self, tids: list[int], waiting, release) -> list[int]:
+        """Lets the waiting runners go (release(tid) -> bool); one that could
+        not be let go is disarmed and no longer counted. Their indexes started."""
+        waiting, started = list(waiting), []
+        for i in waiting:
+            try:
+                ok = release(tids[i])
+            except OSError:
+                ok = False
+            if ok:
+                started.append(i)
+            else:
+                self._update("state", struct.pack("<I", i), bytes(_STATE.size))
+        if len(started) < len(waiting):
+            self._set_ctl(C_NRUN, 1 + len(started))
+        return started
+
+    def _report(self, sts: list, t0: int) -> RunReport:
+        first = min((s.t_first for s in sts if s.t_first), default=0)
+        last = max((s.t_last for s in sts if s.t_last), default=0)
+        total = lambda f: sum(getattr(s, f) for s in sts)   # noqa: E731
+        return RunReport(triggers=total("triggers"), records=total("records"), dropped=total("dropped"),
+                         frames=total("frames"), goroutines=total("gs"), read_errors=total("read_errors"),
+                         budget_cuts=total("budget_cuts"), pause_trigger_ns=time.monotonic_ns() - t0,
+                         allglen=sts[0].n, runs=total("runs"),
+                         wake_ns=sts[0].t_first - t0 if sts[0].t_first else 0,
+                         probe_ns=last - first if first and last else 0,
+                         sent_at_ns=t0, sites=total("sites"), copies=total("copies"), cbytes=total("cbytes"),
+                         misses=total("misses"), qcuts=total("qcuts"), unknown=total("unknown"),
+                         reads_ns=total("reads_ns"), cut=any(s.cut for s in sts), runners=len(sts),
+                         waits=total("waits"), statics=total("statics"))
 
     def finish(self) -> None:
         """After the resume: whatever SIGURG is still pending finds the probe idle."""
         if not self.closed:
-            self._set_phase(PH_IDLE)
+            self._set_phases(PH_IDLE)
 
     def drain(self) -> list[bytes]:
         """Every record in the ring buffer, in order; empties it."""
@@ -352,21 +453,31 @@ class StackProbe:
         if self._lib.bpf_update_elem(self._kern.maps[name], k, v, 0) < 0:
             raise ProbeError(f"updating the probe's {name} map failed ({os.strerror(ct.get_errno() or 1)})")
 
-    def _read_state(self) -> _State:
-        k, v = ct.c_uint(0), ct.create_string_buffer(_STATE.size)
+    def _read_state(self, ri: int) -> _State:
+        k, v = ct.c_uint(ri), ct.create_string_buffer(_STATE.size)
         if self._lib.bpf_lookup_elem(self._kern.maps["state"], ct.byref(k), v) < 0:
             raise ProbeError("reading the probe's state failed")
         return _State(v.raw)
 
-    def _set_phase(self, phase: int, reads_cut_ns: int = 0) -> None:
-        """The state reset to `phase` (every counter and cursor zero)."""
+    def _arm(self, nrun: int, reads_cut_ns: int) -> None:
+        """Runners 0 .. nrun-1 armed, the shared words reset: two map writes."""
+        self._update_batch("ctl", [(struct.pack("<I", k), struct.pack("<Q", nrun if k == C_NRUN else 0))
+                                   for k in range(8)])
+        self._update_batch("state", [(struct.pack("<I", i), _armed_state(i, nrun, reads_cut_ns, self._cap_bytes)
+                                      if i < nrun else bytes(_STATE.size)) for i in range(R_MAX)])
+
+    def _set_ctl(self, k: int, v: int) -> None:
+        self._update("ctl", struct.pack("<I", k), struct.pack("<Q", v))
+
+    def _set_phases(self, phase: int) -> None:
+        """Every runner's state reset to `phase` (every counter and cursor zero)."""
         raw = bytearray(_STATE.size)
         struct.pack_into("<I", raw, 0, phase)
-        struct.pack_into("<Q", raw, _CUT_AT, reads_cut_ns)
-        self._update("state", struct.pack("<I", 0), bytes(raw))
+        self._update_batch("state", [(struct.pack("<I", i), bytes(raw)) for i in range(R_MAX)])
 
-    def _clear_regs(self) -> None:
-        fd, key, nxt = self._kern.maps["regs"], ct.c_uint(0), ct.c_uint(0)
+    def _clear_hash(self, name: str) -> None:
+        """Every entry of a hash map keyed by u32 deleted."""
+        fd, key, nxt = self._kern.maps[name], ct.c_uint(0), ct.c_uint(0)
         keys = []
         if self._lib.bpf_get_first_key(fd, ct.byref(key), 4) == 0:
             keys.append(key.value)

@@ -4,7 +4,8 @@ Kinds (probe.bpf.c): K_THREAD, the registers of the thread that ran the
 probe (from the signal's ucontext); K_G, a goroutine's header, the bytes of
 its g and the words at its stack pointer; K_FRAMES, (saved bp, return
 address) pairs of the frames of the goroutine at allgs index `gi`, in order;
-K_COPY, bytes the captures copied at an address.
+K_COPY, bytes the captures copied at an address; K_BATCH, a runner's K_COPY
+records one after another, each padded to 8 bytes.
 `ProbeGoroutine.stack()` turns them into the sparse stack image the pcsp
 unwinder (agent/unwind.py) walks: the words at sp, and at each frame
 pointer fp the saved bp (at fp) and the return address (at fp + 8).
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 
 from ..errors import AgentError
 
-K_G, K_FRAMES, K_THREAD, K_MARK, K_COPY = 1, 2, 3, 4, 5
+K_G, K_FRAMES, K_THREAD, K_MARK, K_COPY, K_BATCH = 1, 2, 3, 4, 5, 6
 _COPY = struct.Struct("<IIQ")      # struct crec's header: kind, len, addr
 START_SCHED, START_SYSCALL, START_REGS = 0, 1, 2
 
@@ -66,7 +67,8 @@ class ProbeGoroutine:
 
 @dataclass
 class ProbeOutput:
-    thread: tuple[int, dict[str, int]] | None = None    # (tid, registers) of the probing thread
+    # (tid, registers) of each thread that ran the probe, from its signal's ucontext
+    threads: list[tuple[int, dict[str, int]]] = field(default_factory=list)
     goroutines: list[ProbeGoroutine] = field(default_factory=list)
     orphan_frames: int = 0     # frame records with no goroutine record (its was dropped)
     copies: list[tuple[int, bytes]] = field(default_factory=list)   # captures: (address, bytes copied)
@@ -78,6 +80,9 @@ def parse(records: list[bytes]) -> ProbeOutput:
     for raw in records:
         if len(raw) == 8 and int.from_bytes(raw[:4], "little") == K_MARK:
             continue          # a run's end, for the agent's epoll
+        if int.from_bytes(raw[:4], "little") == K_BATCH and len(raw) >= 8:
+            out.copies.extend(_batch(raw))
+            continue
         if int.from_bytes(raw[:4], "little") == K_COPY and len(raw) >= _COPY.size:
             _, n, addr = _COPY.unpack_from(raw)
             if n != len(raw) - _COPY.size:
@@ -108,7 +113,24 @@ def parse(records: list[bytes]) -> ProbeOutput:
             g.flags |= flags
         elif kind == K_THREAD:
             regs = dict(zip(GREGS, struct.unpack_from(f"<{g_len // 8}Q", body))) if g_len else {}
-            out.thread = (tid, regs)
+            out.threads.append((tid, regs))
         else:
             raise RecordError(f"a probe record of unknown kind {kind}")
+    return out
+
+
+def _batch(raw: bytes) -> list[tuple[int, bytes]]:
+    """The (address, bytes) copies of a K_BATCH record."""
+    used = int.from_bytes(raw[4:8], "little")
+    if used > len(raw) - 8:
+        raise RecordError(f"a batch of copies claims {used} bytes, {len(raw) - 8} sent")
+    out, off, end = [], 8, 8 + used
+    while off < end:
+        if off + _COPY.size > end:
+            raise RecordError(f"a batch of copies ends inside a header at {off}")
+        kind, n, addr = _COPY.unpack_from(raw, off)
+        if kind != K_COPY or off + _COPY.size + n > end:
+            raise RecordError(f"a batch of copies has a bad record at {off} (kind {kind}, {n} bytes)")
+        out.append((addr, raw[off + _COPY.size:off + _COPY.size + n]))
+        off += (_COPY.size + n + 7) & ~7
     return out

@@ -1,0 +1,107 @@
+"""A walk shared by several of the target's threads (probe.bpf.c's runners,
+agent/ebpf/executor.py's runner_count): the snapshot is the one a single
+runner takes, and ptrace's, and Go's own traceback; a thread that can't be
+handed over leaves the others to walk; the target is left untraced.
+
+Each runner needs a CPU of its own, so these skip, saying so, on one CPU."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from ebpf_helpers import our_uprobes, require_ebpf
+from gobuild import build
+from stack_compare import NAMED
+from targets import run_target
+from test_ebpf_captures import rows
+from test_ebpf_lifecycle import _untraced_and_alive
+from test_ebpf_stacks import _frames, assert_same_as_ptrace
+from oracle import parse_go_traceback
+from stack_compare import assert_stacks_match
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+pytestmark = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2,
+                                reason="a shared walk needs two CPUs; this machine gives one")
+
+
+@pytest.fixture
+def two_runners(monkeypatch):
+    require_ebpf()
+    monkeypatch.setenv("EXRAY_EBPF_RUNNERS", "2")
+
+
+def _snapshots(pid, target, spec=None):
+    """(eBPF record, ptrace record) of one process, one right after the other."""
+    from agent.ebpf import executor as ebpf
+    from agent.snapshot import SnapshotOptions, snapshot_process
+    opts = SnapshotOptions(executor="ptrace")
+    got = ebpf.snapshot_process(pid, target, opts)
+    ref = snapshot_process(pid, target, opts)
+    assert got.error is None and ref.error is None, (got.error, ref.error)
+    return got, ref
+
+
+def test_a_shared_walk_is_ptraces_and_gos_own(two_runners):
+    from server.snapshot_job import load_target
+    binary = build("states")
+    with run_target(binary, env={"GOTRACEBACK": "system"}) as t:
+        got, ref = _snapshots(t.pid, load_target(str(binary), None, {}))
+        level2 = parse_go_traceback(t.quit_dump())
+    assert got.probe_report.runners == 2, got.probe_report
+    assert_same_as_ptrace(got, ref, level2)
+    assert assert_stacks_match(got, level2) >= len(NAMED)
+
+
+def test_request_captures_shared_by_two_runners_are_ptraces_rows(two_runners):
+    """600 goroutines each capturing a whole request (the bench's load):
+    the two runners' copies together give ptrace's rows, with no retry; the
+    string literals among them are not copied but read from the binary."""
+    from bench.run import REQUEST_SPEC, PauseMeter, build_pausemeter
+    from agent.snapshot import SnapshotOptions
+    from probe_compiler.spec import parse_spec
+    from server.snapshot_job import snapshot_pids
+    spec = parse_spec(REQUEST_SPEC)
+    pm = PauseMeter(build_pausemeter(), 600, requests=True)
+    try:
+        [got] = snapshot_pids([pm.pid], spec, SnapshotOptions(executor="ebpf"))
+        [ref] = snapshot_pids([pm.pid], spec, SnapshotOptions(executor="ptrace"))
+    finally:
+        pm.close()
+    assert got.error is None and ref.error is None, (got.error, ref.error)
+    r = got.probe_report
+    assert r.runners == 2 and getattr(got, "ebpf_retry", None) is None, (r, getattr(got, "ebpf_retry", None))
+    assert r.statics >= 600, r          # "GET", "bench", "parked", ... each goroutine has several
+    assert len(rows(got)) >= 600 and rows(got) == rows(ref)
+    parked = lambda rec: {g.goid: _frames(g) for g in rec.goroutines    # noqa: E731
+                          if any(f.function == "main.serve" for f in g.frames)}
+    assert len(parked(got)) == 600 and parked(got) == parked(ref)
+
+
+def test_a_thread_that_cannot_be_handed_over_leaves_the_walk_to_the_others(two_runners, monkeypatch):
+    from agent.ptrace import PausedProcess
+    from server.snapshot_job import load_target
+    monkeypatch.setattr(PausedProcess, "hand_over", lambda self, tid, sig: False)
+    binary = build("states")
+    with run_target(binary, env={"GOTRACEBACK": "system"}) as t:
+        got, ref = _snapshots(t.pid, load_target(str(binary), None, {}))
+        level2 = parse_go_traceback(t.quit_dump())
+    assert got.probe_report.runners == 1, got.probe_report
+    assert_same_as_ptrace(got, ref, level2)
+
+
+def test_shared_walks_leave_the_target_running_and_untraced(two_runners):
+    from agent.ebpf import executor as ebpf
+    from agent.snapshot import SnapshotOptions
+    from server.snapshot_job import load_target
+    binary = build("states")
+    with run_target(binary, dump=False) as t:
+        target = load_target(str(binary), None, {})
+        for _ in range(30):
+            rec = ebpf.snapshot_process(t.pid, target, SnapshotOptions())
+            assert rec.error is None and rec.probe_report.runners == 2, (rec.error, rec.probe_report)
+        _untraced_and_alive(t.pid)
+    assert not our_uprobes()
