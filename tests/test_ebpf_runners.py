@@ -105,3 +105,23 @@ def test_shared_walks_leave_the_target_running_and_untraced(two_runners):
             assert rec.error is None and rec.probe_report.runners == 2, (rec.error, rec.probe_report)
         _untraced_and_alive(t.pid)
     assert not our_uprobes()
+
+
+def test_a_shared_walk_that_never_starts_ends_at_the_deadline_untraced(two_runners, monkeypatch):
+    """The plan names another process, so no runner's uprobe takes the walk:
+    the snapshot fails at its deadline, saying so, the handed-over thread
+    and runner 0 run on, and no thread is left traced."""
+    from dataclasses import replace
+    from agent.ebpf import executor as ebpf
+    from agent.ebpf.plan import StackPlan
+    from agent.snapshot import SnapshotOptions
+    from server.snapshot_job import load_target
+    real = StackPlan.from_layout
+    monkeypatch.setattr(StackPlan, "from_layout",
+                        staticmethod(lambda *a, **k: replace(real(*a, **k), tgid=1)))
+    binary = build("states")
+    with run_target(binary, dump=False) as t:
+        rec = ebpf.snapshot_process(t.pid, load_target(str(binary), None, {}), SnapshotOptions(deadline_s=0.2))
+        assert rec.error and "did not finish" in rec.error, rec.error
+        _untraced_and_alive(t.pid)
+    assert not our_uprobes()

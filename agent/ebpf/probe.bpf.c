@@ -795,12 +795,49 @@ static __always_inline void read_item(struct state *st, struct plan *p, struct c
     }
 }
 
+// From unit u (a slot's key) on, the first unit whose slot is full, or
+// the next group's first: the key and elem units of a swiss group's empty
+// slots are passed over in one step (a map of 3 fills 3 of a group's 8).
+// A full slot's ctrl byte has its high bit clear; no loop (the verifier
+// would walk it once per step of the reads loop).
+static __always_inline u32 full_slot(struct state *st, struct mapl *m, struct crec *b, u32 u) {
+    u32 g = u >> 4, i = (u & 15) >> 1;
+    u32 at = g * st->ex_stride + m->ctrl;
+    if (m->impl || at + 8 > b->len)
+        return u;               // an hmap's tophash bytes: one slot a step, as before
+    u64 full = ~rword(b, at) & 0x8080808080808080ULL;
+    full >>= 8 * i;
+    if (!full)
+        return (g + 1) << 4;
+    u32 k = 0;
+    if (!(full & 0x80808080ULL)) {
+        k += 4;
+        full >>= 32;
+    }
+    if (!(full & 0x8080ULL)) {
+        k += 2;
+        full >>= 16;
+    }
+    if (!(full & 0x80ULL))
+        k += 1;
+    return (g << 4) + 2 * (i + k);
+}
+
 // The next unit of the item in rbuf: its type and where its bytes start.
 static __always_inline void next_unit(struct state *st, struct plan *p, struct crec *b) {
-    u32 u = st->ex_unit++;
-    u32 tid = st->ex_tid, base = st->ex_base + u * st->ex_stride;
+    u32 u = st->ex_unit;
     st->ex_n = 0;
     st->ex_slot = 0;
+    if (st->ex_kind == EX_GROUPS && !(u & 1)) {
+        struct mapl *m = map_of(p, st->ex_tid);
+        u = m ? full_slot(st, m, b, u) : st->ex_count;
+        if (u >= st->ex_count) {
+            st->ex_unit = u;
+            return;
+        }
+    }
+    st->ex_unit = u + 1;
+    u32 tid = st->ex_tid, base = st->ex_base + u * st->ex_stride;
     if (st->ex_kind == EX_SITE) {
         push(st, p, I_ROOT, st->ex_word, 0, st->ex_tid + u, 0, 0, 0, 0, 0);
         return;
@@ -948,15 +985,17 @@ int reads(struct pt_regs *ctx) {
         if (st->ex_kind != EX_NONE) {
             if (st->ex_slot < st->ex_n)
                 do_slot(st, p, b);
-            else if (st->ex_unit < st->ex_count)
+            else
                 next_unit(st, p, b);
-            else {
-                if (st->ex_kind == EX_GROUPS)
-                    groups_done(st, p, b);
-                st->ex_kind = EX_NONE;
-            }
         } else if (st->qhead < st->qtail) {
             read_item(st, p, b);
+        }
+        // An expansion ends in the step that did its last slot (or that
+        // started one with nothing in it), not in a step of its own.
+        if (st->ex_kind != EX_NONE && st->ex_slot >= st->ex_n && st->ex_unit >= st->ex_count) {
+            if (st->ex_kind == EX_GROUPS)
+                groups_done(st, p, b);
+            st->ex_kind = EX_NONE;
         }
     }
     st->reads_ns += bpf_ktime_get_ns() - t0;
