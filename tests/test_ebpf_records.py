@@ -112,23 +112,30 @@ def test_copy_records_are_kept_by_address():
         R.parse([struct.pack("<IIQ", R.K_COPY, 5, 0x1000) + b"abcd"])
 
 
-def _batch(*copies, claim=None) -> bytes:
-    """A K_BATCH record of (address, bytes) copies, each padded to 8 bytes."""
-    body = b""
-    for addr, data in copies:
-        rec = struct.pack("<IIQ", R.K_COPY, len(data), addr) + data
-        body += rec + bytes(-len(rec) % 8)
+def _copy(addr, data) -> bytes:
+    return struct.pack("<IIQ", R.K_COPY, len(data), addr) + data
+
+
+def _batch(*records, claim=None) -> bytes:
+    """A K_BATCH record of records, each padded to 8 bytes, as a runner's stage sends them."""
+    body = b"".join(r + bytes(-len(r) % 8) for r in records)
     return struct.pack("<II", R.K_BATCH, len(body) if claim is None else claim) + body
 
 
-def test_a_runners_batch_of_copies_is_its_copies():
-    out = R.parse([_g(1), _batch((0xc000100000, b"hello"), (0xc000100010, b"12345678"), (0x1000, b""))])
-    assert out.copies == [(0xc000100000, b"hello"), (0xc000100010, b"12345678"), (0x1000, b"")]
+def test_a_runners_batch_is_its_records_in_order():
+    """Goroutines, their frames and copies in batches parse as they would one by one."""
+    alone = [_g(1, top=b"\1" * 12), _frames(1, [(0x7040, 0x401234)]), _copy(0xc000100000, b"hello"),
+             _g(2), _copy(0xc000100010, b"12345678"), _copy(0x1000, b""), _frames(2, [(0, 1)], flags=R.F_TOP)]
+    one, batched = R.parse(alone), R.parse([_batch(*alone[:3]), _batch(*alone[3:])])
+    assert batched == one
+    assert one.copies == [(0xc000100000, b"hello"), (0xc000100010, b"12345678"), (0x1000, b"")]
+    assert [g.pairs for g in one.goroutines] == [[(0x7040, 0x401234)], [(0, 1)]]
 
 
-@pytest.mark.parametrize("raw", [_batch((0x10, b"abc"), claim=99),
+@pytest.mark.parametrize("raw", [_batch(_copy(0x10, b"abc"), claim=99),
                                  struct.pack("<II", R.K_BATCH, 16) + struct.pack("<IIQ", R.K_COPY, 50, 0x20),
-                                 struct.pack("<II", R.K_BATCH, 16) + struct.pack("<IIQ", R.K_G, 0, 0x20)])
+                                 _batch(_g(1))[:-8] + bytes(0),
+                                 struct.pack("<II", R.K_BATCH, 16) + struct.pack("<IIQ", R.K_THREAD, 0, 0x20)])
 def test_a_malformed_batch_is_an_error_not_a_crash(raw):
     with pytest.raises(R.RecordError):
         R.parse([raw])

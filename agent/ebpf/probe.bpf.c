@@ -29,8 +29,8 @@
 // uprobe hit); when those run out the state says MORE and the next uprobe
 // on the signal path, or the next SIGURG (which the thread sends itself),
 // goes on. The cursor lives in the
-// `state` map, so any run resumes where the last stopped. Each run ends
-// with a K_MARK record that wakes the agent's epoll.
+// `state` map, so any run resumes where the last stopped. The agent looks
+// at the `ctl` map to know when every runner is done.
 //
 // Runners: with many goroutines the walk is shared by up to R_MAX of the
 // target's threads, each on its own CPU (the agent lets them go one by one
@@ -63,9 +63,9 @@
 #define K_G 1                   // a goroutine: header, g bytes, top words
 #define K_FRAMES 2              // frames of the goroutine allgs[gi], in order (several per goroutine)
 #define K_THREAD 3              // the interrupted registers of the thread that ran the probe
-#define K_MARK 4                // a run stopped (DONE, MORE, FAILED): wakes user space's epoll
+#define K_MARK 4                // (no longer sent: older probes ended each run with one; parse skips it)
 #define K_COPY 5                // captures: bytes copied at an address (the decoder's memory after the resume)
-#define K_BATCH 6               // K_COPY records one after another (each padded to 8 bytes): a runner's stage
+#define K_BATCH 6               // a runner's stage: K_G, K_FRAMES and K_COPY records one after another, each padded to 8
 
 // Phases of `state` (user space writes ARMED, the probe the rest).
 #define PH_IDLE 0
@@ -137,16 +137,13 @@ struct item {
 struct work { u64 fp, lo, hi; u32 gi, fslot, next, pad; };
 
 // The runners' shared words (`ctl`): the allgs cursor, how many runners
-// ended, how many there are (the agent lowers it when one can't start),
-// the work and fstacks entries used; allgs and allglen, read by runner 0,
-// and whether it has.
+// ended, how many there are (the agent lowers it when one can't start);
+// allgs and allglen, read by runner 0, and whether it has.
 #define C_NEXT 0
 #define C_DONE 1
 #define C_NRUN 2
-#define C_NFULL 3
 #define C_ARR 4
 #define C_N 5
-#define C_NWORK 6
 #define C_INIT 7                // runner 0 has read allgs: the others may start
 
 struct state {
@@ -258,17 +255,68 @@ static __always_inline struct state *my_state(void) {
     return state.lookup(&k);
 }
 
-static __always_inline void emit(struct state *st, void *r, u64 len) {
-    // No wakeup: user space reads the ring after the resume, never waits on it.
-    if (out.ringbuf_output(r, len, BPF_RB_NO_WAKEUP))
+// Records reach the ring buffer STAGE bytes at a time: each runner keeps
+// its records (goroutines, frames, copies) in its own stage and sends them
+// as one K_BATCH record when it is full and when the runner ends. A ring
+// record per goroutine or value made the runners fight over the ring's
+// producer lock: each record cost 2-3x more with two runners than with one.
+#define STAGE 65536
+#define STAGE_REC 16384         // the largest record a stage takes (a K_G: 64 + 1 KiB + 8 KiB)
+struct stage { u32 kind, len; u8 data[STAGE + STAGE_REC + 32]; };
+BPF_ARRAY(stages, struct stage, R_MAX);
+
+static __always_inline struct stage *stage_of(struct state *st) {
+    u32 me = st->ri & (R_MAX - 1);
+    return stages.lookup(&me);
+}
+
+// Sends the stage's records as one K_BATCH record and empties it.
+static __always_inline void flush_stage(struct state *st, struct stage *sg) {
+    u32 used = sg->len;
+    if (!used)
+        return;
+    if (used > STAGE)
+        used = STAGE;
+    sg->kind = K_BATCH;
+    if (out.ringbuf_output(sg, 8 + (u64)used, BPF_RB_NO_WAKEUP))
         st->dropped++;
     else
         st->records++;
+    sg->len = 0;
+}
+
+// Where the next record of n bytes goes in the stage, sending the stage
+// first if it has no room.
+static __always_inline u8 *stage_at(struct state *st, struct stage *sg, u32 n) {
+    if (sg->len + n + 8 > STAGE)
+        flush_stage(st, sg);
+    u32 off = sg->len & (STAGE - 1);
+    return sg->data + off;
+}
+
+// A record of len bytes at r into the runner's stage (the ring buffer
+// directly if the runner has none). No wakeup: user space reads the ring
+// after the resume, never waits on it.
+static __always_inline void emit(struct state *st, void *r, u64 len) {
+    struct stage *sg = stage_of(st);
+    if (!sg || len > STAGE_REC) {
+        if (out.ringbuf_output(r, len & (STAGE_REC - 1), BPF_RB_NO_WAKEUP))
+            st->dropped++;
+        else
+            st->records++;
+        return;
+    }
+    u32 n = len & (STAGE_REC - 1);
+    u8 *at = stage_at(st, sg, n);
+    if (bpf_probe_read_kernel(at, n, r)) {
+        st->dropped++;
+        return;
+    }
+    sg->len = (sg->len + n + 7) & ~7U;
 }
 
 // Ends a run in `phase`, waking user space (the only record that wakes it).
 static __always_inline void stop(struct state *st, u32 phase) {
-    u64 mark = K_MARK;
     st->t_last = bpf_ktime_get_ns();
     st->phase = phase;
     // Out of tail calls with work left: this thread sends itself the next
@@ -279,9 +327,6 @@ static __always_inline void stop(struct state *st, u32 phase) {
     // running never runs the target's code mid-walk.
     if (phase == PH_MORE)
         bpf_send_signal_thread(SIGURG_NR);
-    // Only an end wakes the agent (its poll looks at MORE now and then):
-    // on a machine with few CPUs its waking would compete with the runners.
-    out.ringbuf_output(&mark, sizeof(mark), phase == PH_MORE ? BPF_RB_NO_WAKEUP : BPF_RB_FORCE_WAKEUP);
 }
 
 // ---------------------------------------------------------------- captures
@@ -394,11 +439,6 @@ BPF_ARRAY(items, struct item, ITEMS_MAX);
 // Per runner:
 BPF_ARRAY(rbuf, struct crec, R_MAX);
 BPF_ARRAY(pbuf, struct crec, R_MAX);    // a root's span, when its pieces are put together in rbuf
-// The copies are sent STAGE bytes at a time: one ring-buffer record (whose
-// producer lock the runners would otherwise fight over for every value).
-#define STAGE 65536
-struct stage { u32 kind, len; u8 data[STAGE + 2 * RBUF + 32]; };
-BPF_ARRAY(stages, struct stage, R_MAX);
 
 static __always_inline u64 pkey(struct plan *p, u64 v) {
     return ((u64)p->prog << 56) | (v & 0x00ffffffffffffffULL);
@@ -457,35 +497,6 @@ static __always_inline void push_walk(struct state *st, struct plan *p, struct i
     st->qtail++;
 }
 
-static __always_inline struct stage *stage_of(struct state *st) {
-    u32 me = st->ri & (R_MAX - 1);
-    return stages.lookup(&me);
-}
-
-// Sends the stage's copies as one K_BATCH record and empties it.
-static __always_inline void flush_stage(struct state *st, struct stage *sg) {
-    u32 used = sg->len;
-    if (!used)
-        return;
-    if (used > STAGE)
-        used = STAGE;
-    sg->kind = K_BATCH;
-    if (out.ringbuf_output(sg, 8 + (u64)used, BPF_RB_NO_WAKEUP))
-        st->dropped++;
-    else
-        st->records++;
-    sg->len = 0;
-}
-
-// Where the next copy of n bytes goes in the stage (its 16-byte header
-// first), sending the stage first if it has no room; 0 if there is none.
-static __always_inline u8 *stage_at(struct state *st, struct stage *sg, u32 n) {
-    if (sg->len + 16 + n + 8 > STAGE)
-        flush_stage(st, sg);
-    u32 off = sg->len & (STAGE - 1);
-    return sg->data + off;
-}
-
 // A copy of n bytes at addr written at `at` (its header and bytes are
 // there): counted and kept in the stage.
 static __always_inline void staged(struct state *st, struct stage *sg, u8 *at, u64 addr, u32 n) {
@@ -511,7 +522,7 @@ static __always_inline int copy_out(struct state *st, struct crec *buf, u64 addr
     buf->kind = K_COPY;
     buf->len = n;
     buf->addr = addr;
-    u8 *at = stage_at(st, sg, n);
+    u8 *at = stage_at(st, sg, 16 + n);
     if (bpf_probe_read_kernel(at + 16, n, buf->data))
         return 0;
     staged(st, sg, at, addr, n);
@@ -524,7 +535,7 @@ static __always_inline int copy_leaf(struct state *st, u64 addr, u32 n) {
     struct stage *sg = stage_of(st);
     if (!n || !sg)
         return 0;
-    u8 *at = stage_at(st, sg, n);
+    u8 *at = stage_at(st, sg, 16 + n);
     if (bpf_probe_read_user(at + 16, n, (void *)addr)) {
         st->misses++;
         return 0;
@@ -1111,15 +1122,15 @@ static __always_inline void start_g(struct state *st, struct plan *p, struct rec
         // memory, frame by frame).
         if (p->prog == NO_PROG)
             return;
-        u64 *nfull = cval(C_NFULL);
+        // A goroutine's allgs index is its own: its kept copy's slot (and
+        // its work entry's, below) needs no counter the runners share.
         u32 n = r->h.top_len;
-        u32 fi = (nfull && n <= FULL_BYTES - 8) ? (u32)__sync_fetch_and_add(nfull, 1) : FULL_MAX;
+        u32 fi = n <= FULL_BYTES - 8 ? (u32)i : FULL_MAX;
         struct fstack *fs = fstacks.lookup(&fi);
         if (fs && !bpf_probe_read_kernel(fs->data, n & (FULL_BYTES - 1), r->data + (glen & (G_MAX - 1))))
             fslot = fi + 1;
     }
-    u64 *nw = cval(C_NWORK);
-    u32 wi = nw ? (u32)__sync_fetch_and_add(nw, 1) : WORK_MAX;
+    u32 wi = (u32)i;
     struct work *w = work.lookup(&wi);
     if (!w) {
         st->budget_cuts++;
@@ -1365,7 +1376,13 @@ static __always_inline int arrive(struct pt_regs *ctx, struct plan *p, struct st
     } else {
         st->read_errors++;
     }
-    emit(st, r, sizeof(struct rec_hdr) + 23 * 8);
+    // Straight to the ring: a process's records are told apart by the
+    // K_THREAD its walk starts with (runner 0's comes first; every batch
+    // of the walk after it).
+    if (out.ringbuf_output(r, sizeof(struct rec_hdr) + 23 * 8, BPF_RB_NO_WAKEUP))
+        st->dropped++;
+    else
+        st->records++;
     u64 *carr = cval(C_ARR), *cn = cval(C_N), *init = cval(C_INIT);
     if (!carr || !cn || !init)
         return 0;

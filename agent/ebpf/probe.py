@@ -20,7 +20,6 @@ from __future__ import annotations
 import ctypes as ct
 import functools
 import os
-import select
 import signal
 import struct
 import threading
@@ -30,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import AgentError
-from ..ptrace import tgkill
+from ..ptrace import _libc, tgkill
 from . import capplan, loader
 from .plan import _PLAN, StackPlan
 
@@ -46,12 +45,15 @@ MAX_TABLE_SLOTS = 16           # targets whose capture tables the probe holds at
 _HASHES = ("sites", "rtypes")   # the capture maps keyed by slot (the others are arrays)   # the capture maps whose keys carry the slot
 
 RESEND_NS = 2_000_000          # a SIGURG with no run after this is sent again
+NAP_S = 50e-6                  # between looks at C_DONE, when the runners take every CPU
+LOOK_NS = 500_000              # between looks at the runners' states (failures, lost signals)
+PR_SET_TIMERSLACK = 29
 R_MAX = 4                      # runners: threads of the target that share the walk (probe.bpf.c)
 ITEMS_MAX = 131072             # the captures' FIFO, shared out among the runners
 NO_CAP = (1 << 64) - 1
 
 PH_IDLE, PH_ARMED, PH_RUNNING, PH_MORE, PH_DONE, PH_FAILED, PH_WAIT = range(7)
-C_NEXT, C_DONE, C_NRUN, C_NFULL, C_ARR, C_N, C_NWORK, C_INIT = range(8)   # the `ctl` words
+C_NEXT, C_DONE, C_NRUN, C_ARR, C_N, C_INIT = 0, 1, 2, 4, 5, 7   # the `ctl` words
 
 
 class ProbeError(AgentError):
@@ -167,7 +169,6 @@ class StackProbe:
         self._kern = None
         self._cap_bytes = NO_CAP      # the plan's captures byte budget (set_plan)
         self._ring = None
-        self._epoll = None
         self.from_cache = False
         try:
             from bcc.libbcc import _RINGBUF_CB_TYPE, lib
@@ -185,12 +186,6 @@ class StackProbe:
             self._ring = lib.bpf_new_ringbuf(kern.maps["out"], self._cb, None)
             if not self._ring:
                 raise ProbeError("opening the probe's ring buffer failed")
-            # The probe wakes this epoll only when a run stops (a K_MARK record
-            # with BPF_RB_FORCE_WAKEUP; the others ask for no wakeup), so the
-            # agent sleeps while the target's thread runs the probe instead of
-            # spinning on a CPU it may need.
-            self._epoll = select.epoll()
-            self._epoll.register(kern.maps["out"], select.EPOLLIN | select.EPOLLET)
         except BaseException as e:
             self.close()
             if isinstance(e, loader.LoadError):
@@ -202,9 +197,6 @@ class StackProbe:
     def close(self) -> None:
         for pid in list(self._uprobes):
             self._detach(pid)
-        if self._epoll is not None:
-            self._epoll.close()
-            self._epoll = None
         if self._ring:
             self._lib.bpf_free_ringbuf(self._ring)
             self._ring = None
@@ -310,41 +302,61 @@ class StackProbe:
             live = [0, *self._release(tids, range(1, len(tids)), release)]
             # With a CPU the runners leave free, this thread looks at their
             # states without sleeping: waking from an idle CPU takes 0.1-0.2
-            # ms on a VM, a fifth of a walk of 1,000 goroutines.
+            # ms on a VM, a fifth of a walk of 1,000 goroutines. Else it naps
+            # (NAP_S with a 1 us timer slack), taking a few us of a runner's
+            # CPU now and then rather than a wakeup's 0.1 ms at the end.
             spin = len(live) < _cpus()
-            sent = {0: t0}
-            last = {}
-            while True:
-                sts = {i: self._read_state(i) for i in live}
-                failed = [i for i in live if sts[i].phase == PH_FAILED]
-                if failed:
-                    st = sts[failed[0]]
-                    raise ProbeError(f"the probe could not start in pid {pid} (allgs unreadable, "
-                                     f"or its tail calls are not in place): {st.read_errors} read errors")
-                if all(sts[i].phase == PH_DONE for i in live):
-                    break
+            _libc.prctl(PR_SET_TIMERSLACK, 1000, 0, 0, 0)
+            sent, last, looked = dict.fromkeys(live, t0), {}, 0
+            # The walk is done when every runner has ended its share (one
+            # word; a runner still waiting returns at its next round). Their
+            # states are looked at every LOOK_NS: failures, lost signals.
+            while self._ctl(C_DONE) < len(live):
                 now = time.monotonic_ns()
-                if now > deadline_ns:
-                    st = sts[0]
-                    raise ProbeError(
-                        f"the probe did not finish in pid {pid} within the deadline (phases "
-                        f"{[sts[i].phase for i in live]}, {st.triggers} runs, {st.gs} goroutines, "
-                        f"{st.frames} frames): thread {tids[0]} may block SIGURG or be stuck in the kernel")
-                for i in live:
-                    st = sts[i]
-                    progress = (st.runs, st.waits)
-                    if st.phase in (PH_MORE, PH_ARMED, PH_WAIT) and now - sent.get(i, t0) > RESEND_NS \
-                            or st.phase == PH_MORE and progress != last.get(i):
-                        last[i] = progress
-                        tgkill(pid, tids[i], signal.SIGURG)
-                        sent[i] = now
+                if now - looked > LOOK_NS or now > deadline_ns:
+                    looked = now
+                    self._look(pid, tids, live, deadline_ns, now, sent, last)
                 if not spin:
-                    self._epoll.poll(min(RESEND_NS, max(0, deadline_ns - now)) / 1e9)
+                    time.sleep(NAP_S)
+            sts = {i: self._read_state(i) for i in live}
         except BaseException:
             self._set_phases(PH_IDLE)
             raise
         self.last_states = [sts[i] for i in live]     # for the bench's diagnostics
         return self._report(self.last_states, t0)
+
+    def _look(self, pid: int, tids: list[int], live: list[int], deadline_ns: int, now: int,
+              sent: dict, last: dict) -> None:
+        """The runners' states: a failure or the deadline raises ProbeError;
+        a runner that says MORE or WAIT with no progress, or a signal that
+        seems lost (a SIGURG sent while one is pending merges with it), is
+        signalled again."""
+        sts = {i: self._read_state(i) for i in live}
+        failed = [i for i in live if sts[i].phase == PH_FAILED]
+        if failed:
+            st = sts[failed[0]]
+            raise ProbeError(f"the probe could not start in pid {pid} (allgs unreadable, "
+                             f"or its tail calls are not in place): {st.read_errors} read errors")
+        if now > deadline_ns:
+            st = sts[0]
+            raise ProbeError(
+                f"the probe did not finish in pid {pid} within the deadline (phases "
+                f"{[sts[i].phase for i in live]}, {st.triggers} runs, {st.gs} goroutines, "
+                f"{st.frames} frames): thread {tids[0]} may block SIGURG or be stuck in the kernel")
+        for i in live:
+            st = sts[i]
+            progress = (st.runs, st.waits)
+            if st.phase in (PH_MORE, PH_ARMED, PH_WAIT) and now - sent[i] > RESEND_NS \
+                    or st.phase == PH_MORE and progress != last.get(i):
+                last[i] = progress
+                tgkill(pid, tids[i], signal.SIGURG)
+                sent[i] = now
+
+    def _ctl(self, k: int) -> int:
+        key, v = ct.c_uint(k), ct.c_uint64(0)
+        if self._lib.bpf_lookup_elem(self._kern.maps["ctl"], ct.byref(key), ct.byref(v)) < 0:
+            raise ProbeError("reading the probe's ctl map failed")
+        return v.value
 
     def _release(self, tids: list[int], waiting, release) -> list[int]:
         """Lets the waiting runners go (release(tid) -> bool); one that could

@@ -4,8 +4,8 @@ Kinds (probe.bpf.c): K_THREAD, the registers of the thread that ran the
 probe (from the signal's ucontext); K_G, a goroutine's header, the bytes of
 its g and the words at its stack pointer; K_FRAMES, (saved bp, return
 address) pairs of the frames of the goroutine at allgs index `gi`, in order;
-K_COPY, bytes the captures copied at an address; K_BATCH, a runner's K_COPY
-records one after another, each padded to 8 bytes.
+K_COPY, bytes the captures copied at an address; K_BATCH, a runner's K_G,
+K_FRAMES and K_COPY records one after another, each padded to 8 bytes.
 `ProbeGoroutine.stack()` turns them into the sparse stack image the pcsp
 unwinder (agent/unwind.py) walks: the words at sp, and at each frame
 pointer fp the saved bp (at fp) and the return address (at fp + 8).
@@ -77,12 +77,9 @@ class ProbeOutput:
 def parse(records: list[bytes]) -> ProbeOutput:
     out = ProbeOutput()
     by_gi: dict[int, ProbeGoroutine] = {}
-    for raw in records:
+    for raw in _unbatched(records):
         if len(raw) == 8 and int.from_bytes(raw[:4], "little") == K_MARK:
             continue          # a run's end, for the agent's epoll
-        if int.from_bytes(raw[:4], "little") == K_BATCH and len(raw) >= 8:
-            out.copies.extend(_batch(raw))
-            continue
         if int.from_bytes(raw[:4], "little") == K_COPY and len(raw) >= _COPY.size:
             _, n, addr = _COPY.unpack_from(raw)
             if n != len(raw) - _COPY.size:
@@ -119,18 +116,38 @@ def parse(records: list[bytes]) -> ProbeOutput:
     return out
 
 
-def _batch(raw: bytes) -> list[tuple[int, bytes]]:
-    """The (address, bytes) copies of a K_BATCH record."""
+def _unbatched(records: list[bytes]):
+    """The records, each K_BATCH's in its place."""
+    for raw in records:
+        if len(raw) >= 8 and int.from_bytes(raw[:4], "little") == K_BATCH:
+            yield from _batch(raw)
+        else:
+            yield raw
+
+
+def _batch(raw: bytes) -> list[bytes]:
+    """The records of a K_BATCH record, in order."""
     used = int.from_bytes(raw[4:8], "little")
     if used > len(raw) - 8:
-        raise RecordError(f"a batch of copies claims {used} bytes, {len(raw) - 8} sent")
+        raise RecordError(f"a batch of records claims {used} bytes, {len(raw) - 8} sent")
     out, off, end = [], 8, 8 + used
     while off < end:
-        if off + _COPY.size > end:
-            raise RecordError(f"a batch of copies ends inside a header at {off}")
-        kind, n, addr = _COPY.unpack_from(raw, off)
-        if kind != K_COPY or off + _COPY.size + n > end:
-            raise RecordError(f"a batch of copies has a bad record at {off} (kind {kind}, {n} bytes)")
-        out.append((addr, raw[off + _COPY.size:off + _COPY.size + n]))
-        off += (_COPY.size + n + 7) & ~7
+        n = _length(raw, off, end)
+        out.append(raw[off:off + n])
+        off += (n + 7) & ~7
     return out
+
+
+def _length(raw: bytes, off: int, end: int) -> int:
+    """The length of the record at off in a batch (its kind and header say)."""
+    kind = int.from_bytes(raw[off:off + 4], "little")
+    if kind == K_COPY and off + _COPY.size <= end:
+        n = _COPY.size + _COPY.unpack_from(raw, off)[1]
+    elif kind in (K_G, K_FRAMES) and off + _HDR.size <= end:
+        h = _HDR.unpack_from(raw, off)
+        n = _HDR.size + (h[8] + h[9] if kind == K_G else 16 * h[10])
+    else:
+        raise RecordError(f"a batch of records has a record of kind {kind} at {off} that does not fit")
+    if off + n > end:
+        raise RecordError(f"a batch of records ends inside its record at {off} ({n} bytes, kind {kind})")
+    return n
