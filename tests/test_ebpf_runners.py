@@ -125,3 +125,31 @@ def test_a_shared_walk_that_never_starts_ends_at_the_deadline_untraced(two_runne
         assert rec.error and "did not finish" in rec.error, rec.error
         _untraced_and_alive(t.pid)
     assert not our_uprobes()
+
+
+def test_a_ring_buffer_too_small_for_the_walk_says_what_it_lost(two_runners):
+    """A probe whose ring buffer (64 KiB) can't take a runner's full batch:
+    the snapshot is marked truncated and says how much it lost, the
+    goroutines it kept are still ptrace's, and nothing is left behind."""
+    from agent.ebpf import executor as ebpf
+    from agent.ebpf.probe import StackProbe
+    from agent.snapshot import SnapshotOptions, snapshot_process
+    from bench.run import PauseMeter, build_pausemeter
+    from server.snapshot_job import load_target
+    binary = build_pausemeter()
+    pm = PauseMeter(binary, 2000)
+    try:
+        target = load_target(str(binary), None, {})
+        with StackProbe(ringbuf_pages=16) as small:
+            rec = ebpf.snapshot_process(pm.pid, target, SnapshotOptions(), probe=small)
+        ref = snapshot_process(pm.pid, target, SnapshotOptions(executor="ptrace"))
+        _untraced_and_alive(pm.pid)
+    finally:
+        pm.close()
+    assert rec.error is None and rec.truncated and rec.probe_report.dropped >= 1, rec.probe_report
+    assert any("ring buffer was full" in w for w in rec.warnings), rec.warnings
+    theirs = {g.goid: _frames(g) for g in ref.goroutines}
+    kept = [g for g in rec.goroutines if any(f.function == "main.park" for f in g.frames)]
+    assert len(kept) < 2000
+    assert all(_frames(g) == theirs[g.goid] for g in kept)
+    assert not our_uprobes()

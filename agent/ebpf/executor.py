@@ -402,7 +402,8 @@ def _regs(gregs: dict[str, int]) -> Regs:
 def _report_limits(rec: ProcessRecord, out, report) -> None:
     if report.dropped:
         rec.truncated = True
-        rec.warnings.append(f"the probe's ring buffer was full: {report.dropped} records lost "
+        rec.warnings.append(f"the probe's ring buffer was full: {report.dropped} records lost, each a "
+                            "runner's batch of up to 64 KiB of goroutines, frames and copies "
                             f"({out.orphan_frames} frame records without their goroutine); "
                             "their goroutines are missing or their stacks cut")
     if report.budget_cuts:
