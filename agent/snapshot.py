@@ -46,10 +46,10 @@ class SnapshotOptions:
     # environment's EXRAY_CAPTURE_EXECUTOR sets the default, so a whole test
     # suite can run in "compare".
     capture_executor: str
-    # Who walks the stacks: "ptrace" (this module), "ebpf" (agent/ebpf: the
-    # probe in the kernel, stacks only for now) or "auto" (eBPF where the
+    # Who walks the stacks and reads the captures: "ptrace" (this module),
+    # "ebpf" (agent/ebpf: the probe in the kernel) or "auto" (eBPF where the
     # kernel and privileges allow, else ptrace, saying why). EXRAY_EXECUTOR
-    # sets the default.
+    # sets the default (the CLI's and the editor's is auto).
     executor: str
 
     def __init__(self, deadline_s: float | None = None, capture_share: float | None = None,

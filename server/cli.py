@@ -153,7 +153,8 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     through_agents = fleet.snapshot_command(args, spec, limits)
     if through_agents is not None:
         return through_agents
-    return int(snapshot_job.run(list(args.pid or []), spec, args.out, executor=args.executor,
+    executor = args.executor or os.environ.get("EXRAY_EXECUTOR") or "auto"
+    return int(snapshot_job.run(list(args.pid or []), spec, args.out, executor=executor,
                                 limits=limits) or 0)
 
 
@@ -248,10 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="snapshot file to write (default: .exray/snapshots/<time>.sqlite "
                         "next to the spec)")
     s.add_argument("--executor", choices=("ptrace", "ebpf", "auto"), default=None,
-                   help="who walks the stacks: ptrace (user space), ebpf (a probe in the kernel; "
-                        "stacks only for now), auto (eBPF where the kernel and privileges allow, "
-                        "else ptrace, saying why); default: $EXRAY_EXECUTOR, else ptrace (through agents: "
-                        "each agent's default)")
+                   help="who walks the stacks and reads the captures: ptrace (user space), ebpf (a "
+                        "probe in the kernel, the walk shared by one thread per CPU), auto (eBPF where the "
+                        "kernel and privileges allow, else ptrace, saying why); default: $EXRAY_EXECUTOR, "
+                        "else auto (through agents: each agent's default)")
     __import__("server.fleet").fleet.add_snapshot_arguments(s)
     _add_capture_limit_arguments(s)
     s.set_defaults(func=cmd_snapshot)

@@ -154,10 +154,14 @@ def test_snapshot_args(monkeypatch):
     monkeypatch.setitem(sys.modules, "server.snapshot_job", fake)
     import server
     monkeypatch.setattr(server, "snapshot_job", fake, raising=False)
+    monkeypatch.delenv("EXRAY_EXECUTOR", raising=False)
     assert cli.main(["snapshot", "--pid", "1", "--pid", "22", "-o", "s.sqlite"]) == 3
     assert cli.main(["snapshot", "--pid", "5", "--spec", "x.yaml", "--out", "t.sqlite"]) == 3
     assert [c[:3] for c in calls] == [([1, 22], None, "s.sqlite"), ([5], "x.yaml", "t.sqlite")]
-    assert all(c[3]["executor"] is None for c in calls)     # no --executor: the default (auto)
+    assert all(c[3]["executor"] == "auto" for c in calls)     # no --executor: the default
+    monkeypatch.setenv("EXRAY_EXECUTOR", "ptrace")
+    assert cli.main(["snapshot", "--pid", "1"]) == 3 and calls[-1][3]["executor"] == "ptrace"
+    assert cli.main(["snapshot", "--pid", "1", "--executor", "ebpf"]) == 3 and calls[-1][3]["executor"] == "ebpf"
 
 
 def test_snapshot_errors_are_one_line(monkeypatch, capsys):

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import AgentError
-from ..ptrace import _libc, tgkill
+from ..ptrace import _libc, _proc_state, tgkill
 from . import capplan, loader
 from .plan import _PLAN, StackPlan
 
@@ -331,6 +331,8 @@ class StackProbe:
         a runner that says MORE or WAIT with no progress, or a signal that
         seems lost (a SIGURG sent while one is pending merges with it), is
         signalled again."""
+        if _proc_state(pid) in ("", "Z", "X"):
+            raise ProbeError(f"pid {pid} exited during the probe's walk")
         sts = {i: self._read_state(i) for i in live}
         failed = [i for i in live if sts[i].phase == PH_FAILED]
         if failed:
