@@ -64,7 +64,7 @@ WALL = 0x40000000          # __WALL: wait for threads (clone children) too
 DETACH_GRACE_S = 2.0       # how long __exit__ waits for a straggler to stop or die
 HAND_OVER_S = 0.005        # how long a thread handed over may take to reach its signal
 HAND_OVER_NAP_S = 20e-6    # its wait's sleeps
-PR_SET_TIMERSLACK = 29
+_PR_SET_TIMERSLACK = 29
 _ULONG = ctypes.c_ulong
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -394,9 +394,8 @@ class PausedProcess:
         if t.inject == sig:     # stopped delivering sig already (Go's own SIGURG): one is as good as two
             return self._let_go(t, sig)
         # The wait below sleeps (sched_yield at nice -20 would starve the very
-        # thread it waits for, on a machine with few CPUs): with a slack of
-        # 1 us a 20 us sleep takes about that, not the default 50 us more.
-        _libc.prctl(PR_SET_TIMERSLACK, 1000, 0, 0, 0)
+        # thread it waits for, on a machine with few CPUs).
+        tight_timer_slack()
         tgkill(self.pid, tid, sig)
         if _ptrace(PTRACE_CONT, tid, 0, 0):
             self.refused[tid] = "PTRACE_CONT failed"   # gone: the pending sig is Go's, harmless later
@@ -724,6 +723,17 @@ def _raiser(exc: type[BaseException], sig: int):
     def handler(signum, frame):
         raise exc(128 + signum) if exc is SystemExit else exc()
     return handler
+
+
+def tight_timer_slack() -> None:
+    """This thread's sleeps end within 1 us of when they are due, not the
+    default 50 us later: short naps while a pause waits on something."""
+    _libc.prctl(_PR_SET_TIMERSLACK, 1000, 0, 0, 0)
+
+
+def process_gone(pid: int) -> bool:
+    """pid has exited (a zombie, or reaped)."""
+    return _proc_state(pid) in ("", "Z", "X")
 
 
 def _blocks(pid: int, tid: int, sig: int) -> bool:

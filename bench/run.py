@@ -36,8 +36,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
+from unittest import mock
 
 ROOT = Path(__file__).resolve().parent.parent
 PAUSEMETER_SRC = Path(__file__).resolve().parent / "goprogs" / "pausemeter"
@@ -437,7 +437,7 @@ def bench_capture(binary: Path, n: int, reps: int, executors: list[str]) -> dict
             return exray_once(pm, None, SnapshotOptions(executor="ebpf" if e == "ebpf-stacks" else "ptrace"),
                               caches[e])
         if e in ("ebpf", "ebpf-1"):
-            with _runners("1" if e == "ebpf-1" else None):
+            with mock.patch.dict(os.environ, {"EXRAY_EBPF_RUNNERS": "1"} if e == "ebpf-1" else {}):
                 got = exray_once(pm, spec, SnapshotOptions(executor="ebpf"), caches[e])
             out[e].setdefault("retries", 0)
             out[e]["retries"] += bool(getattr(got[3], "ebpf_retry", None))
@@ -465,21 +465,6 @@ def bench_capture(binary: Path, n: int, reps: int, executors: list[str]) -> dict
     finally:
         pm.close()
     return out
-
-
-@contextmanager
-def _runners(n: str | None):
-    """$EXRAY_EBPF_RUNNERS set to n (None: left as it is) inside the block."""
-    old = os.environ.get("EXRAY_EBPF_RUNNERS")
-    if n is not None:
-        os.environ["EXRAY_EBPF_RUNNERS"] = n
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("EXRAY_EBPF_RUNNERS", None)
-        else:
-            os.environ["EXRAY_EBPF_RUNNERS"] = old
 
 
 def bench_skew(binary: Path, n: int, reps: int) -> dict:

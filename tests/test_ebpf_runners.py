@@ -45,12 +45,17 @@ def _snapshots(pid, target, spec=None):
     return got, ref
 
 
-def test_a_shared_walk_is_ptraces_and_gos_own(two_runners):
+def _states():
+    """(eBPF record, ptrace record, Go's own traceback) of the states program."""
     from server.snapshot_job import load_target
     binary = build("states")
     with run_target(binary, env={"GOTRACEBACK": "system"}) as t:
         got, ref = _snapshots(t.pid, load_target(str(binary), None, {}))
-        level2 = parse_go_traceback(t.quit_dump())
+        return got, ref, parse_go_traceback(t.quit_dump())
+
+
+def test_a_shared_walk_is_ptraces_and_gos_own(two_runners):
+    got, ref, level2 = _states()
     assert got.probe_report.runners == 2, got.probe_report
     assert_same_as_ptrace(got, ref, level2)
     assert assert_stacks_match(got, level2) >= len(NAMED)
@@ -83,12 +88,8 @@ def test_request_captures_shared_by_two_runners_are_ptraces_rows(two_runners):
 
 def test_a_thread_that_cannot_be_handed_over_leaves_the_walk_to_the_others(two_runners, monkeypatch):
     from agent.ptrace import PausedProcess
-    from server.snapshot_job import load_target
     monkeypatch.setattr(PausedProcess, "hand_over", lambda self, tid, sig: False)
-    binary = build("states")
-    with run_target(binary, env={"GOTRACEBACK": "system"}) as t:
-        got, ref = _snapshots(t.pid, load_target(str(binary), None, {}))
-        level2 = parse_go_traceback(t.quit_dump())
+    got, ref, level2 = _states()
     assert got.probe_report.runners == 1, got.probe_report
     assert_same_as_ptrace(got, ref, level2)
 

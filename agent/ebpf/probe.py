@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import AgentError
-from ..ptrace import _libc, _proc_state, tgkill
+from ..ptrace import process_gone, tgkill, tight_timer_slack
 from . import capplan, loader
 from .plan import _PLAN, StackPlan
 
@@ -47,7 +47,6 @@ _HASHES = ("sites", "rtypes")   # the capture maps keyed by slot (the others are
 RESEND_NS = 2_000_000          # a SIGURG with no run after this is sent again
 NAP_S = 50e-6                  # between looks at C_DONE, when the runners take every CPU
 LOOK_NS = 500_000              # between looks at the runners' states (failures, lost signals)
-PR_SET_TIMERSLACK = 29
 R_MAX = 4                      # runners: threads of the target that share the walk (probe.bpf.c)
 ITEMS_MAX = 131072             # the captures' FIFO, shared out among the runners
 NO_CAP = (1 << 64) - 1
@@ -168,6 +167,7 @@ class StackProbe:
         self._next = dict.fromkeys(("roots", "slots", "shapes", "maps"), 0)   # next free array index
         self._kern = None
         self._cap_bytes = NO_CAP      # the plan's captures byte budget (set_plan)
+        self.last_states: list = []    # the runners' states after the last trigger (for the bench)
         self._ring = None
         self.from_cache = False
         try:
@@ -282,9 +282,9 @@ class StackProbe:
     def trigger(self, pid: int, tids: list[int], deadline_ns: int, reads_cut_ns: int = 0,
                 release=None) -> RunReport:
         """Arm a runner for each of tids, SIGURG the first (a thread left
-        running), and wait for the probe to finish. Once the first runs,
-        `release(tid)` lets each other one (stopped) into the signal's
-        handler; one it can't is dropped and the rest share the walk. While
+        running), let each other one (stopped) into the signal's handler with
+        `release(tid)` (one it can't is dropped: the rest share the walk),
+        and wait for the probe to finish. While
         a runner says MORE or WAIT with no progress, or a signal seems lost
         (a SIGURG sent while one is pending merges with it), it is signalled
         again. Raises ProbeError at the deadline, leaving the probe
@@ -306,7 +306,7 @@ class StackProbe:
             # (NAP_S with a 1 us timer slack), taking a few us of a runner's
             # CPU now and then rather than a wakeup's 0.1 ms at the end.
             spin = len(live) < _cpus()
-            _libc.prctl(PR_SET_TIMERSLACK, 1000, 0, 0, 0)
+            tight_timer_slack()
             sent, last, looked = dict.fromkeys(live, t0), {}, 0
             # The walk is done when every runner has ended its share (one
             # word; a runner still waiting returns at its next round). Their
@@ -322,7 +322,7 @@ class StackProbe:
         except BaseException:
             self._set_phases(PH_IDLE)
             raise
-        self.last_states = [sts[i] for i in live]     # for the bench's diagnostics
+        self.last_states = [sts[i] for i in live]
         return self._report(self.last_states, t0)
 
     def _look(self, pid: int, tids: list[int], live: list[int], deadline_ns: int, now: int,
@@ -331,7 +331,7 @@ class StackProbe:
         a runner that says MORE or WAIT with no progress, or a signal that
         seems lost (a SIGURG sent while one is pending merges with it), is
         signalled again."""
-        if _proc_state(pid) in ("", "Z", "X"):
+        if process_gone(pid):
             raise ProbeError(f"pid {pid} exited during the probe's walk")
         sts = {i: self._read_state(i) for i in live}
         failed = [i for i in live if sts[i].phase == PH_FAILED]
