@@ -452,14 +452,20 @@ def test_ten_thousand_waiter_stacks_match_go(ten_thousand):
 # 5. Captures past the pause's capture share
 
 
-def test_captures_past_the_capture_share_are_rows_that_say_so(go_build):
+@pytest.mark.parametrize("executor", ["ptrace", "ebpf"])
+def test_captures_past_the_capture_share_are_rows_that_say_so(go_build, executor):
     """With no share of the pause left for captures, the snapshot still completes:
     every captured frame has its row, at the depth a full snapshot gives it,
-    with NULL values and the reason; the process runs on."""
+    with NULL values and the reason; the process runs on. (The eBPF probe
+    stops its reads there and still walks every goroutine's stack.)"""
+    if executor == "ebpf":
+        from agent.ebpf.availability import why_unavailable
+        if why_unavailable():
+            pytest.skip(f"eBPF: {why_unavailable()}")
     spec = parse_spec("version: 1\nfunctions:\n  main.handle:\n    capture: [req]\n")
     with run_target(go_build("linkpair"), "-self", "4", dump=False) as t:
-        [full] = snapshot_pids([t.pid], spec)
-        [cut] = snapshot_pids([t.pid], spec, SnapshotOptions(capture_share=0.0))
+        [full] = snapshot_pids([t.pid], spec, SnapshotOptions(executor=executor))
+        [cut] = snapshot_pids([t.pid], spec, SnapshotOptions(capture_share=0.0, executor=executor))
         os.kill(t.pid, 0)                                   # still there
     assert full.error is None and cut.error is None, (full.error, cut.error)
 
@@ -474,3 +480,5 @@ def test_captures_past_the_capture_share_are_rows_that_say_so(go_build):
     assert any(w.startswith("captures stopped when the pause reached") and "captures of 4 of 4 goroutines"
                in w for w in cut.warnings), cut.warnings
     assert {g.goid for g in cut.goroutines} == {g.goid for g in full.goroutines}
+    if executor == "ebpf":      # cut by the probe itself, not taken again with ptrace
+        assert cut.probe_report.cut and getattr(cut, "ebpf_retry", None) is None, cut.probe_report

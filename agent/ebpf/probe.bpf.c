@@ -18,11 +18,12 @@
 // refinement and all symbolization run in Python after the resume.
 //
 // Three stages, each a bounded loop in its own program, chained by tail
-// calls: `gstart` looks at GS_STEPS allgs entries per run (copies the g,
-// picks the start, copies the stack or the words at sp, queues the chain's
-// start in `work`), then `frames` follows FR_STEPS frame pointers per run
-// across the queue, and, when the spec captures values, `reads` copies
-// them (below, "captures"). bcc 0.26 inlines everything (no BPF-to-BPF calls, no bpf_loop), and
+// calls, taken a chunk of GCHUNK allgs entries at a time: `gstart` looks at
+// the chunk's entries (copies the g, picks the start, copies the stack or
+// the words at sp, queues the chain's start in `work`), then `frames`
+// follows FR_STEPS frame pointers per run across the chunk's chains, and,
+// when the spec captures values, `reads` copies them (below, "captures");
+// then the next chunk. bcc 0.26 inlines everything (no BPF-to-BPF calls, no bpf_loop), and
 // the verifier explores a bounded loop once per iteration, so a loop body
 // with few branches and one way out is what buys iterations. A stage that
 // finishes its batch tail-calls the next run (the kernel allows 33 per
@@ -50,7 +51,7 @@
 #endif
 #define WORK_MAX 65536          // goroutines one snapshot can queue (plan.max_gs is at most this)
 #define R_MAX 4                 // runners (a power of two)
-#define GCHUNK 16               // allgs entries a runner takes at a time (one gbuf refill)
+#define GCHUNK 32               // allgs entries a runner takes at a time: started, walked, read, then the next
 #define W_NONE 0xffffffff       // the end of a runner's chain list
 #define G_MAX 1024              // bytes of a g we can copy (mask: G_MAX - 1)
 #define TOP_MAX 8192            // bytes at a goroutine's sp we can copy
@@ -988,9 +989,11 @@ int reads(struct pt_regs *ctx) {
     st->runs++;
     u64 t0 = bpf_ktime_get_ns();
     if (st->reads_cut_ns && t0 >= st->reads_cut_ns) {
-        st->cut = 1;            // what is not copied yet is missing: those rows say the captures stopped
-        finish(st);
-        return 0;
+        // What is not copied yet is missing: those rows say the captures
+        // stopped. The stacks of the chunks left are still walked.
+        st->cut = 1;
+        st->qhead = st->qtail;
+        st->ex_kind = EX_NONE;
     }
     for (int i = 0; i < RD_STEPS; i++) {
         if (st->ex_kind != EX_NONE) {
@@ -1010,13 +1013,11 @@ int reads(struct pt_regs *ctx) {
         }
     }
     st->reads_ns += bpf_ktime_get_ns() - t0;
-    if (st->ex_kind == EX_NONE && st->qhead >= st->qtail) {
-        finish(st);
-        return 0;
-    }
+    if (st->ex_kind == EX_NONE && st->qhead >= st->qtail)
+        st->stage = 0;          // the chunk's captures are read: the next chunk
     if (st->tail_calls < 32) {
         st->tail_calls++;
-        progs.call(ctx, 2);
+        progs.call(ctx, st->stage);
     }
     stop(st, PH_MORE);
     return 0;
@@ -1179,14 +1180,23 @@ int gstart(struct pt_regs *ctx) {
         return 0;
     st->runs++;
     u64 n = st->n < p->max_gs ? st->n : p->max_gs;
-    // No early exit: a loop with one way out has its tail verified once.
+    // A chunk at a time: its goroutines started here, their chains walked
+    // (frames), their captures read (reads), then the next chunk; its
+    // stacks and values are still in the CPU's cache when walked and read.
+    // A chunk with no chain to walk (stacks only, copied whole) is followed
+    // by the next in the same run. No early exit: a loop with one way out
+    // has its tail verified once.
     for (int i = 0; i < GS_STEPS; i++) {
-        if (st->gi >= st->gend && !st->gdone)
+        if (st->gi >= st->gend && !st->gdone && st->whead == W_NONE)
             take_chunk(st, n);
         if (st->gi < st->gend)
             start_g(st, p, r, n);
     }
-    if (st->gdone) {               // no chunk left: the frames stage starts at this runner's first chain
+    if (st->gi >= st->gend && st->whead == W_NONE && st->gdone) {
+        finish(st);
+        return 0;
+    }
+    if (st->gi >= st->gend && st->whead != W_NONE) {   // the chunk is started: the frames stage walks its chains
         st->stage = 1;
         st->wi = st->whead;
         st->gframes = 0;
@@ -1290,7 +1300,7 @@ int frames(struct pt_regs *ctx) {
                 st->lo = fp + 16;
                 st->fp = saved;
                 u64 lpc = ret - p->bias;
-                if (p->prog != NO_PROG && saved && lpc >= p->site_lo && lpc <= p->site_hi) {
+                if (p->prog != NO_PROG && !st->cut && saved && lpc >= p->site_lo && lpc <= p->site_hi) {
                     u64 sk = pkey(p, lpc);       // the caller's frame: is it captured?
                     struct site *s = sites.lookup(&sk);
                     if (s)
@@ -1310,15 +1320,12 @@ int frames(struct pt_regs *ctx) {
                 st->wi = W_NONE;
         }
     }
-    if (st->wi == W_NONE) {
-        if (p->prog == NO_PROG || st->qhead >= st->qtail) {
-            finish(st);
-            return 0;
-        }
-        st->stage = 2;              // the captured frames' reads
+    if (st->wi == W_NONE) {         // the chunk's chains are walked: its captured frames' reads, or the next chunk
+        st->whead = st->wtail = W_NONE;
+        st->stage = (p->prog == NO_PROG || st->qhead >= st->qtail) ? 0 : 2;
         if (st->tail_calls < 32) {
             st->tail_calls++;
-            progs.call(ctx, 2);
+            progs.call(ctx, st->stage);
         }
         stop(st, PH_MORE);
         return 0;
