@@ -79,7 +79,7 @@ def parse(records: list[bytes]) -> ProbeOutput:
     by_gi: dict[int, ProbeGoroutine] = {}
     for raw in _unbatched(records):
         if len(raw) == 8 and int.from_bytes(raw[:4], "little") == K_MARK:
-            continue          # a run's end, for the agent's epoll
+            continue          # a run's end (older probes sent one per run)
         if int.from_bytes(raw[:4], "little") == K_COPY and len(raw) >= _COPY.size:
             _, n, addr = _COPY.unpack_from(raw)
             if n != len(raw) - _COPY.size:
