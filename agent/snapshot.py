@@ -205,10 +205,10 @@ def snapshot_processes(targets: list[tuple[int, Target]], opts: SnapshotOptions 
 def with_skews(recs: list[ProcessRecord]) -> list[ProcessRecord]:
     """recs, each paused one with its pause start's distance from the earliest
     (processes.pause_skew_ns); both executors' snapshots of several processes."""
-    starts = [r.pause_start_ns for r in recs if r.pause_start_ns]
+    first = min((r.pause_start_ns for r in recs if r.pause_start_ns), default=0)
     for r in recs:
         if r.pause_start_ns:
-            r.pause_skew_ns = r.pause_start_ns - min(starts)
+            r.pause_skew_ns = r.pause_start_ns - first
     return recs
 
 

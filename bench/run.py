@@ -518,9 +518,12 @@ def print_capture(results: dict) -> None:
                               ("ebpf", 0.5, "issue 14: eBPF captures <= half of Go's dump")):
             if e in r and d:
                 # by the gap the target saw, and by pause_ns (first thread
-                # stopped to last resumed: what any thread could have seen)
+                # stopped to last resumed: what any thread could have seen;
+                # with eBPF the meter's thread is usually the one that runs
+                # the probe, so its gap leaves out the stop and the resume):
+                # met only by both
                 ratio, strict = med(r[e]["gap"]) / d, med(r[e]["pause"]) / d
-                verdict = "met" if ratio <= most else "MISSED"
+                verdict = "met" if max(ratio, strict) <= most else "MISSED"
                 t.note(f"N={n} goal {goal}", f"{verdict} (gap ratio {ratio:.2f}; pause_ns ratio {strict:.2f})")
     t.print("2b. Whole-request captures (issues 11, 14): Ex-Ray's pause beside Go's dump")
 

@@ -293,6 +293,7 @@ class GoBinary:
                 return seg["p_vaddr"]
         return None
 
+    @cached_property
     def rodata_span(self) -> tuple[int, int] | None:
         """[lo, hi) link-time addresses of the read-only, non-executable
         segment that holds rodata (string literals among it): bytes there

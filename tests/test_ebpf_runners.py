@@ -14,13 +14,11 @@ import pytest
 
 from ebpf_helpers import our_uprobes, require_ebpf
 from gobuild import build
-from stack_compare import NAMED
+from stack_compare import NAMED, assert_stacks_match
 from targets import run_target
 from test_ebpf_captures import rows
 from test_ebpf_lifecycle import _untraced_and_alive
-from test_ebpf_stacks import _frames, assert_same_as_ptrace
-from oracle import parse_go_traceback
-from stack_compare import assert_stacks_match
+from test_ebpf_stacks import _both, _frames, assert_same_as_ptrace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -34,28 +32,8 @@ def two_runners(monkeypatch):
     monkeypatch.setenv("EXRAY_EBPF_RUNNERS", "2")
 
 
-def _snapshots(pid, target, spec=None):
-    """(eBPF record, ptrace record) of one process, one right after the other."""
-    from agent.ebpf import executor as ebpf
-    from agent.snapshot import SnapshotOptions, snapshot_process
-    opts = SnapshotOptions(executor="ptrace")
-    got = ebpf.snapshot_process(pid, target, opts)
-    ref = snapshot_process(pid, target, opts)
-    assert got.error is None and ref.error is None, (got.error, ref.error)
-    return got, ref
-
-
-def _states():
-    """(eBPF record, ptrace record, Go's own traceback) of the states program."""
-    from server.snapshot_job import load_target
-    binary = build("states")
-    with run_target(binary, env={"GOTRACEBACK": "system"}) as t:
-        got, ref = _snapshots(t.pid, load_target(str(binary), None, {}))
-        return got, ref, parse_go_traceback(t.quit_dump())
-
-
 def test_a_shared_walk_is_ptraces_and_gos_own(two_runners):
-    got, ref, level2 = _states()
+    got, ref, level2 = _both(build("states"), None)   # the shared probe
     assert got.probe_report.runners == 2, got.probe_report
     assert_same_as_ptrace(got, ref, level2)
     assert assert_stacks_match(got, level2) >= len(NAMED)
@@ -89,7 +67,7 @@ def test_request_captures_shared_by_two_runners_are_ptraces_rows(two_runners):
 def test_a_thread_that_cannot_be_handed_over_leaves_the_walk_to_the_others(two_runners, monkeypatch):
     from agent.ptrace import PausedProcess
     monkeypatch.setattr(PausedProcess, "hand_over", lambda self, tid, sig: False)
-    got, ref, level2 = _states()
+    got, ref, level2 = _both(build("states"), None)   # the shared probe
     assert got.probe_report.runners == 1, got.probe_report
     assert_same_as_ptrace(got, ref, level2)
 

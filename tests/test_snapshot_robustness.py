@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from ebpf_helpers import require_ebpf
 from oracle import parse_go_traceback
 from ptrace_helpers import Target as WatchdogTarget, assert_free, tracer_pid
 from stack_compare import NAMED, STABLE, assert_stacks_match
@@ -121,10 +122,9 @@ class KillWhenTraced(threading.Thread):
             return tracer_pid(self.pid)
         for tid in os.listdir(f"/proc/{self.pid}/task"):
             try:
-                with open(f"/proc/{self.pid}/task/{tid}/status") as f:
-                    tp = next(int(l.split()[1]) for l in f if l.startswith("TracerPid:"))
-            except (FileNotFoundError, ProcessLookupError, StopIteration):
-                continue
+                tp = tracer_pid(self.pid, int(tid))
+            except (FileNotFoundError, ProcessLookupError):
+                continue        # a thread that ended while we looked
             if tp:
                 return tp
         return 0
@@ -275,9 +275,7 @@ def test_cli_when_process_exits_mid_snapshot(go_build, tmp_path, executor):
     """The CLI pauses the target, which dies: the file is still written, the
     exit code is non-zero and stderr says what happened, without a traceback."""
     if executor == "ebpf":
-        from agent.ebpf.availability import why_unavailable
-        if why_unavailable():
-            pytest.skip(f"eBPF: {why_unavailable()}")
+        require_ebpf()
     binary = go_build("states")
     out = tmp_path / "snap.sqlite"
     # 10,000 goroutines pause the target for about 14 ms with ptrace, 3 ms
@@ -459,9 +457,7 @@ def test_captures_past_the_capture_share_are_rows_that_say_so(go_build, executor
     with NULL values and the reason; the process runs on. (The eBPF probe
     stops its reads there and still walks every goroutine's stack.)"""
     if executor == "ebpf":
-        from agent.ebpf.availability import why_unavailable
-        if why_unavailable():
-            pytest.skip(f"eBPF: {why_unavailable()}")
+        require_ebpf()
     spec = parse_spec("version: 1\nfunctions:\n  main.handle:\n    capture: [req]\n")
     with run_target(go_build("linkpair"), "-self", "4", dump=False) as t:
         [full] = snapshot_pids([t.pid], spec, SnapshotOptions(executor=executor))

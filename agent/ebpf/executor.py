@@ -42,7 +42,7 @@ from ..symbolize import goroutine_record
 from ..unwind import StackImage, unwind
 from .availability import why_unavailable
 from .plan import CapturePlan, StackBudgets, StackPlan
-from .probe import R_MAX, ProbeError, StackProbe
+from .probe import R_MAX, ProbeError, StackProbe, cpus
 from .records import F_FULL, K_THREAD, START_REGS, START_SYSCALL, ProbeGoroutine, parse
 
 EXECUTORS = ("ptrace", "ebpf", "auto")
@@ -357,14 +357,14 @@ def runner_count(allglen: int) -> int:
     snapshot to one CPU), still at most one per CPU: a runner whose share is
     done spins until the last ends, and one without a CPU of its own would
     take it from those still walking."""
-    cpus = max(1, min(R_MAX, len(os.sched_getaffinity(0))))
+    most = min(R_MAX, cpus())
     want = os.environ.get("EXRAY_EBPF_RUNNERS", "")
     if want.strip():
         try:
-            return max(1, min(cpus, int(want)))
+            return max(1, min(most, int(want)))
         except ValueError:
             raise ProbeError(f"EXRAY_EBPF_RUNNERS={want!r} is not a number of threads (1 to {R_MAX})") from None
-    return 1 if allglen < SHARE_FROM else cpus
+    return 1 if allglen < SHARE_FROM else most
 
 
 def pick_runners(pid: int, n: int = 1) -> list[int]:
@@ -445,7 +445,7 @@ def _sparse_reader(words: dict[int, int]):
 
 def _rodata(target) -> dict:
     """The plan's ro_lo/ro_hi: the binary's rodata as the process maps it (none: 0, 0)."""
-    span = target.binary.rodata_span()
+    span = target.binary.rodata_span
     return {} if span is None else {"ro_lo": span[0] + target.bias, "ro_hi": span[1] + target.bias}
 
 

@@ -177,7 +177,7 @@ struct state {
     u32 ex_first, ex_n, ex_slot, ex_ubase, ex_pad;
     struct item ex_item;        // the item being expanded (a map walk goes on from it)
     u64 reads_ns;               // time spent in reads runs (the rest of t_last - t_first is triggers and walks)
-    u32 fslot, nwork;           // the chain being walked is in fstacks[fslot - 1] (0: in memory); chains queued
+    u32 fslot, pad4;            // the chain being walked is in fstacks[fslot - 1] (0: in memory)
     u64 fbase;                  // the address of that copy's first byte
     u32 whead, wtail;           // this runner's list of chains in `work` (W_NONE: empty)
     u32 gdone, waits;           // no allgs chunk left; rounds spent waiting for the other runners
@@ -1153,7 +1153,6 @@ static __always_inline void start_g(struct state *st, struct plan *p, struct rec
     else
         st->whead = wi;
     st->wtail = wi;
-    st->nwork++;
 }
 
 // This runner's next chunk of allgs entries (none left: gdone).
@@ -1409,7 +1408,6 @@ static __always_inline int arrive(struct pt_regs *ctx, struct plan *p, struct st
     st->gi = st->gend = 0;
     st->gdone = 0;
     st->gbuf_at = ~0ULL;
-    st->nwork = 0;
     st->whead = st->wtail = st->wi = st->wnext = W_NONE;
     st->stage = 0;
     return 1;

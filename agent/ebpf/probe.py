@@ -101,7 +101,7 @@ _STATE_LAYOUT = (
                          "ex_word")),
     *((f"ex{i}", "I") for i in range(12)),
     *((f"ex_item{i}", c) for i, c in enumerate("QQIIIIIIIIQII")),
-    ("reads_ns", "Q"), ("fslot", "I"), ("nwork", "I"), ("fbase", "Q"), ("whead", "I"), ("wtail", "I"),
+    ("reads_ns", "Q"), ("fslot", "I"), ("pad4", "I"), ("fbase", "Q"), ("whead", "I"), ("wtail", "I"),
     ("gdone", "I"), ("waits", "I"), ("statics", "Q"),
     # set by the agent when it arms a runner
     ("reads_cut_ns", "Q"), ("cap_bytes", "Q"), ("ri", "I"), ("qbase", "I"), ("qmask", "I"), ("cut", "I"),
@@ -141,7 +141,7 @@ def _armed_template(ri: int, nrun: int, cap_bytes: int) -> bytes:
     return _STATE.pack(*(v[f] for f in _STATE_FIELDS))
 
 
-def _cpus() -> int:
+def cpus() -> int:
     """CPUs this agent may run on."""
     try:
         return len(os.sched_getaffinity(0))
@@ -305,7 +305,7 @@ class StackProbe:
             # ms on a VM, a fifth of a walk of 1,000 goroutines. Else it naps
             # (NAP_S with a 1 us timer slack), taking a few us of a runner's
             # CPU now and then rather than a wakeup's 0.1 ms at the end.
-            spin = len(live) < _cpus()
+            spin = len(live) < cpus()
             tight_timer_slack()
             sent, last, looked = dict.fromkeys(live, t0), {}, 0
             # The walk is done when every runner has ended its share (one
