@@ -408,8 +408,8 @@ def _report_limits(rec: ProcessRecord, out, report) -> None:
                             "their goroutines are missing or their stacks cut")
     if report.budget_cuts:
         rec.truncated = True
-        rec.warnings.append(f"{report.budget_cuts} goroutines past the probe's goroutine budget "
-                            "were not walked")
+        rec.warnings.append(f"{report.budget_cuts} allgs entries past the probe's goroutine budget "
+                            "(max_gs) were not looked at: their goroutines are missing")
 
 
 def _labels(pid, layout, gs: list[ProbeGoroutine], limits) -> dict[int, dict[str, str]]:

@@ -49,7 +49,7 @@
 #ifndef FR_STEPS
 #define FR_STEPS 256            // frames per frames run
 #endif
-#define WORK_MAX 65536          // goroutines one snapshot can queue (plan.max_gs is at most this)
+#define WORK_MAX 65536          // allgs entries one snapshot looks at, at most (plan.max_gs)
 #define R_MAX 4                 // runners (a power of two)
 #define GCHUNK 32               // allgs entries a runner takes at a time: started, walked, read, then the next
 #define W_NONE 0xffffffff       // the end of a runner's chain list
@@ -58,7 +58,11 @@
 #define FR_MAX 64               // frames per K_FRAMES record; more go in the next one
 #define REC_DATA (G_MAX + TOP_MAX)
 #define FULL_BYTES 1024         // with captures, a stack copied whole is kept here for its chain walk
-#define FULL_MAX 8192           // ... for this many goroutines (the rest walk their chain in memory)
+// A goroutine's work entry and kept stack live only while its chunk is walked:
+// slot ri * GCHUNK + its place in the chunk. The same few KiB each chunk, so
+// they stay in the CPU's cache (a slot per allgs index touched 1 MiB of fresh
+// memory per 1,000 goroutines).
+#define SLOTS (R_MAX * GCHUNK)
 
 // Record kinds (agent/ebpf/records.py parses them).
 #define K_G 1                   // a goroutine: header, g bytes, top words
@@ -213,7 +217,7 @@ BPF_ARRAY(plan, struct plan, 1);
 BPF_ARRAY(state, struct state, R_MAX);
 BPF_ARRAY(ctl, u64, 8);
 BPF_HASH(runners, u32, u32, 64);        // a runner's tid -> its index
-BPF_ARRAY(work, struct work, WORK_MAX);
+BPF_ARRAY(work, struct work, SLOTS);
 BPF_HASH(regs, u32, struct regs3, 4096);
 // Per runner, not per CPU: two runners may share a CPU, and a runner may
 // move between CPUs from one round to the next.
@@ -224,7 +228,7 @@ BPF_PROG_ARRAY(progs, 3);
 // With captures, the stacks copied whole (a goroutine's chain is followed in
 // its copy: the frames stage meets its captured frames without a read each).
 struct fstack { u8 data[FULL_BYTES + 16]; };
-BPF_ARRAY(fstacks, struct fstack, FULL_MAX);
+BPF_ARRAY(fstacks, struct fstack, SLOTS);
 
 static __always_inline u64 gfield(struct rec *r, u32 off) {
     u64 v = 0;
@@ -1013,8 +1017,12 @@ int reads(struct pt_regs *ctx) {
         }
     }
     st->reads_ns += bpf_ktime_get_ns() - t0;
-    if (st->ex_kind == EX_NONE && st->qhead >= st->qtail)
+    if (st->ex_kind == EX_NONE && st->qhead >= st->qtail) {
         st->stage = 0;          // the chunk's captures are read: the next chunk
+        // The FIFO starts again at its first item: each chunk's items reuse
+        // the same cache lines (going on would write fresh memory all walk).
+        st->qhead = st->qtail = 0;
+    }
     if (st->tail_calls < 32) {
         st->tail_calls++;
         progs.call(ctx, st->stage);
@@ -1116,6 +1124,9 @@ static __always_inline void start_g(struct state *st, struct plan *p, struct rec
     if (len > sizeof(struct rec))
         len = sizeof(struct rec);
     emit(st, r, len);
+    // The goroutine's place in its chunk is its own: its kept copy's slot
+    // and its work entry's need no counter the runners share.
+    u32 slot = (st->ri & (R_MAX - 1)) * GCHUNK + (u32)(i & (GCHUNK - 1));
     u32 fslot = 0;
     if (r->h.flags & F_FULL) {
         // Stacks only: the copy is all Python needs. With captures the chain
@@ -1123,20 +1134,16 @@ static __always_inline void start_g(struct state *st, struct plan *p, struct rec
         // memory, frame by frame).
         if (p->prog == NO_PROG)
             return;
-        // A goroutine's allgs index is its own: its kept copy's slot (and
-        // its work entry's, below) needs no counter the runners share.
         u32 n = r->h.top_len;
-        u32 fi = n <= FULL_BYTES - 8 ? (u32)i : FULL_MAX;
+        u32 fi = n <= FULL_BYTES - 8 ? slot : SLOTS;
         struct fstack *fs = fstacks.lookup(&fi);
         if (fs && !bpf_probe_read_kernel(fs->data, n & (FULL_BYTES - 1), r->data + (glen & (G_MAX - 1))))
             fslot = fi + 1;
     }
-    u32 wi = (u32)i;
+    u32 wi = slot;
     struct work *w = work.lookup(&wi);
-    if (!w) {
-        st->budget_cuts++;
+    if (!w)
         return;
-    }
     w->fp = bp;
     w->lo = sp;
     w->hi = fslot ? sp + r->h.top_len : hi;
@@ -1402,6 +1409,8 @@ static __always_inline int arrive(struct pt_regs *ctx, struct plan *p, struct st
         *carr = arr;
         *cn = n;
         *init = 1;
+        if (n > p->max_gs)
+            st->budget_cuts = n - p->max_gs;
     }
     st->n = *cn;
     st->arr = *carr;

@@ -68,7 +68,7 @@ class RunReport:
     frames: int
     goroutines: int
     read_errors: int
-    budget_cuts: int           # goroutines past plan.max_gs (queue full)
+    budget_cuts: int           # allgs entries past plan.max_gs, not looked at
     pause_trigger_ns: int      # from the first SIGURG to user space seeing DONE
     allglen: int
     runs: int = 0              # program runs (entries and tail calls)
