@@ -6,6 +6,7 @@ handed over leaves the others to walk; the target is left untraced.
 Each runner needs a CPU of its own, so these skip, saying so, on one CPU."""
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -62,6 +63,56 @@ def test_request_captures_shared_by_two_runners_are_ptraces_rows(two_runners):
     parked = lambda rec: {g.goid: _frames(g) for g in rec.goroutines    # noqa: E731
                           if any(f.function == "main.serve" for f in g.frames)}
     assert len(parked(got)) == 600 and parked(got) == parked(ref)
+
+
+def test_request_captures_through_a_small_stage_are_ptraces_rows(two_runners, monkeypatch):
+    """The same load through 16 KiB stages: a stage is sent every few
+    goroutines, often while a value read in place in it is still being
+    expanded; that value moves to the stage's spare room first (keep_held),
+    and the rows are still ptrace's."""
+    from bench.run import REQUEST_SPEC, PauseMeter, build_pausemeter
+    from agent.ebpf import executor as ebpf
+    from agent.ebpf.probe import StackProbe
+    from agent.snapshot import SnapshotOptions
+    from probe_compiler.spec import parse_spec
+    from server.snapshot_job import snapshot_pids
+    spec = parse_spec(REQUEST_SPEC)
+    pm = PauseMeter(build_pausemeter(), 600, requests=True)
+    try:
+        with StackProbe(stage_bytes=16384) as small:
+            monkeypatch.setattr(ebpf, "_shared", small)
+            [got] = snapshot_pids([pm.pid], spec, SnapshotOptions(executor="ebpf"))
+            moved = sum(s.moved for s in small.last_states)
+        [ref] = snapshot_pids([pm.pid], spec, SnapshotOptions(executor="ptrace"))
+        _untraced_and_alive(pm.pid)
+    finally:
+        pm.close()
+    assert got.error is None and getattr(got, "ebpf_retry", None) is None, (got.error, got.warnings)
+    assert moved > 0, "no stage was sent mid-expansion: the test no longer covers keep_held"
+    assert len(rows(got)) >= 600 and rows(got) == rows(ref)
+    assert not our_uprobes()
+
+
+def test_a_value_whose_strings_overflow_a_stage_keeps_its_bytes(two_runners, monkeypatch):
+    """64 strings of 300 bytes behind one slice: expanding its elements
+    sends the 16 KiB stage they were read into, and writes over where they
+    were; their record must have moved to the spare room (keep_held) for
+    the later strings to be found."""
+    from agent.ebpf import executor as ebpf
+    from agent.ebpf.probe import StackProbe
+    from probe_compiler.spec import parse_spec
+    from test_ebpf_captures import both
+    spec = parse_spec("version: 1\nfunctions:\n  main.parkLines:\n    capture: [lines]\n")
+    with run_target(build("bigmaps"), dump=False) as t, StackProbe(stage_bytes=16384) as small:
+        monkeypatch.setattr(ebpf, "_shared", small)
+        ref, got = both(t.pid, spec)
+        moved = sum(s.moved for s in small.last_states)
+    assert moved > 0 and getattr(got, "ebpf_retry", None) is None, (moved, got.warnings)
+    [row] = rows(got).values()
+    assert rows(got) == rows(ref)
+    lines = json.loads(row[0][2])["lines"]
+    assert len(lines) == 64 and lines[63]["value"].startswith("63:l"), lines[63]   # each cut at 256 bytes
+    assert not our_uprobes()
 
 
 def test_a_thread_that_cannot_be_handed_over_leaves_the_walk_to_the_others(two_runners, monkeypatch):

@@ -168,17 +168,18 @@ struct state {
     u64 records, dropped, frames, gs, read_errors, budget_cuts;
     u64 t_first, t_last;        // CLOCK_MONOTONIC ns: the first run's start, the last run's end
     u32 runs;                   // program runs (entries and tail calls)
-    u32 pad2;
+    u32 moved;                  // items being expanded moved to the spare room (keep_held)
     u64 gbuf_at;                // allgs index of gbuf[0] (~0: none)
     u64 gbuf[16];               // allgs pointers, read 16 at a time
     // the reads stage (captures): a FIFO of items, items[qhead] .. items[qtail - 1]
     u64 qhead, qtail;
     u64 cbytes;                 // bytes copied for captures
     u64 copies, misses, qcuts, unknown, sites;   // copy records; failed reads; items refused; rtypes not in the table; captured frames
-    // the expansion cursor: the units of the item in `rbuf`, and the slots of the current unit
+    // the expansion cursor: the units of the item being expanded, and the slots of the current unit
     u64 ex_word;                // EX_SITE: the frame's CFA
     u32 ex_kind, ex_tid, ex_count, ex_stride, ex_base, ex_depth, ex_unit;
-    u32 ex_first, ex_n, ex_slot, ex_ubase, ex_pad;
+    u32 ex_first, ex_n, ex_slot, ex_ubase;
+    u32 ex_at;                  // where the item's bytes are (held())
     struct item ex_item;        // the item being expanded (a map walk goes on from it)
     u64 reads_ns;               // time spent in reads runs (the rest of t_last - t_first is triggers and walks)
     u32 fslot, pad4;            // the chain being walked is in fstacks[fslot - 1] (0: in memory)
@@ -265,9 +266,18 @@ static __always_inline struct state *my_state(void) {
 // as one K_BATCH record when it is full and when the runner ends. A ring
 // record per goroutine or value made the runners fight over the ring's
 // producer lock: each record cost 2-3x more with two runners than with one.
-#define STAGE 65536
+#ifndef STAGE
+#define STAGE 65536             // a power of two (probe.py's stage_bytes)
+#endif
 #define STAGE_REC 16384         // the largest record a stage takes (a K_G: 64 + 1 KiB + 8 KiB)
-struct stage { u32 kind, len; u8 data[STAGE + STAGE_REC + 32]; };
+#define RBUF 4096               // bytes of one captures' read (an element run is split at this)
+#define RBUF_MASK (2 * RBUF - 1)
+// A K_COPY record: the bytes copied at addr.
+struct crec { u32 kind, len; u64 addr; u8 data[2 * RBUF + 8]; };
+// Past the records, the spare room: the item being expanded when it is not
+// a record of the stage (see held()).
+#define SPARE (STAGE + STAGE_REC + 32)
+struct stage { u32 kind, len; u8 data[SPARE + 16 + 2 * RBUF + 8]; };   // a crec fits in the spare room
 BPF_ARRAY(stages, struct stage, R_MAX);
 
 static __always_inline struct stage *stage_of(struct state *st) {
@@ -290,11 +300,33 @@ static __always_inline void flush_stage(struct state *st, struct stage *sg) {
     sg->len = 0;
 }
 
+// The captures' item being expanded: its K_COPY record, read in place in
+// the stage (at < STAGE), or in the spare room (at == SPARE).
+static __always_inline struct crec *held(struct stage *sg, u32 at) {
+    return (struct crec *)(sg->data + (at < SPARE ? at : SPARE));
+}
+
+// The stage starts again while an item is expanded in place: its record
+// moves to the spare room first (the next records would overwrite it).
+static __always_inline void keep_held(struct state *st, struct stage *sg) {
+    u32 at = st->ex_at;
+    if (st->ex_kind == 0 /* EX_NONE */ || at >= SPARE)
+        return;
+    struct crec *h = (struct crec *)(sg->data + (at & (STAGE - 1)));
+    u32 n = 16 + (h->len & RBUF_MASK);
+    if (!bpf_probe_read_kernel(sg->data + SPARE, n, h)) {
+        st->ex_at = SPARE;
+        st->moved++;
+    }
+}
+
 // Where the next record of n bytes goes in the stage, sending the stage
 // first if it has no room.
 static __always_inline u8 *stage_at(struct state *st, struct stage *sg, u32 n) {
-    if (sg->len + n + 8 > STAGE)
+    if (sg->len + n + 8 > STAGE) {
+        keep_held(st, sg);
         flush_stage(st, sg);
+    }
     u32 off = sg->len & (STAGE - 1);
     return sg->data + off;
 }
@@ -342,7 +374,7 @@ static __always_inline void stop(struct state *st, u32 phase) {
 // `sites`, which lists the frame's roots as CFA offsets (the frame pointer
 // saved beside that return address, + 16, is the frame's CFA). Each root, and every value the shapes reach from
 // it, is an item of a FIFO: the reads stage copies an item's bytes into
-// `rbuf`, sends them as a K_COPY record, then expands them unit by unit (an
+// its stage as a K_COPY record, then expands them there unit by unit (an
 // element, a map slot's key or elem, a root) and slot by slot (a string, a
 // pointer, ...), queueing the values they point to: breadth first, one read
 // per value, the same bytes the ptrace executor copies. Nothing is decoded
@@ -351,8 +383,6 @@ static __always_inline void stop(struct state *st, u32 phase) {
 // a dynamic type not in the tables) it finds missing, which sends the
 // snapshot to the ptrace executor (agent/ebpf/executor.py).
 
-#define RBUF 4096               // bytes of one read (an element run is split at this)
-#define RBUF_MASK (2 * RBUF - 1)
 #define ITEMS_MAX 131072        // the FIFO (a power of two)
 #ifndef RD_STEPS
 #define RD_STEPS 48             // steps (a read, or a slot) per reads run
@@ -428,7 +458,6 @@ struct root {
     u16 hsize[4];
 };
 struct site { u32 first, count; };
-struct crec { u32 kind, len; u64 addr; u8 data[2 * RBUF + 8]; };
 
 // Several targets' tables live side by side: the hashes' keys carry the
 // table slot (plan.prog) in the top byte above a pc or rtype offset; the
@@ -441,10 +470,6 @@ BPF_ARRAY(slots, struct slot, 262144);
 BPF_HASH(rtypes, u64, struct rtype, 65536);
 BPF_ARRAY(maps, struct mapl, 8192);
 BPF_ARRAY(items, struct item, ITEMS_MAX);
-// Per runner:
-BPF_ARRAY(rbuf, struct crec, R_MAX);
-BPF_ARRAY(pbuf, struct crec, R_MAX);    // a root's span, when its pieces are put together in rbuf
-
 static __always_inline u64 pkey(struct plan *p, u64 v) {
     return ((u64)p->prog << 56) | (v & 0x00ffffffffffffffULL);
 }
@@ -512,24 +537,19 @@ static __always_inline void staged(struct state *st, struct stage *sg, u8 *at, u
     st->copies++;
 }
 
-// Copies n bytes at addr into buf (the expansion reads them there) and
-// into the stage; 0 if the read failed (not resident, or gone: the decoder
-// will miss them).
-static __always_inline int copy_out(struct state *st, struct crec *buf, u64 addr, u32 n) {
+// Copies n bytes at addr into the stage, where the expansion reads them
+// (st->ex_at): one copy, sent as it is. 0 if the read failed (not
+// resident, or gone: the decoder will miss them).
+static __always_inline int copy_in(struct state *st, struct stage *sg, u64 addr, u32 n) {
     n &= RBUF_MASK;
-    struct stage *sg = stage_of(st);
-    if (!n || !sg)
+    if (!n)
         return 0;
-    if (bpf_probe_read_user(buf->data, n, (void *)addr)) {
+    u8 *at = stage_at(st, sg, 16 + n);
+    if (bpf_probe_read_user(at + 16, n, (void *)addr)) {
         st->misses++;
         return 0;
     }
-    buf->kind = K_COPY;
-    buf->len = n;
-    buf->addr = addr;
-    u8 *at = stage_at(st, sg, 16 + n);
-    if (bpf_probe_read_kernel(at + 16, n, buf->data))
-        return 0;
+    st->ex_at = sg->len & (STAGE - 1);
     staged(st, sg, at, addr, n);
     return 1;
 }
@@ -623,27 +643,27 @@ static __always_inline void chain(struct state *st, struct plan *p, struct crec 
 }
 
 // A root of the frame whose CFA is cfa: its span copied and sent, its
-// pieces put together in rbuf, then its value expanded or its pointers followed.
-static __always_inline void read_root(struct state *st, struct plan *p, struct crec *b, u32 ri, u64 cfa) {
-    u32 me = st->ri & (R_MAX - 1);
+// pieces put together in the spare room, then its value expanded or its
+// pointers followed.
+static __always_inline void read_root(struct state *st, struct plan *p, struct stage *sg, u32 ri, u64 cfa) {
     struct root *r = roots.lookup(&ri);
-    struct crec *pb = pbuf.lookup(&me);
-    if (!r || !pb)
+    if (!r || !copy_in(st, sg, cfa + (s64)r->span_off, r->span_len & (RBUF - 1)))
         return;
-    struct crec *span = r->npieces > 1 ? pb : b;
-    if (!copy_out(st, span, cfa + (s64)r->span_off, r->span_len & (RBUF - 1)))
-        return;
+    struct crec *b = held(sg, st->ex_at);
     if (r->npieces > 1) {
+        struct crec *span = b;
+        b = held(sg, SPARE);
         u32 at = 0;
         for (int i = 0; i < 4; i++) {
             if (i < r->npieces) {
                 u32 sz = r->size[i] & 255;
                 if (sz)
-                    bpf_probe_read_kernel(b->data + (at & 1023), sz, pb->data + (r->src[i] & 1023));
+                    bpf_probe_read_kernel(b->data + (at & 1023), sz, span->data + (r->src[i] & 1023));
                 at += sz;
             }
         }
         b->len = at;
+        st->ex_at = SPARE;
     }
     if (!r->nderef) {
         if (r->final == F_VALUE)        // a len or cap of a value held here needs nothing more
@@ -703,8 +723,8 @@ static __always_inline void groups_done(struct state *st, struct plan *p, struct
     }
 }
 
-// Pops an item: copies its bytes into rbuf, sends them, starts its expansion.
-static __always_inline void read_item(struct state *st, struct plan *p, struct crec *b) {
+// Pops an item: copies its bytes into the stage, starts their expansion.
+static __always_inline void read_item(struct state *st, struct plan *p, struct stage *sg) {
     u32 k = (st->qbase + (st->qhead & st->qmask)) & (ITEMS_MAX - 1);
     st->qhead++;
     struct item *it = items.lookup(&k);
@@ -717,13 +737,15 @@ static __always_inline void read_item(struct state *st, struct plan *p, struct c
         return;
     }
     if (c.kind == I_DIRECT) {
-        __builtin_memcpy(b->data, &c.word, 8);
-        b->len = 8;
+        struct crec *w = held(sg, SPARE);
+        __builtin_memcpy(w->data, &c.word, 8);
+        w->len = 8;
+        st->ex_at = SPARE;
         start_ex(st, EX_ELEMS, c.tid, 1, 0, 0, c.depth, 0);
         return;
     }
     if (c.kind == I_ROOT) {
-        read_root(st, p, b, c.tid, c.addr);
+        read_root(st, p, sg, c.tid, c.addr);
         return;
     }
     u64 len = c.len;
@@ -751,8 +773,9 @@ static __always_inline void read_item(struct state *st, struct plan *p, struct c
     if (len > RBUF)
         len = RBUF;             // a value longer than a read is copied in part: the decoder misses the rest
     u32 n = len & RBUF_MASK;
-    if (!copy_out(st, b, c.addr, n))
+    if (!copy_in(st, sg, c.addr, n))
         return;
+    struct crec *b = held(sg, st->ex_at);
     if (c.kind == I_VALUE)
         start_ex(st, EX_ELEMS, c.tid, 1, 0, c.base, c.depth, 0);
     else if (c.kind == I_ELEMS)
@@ -839,7 +862,7 @@ static __always_inline u32 full_slot(struct state *st, struct mapl *m, struct cr
     return (g << 4) + 2 * (i + k);
 }
 
-// The next unit of the item in rbuf: its type and where its bytes start.
+// The next unit of the item being expanded: its type and where its bytes start.
 static __always_inline void next_unit(struct state *st, struct plan *p, struct crec *b) {
     u32 u = st->ex_unit;
     st->ex_n = 0;
@@ -986,9 +1009,8 @@ int reads(struct pt_regs *ctx) {
     struct plan *p = plan.lookup(&zero);
     if (!st || !p || st->phase != PH_RUNNING || st->stage != 2)
         return 0;
-    u32 me = st->ri & (R_MAX - 1);
-    struct crec *b = rbuf.lookup(&me);
-    if (!b)
+    struct stage *sg = stage_of(st);
+    if (!sg)
         return 0;
     st->runs++;
     u64 t0 = bpf_ktime_get_ns();
@@ -1002,17 +1024,17 @@ int reads(struct pt_regs *ctx) {
     for (int i = 0; i < RD_STEPS; i++) {
         if (st->ex_kind != EX_NONE) {
             if (st->ex_slot < st->ex_n)
-                do_slot(st, p, b);
+                do_slot(st, p, held(sg, st->ex_at));
             else
-                next_unit(st, p, b);
+                next_unit(st, p, held(sg, st->ex_at));
         } else if (st->qhead < st->qtail) {
-            read_item(st, p, b);
+            read_item(st, p, sg);
         }
         // An expansion ends in the step that did its last slot (or that
         // started one with nothing in it), not in a step of its own.
         if (st->ex_kind != EX_NONE && st->ex_slot >= st->ex_n && st->ex_unit >= st->ex_count) {
             if (st->ex_kind == EX_GROUPS)
-                groups_done(st, p, b);
+                groups_done(st, p, held(sg, st->ex_at));   // (a leaf of the step may have moved it)
             st->ex_kind = EX_NONE;
         }
     }

@@ -37,6 +37,7 @@ _PLAN_SIZE = _PLAN.size
 
 SOURCE = Path(__file__).with_name("probe.bpf.c")
 RINGBUF_PAGES = 8192           # 32 MiB: ~10,000 goroutines of 30 frames
+STAGE_BYTES = 65536            # a runner's batch of records (K_BATCH)
 GS_STEPS = 128                 # allgs entries per gstart run (what the verifier accepts quickly)
 FR_STEPS = 256                 # frames per frames run
 RD_STEPS = 48                  # reads or slots per reads run (captures; 64 is past the verifier's limit)
@@ -96,7 +97,7 @@ _STATE_LAYOUT = (
     ("fp", "Q"), ("lo", "Q"), ("hi", "Q"), ("gframes", "I"), ("cur", "I"),
     *((f, "Q") for f in ("records", "dropped", "frames", "gs", "read_errors", "budget_cuts",
                          "t_first", "t_last")),
-    ("runs", "I"), ("pad2", "I"), ("gbuf_at", "Q"), *((f"gbuf{i}", "Q") for i in range(16)),
+    ("runs", "I"), ("moved", "I"), ("gbuf_at", "Q"), *((f"gbuf{i}", "Q") for i in range(16)),
     *((f, "Q") for f in ("qhead", "qtail", "cbytes", "copies", "misses", "qcuts", "unknown", "sites",
                          "ex_word")),
     *((f"ex{i}", "I") for i in range(12)),
@@ -113,10 +114,12 @@ PROGRAMS = ["on_sigtramp", "on_more", "gstart", "frames", "reads"]
 STAGES = ("gstart", "frames", "reads")   # progs[0..2]: the tail-call targets
 
 
-def cflags(ringbuf_pages: int = RINGBUF_PAGES) -> list[str]:
+def cflags(ringbuf_pages: int = RINGBUF_PAGES, stage_bytes: int = STAGE_BYTES) -> list[str]:
     """The probe's compile-time sizes (the same for every target and request)."""
+    if stage_bytes < 16384 or stage_bytes & (stage_bytes - 1):
+        raise ValueError(f"stage_bytes {stage_bytes}: a power of two of at least 16 KiB (the largest record)")
     return [f"-DRINGBUF_PAGES={ringbuf_pages}", f"-DGS_STEPS={GS_STEPS}", f"-DFR_STEPS={FR_STEPS}",
-            f"-DRD_STEPS={RD_STEPS}"]
+            f"-DRD_STEPS={RD_STEPS}", f"-DSTAGE={stage_bytes}"]
 
 
 class _State:
@@ -159,7 +162,7 @@ class StackProbe:
     buffer: one snapshot at a time uses it, under `lock` (an agent serving
     several requests at once takes turns here)."""
 
-    def __init__(self, ringbuf_pages: int = RINGBUF_PAGES):
+    def __init__(self, ringbuf_pages: int = RINGBUF_PAGES, stage_bytes: int = STAGE_BYTES):
         self.lock = threading.RLock()
         self._uprobes: dict[int, list] = {}     # pid -> [(perf event fd, event name)]
         self._records: list[bytes] = []
@@ -176,7 +179,7 @@ class StackProbe:
             raise ProbeError("bcc is not importable (Debian's python3-bpfcc; run scripts/setup.sh)") from e
         self._lib = lib
         try:
-            obj, self.from_cache = loader.compiled(SOURCE.read_text(), cflags(ringbuf_pages), PROGRAMS)
+            obj, self.from_cache = loader.compiled(SOURCE.read_text(), cflags(ringbuf_pages, stage_bytes), PROGRAMS)
             self._kern = kern = loader.load(obj)
             if kern.specs["state"].value_size != _STATE.size or kern.specs["plan"].value_size != _PLAN_SIZE:
                 raise ProbeError("probe.bpf.c's state or plan struct does not match probe.py/plan.py")

@@ -1,6 +1,8 @@
 // Command bigmaps parks goroutines holding maps of more than 8 entries (swiss
 // tables with a directory on Go >= 1.24, several buckets before), for the read
-// program's map walks and lookups (tests/test_read_program.py).
+// program's map walks and lookups (tests/test_read_program.py), and one
+// holding 64 long lines: one slice whose strings fill more than a 16 KiB stage
+// of the eBPF probe (tests/test_ebpf_runners.py).
 //
 // It prints "READY pid=<pid>" once the goroutines are parked and exits when
 // stdin closes.
@@ -11,6 +13,7 @@ import (
 	"io"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 )
 
@@ -23,6 +26,13 @@ func park(m map[string]string, e map[string]int, ready *sync.WaitGroup) {
 	fmt.Println(len(m), len(e))
 }
 
+//go:noinline
+func parkLines(lines []string, ready *sync.WaitGroup) {
+	ready.Done()
+	<-never
+	fmt.Println(len(lines))
+}
+
 func main() {
 	m := map[string]string{}
 	for i := 0; i < 300; i++ {
@@ -32,7 +42,13 @@ func main() {
 	for i := 0; i < 20; i++ {
 		e["x"+strconv.Itoa(i)] = i
 	}
+	lines := make([]string, 64)
+	for i := range lines {
+		lines[i] = strconv.Itoa(i) + ":" + strings.Repeat(string(rune('a'+i%26)), 300)
+	}
 	var ready sync.WaitGroup
+	ready.Add(1)
+	go parkLines(lines, &ready)
 	for i := 0; i < 3; i++ {
 		ready.Add(1)
 		go park(m, e, &ready)
