@@ -54,6 +54,7 @@ PTRACE_DETACH = 17
 PTRACE_GETEVENTMSG = 0x4201
 PTRACE_SEIZE = 0x4206
 PTRACE_INTERRUPT = 0x4207
+PTRACE_GETSIGMASK = 0x420a
 
 PTRACE_O_TRACECLONE = 0x8
 PTRACE_EVENT_CLONE = 3
@@ -62,8 +63,6 @@ PTRACE_EVENT_STOP = 128
 
 WALL = 0x40000000          # __WALL: wait for threads (clone children) too
 DETACH_GRACE_S = 2.0       # how long __exit__ waits for a straggler to stop or die
-HAND_OVER_S = 0.005        # how long a thread handed over may take to reach its signal
-HAND_OVER_NAP_S = 20e-6    # its wait's sleeps
 _PR_SET_TIMERSLACK = 29
 _ULONG = ctypes.c_ulong
 
@@ -159,6 +158,14 @@ def get_regs(tid: int) -> Regs | None:
     regs = _new(Regs)
     regs.__dict__.update(zip(_REG_NAMES, buf[:]))
     return regs
+
+
+def _sigmask(tid: int) -> int:
+    """The blocked-signal mask of a ptrace-stopped thread (all ones if it can't be read)."""
+    mask = ctypes.c_uint64()
+    if _ptrace(PTRACE_GETSIGMASK, tid, 8, ctypes.addressof(mask)):
+        return ~0
+    return mask.value
 
 
 def _event_msg(tid: int) -> int | None:
@@ -305,11 +312,16 @@ class PausedProcess:
     """Context manager: all threads of pid stopped inside the with-block."""
 
     def __init__(self, pid: int, deadline_s: float = 1.0, boost: bool = True,
-                 leave_running: int | None = None):
+                 leave_running=(), regs_at=None):
         self.pid = pid
-        # One thread not to seize: the eBPF executor's probe runs in it (a
-        # SIGURG makes it enter runtime.sigtramp, where the uprobe fires).
-        self.leave_running = leave_running
+        # Threads not to seize: the eBPF executor's probe runs in them (a
+        # SIGURG makes each enter runtime.sigtramp, where the uprobe fires).
+        self.leave_running = {leave_running} if isinstance(leave_running, int) else set(leave_running)
+        # regs_at(tid): an address to PTRACE_GETREGS into (the eBPF probe's
+        # mapped register slots), or None. Those threads' Regs are made
+        # after the pause, by decode_regs(): in it, only the system call.
+        self._regs_at = regs_at
+        self._raw_regs: dict[int, int] = {}   # tid -> where its registers were written
         self.deadline_s = deadline_s
         self.threads: dict[int, Regs] = {}
         self.signals: dict[int, int] = {}     # tid -> signal held back during the pause (re-injected)
@@ -379,75 +391,33 @@ class PausedProcess:
         return False
 
     def hand_over(self, tid: int, sig: int) -> bool:
-        """Lets one stopped thread go, untraced, straight into its handler of
-        `sig`: the eBPF probe's other runners start there (their uprobe is on
-        the handler's entry), each on its own CPU. The thread must be stopped,
-        hold no other signal and not block sig. False, with the thread
-        stopped and traced again, when it can't be done (`refused` says why)."""
+        """Lets one stopped thread go, untraced, with sig pending: it enters
+        its handler of sig before any code of its own (the eBPF probe's
+        other runners start there, their uprobe on the handler's entry). It
+        must be stopped and not block sig; a signal it held goes with it.
+        False, with the thread still stopped, when it can't (`refused` says why)."""
         t = self._t.get(tid)
-        why = ("not one of ours" if t is None else "not stopped" if not t.stopped or t.gone
-               else f"it holds signal {t.inject}" if t.inject not in (0, sig)
-               else f"it blocks signal {sig}" if _blocks(self.pid, tid, sig) else None)
+        why = "not one of ours" if t is None else "not stopped" if not t.stopped or t.gone else None
+        if why is None and _sigmask(tid) & (1 << (sig - 1)):
+            why = f"it blocks signal {sig}"
         if why:
             self.refused[tid] = why
             return False
-        if t.inject == sig:     # stopped delivering sig already (Go's own SIGURG): one is as good as two
-            return self._let_go(t, sig)
-        # The wait below sleeps (sched_yield at nice -20 would starve the very
-        # thread it waits for, on a machine with few CPUs).
-        tight_timer_slack()
         tgkill(self.pid, tid, sig)
-        if _ptrace(PTRACE_CONT, tid, 0, 0):
-            self.refused[tid] = "PTRACE_CONT failed"   # gone: the pending sig is Go's, harmless later
+        if not _detach(t):
+            self.refused[tid] = "PTRACE_DETACH failed"   # gone: the pending sig is harmless
             return False
-        t.stopped = False
-        if not self._reach_signal(t, sig, time.monotonic() + HAND_OVER_S):
-            self.refused[tid] = f"it did not reach signal {sig} within {HAND_OVER_S * 1e3:.0f} ms"
-            return False
-        t.stopped = True
-        return self._let_go(t, sig)
-
-    def _let_go(self, t: _Tracee, sig: int) -> bool:
-        """Detaches t, in its signal-delivery-stop, delivering sig."""
-        if _ptrace(PTRACE_DETACH, t.tid, 0, sig):
-            t.inject = sig      # still in that stop: detached with the others, sig with it
-            self.refused[t.tid] = "PTRACE_DETACH failed"
-            return False
-        t.detached = True
         t.inject = 0
+        self.signals.pop(tid, None)
         return True
 
-    def _reach_signal(self, t: _Tracee, sig: int, until: float) -> bool:
-        """Waits for t's signal-delivery-stop of sig (another signal met on
-        the way is delivered; a clone adopted). At `until` it is interrupted
-        and waited for instead: False."""
-        interrupted = False
-        while True:
-            st = _wait_status(t.tid)
-            if st is None:
-                if not interrupted and time.monotonic() > until:
-                    _ptrace(PTRACE_INTERRUPT, t.tid)      # it runs the target's code: stop it
-                    interrupted = True
-                    until = time.monotonic() + DETACH_GRACE_S
-                elif interrupted and time.monotonic() > until:
-                    return False      # _release waits for it again
-                time.sleep(HAND_OVER_NAP_S)
-                continue
-            if st[0] == 0 or not os.WIFSTOPPED(st[1]):
-                t.gone = True
-                return False
-            event, got = st[1] >> 16, os.WSTOPSIG(st[1])
-            if event == 0 and got == sig and not interrupted:
-                t.stopped = True
-                return True
-            if interrupted:
-                self._on_stop(t, got, event)
-                return False
-            if event == PTRACE_EVENT_CLONE:
-                child = _event_msg(t.tid)
-                if child:
-                    self._adopt(child)
-            _ptrace(PTRACE_CONT, t.tid, 0, got if event == 0 else 0)
+    def decode_regs(self) -> None:
+        """After the pause: Regs of the threads whose registers went to regs_at."""
+        for tid, addr in self._raw_regs.items():
+            regs = _new(Regs)
+            regs.__dict__.update(zip(_REG_NAMES, _RegsBuf.from_address(addr)[:]))
+            self.threads[tid] = regs
+        self._raw_regs = {}
 
     def elapsed_s(self) -> float:
         """Seconds since the first thread was interrupted (0 before)."""
@@ -508,7 +478,7 @@ class PausedProcess:
         """Threads in /proc not yet traced, leaving out dying ones that refused a seize
         (they stay listed until reaped and would keep the listing loop going)."""
         return [tid for tid in self._list_tasks()
-                if tid not in self._t and tid not in self._refused and tid != self.leave_running]
+                if tid not in self._t and tid not in self._refused and tid not in self.leave_running]
 
     def _check_seize_time(self) -> None:
         """The deadline also bounds seizing, even before any thread was interrupted."""
@@ -623,6 +593,11 @@ class PausedProcess:
     def _read_regs(self) -> None:
         for t in self._t.values():
             if t.stopped and not t.gone:
+                at = self._regs_at(t.tid) if self._regs_at else None
+                if at:
+                    if self._regs_into(t, at):
+                        self._raw_regs[t.tid] = at
+                    continue
                 regs = get_regs(t.tid)
                 if regs is None:
                     # killed out of its stop: _settle reaps the zombie, which only we can
@@ -632,8 +607,20 @@ class PausedProcess:
                 self.threads[t.tid] = regs
                 if t.inject:
                     self.signals[t.tid] = t.inject
-        if not self.threads:
+        if not (self.threads or self._raw_regs):
             raise ProcessExited(f"pid {self.pid} exited while being paused")
+
+    def _regs_into(self, t: _Tracee, at: int) -> bool:
+        """PTRACE_GETREGS of t written at address `at`; False if t is gone."""
+        e = _ptrace(PTRACE_GETREGS, t.tid, 0, at)
+        if e == errno.ESRCH:
+            t.stopped = False   # killed out of its stop: _settle reaps it
+            return False
+        if e:
+            raise AgentError(f"PTRACE_GETREGS on tid {t.tid}: {os.strerror(e)}")
+        if t.inject:
+            self.signals[t.tid] = t.inject
+        return True
 
     # -- releasing
 
@@ -734,18 +721,6 @@ def tight_timer_slack() -> None:
 def process_gone(pid: int) -> bool:
     """pid has exited (a zombie, or reaped)."""
     return _proc_state(pid) in ("", "Z", "X")
-
-
-def _blocks(pid: int, tid: int, sig: int) -> bool:
-    """Whether thread tid blocks sig (or can't be looked at)."""
-    try:
-        with open(f"/proc/{pid}/task/{tid}/status") as f:
-            for line in f:
-                if line.startswith("SigBlk:"):
-                    return bool(int(line.split(":", 1)[1], 16) & (1 << (sig - 1)))
-    except (OSError, ValueError):
-        pass
-    return True
 
 
 def _status_field(status: str, name: str) -> int:

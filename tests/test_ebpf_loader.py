@@ -18,7 +18,9 @@ def test_a_cache_hit_needs_no_compile_and_loads_the_same_programs(tmp_path, monk
     assert not hit and [p.name for p in obj.progs] == PROGRAMS
     [cached] = tmp_path.glob("*.json")
     d = json.loads(cached.read_text())
-    assert {m["name"] for m in d["maps"]} >= {"plan", "state", "regs", "work", "out", "progs"}
+    maps = {m["name"]: m for m in d["maps"]}
+    assert set(maps) >= {"plan", "state", "ctl", "tregs", "tslot", "work", "out", "progs"}
+    assert all(maps[m]["flags"] & 1024 for m in ("state", "ctl", "tregs"))   # BPF_F_MMAPABLE: mapped by the agent
     # every map load of the bytecode is a relocation by name
     assert all(name in {m["name"] for m in d["maps"]} for p in d["progs"] for _, name in p["relocs"])
 

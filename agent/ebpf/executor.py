@@ -137,7 +137,7 @@ class _Job:
         if self.rec.error is None:
             self.rec.error = f"{e} ({self.target.binary.build_description})"
 
-    def prepare(self) -> bool:
+    def prepare(self, probe: StackProbe) -> bool:
         b = self.target.binary
         if self.target.layout is None:
             self.rec.error = no_layout(b)
@@ -151,9 +151,12 @@ class _Job:
             if allglen <= ONE_HOOK_UP_TO:
                 self.offsets = self.offsets[:1]   # one uprobe's 33 runs walk it: each detach costs 0.1 s
             # The thread left running (a SIGURG sends it into sigtramp), then
-            # the stopped ones handed over to share a long walk.
-            self.runner, *self.helpers = pick_runners(self.pid, runner_count(allglen))
-            self.pause = PausedProcess(self.pid, deadline_s=self.opts.deadline_s, leave_running=self.runner)
+            # the stopped ones handed over to share a long walk. The stopped
+            # threads' registers go straight into the probe's mapped slots.
+            self.tids = threads_of(self.pid)
+            self.runners = pick_runners(self.pid, runner_count(allglen))
+            self.pause = PausedProcess(self.pid, deadline_s=self.opts.deadline_s, leave_running=self.runners[0],
+                                       regs_at=probe.regs_at)
         except (AgentError, ValueError) as e:
             self.fail(e)
             return False
@@ -184,16 +187,20 @@ class _Job:
         try:
             if not first:
                 probe.set_plan(self.plan)
-            probe.set_thread_regs({tid: (r.rip, r.rsp, r.rbp) for tid, r in paused.threads.items()})
             self.now_mono = time.monotonic_ns()
             left = max(0.0, self.opts.deadline_s - paused.elapsed_s())
             share = max(0.0, self.opts.deadline_s * self.opts.capture_share - paused.elapsed_s())
-            self.report = probe.trigger(self.pid, [self.runner, *self.helpers], self.now_mono + int(left * 1e9),
-                                        self.now_mono + max(1, int(share * 1e9)),
-                                        release=lambda tid: paused.hand_over(tid, signal.SIGURG))
-            self.threads = dict(paused.threads)
+            self.run = probe.trigger(self.pid, self.runners, self.now_mono + int(left * 1e9),
+                                     self.now_mono + max(1, int(share * 1e9)),
+                                     release=lambda tid: paused.hand_over(tid, signal.SIGURG))
         except AgentError as e:
             self.fail(e)        # trigger() disarmed the probe on its way out
+
+    def settle(self, probe: StackProbe) -> None:
+        """After the resume: what the runners said, the stopped threads' registers."""
+        self.report = probe.report(self.run)
+        self.paused.decode_regs()
+        self.threads = dict(self.paused.threads)
 
     def finish(self, records: list[bytes]) -> None:
         """After the resume: this process's records into goroutines and frames."""
@@ -254,7 +261,7 @@ def snapshot_together(targets: list, opts, probe: StackProbe | None = None,
 
 def _together(targets: list, opts, probe: StackProbe, budgets) -> list[ProcessRecord]:
     jobs = [_Job(pid, t, opts, budgets) for pid, t in targets]
-    live = [j for j in jobs if j.prepare()]
+    live = [j for j in jobs if j.prepare(probe)]
     walked = []
     with ExitStack() as hooks:
         for j in live:
@@ -266,7 +273,7 @@ def _together(targets: list, opts, probe: StackProbe, budgets) -> list[ProcessRe
             j.load_captures(probe)
         live = [j for j in live if j.rec.error is None]
         if live:                            # before the pause: the first plan, no regs, no old records
-            probe.prepare(live[0].plan, [[j.runner, *j.helpers] for j in live])
+            probe.prepare(live[0].plan, [j.runners for j in live], [t for j in live for t in j.tids])
         # Every process's threads interrupted back to back, then the stops
         # waited for: the pauses start together (PausedProcess.interrupt).
         for j in live:
@@ -289,9 +296,12 @@ def _together(targets: list, opts, probe: StackProbe, budgets) -> list[ProcessRe
         # A runner that is DONE ignores a late SIGURG as an idle one does:
         # disarming waits until the processes run again.
         probe.finish()
-    # Resumed. A walk begins with its first runner's K_THREAD record (the
-    # runner's tid); the others' come later in the same walk.
-    by_runner = {tid: j for j in walked for tid in (j.runner, *j.helpers)}
+    # Resumed. A walk's records come after the K_THREAD record (the
+    # runner's tid) of the first of its runners to arrive.
+    for j in walked:
+        if j.rec.error is None:
+            j.settle(probe)
+    by_runner = {tid: j for j in walked for tid in j.runners}
     mine: dict[int, list] = {j.pid: [] for j in walked}
     current = None
     for raw in probe.drain():
@@ -367,29 +377,49 @@ def runner_count(allglen: int) -> int:
     return 1 if allglen < SHARE_FROM else most
 
 
+def threads_of(pid: int) -> list[int]:
+    """The threads of pid now (none if it is gone)."""
+    try:
+        return sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return []
+
+
 def pick_runners(pid: int, n: int = 1) -> list[int]:
     """n threads to run the probe (fewer if the target has fewer that take
     SIGURG; never one that blocks it: a C thread may). The first is left
-    running and signalled: one on a CPU now (the signal reaches it at once;
-    a sleeping thread must first be woken and scheduled, which on a busy
-    machine costs more than the walk), else the leader. The others are
-    stopped with the rest and handed over (PausedProcess.hand_over)."""
-    running, other = [], []
+    running and signalled: one on a CPU now (the signal reaches it at
+    once). The others are stopped with the rest and handed over
+    (PausedProcess.hand_over): sleeping ones that last ran on other CPUs
+    first (the leader first), as a thread let go wakes on the CPU it last
+    ran on unless another is idle, and one on runner 0's waits there behind
+    it for the rest of its time slice."""
+    running, sleeping = [], []
+    for tid in threads_of(pid):
+        state, cpu, blocked = _thread_facts(pid, tid)
+        if state and not blocked:
+            (running if state == "R" else sleeping).append((tid, cpu))
+    sleeping.sort(key=lambda t: t[0] != pid)
+    picked = running[:1] or sleeping[:1]
+    cpus_taken = {cpu for _, cpu in picked}
+    for tid, cpu in sleeping:
+        if cpu not in cpus_taken and (tid, cpu) not in picked:
+            picked.append((tid, cpu))
+            cpus_taken.add(cpu)
+    picked += [t for t in sleeping + running if t not in picked]
+    return [tid for tid, _ in picked][:max(1, n)] or [pid]
+
+
+def _thread_facts(pid: int, tid: int) -> tuple[str, int, bool]:
+    """(state letter, the CPU it last ran on, whether it blocks SIGURG); ("", -1, True) if gone."""
     try:
-        tids = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
-    except OSError:
-        return [pid]
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/status") as f:
-                fields = dict(line.split(":", 1) for line in f.read().splitlines() if ":" in line)
-        except OSError:
-            continue
-        if int(fields.get("SigBlk", "0").strip(), 16) & SIGURG_BIT:
-            continue
-        (running if fields.get("State", "").strip().startswith("R") else other).append(tid)
-    other.sort(key=lambda tid: tid != pid)      # the leader first among the sleeping
-    return ((running + other) or [pid])[:max(1, n)]
+        with open(f"/proc/{pid}/task/{tid}/stat") as f:
+            stat = f.read().rsplit(")", 1)[1].split()
+        with open(f"/proc/{pid}/task/{tid}/status") as f:
+            blk = next((line.split(":", 1)[1] for line in f if line.startswith("SigBlk:")), "0")
+        return stat[0], int(stat[36]), bool(int(blk.strip(), 16) & SIGURG_BIT)
+    except (OSError, IndexError, ValueError):
+        return "", -1, True
 
 
 def _regs(gregs: dict[str, int]) -> Regs:
@@ -406,6 +436,8 @@ def _report_limits(rec: ProcessRecord, out, report) -> None:
                             "runner's batch of up to 64 KiB of goroutines, frames and copies "
                             f"({out.orphan_frames} frame records without their goroutine); "
                             "their goroutines are missing or their stacks cut")
+    if report.left_out:
+        rec.warnings.append(f"runner threads left out of the walk (the others walked): {report.left_out}")
     if report.budget_cuts:
         rec.truncated = True
         rec.warnings.append(f"{report.budget_cuts} allgs entries past the probe's goroutine budget "

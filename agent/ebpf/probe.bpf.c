@@ -80,6 +80,7 @@
 #define PH_DONE 4
 #define PH_FAILED 5
 #define PH_WAIT 6               // this runner's share is done; the others' is not
+#define PH_GATE 7               // arrived before runner 0 has read allgs: waiting for it
 
 #define SIGURG_NR 23            // the trigger's signal (Go's preemption signal, which it tolerates at any time)
 
@@ -121,7 +122,12 @@ struct plan {
     u64 ro_lo, ro_hi;           // the binary's read-only data: leaves wholly inside are read from its file
 };
 
-struct regs3 { u64 pc, sp, bp; };
+// A thread's registers as PTRACE_GETREGS writes them (user_regs_struct).
+struct uregs {
+    u64 r15, r14, r13, r12, rbp, rbx, r11, r10, r9, r8, rax, rcx, rdx, rsi, rdi, orig_rax;
+    u64 rip, cs, eflags, rsp, ss, fs_base, gs_base, ds, es, fs, gs;
+};
+#define T_MAX 4096              // threads whose registers a snapshot holds
 
 // An item of the captures' FIFO (the reads stage, below). A map walk (I_MAPHDR .. I_GROUPS) goes one item at a time in the
 // decoder's order, carrying what it still needs: `left` full slots (the
@@ -141,15 +147,20 @@ struct item {
 // followed there, not in the target's memory), or 0.
 struct work { u64 fp, lo, hi; u32 gi, fslot, next, pad; };
 
-// The runners' shared words (`ctl`): the allgs cursor, how many runners
-// ended, how many there are (the agent lowers it when one can't start);
-// allgs and allglen, read by runner 0, and whether it has.
+// The runners' shared words (`ctl`, mapped into the agent's memory: it
+// reads and writes them without a system call): the allgs cursor, how
+// many runners ended their share, how many there are (the agent lowers it
+// when one can't start, or has not by the time the others are done) and
+// how many have arrived; allgs and allglen, read by runner 0, and whether
+// it has.
 #define C_NEXT 0
 #define C_DONE 1
 #define C_NRUN 2
+#define C_ARRIVED 3
 #define C_ARR 4
 #define C_N 5
 #define C_INIT 7                // runner 0 has read allgs: the others may start
+#define C_WORDS 8
 
 struct state {
     u32 phase;
@@ -181,8 +192,9 @@ struct state {
     u32 ex_first, ex_n, ex_slot, ex_ubase;
     u32 ex_at;                  // where the item's bytes are (held())
     struct item ex_item;        // the item being expanded (a map walk goes on from it)
-    u64 reads_ns;               // time spent in reads runs (the rest of t_last - t_first is triggers and walks)
-    u32 fslot, pad4;            // the chain being walked is in fstacks[fslot - 1] (0: in memory)
+    u64 pad5;
+    u32 fslot;                  // the chain being walked is in fstacks[fslot - 1] (0: in memory)
+    u32 cpu;                    // the CPU the runner arrived on (for diagnostics)
     u64 fbase;                  // the address of that copy's first byte
     u32 whead, wtail;           // this runner's list of chains in `work` (W_NONE: empty)
     u32 gdone, waits;           // no allgs chunk left; rounds spent waiting for the other runners
@@ -215,11 +227,19 @@ struct frec {
 };
 
 BPF_ARRAY(plan, struct plan, 1);
-BPF_ARRAY(state, struct state, R_MAX);
-BPF_ARRAY(ctl, u64, 8);
+// Mapped into the agent's memory (BPF_F_MMAPABLE): it arms the runners,
+// watches them and reads their totals with loads and stores, not system
+// calls (each a few us, tens of us when its code is cold, in the pause).
+BPF_F_TABLE("array", int, struct state, state, R_MAX, BPF_F_MMAPABLE);
+BPF_F_TABLE("array", int, u64, ctl, C_WORDS, BPF_F_MMAPABLE);
+// The registers of the process's threads for its running goroutines: the
+// stopped threads' written by PTRACE_GETREGS straight into this mapped
+// array, each runner's from its signal frame; tslot: a tid's slot, written
+// before the pause.
+BPF_F_TABLE("array", int, struct uregs, tregs, T_MAX, BPF_F_MMAPABLE);
+BPF_HASH(tslot, u32, u32, T_MAX);
 BPF_HASH(runners, u32, u32, 64);        // a runner's tid -> its index
 BPF_ARRAY(work, struct work, SLOTS);
-BPF_HASH(regs, u32, struct regs3, 4096);
 // Per runner, not per CPU: two runners may share a CPU, and a runner may
 // move between CPUs from one round to the next.
 BPF_ARRAY(scratch, struct rec, R_MAX);
@@ -255,13 +275,31 @@ static __always_inline u64 *cval(u32 k) {
     return ctl.lookup(&k);
 }
 
-// The calling thread's runner state (0: not a runner of this walk).
+// The runner an entry program (a uprobe) found the thread to be, for the
+// stages it tail-calls: they run on the same CPU in the same invocation,
+// so a per-CPU word hands it on without a hash lookup per run.
+BPF_PERCPU_ARRAY(current_ri, u32, 1);
+
+// The calling thread's runner state (0: not a runner of this walk), found
+// by its tid; an entry program's lookup.
 static __always_inline struct state *my_state(void) {
-    u32 tid = (u32)bpf_get_current_pid_tgid();
+    u32 tid = (u32)bpf_get_current_pid_tgid(), zero = 0;
     u32 *ri = runners.lookup(&tid);
-    if (!ri)
+    u32 *cur = current_ri.lookup(&zero);
+    if (!ri || !cur)
         return 0;
     u32 k = *ri & (R_MAX - 1);
+    *cur = k;
+    return state.lookup(&k);
+}
+
+// The same in a tail-called stage: the runner its entry program found.
+static __always_inline struct state *stage_state(void) {
+    u32 zero = 0;
+    u32 *cur = current_ri.lookup(&zero);
+    if (!cur)
+        return 0;
+    u32 k = *cur & (R_MAX - 1);
     return state.lookup(&k);
 }
 
@@ -1009,7 +1047,7 @@ static __always_inline void finish(struct state *st) {
 
 int reads(struct pt_regs *ctx) {
     u32 zero = 0;
-    struct state *st = my_state();
+    struct state *st = stage_state();
     struct plan *p = plan.lookup(&zero);
     if (!st || !p || st->phase != PH_RUNNING || st->stage != 2)
         return 0;
@@ -1042,7 +1080,6 @@ int reads(struct pt_regs *ctx) {
             st->ex_kind = EX_NONE;
         }
     }
-    st->reads_ns += bpf_ktime_get_ns() - t0;
     if (st->ex_kind == EX_NONE && st->qhead >= st->qtail) {
         st->stage = 0;          // the chunk's captures are read: the next chunk
         // The FIFO starts again at its first item: each chunk's items reuse
@@ -1121,9 +1158,10 @@ static __always_inline void start_g(struct state *st, struct plan *p, struct rec
         start = 1;
     }
     if ((p->running_mask >> status) & 1) {
-        struct regs3 *t = regs.lookup(&tid);
-        if (t && t->sp >= lo && t->sp < hi) {
-            pc = t->pc; sp = t->sp; bp = t->bp; start = 2;
+        u32 *slot = tslot.lookup(&tid);
+        struct uregs *t = slot ? tregs.lookup(slot) : 0;
+        if (t && t->rsp >= lo && t->rsp < hi) {
+            pc = t->rip; sp = t->rsp; bp = t->rbp; start = 2;
         }
     }
     r->h.pc = pc; r->h.sp = sp; r->h.bp = bp; r->h.start = start;
@@ -1202,7 +1240,7 @@ static __always_inline void take_chunk(struct state *st, u64 n) {
 
 int gstart(struct pt_regs *ctx) {
     u32 zero = 0;
-    struct state *st = my_state();
+    struct state *st = stage_state();
     struct plan *p = plan.lookup(&zero);
     if (!st || !p || st->phase != PH_RUNNING || st->stage != 0)
         return 0;
@@ -1290,7 +1328,7 @@ static __always_inline int pair_at(struct state *st, u64 *dst, u64 fp) {
 
 int frames(struct pt_regs *ctx) {
     u32 zero = 0;
-    struct state *st = my_state();
+    struct state *st = stage_state();
     struct plan *p = plan.lookup(&zero);
     if (!st || !p || st->phase != PH_RUNNING || st->stage != 1)
         return 0;
@@ -1385,14 +1423,16 @@ static __always_inline void wait_round(struct state *st) {
 }
 
 // A runner's first run: its interrupted registers (from the signal's
-// ucontext, uc_mcontext.gregs at offset 40) as a K_THREAD record; runner 0
-// also reads allgs and allglen for all. 0: it failed.
-static __always_inline int arrive(struct pt_regs *ctx, struct plan *p, struct state *st, u32 tid) {
+// ucontext, uc_mcontext.gregs at offset 40) as a K_THREAD record; runner
+// 0's in its tregs slot too (it was not stopped: they are only here; the
+// others' came from PTRACE_GETREGS). 0: it failed.
+static __always_inline int arrive(struct pt_regs *ctx, struct state *st, u32 tid) {
     u32 me = st->ri & (R_MAX - 1);
     struct rec *r = scratch.lookup(&me);
     if (!r)
         return 0;
     st->t_first = bpf_ktime_get_ns();
+    st->cpu = bpf_get_smp_processor_id();
     st->runs = 0;
     u64 uc = PT_REGS_PARM3(ctx);
     r->h.kind = K_THREAD;
@@ -1406,38 +1446,68 @@ static __always_inline int arrive(struct pt_regs *ctx, struct plan *p, struct st
     r->h.start = 2;
     if (!bpf_probe_read_user(r->data, 23 * 8, (void *)(uc + 40))) {
         u64 *g = (u64 *)r->data;
-        struct regs3 t = {.pc = g[16], .sp = g[15], .bp = g[10]};
-        // Runner 0 was not stopped: its registers are only here. The others'
-        // came from ptrace before the walk began.
-        if (me == 0)
-            regs.update(&tid, &t);
-        r->h.pc = t.pc; r->h.sp = t.sp; r->h.bp = t.bp;
+        r->h.pc = g[16]; r->h.sp = g[15]; r->h.bp = g[10];
         r->h.g_len = 23 * 8;
+        u32 *slot = me == 0 ? tslot.lookup(&tid) : 0;
+        struct uregs *t = slot ? tregs.lookup(slot) : 0;
+        if (t) {
+            t->rip = g[16];
+            t->rsp = g[15];
+            t->rbp = g[10];
+        }
     } else {
         st->read_errors++;
     }
     // Straight to the ring: a process's records are told apart by the
-    // K_THREAD its walk starts with (runner 0's comes first; every batch
-    // of the walk after it).
+    // K_THREAD records of its runners (every batch of its walk comes after
+    // the first of them).
     if (out.ringbuf_output(r, sizeof(struct rec_hdr) + 23 * 8, BPF_RB_NO_WAKEUP))
         st->dropped++;
     else
         st->records++;
+    u64 *arrived = cval(C_ARRIVED);
+    if (!arrived)
+        return 0;
+    __sync_fetch_and_add(arrived, 1);
+    return 1;
+}
+
+// allgs and allglen, read for all runners by runner 0.
+static __always_inline int read_allgs(struct plan *p, struct state *st) {
     u64 *carr = cval(C_ARR), *cn = cval(C_N), *init = cval(C_INIT);
+    u64 n = 0, arr = 0;
     if (!carr || !cn || !init)
         return 0;
-    if (me == 0) {
-        u64 n = 0, arr = 0;
-        if (bpf_probe_read_user(&n, 8, (void *)p->allglen_addr) ||
-            bpf_probe_read_user(&arr, 8, (void *)p->allgs_addr)) {
-            st->read_errors++;
-            return 0;
-        }
-        *carr = arr;
-        *cn = n;
-        *init = 1;
-        if (n > p->max_gs)
-            st->budget_cuts = n - p->max_gs;
+    if (bpf_probe_read_user(&n, 8, (void *)p->allglen_addr) ||
+        bpf_probe_read_user(&arr, 8, (void *)p->allgs_addr)) {
+        st->read_errors++;
+        return 0;
+    }
+    *carr = arr;
+    *cn = n;
+    *init = 1;
+    if (n > p->max_gs)
+        st->budget_cuts = n - p->max_gs;
+    return 1;
+}
+
+// An arrived runner starts: runner 0 at once, reading allgs and allglen
+// for all; another once runner 0 has (PH_GATE: it waits, signalling
+// itself, so it never runs the target's code meanwhile).
+static __always_inline void gate_round(struct pt_regs *ctx, struct plan *p, struct state *st) {
+    u64 *carr = cval(C_ARR), *cn = cval(C_N), *init = cval(C_INIT);
+    if (!carr || !cn || !init) {
+        stop(st, PH_FAILED);
+        return;
+    }
+    if (!*init && st->ri) {
+        st->waits++;
+        bpf_send_signal_thread(SIGURG_NR);
+        return;
+    }
+    if (!*init && !read_allgs(p, st)) {
+        stop(st, PH_FAILED);
+        return;
     }
     st->n = *cn;
     st->arr = *carr;
@@ -1446,14 +1516,38 @@ static __always_inline int arrive(struct pt_regs *ctx, struct plan *p, struct st
     st->gbuf_at = ~0ULL;
     st->whead = st->wtail = st->wi = st->wnext = W_NONE;
     st->stage = 0;
-    return 1;
+    st->tail_calls = 0;
+    st->phase = PH_RUNNING;
+    progs.call(ctx, st->stage);
+    stop(st, PH_FAILED);        // the tail call did not happen: the programs are not in place
+}
+
+// A round of the signal path for a runner past its arrival: the gate, a
+// wait for the others to end, or more of its walk.
+static __always_inline int go_on(struct pt_regs *ctx, struct plan *p, struct state *st, u32 phase) {
+    if (phase == PH_GATE) {
+        gate_round(ctx, p, st);
+        return 0;
+    }
+    if (phase == PH_WAIT) {
+        wait_round(st);
+        return 0;
+    }
+    if (phase != PH_MORE)
+        return 0;
+    st->triggers++;
+    st->tail_calls = 0;
+    st->phase = PH_RUNNING;
+    progs.call(ctx, st->stage);
+    stop(st, PH_FAILED);        // the tail call did not happen: the programs are not in place
+    return 0;
 }
 
 // The uprobes on the signal path (runtime.sigtramp, then sigtrampgo and
-// sighandler): the first, at sigtramp(sig, info, ctx), starts a runner when
-// the agent armed it; each later one in the same delivery, or in the next
-// SIGURG's, goes on while its state says MORE, with a fresh tail-call
-// budget, or takes a waiting runner's next round.
+// sighandler): the first, at sigtramp(sig, info, ctx), takes a runner the
+// agent armed into the gate; each later one in the same delivery, or in
+// the next SIGURG's, goes on while its state says MORE, with a fresh
+// tail-call budget, or takes a waiting runner's next round.
 int on_sigtramp(struct pt_regs *ctx) {
     u32 zero = 0;
     struct plan *p = plan.lookup(&zero);
@@ -1464,34 +1558,21 @@ int on_sigtramp(struct pt_regs *ctx) {
     if (!st)
         return 0;
     u32 phase = st->phase;
-    if (phase == PH_WAIT) {
-        wait_round(st);
-        return 0;
-    }
-    if (phase != PH_ARMED && phase != PH_MORE)
-        return 0;
-    if (phase == PH_ARMED && st->ri) {
-        u64 *init = cval(C_INIT);
-        if (!init || !*init) {          // runner 0 has not read allgs yet: the next round
-            st->waits++;
-            bpf_send_signal_thread(SIGURG_NR);
+    if (phase == PH_ARMED) {
+        st->triggers++;
+        if (!arrive(ctx, st, (u32)id)) {
+            stop(st, PH_FAILED);
             return 0;
         }
+        st->phase = PH_GATE;
+        phase = PH_GATE;
     }
-    st->triggers++;
-    st->tail_calls = 0;
-    if (phase == PH_ARMED && !arrive(ctx, p, st, (u32)id)) {
-        stop(st, PH_FAILED);
-        return 0;
-    }
-    st->phase = PH_RUNNING;
-    progs.call(ctx, st->stage);
-    stop(st, PH_FAILED);        // the tail call did not happen: the programs are not in place
-    return 0;
+    return go_on(ctx, p, st, phase);
 }
 
 // Later on the signal path (runtime.sigtrampgo, runtime.sighandler): only
-// goes on with a walk that ran out of tail calls, or a wait; never starts one.
+// goes on with a walk that ran out of tail calls, a gate or a wait; never
+// starts one.
 int on_more(struct pt_regs *ctx) {
     u32 zero = 0;
     struct plan *p = plan.lookup(&zero);
@@ -1501,16 +1582,5 @@ int on_more(struct pt_regs *ctx) {
     struct state *st = my_state();
     if (!st)
         return 0;
-    if (st->phase == PH_WAIT) {
-        wait_round(st);
-        return 0;
-    }
-    if (st->phase != PH_MORE)
-        return 0;
-    st->triggers++;
-    st->tail_calls = 0;
-    st->phase = PH_RUNNING;
-    progs.call(ctx, st->stage);
-    stop(st, PH_FAILED);
-    return 0;
+    return go_on(ctx, p, st, st->phase);
 }

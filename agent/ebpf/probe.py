@@ -1,11 +1,12 @@
 """The live stack probe: the one object that owns kernel resources.
 
     with StackProbe() as probe:                  # compiles (once per process) and loads
-        with probe.attached(pid, exe, offset):   # uprobe on runtime.sigtramp of that process
-            probe.prepare(plan)                  # the plan map, state reset, old records dropped
-            ... pause every thread but one ...
-            report = probe.trigger(pid, [tid], deadline)   # SIGURG to tid; the probe walks
-        records = probe.drain()                  # after the resume: the ring buffer's bytes
+        with probe.attached(pid, exe, offsets):  # uprobes on runtime.sigtramp ... of that process
+            probe.prepare(plan, [runners], tids) # the plan map, state reset, old records dropped
+            ... pause every thread but the runners (registers to probe.regs_at(tid)) ...
+            run = probe.trigger(pid, runners, deadline, take=..., let_go=...)   # SIGURG; they walk
+        report = probe.report(run)               # after the resume: what the runners said
+        records = probe.drain()                  # ... and the ring buffer's bytes
 
 Everything the probe needs about a target comes through maps (plan.py); the
 BPF C (probe.bpf.c) never changes per binary or per request, so it is
@@ -19,13 +20,14 @@ from __future__ import annotations
 
 import ctypes as ct
 import functools
+import mmap
 import os
 import signal
 import struct
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import AgentError
@@ -52,8 +54,11 @@ R_MAX = 4                      # runners: threads of the target that share the w
 ITEMS_MAX = 131072             # the captures' FIFO, shared out among the runners
 NO_CAP = (1 << 64) - 1
 
-PH_IDLE, PH_ARMED, PH_RUNNING, PH_MORE, PH_DONE, PH_FAILED, PH_WAIT = range(7)
-C_NEXT, C_DONE, C_NRUN, C_ARR, C_N, C_INIT = 0, 1, 2, 4, 5, 7   # the `ctl` words
+PH_IDLE, PH_ARMED, PH_RUNNING, PH_MORE, PH_DONE, PH_FAILED, PH_WAIT, PH_GATE = range(8)
+C_NEXT, C_DONE, C_NRUN, C_ARRIVED, C_ARR, C_N, C_INIT = 0, 1, 2, 3, 4, 5, 7   # the `ctl` words
+C_WORDS = 8
+T_MAX = 4096                   # threads whose registers one snapshot holds (probe.bpf.c's tregs)
+UREGS_SIZE = 27 * 8            # struct user_regs_struct, as PTRACE_GETREGS writes it
 
 
 class ProbeError(AgentError):
@@ -83,11 +88,11 @@ class RunReport:
     misses: int = 0            # reads that failed in the kernel (not resident, or gone)
     qcuts: int = 0             # values not queued: the queue or the byte budget was full
     unknown: int = 0           # dynamic types not in the tables
-    reads_ns: int = 0          # time in the reads stage's runs (summed over the runners)
     cut: bool = False          # the reads stopped at the captures' share of the pause
     runners: int = 1           # threads that shared the walk
     waits: int = 0             # rounds runners spent waiting for the others to end
     statics: int = 0           # leaves not copied: in the binary's read-only data
+    left_out: dict = field(default_factory=dict)   # runner tid -> why it did not share the walk
 
 
 # struct state (probe.bpf.c), as the map holds it: (field, format) in order.
@@ -102,14 +107,22 @@ _STATE_LAYOUT = (
                          "ex_word")),
     *((f"ex{i}", "I") for i in range(12)),
     *((f"ex_item{i}", c) for i, c in enumerate("QQIIIIIIIIQII")),
-    ("reads_ns", "Q"), ("fslot", "I"), ("pad4", "I"), ("fbase", "Q"), ("whead", "I"), ("wtail", "I"),
+    ("pad5", "Q"), ("fslot", "I"), ("cpu", "I"), ("fbase", "Q"), ("whead", "I"), ("wtail", "I"),
     ("gdone", "I"), ("waits", "I"), ("statics", "Q"),
     # set by the agent when it arms a runner
     ("reads_cut_ns", "Q"), ("cap_bytes", "Q"), ("ri", "I"), ("qbase", "I"), ("qmask", "I"), ("cut", "I"),
 )
 _STATE = struct.Struct("<" + "".join(c for _, c in _STATE_LAYOUT))
 _STATE_FIELDS = tuple(f for f, _ in _STATE_LAYOUT)
-_CUT_AT = struct.calcsize("<" + "".join(c for f, c in _STATE_LAYOUT[:_STATE_FIELDS.index("reads_cut_ns")]))
+
+
+def _offset(name: str) -> int:
+    return struct.calcsize("<" + "".join(c for f, c in _STATE_LAYOUT[:_STATE_FIELDS.index(name)]))
+
+
+_CUT_AT = _offset("reads_cut_ns")
+# What a look in the pause needs of a runner's state (the rest is decoded after it)
+_PHASE_AT, _RUNS_AT, _WAITS_AT = _offset("phase"), _offset("runs"), _offset("waits")
 PROGRAMS = ["on_sigtramp", "on_more", "gstart", "frames", "reads"]
 STAGES = ("gstart", "frames", "reads")   # progs[0..2]: the tail-call targets
 
@@ -127,11 +140,51 @@ class _State:
         self.__dict__.update(zip(_STATE_FIELDS, _STATE.unpack_from(raw)))
 
 
+class _Mapped:
+    """An array map (BPF_F_MMAPABLE) in this process's memory: its entries
+    read and written with loads and stores, no system call."""
+
+    def __init__(self, fd: int, value_size: int, entries: int):
+        self.stride = -(-value_size // 8) * 8
+        size = -(-self.stride * entries // mmap.PAGESIZE) * mmap.PAGESIZE
+        self.mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self._anchor = ct.c_char.from_buffer(self.mm)   # (released before the unmap)
+        self.base = ct.addressof(self._anchor)
+
+    def at(self, i: int) -> int:
+        return self.base + i * self.stride
+
+    def read(self, i: int, n: int) -> bytes:
+        return self.mm[i * self.stride:i * self.stride + n]
+
+    def write(self, i: int, raw: bytes) -> None:
+        self.mm[i * self.stride:i * self.stride + len(raw)] = raw
+
+    def close(self) -> None:
+        self._anchor = None
+        self.mm.close()
+
+
+@dataclass
+class _Run:
+    """A finished walk, kept raw until it is looked at (after the resume)."""
+    states: list[bytes]
+    t0: int
+    left_out: dict[int, str]
+
+
 def _armed_state(ri: int, nrun: int, reads_cut_ns: int, cap_bytes: int) -> bytes:
     """Runner ri's state as the agent arms it: every counter and cursor zero,
     its share of the FIFO and of the byte budget, the reads' cut-off."""
     raw = bytearray(_armed_template(ri, nrun, cap_bytes))
     struct.pack_into("<Q", raw, _CUT_AT, reads_cut_ns)
+    return bytes(raw)
+
+
+@functools.lru_cache(maxsize=16)
+def _idle_state(phase: int) -> bytes:
+    raw = bytearray(_STATE.size)
+    struct.pack_into("<I", raw, 0, phase)
     return bytes(raw)
 
 
@@ -169,6 +222,8 @@ class StackProbe:
         self._tables: dict[str, tuple] = {}   # key -> (Placement, hash map -> keys written)
         self._next = dict.fromkeys(("roots", "slots", "shapes", "maps"), 0)   # next free array index
         self._kern = None
+        self._mapped: dict[str, _Mapped] = {}
+        self._slots: dict[int, int] = {}     # tid -> its tregs slot (prepare)
         self._cap_bytes = NO_CAP      # the plan's captures byte budget (set_plan)
         self.last_states: list = []    # the runners' states after the last trigger (for the bench)
         self._ring = None
@@ -185,6 +240,9 @@ class StackProbe:
                 raise ProbeError("probe.bpf.c's state or plan struct does not match probe.py/plan.py")
             for i, name in enumerate(STAGES):
                 self._update("progs", struct.pack("<I", i), struct.pack("<I", kern.progs[name]))
+            for name, size, n in (("state", _STATE.size, R_MAX), ("ctl", 8, C_WORDS), ("tregs", UREGS_SIZE, T_MAX)):
+                self._mapped[name] = _Mapped(kern.maps[name], size, n)
+            self._words = (ct.c_uint64 * C_WORDS).from_buffer(self._mapped["ctl"].mm)
             self._cb = _RINGBUF_CB_TYPE(self._on_record)
             self._ring = lib.bpf_new_ringbuf(kern.maps["out"], self._cb, None)
             if not self._ring:
@@ -200,6 +258,10 @@ class StackProbe:
     def close(self) -> None:
         for pid in list(self._uprobes):
             self._detach(pid)
+        self._words = None
+        for m in self._mapped.values():
+            m.close()
+        self._mapped = {}
         if self._ring:
             self._lib.bpf_free_ringbuf(self._ring)
             self._ring = None
@@ -258,15 +320,24 @@ class StackProbe:
 
     # -- one run
 
-    def prepare(self, plan: StackPlan, runners: list[list[int]] = ()) -> None:
-        """Before the pause: the plan in, the state idle, no regs, no old
-        records; each process's runner threads (its list's index is the
-        runner's: trigger() is given the same list)."""
+    def prepare(self, plan: StackPlan, runners: list[list[int]] = (), threads: list[int] = ()) -> None:
+        """Before the pause: the plan in, the state idle, no old records;
+        each process's runner threads (its list's index is the runner's:
+        trigger() is given the same list); a register slot for each thread
+        of the processes (regs_at)."""
         self.set_plan(plan)
-        self._clear_hash("regs")
         self._clear_hash("runners")
         self._update_batch("runners", [(struct.pack("<I", tid), struct.pack("<I", i))
                                        for tids in runners for i, tid in enumerate(tids[:R_MAX])])
+        self._clear_hash("tslot")
+        self._slots = {}
+        for tid in {*threads, *(t for tids in runners for t in tids)}:
+            self._slots[tid] = len(self._slots)
+            if len(self._slots) >= T_MAX:
+                break
+        self._update_batch("tslot", [(struct.pack("<I", tid), struct.pack("<I", i)) for tid, i in self._slots.items()])
+        regs = self._mapped["tregs"]
+        regs.mm[:len(self._slots) * regs.stride] = bytes(len(self._slots) * regs.stride)   # no stale registers
         self.drain()
 
     def set_plan(self, plan: StackPlan) -> None:
@@ -277,96 +348,71 @@ class StackProbe:
         self._cap_bytes = plan.captures.cap_bytes if plan.captures is not None else NO_CAP
         self._set_phases(PH_IDLE)
 
-    def set_thread_regs(self, regs: dict) -> None:
-        """tid -> (pc, sp, bp) of the stopped threads, for running goroutines."""
-        self._update_batch("regs", [(struct.pack("<I", tid), struct.pack("<3Q", pc, sp, bp))
-                                    for tid, (pc, sp, bp) in regs.items()])
+    def regs_at(self, tid: int) -> int | None:
+        """Where PTRACE_GETREGS of a stopped thread goes: its slot of the
+        mapped `tregs` (a thread new since prepare() gets one now), or None
+        when the slots are used up (its running goroutine, if any, then
+        starts from g.sched)."""
+        slot = self._slots.get(tid)
+        if slot is None:
+            if len(self._slots) >= T_MAX:
+                return None
+            slot = self._slots[tid] = len(self._slots)
+            self._update("tslot", struct.pack("<I", tid), struct.pack("<I", slot))
+        return self._mapped["tregs"].at(slot)
 
     def trigger(self, pid: int, tids: list[int], deadline_ns: int, reads_cut_ns: int = 0,
-                release=None) -> RunReport:
+                release=None) -> _Run:
         """Arm a runner for each of tids, SIGURG the first (a thread left
         running), let each other one (stopped) into the signal's handler with
         `release(tid)` (one it can't is dropped: the rest share the walk),
-        and wait for the probe to finish. While
-        a runner says MORE or WAIT with no progress, or a signal seems lost
-        (a SIGURG sent while one is pending merges with it), it is signalled
-        again. Raises ProbeError at the deadline, leaving the probe
-        disarmed. No captures' reads start after reads_cut_ns
-        (CLOCK_MONOTONIC; 0: none)."""
+        and wait for the probe to finish. Runner 0 starts at once; one that
+        has not arrived when the others have done the whole walk is dropped
+        too. While a runner says MORE or WAIT with no progress, or a signal
+        seems lost (a SIGURG sent while one is pending merges with it), it
+        is signalled again. Raises ProbeError at the deadline, leaving the
+        probe disarmed. No captures' reads start after reads_cut_ns
+        (CLOCK_MONOTONIC; 0: none). What the runners say is read later, by
+        report(): after the resume."""
         tids = list(tids)[:R_MAX]
         if len(tids) > 1 and release is None:
             raise ValueError("several runners need a release(tid) for all but the first")
         self._arm(len(tids), reads_cut_ns)
         t0 = time.monotonic_ns()
+        run = _Run([], t0, {})
         try:
             tgkill(pid, tids[0], signal.SIGURG)
-            # The others start while runner 0 reads allgs; one that arrives
-            # first waits for it (C_INIT).
-            live = [0, *self._release(tids, range(1, len(tids)), release)]
-            # With a CPU the runners leave free, this thread looks at their
-            # states without sleeping: waking from an idle CPU takes 0.1-0.2
-            # ms on a VM, a fifth of a walk of 1,000 goroutines. Else it naps
-            # (NAP_S with a 1 us timer slack), taking a few us of a runner's
-            # CPU now and then rather than a wakeup's 0.1 ms at the end.
+            live = [0, *self._release(tids, range(1, len(tids)), release, run)]
+            # With a CPU the runners leave free, this thread looks at C_DONE
+            # without sleeping: waking from an idle CPU takes 0.1-0.2 ms on a
+            # VM. Else it naps (NAP_S with a 1 us timer slack), taking a few
+            # us of a runner's CPU now and then rather than a wakeup's 0.1 ms
+            # at the end. Its looks are loads from the mapped `ctl`.
             spin = len(live) < cpus()
             tight_timer_slack()
-            sent, last, looked = dict.fromkeys(live, t0), {}, 0
-            # The walk is done when every runner has ended its share (one
-            # word; a runner still waiting returns at its next round). Their
-            # states are looked at every LOOK_NS: failures, lost signals.
-            while self._ctl(C_DONE) < len(live):
+            sent, last, looked = dict.fromkeys(live, t0), {}, t0
+            words = self._words
+            while words[C_DONE] < len(live):
+                if 0 < words[C_ARRIVED] <= words[C_DONE]:
+                    self._drop_late(tids, live, run)
+                    continue
                 now = time.monotonic_ns()
                 if now - looked > LOOK_NS or now > deadline_ns:
                     looked = now
                     self._look(pid, tids, live, deadline_ns, now, sent, last)
                 if not spin:
                     time.sleep(NAP_S)
-            sts = {i: self._read_state(i) for i in live}
+            st = self._mapped["state"]
+            run.states = [st.read(i, _STATE.size) for i in live]
         except BaseException:
             self._set_phases(PH_IDLE)
             raise
-        self.last_states = [sts[i] for i in live]
-        return self._report(self.last_states, t0)
+        return run
 
-    def _look(self, pid: int, tids: list[int], live: list[int], deadline_ns: int, now: int,
-              sent: dict, last: dict) -> None:
-        """The runners' states: a failure or the deadline raises ProbeError;
-        a runner that says MORE or WAIT with no progress, or a signal that
-        seems lost (a SIGURG sent while one is pending merges with it), is
-        signalled again."""
-        if process_gone(pid):
-            raise ProbeError(f"pid {pid} exited during the probe's walk")
-        sts = {i: self._read_state(i) for i in live}
-        failed = [i for i in live if sts[i].phase == PH_FAILED]
-        if failed:
-            st = sts[failed[0]]
-            raise ProbeError(f"the probe could not start in pid {pid} (allgs unreadable, "
-                             f"or its tail calls are not in place): {st.read_errors} read errors")
-        if now > deadline_ns:
-            st = sts[0]
-            raise ProbeError(
-                f"the probe did not finish in pid {pid} within the deadline (phases "
-                f"{[sts[i].phase for i in live]}, {st.triggers} runs, {st.gs} goroutines, "
-                f"{st.frames} frames): thread {tids[0]} may block SIGURG or be stuck in the kernel")
-        for i in live:
-            st = sts[i]
-            progress = (st.runs, st.waits)
-            if st.phase in (PH_MORE, PH_ARMED, PH_WAIT) and now - sent[i] > RESEND_NS \
-                    or st.phase == PH_MORE and progress != last.get(i):
-                last[i] = progress
-                tgkill(pid, tids[i], signal.SIGURG)
-                sent[i] = now
-
-    def _ctl(self, k: int) -> int:
-        key, v = ct.c_uint(k), ct.c_uint64(0)
-        if self._lib.bpf_lookup_elem(self._kern.maps["ctl"], ct.byref(key), ct.byref(v)) < 0:
-            raise ProbeError("reading the probe's ctl map failed")
-        return v.value
-
-    def _release(self, tids: list[int], waiting, release) -> list[int]:
+    def _release(self, tids: list[int], waiting, release, run: _Run) -> list[int]:
         """Lets the waiting runners go (release(tid) -> bool); one that could
         not be let go is disarmed and no longer counted. Their indexes started."""
-        waiting, started = list(waiting), []
+        started = []
         for i in waiting:
             try:
                 ok = release(tids[i])
@@ -375,10 +421,58 @@ class StackProbe:
             if ok:
                 started.append(i)
             else:
-                self._update("state", struct.pack("<I", i), bytes(_STATE.size))
-        if len(started) < len(waiting):
-            self._set_ctl(C_NRUN, 1 + len(started))
+                self._mapped["state"].write(i, _idle_state(PH_IDLE))
+                run.left_out[tids[i]] = "could not be let into its SIGURG handler"
+        self._words[C_NRUN] = 1 + len(started)
         return started
+
+    def _drop_late(self, tids: list[int], live: list[int], run: _Run) -> None:
+        """Every runner that arrived has done its share, and the walk is
+        done: the ones still on their way (a CPU that is slow to run them)
+        are disarmed and no longer counted. One that arrives meanwhile finds
+        no chunk left and ends as the others did."""
+        for i in list(live):
+            if self._glance(i)[0] == PH_ARMED:
+                self._mapped["state"].write(i, _idle_state(PH_IDLE))
+                live.remove(i)
+                run.left_out[tids[i]] = "did not reach its SIGURG handler before the others had done the walk"
+        self._words[C_NRUN] = len(live)
+
+    def report(self, run: _Run) -> RunReport:
+        """What a finished walk's runners said (last_states: their states)."""
+        self.last_states = [_State(raw) for raw in run.states]
+        report = self._report(self.last_states, run.t0)
+        report.left_out = dict(run.left_out)
+        return report
+
+    def _look(self, pid: int, tids: list[int], live: list[int], deadline_ns: int, now: int,
+              sent: dict, last: dict) -> None:
+        """The runners' states: a failure or the deadline raises ProbeError;
+        a runner that says MORE, GATE or WAIT with no progress, or whose
+        signal seems lost (a SIGURG sent while one is pending merges with
+        it), is signalled again."""
+        if process_gone(pid):
+            raise ProbeError(f"pid {pid} exited during the probe's walk")
+        phases = {i: self._glance(i) for i in live}
+        failed = [i for i in live if phases[i][0] == PH_FAILED]
+        if failed:
+            st = self._state_of(failed[0])
+            raise ProbeError(f"the probe could not start in pid {pid} (allgs unreadable, "
+                             f"or its tail calls are not in place): {st.read_errors} read errors")
+        if now > deadline_ns:
+            sts = {i: self._state_of(i) for i in live}
+            raise ProbeError(
+                f"the probe did not finish in pid {pid} within the deadline (phases "
+                f"{[sts[i].phase for i in live]}, {sum(s.triggers for s in sts.values())} runs, "
+                f"{sum(s.gs for s in sts.values())} goroutines): thread {tids[0]} may block SIGURG "
+                "or be stuck in the kernel")
+        for i in live:
+            phase, progress = phases[i]
+            if phase in (PH_MORE, PH_ARMED, PH_WAIT, PH_GATE) and now - sent[i] > RESEND_NS \
+                    or phase == PH_MORE and progress != last.get(i):
+                last[i] = progress
+                tgkill(pid, tids[i], signal.SIGURG)
+                sent[i] = now
 
     def _report(self, sts: list, t0: int) -> RunReport:
         first = min((s.t_first for s in sts if s.t_first), default=0)
@@ -392,7 +486,7 @@ class StackProbe:
                          probe_ns=last - first if first and last else 0,
                          sent_at_ns=t0, sites=total("sites"), copies=total("copies"), cbytes=total("cbytes"),
                          misses=total("misses"), qcuts=total("qcuts"), unknown=total("unknown"),
-                         reads_ns=total("reads_ns"), cut=any(s.cut for s in sts), runners=len(sts),
+                         cut=any(s.cut for s in sts), runners=len(sts),
                          waits=total("waits"), statics=total("statics"))
 
     def finish(self) -> None:
@@ -470,27 +564,29 @@ class StackProbe:
         if self._lib.bpf_update_elem(self._kern.maps[name], k, v, 0) < 0:
             raise ProbeError(f"updating the probe's {name} map failed ({os.strerror(ct.get_errno() or 1)})")
 
-    def _read_state(self, ri: int) -> _State:
-        k, v = ct.c_uint(ri), ct.create_string_buffer(_STATE.size)
-        if self._lib.bpf_lookup_elem(self._kern.maps["state"], ct.byref(k), v) < 0:
-            raise ProbeError("reading the probe's state failed")
-        return _State(v.raw)
+    def _state_of(self, ri: int) -> _State:
+        return _State(self._mapped["state"].read(ri, _STATE.size))
+
+    def _glance(self, ri: int) -> tuple[int, tuple[int, int]]:
+        """Runner ri's phase and progress (runs, waits): three loads."""
+        mm, at = self._mapped["state"].mm, ri * self._mapped["state"].stride
+        return (struct.unpack_from("<I", mm, at + _PHASE_AT)[0],
+                (struct.unpack_from("<I", mm, at + _RUNS_AT)[0], struct.unpack_from("<I", mm, at + _WAITS_AT)[0]))
 
     def _arm(self, nrun: int, reads_cut_ns: int) -> None:
-        """Runners 0 .. nrun-1 armed, the shared words reset: two map writes."""
-        self._update_batch("ctl", [(struct.pack("<I", k), struct.pack("<Q", nrun if k == C_NRUN else 0))
-                                   for k in range(8)])
-        self._update_batch("state", [(struct.pack("<I", i), _armed_state(i, nrun, reads_cut_ns, self._cap_bytes)
-                                      if i < nrun else bytes(_STATE.size)) for i in range(R_MAX)])
-
-    def _set_ctl(self, k: int, v: int) -> None:
-        self._update("ctl", struct.pack("<I", k), struct.pack("<Q", v))
+        """Runners 0 .. nrun-1 armed, the shared words reset: stores into
+        the mapped `ctl` and `state`, the phases last."""
+        self._mapped["ctl"].write(0, struct.pack(f"<{C_WORDS}Q", *(nrun if k == C_NRUN else 0
+                                                                  for k in range(C_WORDS))))
+        st = self._mapped["state"]
+        for i in range(R_MAX):
+            st.write(i, _armed_state(i, nrun, reads_cut_ns, self._cap_bytes) if i < nrun else _idle_state(PH_IDLE))
 
     def _set_phases(self, phase: int) -> None:
         """Every runner's state reset to `phase` (every counter and cursor zero)."""
-        raw = bytearray(_STATE.size)
-        struct.pack_into("<I", raw, 0, phase)
-        self._update_batch("state", [(struct.pack("<I", i), bytes(raw)) for i in range(R_MAX)])
+        if "state" in self._mapped:
+            for i in range(R_MAX):
+                self._mapped["state"].write(i, _idle_state(phase))
 
     def _clear_hash(self, name: str) -> None:
         """Every entry of a hash map keyed by u32 deleted."""

@@ -34,6 +34,7 @@
 //	main.spawner                chan receive  (created by main.main)
 //	main.spawnedChild           chan receive  (created by main.spawner in goroutine <spawner>)
 //	main.extraWaiter (x -extra) chan receive
+//	main.deafToURG (-deafurg)   chan receive, on a thread of its own that blocks SIGURG
 package main
 
 import (
@@ -45,9 +46,11 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
+	"unsafe"
 )
 
 var (
@@ -130,6 +133,22 @@ func blockedCond() {
 	for {
 		cond.Wait() // nobody signals
 	}
+}
+
+// deafToURG locks itself to its thread and blocks SIGURG there, then
+// parks: a thread the eBPF probe's signal can't reach. Its tid goes to path.
+//
+//go:noinline
+func deafToURG(path string) {
+	runtime.LockOSThread()
+	set := uint64(1) << (uint(syscall.SIGURG) - 1)
+	if _, _, e := syscall.RawSyscall6(syscall.SYS_RT_SIGPROCMASK, 0 /* SIG_BLOCK */, uintptr(unsafe.Pointer(&set)),
+		0, 8, 0, 0); e != 0 {
+		panic(e)
+	}
+	must(os.WriteFile(path, []byte(strconv.Itoa(syscall.Gettid())), 0o644))
+	parked.Done()
+	<-never
 }
 
 //go:noinline
@@ -325,6 +344,7 @@ func main() {
 	nospin := flag.Bool("nospin", false, "do not start main.spin")
 	procs := flag.Int("procs", 2, "GOMAXPROCS")
 	timeout := flag.Duration("timeout", 10*time.Minute, "exit after this long")
+	deaf := flag.String("deafurg", "", "park main.deafToURG on a thread blocking SIGURG; its tid to this path")
 	flag.Parse()
 
 	runtime.GOMAXPROCS(*procs)
@@ -351,6 +371,10 @@ func main() {
 	must(syscall.Pipe(p[:]))
 	pipeR, pipeW = p[0], p[1]
 
+	if *deaf != "" {
+		parked.Add(1)
+		go deafToURG(*deaf)
+	}
 	parked.Add(1)
 	go blockedSend()
 	parked.Add(1)
