@@ -1064,13 +1064,15 @@ int reads(struct pt_regs *ctx) {
         st->ex_kind = EX_NONE;
     }
     for (int i = 0; i < RD_STEPS; i++) {
+        // An item is read, its first unit started and that unit's first
+        // slot done, all in one step (each no step of its own).
+        if (st->ex_kind == EX_NONE && st->qhead < st->qtail)
+            read_item(st, p, sg);
         if (st->ex_kind != EX_NONE) {
+            if (st->ex_slot >= st->ex_n)
+                next_unit(st, p, held(sg, st->ex_at));
             if (st->ex_slot < st->ex_n)
                 do_slot(st, p, held(sg, st->ex_at));
-            else
-                next_unit(st, p, held(sg, st->ex_at));
-        } else if (st->qhead < st->qtail) {
-            read_item(st, p, sg);
         }
         // An expansion ends in the step that did its last slot (or that
         // started one with nothing in it), not in a step of its own.
