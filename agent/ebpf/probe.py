@@ -22,6 +22,7 @@ import ctypes as ct
 import functools
 import mmap
 import os
+import select
 import signal
 import struct
 import threading
@@ -195,6 +196,29 @@ def _armed_template(ri: int, nrun: int, cap_bytes: int) -> bytes:
     v.update(phase=PH_ARMED, ri=ri, qbase=ri * share, qmask=share - 1,
              cap_bytes=cap_bytes if cap_bytes == NO_CAP else cap_bytes // nrun)
     return _STATE.pack(*(v[f] for f in _STATE_FIELDS))
+
+
+class _Exit:
+    """Whether a process has exited, by a poll of its pidfd (opened at the
+    first look; a look in the pause then reads no /proc file)."""
+
+    def __init__(self, pid: int):
+        self.pid, self.fd = pid, None
+
+    def gone(self) -> bool:
+        if self.fd is None:
+            try:
+                self.fd = os.pidfd_open(self.pid)
+            except OSError:
+                self.fd = -1
+        if self.fd < 0:
+            return process_gone(self.pid)
+        return bool(select.select([self.fd], [], [], 0)[0])
+
+    def close(self) -> None:
+        if self.fd is not None and self.fd >= 0:
+            os.close(self.fd)
+        self.fd = None
 
 
 def cpus() -> int:
@@ -379,7 +403,7 @@ class StackProbe:
             raise ValueError("several runners need a release(tid) for all but the first")
         self._arm(len(tids), reads_cut_ns)
         t0 = time.monotonic_ns()
-        run = _Run([], t0, {})
+        run, exited = _Run([], t0, {}), None
         try:
             tgkill(pid, tids[0], signal.SIGURG)
             live = [0, *self._release(tids, range(1, len(tids)), release, run)]
@@ -390,7 +414,7 @@ class StackProbe:
             # at the end. Its looks are loads from the mapped `ctl`.
             spin = len(live) < cpus()
             tight_timer_slack()
-            sent, last, looked = dict.fromkeys(live, t0), {}, t0
+            sent, last, looked, exited = dict.fromkeys(live, t0), {}, t0, _Exit(pid)
             words = self._words
             while words[C_DONE] < len(live):
                 if 0 < words[C_ARRIVED] <= words[C_DONE]:
@@ -399,7 +423,7 @@ class StackProbe:
                 now = time.monotonic_ns()
                 if now - looked > LOOK_NS or now > deadline_ns:
                     looked = now
-                    self._look(pid, tids, live, deadline_ns, now, sent, last)
+                    self._look(pid, tids, live, deadline_ns, now, sent, last, exited)
                 if not spin:
                     time.sleep(NAP_S)
             st = self._mapped["state"]
@@ -407,6 +431,9 @@ class StackProbe:
         except BaseException:
             self._set_phases(PH_IDLE)
             raise
+        finally:
+            if exited is not None:
+                exited.close()
         return run
 
     def _release(self, tids: list[int], waiting, release, run: _Run) -> list[int]:
@@ -446,12 +473,12 @@ class StackProbe:
         return report
 
     def _look(self, pid: int, tids: list[int], live: list[int], deadline_ns: int, now: int,
-              sent: dict, last: dict) -> None:
+              sent: dict, last: dict, exited: _Exit) -> None:
         """The runners' states: a failure or the deadline raises ProbeError;
         a runner that says MORE, GATE or WAIT with no progress, or whose
         signal seems lost (a SIGURG sent while one is pending merges with
         it), is signalled again."""
-        if process_gone(pid):
+        if exited.gone():
             raise ProbeError(f"pid {pid} exited during the probe's walk")
         phases = {i: self._glance(i) for i in live}
         failed = [i for i in live if phases[i][0] == PH_FAILED]
