@@ -54,6 +54,30 @@ def test_pause_stops_every_thread_and_resumes(target):
     assert target.ask("gap", "GAP")["ticks"] > 0      # it runs again
 
 
+def test_no_garbage_collection_inside_a_pause(target):
+    """Python's collector is off while any pause is on (one started by
+    another agent thread included), on again after the last, and after one
+    that failed."""
+    import gc
+    assert gc.isenabled()
+    with PausedProcess(target.pid):
+        assert not gc.isenabled()
+        ptrace._NoGC.hold()             # another pause, still on after this one
+    assert not gc.isenabled()
+    ptrace._NoGC.release()
+    assert gc.isenabled()
+    with pytest.raises(ZeroDivisionError):
+        with PausedProcess(target.pid):
+            assert not gc.isenabled()
+            1 / 0
+    assert gc.isenabled()
+    with pytest.raises(PauseDeadlineExceeded):
+        with PausedProcess(target.pid, deadline_s=1e-9):
+            pass
+    assert gc.isenabled()
+    assert_free(target.pid)
+
+
 def test_registers_match_proc_syscall(target):
     """/proc/pid/task/tid/syscall ends with the user sp and pc the kernel saved."""
     with PausedProcess(target.pid) as p:

@@ -94,6 +94,7 @@ class RunReport:
     waits: int = 0             # rounds runners spent waiting for the others to end
     statics: int = 0           # leaves not copied: in the binary's read-only data
     left_out: dict = field(default_factory=dict)   # runner tid -> why it did not share the walk
+    notice_ns: int = 0         # from the last runner's end to the agent seeing the walk done
 
 
 # struct state (probe.bpf.c), as the map holds it: (field, format) in order.
@@ -172,6 +173,7 @@ class _Run:
     states: list[bytes]
     t0: int
     left_out: dict[int, str]
+    seen_ns: int = 0           # CLOCK_MONOTONIC when the agent saw the walk done
 
 
 def _armed_state(ri: int, nrun: int, reads_cut_ns: int, cap_bytes: int) -> bytes:
@@ -426,6 +428,7 @@ class StackProbe:
                     self._look(pid, tids, live, deadline_ns, now, sent, last, exited)
                 if not spin:
                     time.sleep(NAP_S)
+            run.seen_ns = time.monotonic_ns()
             st = self._mapped["state"]
             run.states = [st.read(i, _STATE.size) for i in live]
         except BaseException:
@@ -470,6 +473,8 @@ class StackProbe:
         self.last_states = [_State(raw) for raw in run.states]
         report = self._report(self.last_states, run.t0)
         report.left_out = dict(run.left_out)
+        last = max((s.t_last for s in self.last_states), default=0)
+        report.notice_ns = run.seen_ns - last if last and run.seen_ns > last else 0
         return report
 
     def _look(self, pid: int, tids: list[int], live: list[int], deadline_ns: int, now: int,
