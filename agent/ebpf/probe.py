@@ -250,6 +250,7 @@ class StackProbe:
         self._kern = None
         self._mapped: dict[str, _Mapped] = {}
         self._slots: dict[int, int] = {}     # tid -> its tregs slot (prepare)
+        self._staged = 0                     # runners prepare() staged for the first walk
         self._cap_bytes = NO_CAP      # the plan's captures byte budget (set_plan)
         self.last_states: list = []    # the runners' states after the last trigger (for the bench)
         self._ring = None
@@ -364,6 +365,9 @@ class StackProbe:
         self._update_batch("tslot", [(struct.pack("<I", tid), struct.pack("<I", i)) for tid, i in self._slots.items()])
         regs = self._mapped["tregs"]
         regs.mm[:len(self._slots) * regs.stride] = bytes(len(self._slots) * regs.stride)   # no stale registers
+        if runners:     # the first process's runners, staged: the pause only arms them
+            self._stage(len(runners[0][:R_MAX]))
+            self._staged = len(runners[0][:R_MAX])
         self.drain()
 
     def set_plan(self, plan: StackPlan) -> None:
@@ -373,6 +377,7 @@ class StackProbe:
         self._update("plan", struct.pack("<I", 0), plan.pack())
         self._cap_bytes = plan.captures.cap_bytes if plan.captures is not None else NO_CAP
         self._set_phases(PH_IDLE)
+        self._staged = 0
 
     def regs_at(self, tid: int) -> int | None:
         """Where PTRACE_GETREGS of a stopped thread goes: its slot of the
@@ -607,12 +612,27 @@ class StackProbe:
 
     def _arm(self, nrun: int, reads_cut_ns: int) -> None:
         """Runners 0 .. nrun-1 armed, the shared words reset: stores into
-        the mapped `ctl` and `state`, the phases last."""
+        the mapped `ctl` and `state`, the phases last. What prepare() staged
+        (the same states, idle) needs only its cut-off and its phases."""
+        st = self._mapped["state"]
+        if self._staged != nrun:
+            self._stage(nrun)
+        self._staged = 0
+        for i in range(nrun):
+            struct.pack_into("<Q", st.mm, i * st.stride + _CUT_AT, reads_cut_ns)
+        for i in range(nrun):
+            struct.pack_into("<I", st.mm, i * st.stride + _PHASE_AT, PH_ARMED)
+
+    def _stage(self, nrun: int) -> None:
+        """Runners 0 .. nrun-1 as arming leaves them, but idle (a SIGURG
+        finds nothing to do), and the shared words reset."""
         self._mapped["ctl"].write(0, struct.pack(f"<{C_WORDS}Q", *(nrun if k == C_NRUN else 0
                                                                   for k in range(C_WORDS))))
         st = self._mapped["state"]
         for i in range(R_MAX):
-            st.write(i, _armed_state(i, nrun, reads_cut_ns, self._cap_bytes) if i < nrun else _idle_state(PH_IDLE))
+            raw = bytearray(_armed_state(i, nrun, 0, self._cap_bytes) if i < nrun else _idle_state(PH_IDLE))
+            struct.pack_into("<I", raw, _PHASE_AT, PH_IDLE)
+            st.write(i, bytes(raw))
 
     def _set_phases(self, phase: int) -> None:
         """Every runner's state reset to `phase` (every counter and cursor zero)."""
