@@ -50,7 +50,8 @@ _HASHES = ("sites", "rtypes")   # the capture maps keyed by slot (the others are
 
 RESEND_NS = 2_000_000          # a SIGURG with no run after this is sent again
 NAP_S = 50e-6                  # between looks at C_DONE, when the runners take every CPU
-LOOK_NS = 500_000              # between looks at the runners' states (failures, lost signals)
+LOOK_NS = 2_000_000            # between looks at the runners' states (failures, lost signals): each
+                               # takes tens of us of a CPU the runners share (0.5 ms: the walk 5-8% slower)
 R_MAX = 4                      # runners: threads of the target that share the walk (probe.bpf.c)
 ITEMS_MAX = 131072             # the captures' FIFO, shared out among the runners
 NO_CAP = (1 << 64) - 1
