@@ -397,16 +397,19 @@ class PausedProcess:
         """Lets one stopped thread go, untraced, with sig pending: it enters
         its handler of sig before any code of its own (the eBPF probe's
         other runners start there, their uprobe on the handler's entry). It
-        must be stopped and not block sig; a signal it held goes with it.
-        False, with the thread still stopped, when it can't (`refused` says why)."""
+        must be stopped, hold no other signal (its handler, run first, would
+        run the target's code) and not block sig. False, with the thread
+        still stopped, when it can't (`refused` says why)."""
         t = self._t.get(tid)
-        why = "not one of ours" if t is None else "not stopped" if not t.stopped or t.gone else None
+        why = ("not one of ours" if t is None else "not stopped" if not t.stopped or t.gone
+               else f"it holds signal {t.inject}" if t.inject not in (0, sig) else None)
         if why is None and _sigmask(tid) & (1 << (sig - 1)):
             why = f"it blocks signal {sig}"
         if why:
             self.refused[tid] = why
             return False
-        tgkill(self.pid, tid, sig)
+        if not t.inject:        # one it held already (Go's own SIGURG) goes with the detach
+            tgkill(self.pid, tid, sig)
         if not _detach(t):
             self.refused[tid] = "PTRACE_DETACH failed"   # gone: the pending sig is harmless
             return False

@@ -4,7 +4,7 @@
         with probe.attached(pid, exe, offsets):  # uprobes on runtime.sigtramp ... of that process
             probe.prepare(plan, [runners], tids) # the plan map, state reset, old records dropped
             ... pause every thread but the runners (registers to probe.regs_at(tid)) ...
-            run = probe.trigger(pid, runners, deadline, take=..., let_go=...)   # SIGURG; they walk
+            run = probe.trigger(pid, runners, deadline, release=...)   # SIGURG; they walk
         report = probe.report(run)               # after the resume: what the runners said
         records = probe.drain()                  # ... and the ring buffer's bytes
 
