@@ -12,7 +12,7 @@
 // allgs, picks where each live goroutine's stack starts (its thread's
 // registers when running, syscallsp/pc/bp in a syscall, else g.sched: as
 // agent/goroutines.py start_of does), and copies: one record per goroutine
-// into the ring buffer with the g struct's bytes and either its whole stack
+// (batched in its runner's stage, sent as K_BATCH) with the g struct's bytes and either its whole stack
 // (when small) or the words at its stack pointer, then the (saved bp,
 // return address) pair of each frame of its frame-pointer chain. The pcsp
 // refinement and all symbolization run in Python after the resume.
@@ -30,8 +30,9 @@
 // uprobe hit); when those run out the state says MORE and the next uprobe
 // on the signal path, or the next SIGURG (which the thread sends itself),
 // goes on. The cursor lives in the
-// `state` map, so any run resumes where the last stopped. The agent looks
-// at the `ctl` map to know when every runner is done.
+// `state` map, so any run resumes where the last stopped. The agent maps
+// `state`, `ctl` and `tregs` into its memory: it arms the runners, sees
+// them done and writes the stopped threads' registers without a system call.
 //
 // Runners: with many goroutines the walk is shared by up to R_MAX of the
 // target's threads, each on its own CPU (the agent lets them go one by one
