@@ -31,6 +31,21 @@ def states():
         yield t, load_target(str(binary), None, {})
 
 
+def test_a_runner_gone_before_its_signal_is_the_records_error(states, monkeypatch):
+    """The target (or the runner thread) dies between the pause and the
+    SIGURG: tgkill fails, and that is the record's error (the CLI then still
+    writes its file), not an OSError out of the snapshot; nothing is left
+    traced or attached."""
+    from agent.ebpf import executor as ebpf
+    from agent.snapshot import SnapshotOptions
+    t, target = states
+    monkeypatch.setattr(ebpf, "pick_runners", lambda pid, n=1: [1 << 30])   # a thread that can't exist
+    rec = ebpf.snapshot_process(t.pid, target, SnapshotOptions())
+    assert rec.error and "SIGURG to its thread" in rec.error and "gone" in rec.error, rec.error
+    _untraced_and_alive(t.pid)
+    assert not our_uprobes()
+
+
 def test_errors_and_timeouts_leave_nothing(states):
     from agent.ebpf.executor import probe_offsets, snapshot_process
     from agent.ebpf.plan import StackPlan

@@ -201,6 +201,16 @@ def _armed_template(ri: int, nrun: int, cap_bytes: int) -> bytes:
     return _STATE.pack(*(v[f] for f in _STATE_FIELDS))
 
 
+def _poke(pid: int, tid: int) -> None:
+    """SIGURG to a runner; a thread or process gone (killed mid-snapshot)
+    is the probe's error, which the snapshot's record then says."""
+    try:
+        tgkill(pid, tid, signal.SIGURG)
+    except OSError as e:
+        raise ProbeError(f"pid {pid}: the SIGURG to its thread {tid} failed ({e.strerror}): "
+                         "the thread or the process is gone") from e
+
+
 class _Exit:
     """Whether a process has exited, by a poll of its pidfd (opened at the
     first look; a look in the pause then reads no /proc file)."""
@@ -413,7 +423,7 @@ class StackProbe:
         t0 = time.monotonic_ns()
         run, exited = _Run([], t0, {}), None
         try:
-            tgkill(pid, tids[0], signal.SIGURG)
+            _poke(pid, tids[0])
             live = [0, *self._release(tids, range(1, len(tids)), release, run)]
             # With a CPU the runners leave free, this thread looks at C_DONE
             # without sleeping: waking from an idle CPU takes 0.1-0.2 ms on a
@@ -509,7 +519,7 @@ class StackProbe:
             if phase in (PH_MORE, PH_ARMED, PH_WAIT, PH_GATE) and now - sent[i] > RESEND_NS \
                     or phase == PH_MORE and progress != last.get(i):
                 last[i] = progress
-                tgkill(pid, tids[i], signal.SIGURG)
+                _poke(pid, tids[i])
                 sent[i] = now
 
     def _report(self, sts: list, t0: int) -> RunReport:
