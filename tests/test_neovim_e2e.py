@@ -280,7 +280,9 @@ def test_neovim_capture_snapshot_hints_and_documents(go_build, tmp_path):
         # --- the other commands: a query, the snapshot picker, the flame graph
         nv.command("ExrayQuery SELECT sku FROM main_store_lookup ORDER BY sku")
         wait_for(lambda: nv.current.buffer.name.startswith("exray:/query/"), 15, "the query buffer")
-        assert re.findall(r"sku-\d+", "\n".join(nv.current.buffer[:])) == sorted(SKUS)
+        # the buffer is named before BufReadCmd has filled it (seen empty once in CI)
+        skus = wait_for(lambda: re.findall(r"sku-\d+", "\n".join(nv.current.buffer[:])), 15, "the query's rows")
+        assert skus == sorted(SKUS)
         # vim.ui.select and vim.ui.open stand in for the user's picker and browser.
         lua("vim.ui.select = function(items, opts, cb) _G.picked = vim.tbl_map(opts.format_item, items) "
             "cb(items[1]) end")
