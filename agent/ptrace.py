@@ -146,14 +146,17 @@ _REG_NAMES = tuple(f.name for f in fields(Regs))
 _new = object.__new__
 
 
-def get_regs(tid: int) -> Regs | None:
-    """Registers of a ptrace-stopped thread; None if it is gone (ESRCH)."""
-    buf = _RegsBuf()        # per call: agent threads may pause processes concurrently
-    e = _ptrace(PTRACE_GETREGS, tid, 0, ctypes.addressof(buf))
+def _getregs_into(tid: int, at: int) -> bool:
+    """PTRACE_GETREGS of a stopped thread written at address `at`; False if it is gone (ESRCH)."""
+    e = _ptrace(PTRACE_GETREGS, tid, 0, at)
     if e == errno.ESRCH:
-        return None
+        return False
     if e:
         raise AgentError(f"PTRACE_GETREGS on tid {tid}: {os.strerror(e)}")
+    return True
+
+
+def _regs_from(buf) -> Regs:
     # Regs(*buf) costs ~7 us (frozen __init__); filling __dict__ ~2 us: it is paid
     # per thread inside the pause
     regs = _new(Regs)
@@ -313,11 +316,11 @@ class PausedProcess:
     """Context manager: all threads of pid stopped inside the with-block."""
 
     def __init__(self, pid: int, deadline_s: float = 1.0, boost: bool = True,
-                 leave_running=(), regs_at=None):
+                 leave_running: int | None = None, regs_at=None):
         self.pid = pid
-        # Threads not to seize: the eBPF executor's probe runs in them (a
-        # SIGURG makes each enter runtime.sigtramp, where the uprobe fires).
-        self.leave_running = {leave_running} if isinstance(leave_running, int) else set(leave_running)
+        # One thread not to seize: the eBPF executor's probe runs in it (a
+        # SIGURG makes it enter runtime.sigtramp, where the uprobe fires).
+        self.leave_running = leave_running
         # regs_at(tid): an address to PTRACE_GETREGS into (the eBPF probe's
         # mapped register slots), or None. Those threads' Regs are made
         # after the pause, by decode_regs(): in it, only the system call.
@@ -341,6 +344,7 @@ class PausedProcess:
         self._released = False                # _release() ran: nothing is left traced
         self._old_handlers: dict[int, object] = {}
         self._boost = boost
+        self._gc_held = False                 # _NoGC.hold() done: _release undoes it
         self._old_nice: int | None = None
 
     # -- public
@@ -420,9 +424,7 @@ class PausedProcess:
     def decode_regs(self) -> None:
         """After the pause: Regs of the threads whose registers went to regs_at."""
         for tid, addr in self._raw_regs.items():
-            regs = _new(Regs)
-            regs.__dict__.update(zip(_REG_NAMES, _RegsBuf.from_address(addr)[:]))
-            self.threads[tid] = regs
+            self.threads[tid] = _regs_from(_RegsBuf.from_address(addr))
         self._raw_regs = {}
 
     def elapsed_s(self) -> float:
@@ -484,7 +486,7 @@ class PausedProcess:
         """Threads in /proc not yet traced, leaving out dying ones that refused a seize
         (they stay listed until reaped and would keep the listing loop going)."""
         return [tid for tid in self._list_tasks()
-                if tid not in self._t and tid not in self._refused and tid not in self.leave_running]
+                if tid not in self._t and tid not in self._refused and tid != self.leave_running]
 
     def _check_seize_time(self) -> None:
         """The deadline also bounds seizing, even before any thread was interrupted."""
@@ -600,33 +602,20 @@ class PausedProcess:
         for t in self._t.values():
             if t.stopped and not t.gone:
                 at = self._regs_at(t.tid) if self._regs_at else None
-                if at:
-                    if self._regs_into(t, at):
-                        self._raw_regs[t.tid] = at
-                    continue
-                regs = get_regs(t.tid)
-                if regs is None:
+                buf = None if at else _RegsBuf()    # per call: agent threads may pause processes concurrently
+                if not _getregs_into(t.tid, at or ctypes.addressof(buf)):
                     # killed out of its stop: _settle reaps the zombie, which only we can
                     # (a traced zombie thread keeps the whole process from being reaped)
                     t.stopped = False
                     continue
-                self.threads[t.tid] = regs
+                if at:
+                    self._raw_regs[t.tid] = at      # made into Regs after the pause (decode_regs)
+                else:
+                    self.threads[t.tid] = _regs_from(buf)
                 if t.inject:
                     self.signals[t.tid] = t.inject
         if not (self.threads or self._raw_regs):
             raise ProcessExited(f"pid {self.pid} exited while being paused")
-
-    def _regs_into(self, t: _Tracee, at: int) -> bool:
-        """PTRACE_GETREGS of t written at address `at`; False if t is gone."""
-        e = _ptrace(PTRACE_GETREGS, t.tid, 0, at)
-        if e == errno.ESRCH:
-            t.stopped = False   # killed out of its stop: _settle reaps it
-            return False
-        if e:
-            raise AgentError(f"PTRACE_GETREGS on tid {t.tid}: {os.strerror(e)}")
-        if t.inject:
-            self.signals[t.tid] = t.inject
-        return True
 
     # -- releasing
 
@@ -649,7 +638,7 @@ class PausedProcess:
         finally:
             self._restore_priority()
             self._restore_signal_handlers()
-            if getattr(self, "_gc_held", False):
+            if self._gc_held:
                 self._gc_held = False
                 _NoGC.release()
         if pending is not None:
