@@ -64,7 +64,6 @@ PTRACE_EVENT_STOP = 128
 
 WALL = 0x40000000          # __WALL: wait for threads (clone children) too
 DETACH_GRACE_S = 2.0       # how long __exit__ waits for a straggler to stop or die
-_PR_SET_TIMERSLACK = 29
 _ULONG = ctypes.c_ulong
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -733,12 +732,6 @@ def _raiser(exc: type[BaseException], sig: int):
     def handler(signum, frame):
         raise exc(128 + signum) if exc is SystemExit else exc()
     return handler
-
-
-def tight_timer_slack() -> None:
-    """This thread's sleeps end within 1 us of when they are due, not the
-    default 50 us later: short naps while a pause waits on something."""
-    _libc.prctl(_PR_SET_TIMERSLACK, 1000, 0, 0, 0)
 
 
 def process_gone(pid: int) -> bool:

@@ -46,6 +46,39 @@ def test_a_runner_gone_before_its_signal_is_the_records_error(states, monkeypatc
     assert not our_uprobes()
 
 
+def test_the_probe_wakes_the_agent_when_a_runner_is_done(states, monkeypatch):
+    """While every CPU has a runner walking, the agent sleeps on the ring
+    buffer; the runner that ends its share wakes it (the K_MARK record).
+    Here it sleeps whatever the CPUs, and its looks are 30 s apart: only
+    the probe's wakeup ends its wait (without it, the poll returns empty)."""
+    from agent.ebpf import executor as ebpf
+    from agent.ebpf import probe as pr
+    from agent.snapshot import SnapshotOptions
+    t, target = states
+
+    class Seen:
+        def __init__(self, real):
+            self.real, self.events = real, 0
+
+        def poll(self, timeout=None):
+            got = self.real.poll(timeout)
+            self.events += len(got) if timeout else 0
+            return got
+
+        def close(self):
+            self.real.close()
+
+    monkeypatch.setattr(pr, "cpus", lambda: 1)
+    monkeypatch.setattr(pr, "LOOK_NS", 30_000_000_000)
+    monkeypatch.setenv("EXRAY_EBPF_RUNNERS", "1")
+    with pr.StackProbe() as probe:
+        probe._wake = seen = Seen(probe._wake)
+        rec = ebpf.snapshot_process(t.pid, target, SnapshotOptions(deadline_s=60), probe=probe)
+    assert rec.error is None and rec.goroutines, rec.error
+    assert seen.events >= 1, "the walk ended without waking the agent"
+    _untraced_and_alive(t.pid)
+
+
 def test_errors_and_timeouts_leave_nothing(states):
     from agent.ebpf.executor import probe_offsets, snapshot_process
     from agent.ebpf.plan import StackPlan

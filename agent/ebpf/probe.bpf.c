@@ -53,6 +53,7 @@
 #define WORK_MAX 65536          // allgs entries one snapshot looks at, at most (plan.max_gs)
 #define R_MAX 4                 // runners (a power of two)
 #define GCHUNK 32               // allgs entries a runner takes at a time: started, walked, read, then the next
+#define GCHUNK_MIN 8            // ... at the end of allgs, at least
 #define W_NONE 0xffffffff       // the end of a runner's chain list
 #define G_MAX 1024              // bytes of a g we can copy (mask: G_MAX - 1)
 #define TOP_MAX 8192            // bytes at a goroutine's sp we can copy
@@ -69,7 +70,7 @@
 #define K_G 1                   // a goroutine: header, g bytes, top words
 #define K_FRAMES 2              // frames of the goroutine allgs[gi], in order (several per goroutine)
 #define K_THREAD 3              // the interrupted registers of the thread that ran the probe
-#define K_MARK 4                // (no longer sent: older probes ended each run with one; parse skips it)
+#define K_MARK 4                // 8 bytes that wake the agent (BPF_RB_FORCE_WAKEUP); parse skips it
 #define K_COPY 5                // captures: bytes copied at an address (the decoder's memory after the resume)
 #define K_BATCH 6               // a runner's stage: K_G, K_FRAMES and K_COPY records one after another, each padded to 8
 
@@ -1029,8 +1030,19 @@ static __always_inline void do_slot(struct state *st, struct plan *p, struct cre
     }
 }
 
+// Wakes the agent, which sleeps on the ring buffer while every CPU has a
+// runner walking (every other record is sent without a wakeup): a nap's
+// timer took a runner's CPU every 50 us.
+static __always_inline void wake_agent(void) {
+    u64 mark = K_MARK;
+    out.ringbuf_output(&mark, sizeof(mark), BPF_RB_FORCE_WAKEUP);
+}
+
 // This runner's share is done: the last runner to get here ends the walk;
-// the others wait for it, signalling themselves (see on_sigtramp).
+// the others wait for it, signalling themselves (see on_sigtramp). Each
+// wakes the agent: it watches the end from the CPU this one no longer
+// walks on, and drops the runners still on their way once every runner
+// that arrived is done.
 static __always_inline void finish(struct state *st) {
     struct stage *sg = stage_of(st);
     if (sg)
@@ -1039,8 +1051,10 @@ static __always_inline void finish(struct state *st) {
     u64 d = done ? __sync_fetch_and_add(done, 1) + 1 : 0;
     if (!nrun || d >= *nrun) {
         stop(st, PH_DONE);
+        wake_agent();
         return;
     }
+    wake_agent();
     st->t_last = bpf_ktime_get_ns();
     st->phase = PH_WAIT;
     bpf_send_signal_thread(SIGURG_NR);

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import AgentError
-from ..ptrace import process_gone, tgkill, tight_timer_slack
+from ..ptrace import process_gone, tgkill
 from . import capplan, loader
 from .plan import _PLAN, StackPlan
 
@@ -49,7 +49,6 @@ MAX_TABLE_SLOTS = 16           # targets whose capture tables the probe holds at
 _HASHES = ("sites", "rtypes")   # the capture maps keyed by slot (the others are arrays)   # the capture maps whose keys carry the slot
 
 RESEND_NS = 2_000_000          # a SIGURG with no run after this is sent again
-NAP_S = 50e-6                  # between looks at C_DONE, when the runners take every CPU
 LOOK_NS = 2_000_000            # between looks at the runners' states (failures, lost signals): each
                                # takes tens of us of a CPU the runners share (0.5 ms: the walk 5-8% slower)
 R_MAX = 4                      # runners: threads of the target that share the walk (probe.bpf.c)
@@ -265,6 +264,7 @@ class StackProbe:
         self._cap_bytes = NO_CAP      # the plan's captures byte budget (set_plan)
         self.last_states: list = []    # the runners' states after the last trigger (for the bench)
         self._ring = None
+        self._wake = None
         self.from_cache = False
         try:
             from bcc.libbcc import _RINGBUF_CB_TYPE, lib
@@ -285,6 +285,12 @@ class StackProbe:
             self._ring = lib.bpf_new_ringbuf(kern.maps["out"], self._cb, None)
             if not self._ring:
                 raise ProbeError("opening the probe's ring buffer failed")
+            # A runner that ends its share wakes this (the probe's K_MARK,
+            # the only record sent with a wakeup); edge-triggered: the walk's
+            # other records, already in the ring, do not. (A ring too full
+            # for the K_MARK leaves the agent to see the end at its next look.)
+            self._wake = select.epoll()
+            self._wake.register(kern.maps["out"], select.EPOLLIN | select.EPOLLET)
         except BaseException as e:
             self.close()
             if isinstance(e, loader.LoadError):
@@ -303,6 +309,9 @@ class StackProbe:
         if self._ring:
             self._lib.bpf_free_ringbuf(self._ring)
             self._ring = None
+        if self._wake is not None:
+            self._wake.close()
+            self._wake = None
         if self._kern is not None:
             kern, self._kern = self._kern, None
             try:
@@ -419,21 +428,20 @@ class StackProbe:
         tids = list(tids)[:R_MAX]
         if len(tids) > 1 and release is None:
             raise ValueError("several runners need a release(tid) for all but the first")
+        self._wake.poll(0)      # a wakeup left from an earlier walk
         self._arm(len(tids), reads_cut_ns)
         t0 = time.monotonic_ns()
         run, exited = _Run([], t0, {}), None
         try:
             _poke(pid, tids[0])
             live = [0, *self._release(tids, range(1, len(tids)), release, run)]
-            # With a CPU the runners leave free, this thread looks at C_DONE
-            # without sleeping: waking from an idle CPU takes 0.1-0.2 ms on a
-            # VM. Else it naps (NAP_S with a 1 us timer slack), taking a few
-            # us of a runner's CPU now and then rather than a wakeup's 0.1 ms
-            # at the end. Its looks are loads from the mapped `ctl`.
-            spin = len(live) < cpus()
-            tight_timer_slack()
+            # While every CPU has a runner walking, this thread sleeps until
+            # the probe wakes it (a runner's share done) or a look is due.
+            # Then it watches C_DONE without sleeping, from the CPU that
+            # runner no longer walks on: waking takes 20-30 us on a VM. Its
+            # looks are loads from the mapped `ctl`.
             sent, last, looked, exited = dict.fromkeys(live, t0), {}, t0, _Exit(pid)
-            words = self._words
+            words, ncpu = self._words, cpus()
             while words[C_DONE] < len(live):
                 if 0 < words[C_ARRIVED] <= words[C_DONE]:
                     self._drop_late(tids, live, run)
@@ -442,8 +450,8 @@ class StackProbe:
                 if now - looked > LOOK_NS or now > deadline_ns:
                     looked = now
                     self._look(pid, tids, live, deadline_ns, now, sent, last, exited)
-                if not spin:
-                    time.sleep(NAP_S)
+                if len(live) - words[C_DONE] >= ncpu:
+                    self._wake.poll(LOOK_NS / 1e9)
             run.seen_ns = time.monotonic_ns()
             st = self._mapped["state"]
             run.states = [st.read(i, _STATE.size) for i in live]
