@@ -79,6 +79,25 @@ def test_the_probe_wakes_the_agent_when_a_runner_is_done(states, monkeypatch):
     _untraced_and_alive(t.pid)
 
 
+def test_a_process_runs_on_as_soon_as_its_walk_ends(states, monkeypatch):
+    """The agent detaches the stopped threads the moment it sees the walk
+    done (trigger's resume), not after unwinding to the pause block's end:
+    when the walk returns, still inside that block, nothing is traced."""
+    from agent.ebpf import executor as ebpf
+    from agent.snapshot import SnapshotOptions
+    t, target = states
+    real, seen = ebpf._Job.walk, []
+
+    def walk(job, probe, first):
+        real(job, probe, first)
+        _untraced_and_alive(job.pid)
+        seen.append(job.paused.pause_ns)
+
+    monkeypatch.setattr(ebpf._Job, "walk", walk)
+    rec = ebpf.snapshot_process(t.pid, target, SnapshotOptions())
+    assert rec.error is None and seen and seen[0] > 0 and rec.pause_ns == seen[0], (rec.error, seen)
+
+
 def test_errors_and_timeouts_leave_nothing(states):
     from agent.ebpf.executor import probe_offsets, snapshot_process
     from agent.ebpf.plan import StackPlan

@@ -54,6 +54,19 @@ def test_pause_stops_every_thread_and_resumes(target):
     assert target.ask("gap", "GAP")["ticks"] > 0      # it runs again
 
 
+def test_resume_lets_go_inside_the_block_and_the_pause_ends_at_the_last_detach(target):
+    """resume() (the eBPF executor's, as its walk ends) frees every thread
+    at once; the block's end then has nothing left to do. The pause ends
+    when the last thread was let go, not when the bookkeeping after it did."""
+    with PausedProcess(target.pid) as p:
+        p.resume()
+        assert_free(target.pid)
+        after = time.monotonic_ns()
+    assert p.resumed_at_ns == max(t.detached_ns for t in p._t.values()) <= after
+    assert p.pause_ns == p.resumed_at_ns - p._t0 > 0
+    assert target.ask("gap", "GAP")["ticks"] > 0
+
+
 def test_no_garbage_collection_inside_a_pause(target):
     """Python's collector is off while any pause is on (one started by
     another agent thread included), on again after the last, and after one

@@ -192,7 +192,8 @@ class _Job:
             share = max(0.0, self.opts.deadline_s * self.opts.capture_share - paused.elapsed_s())
             self.run = probe.trigger(self.pid, self.runners, self.now_mono + int(left * 1e9),
                                      self.now_mono + max(1, int(share * 1e9)),
-                                     release=lambda tid: paused.hand_over(tid, signal.SIGURG))
+                                     release=lambda tid: paused.hand_over(tid, signal.SIGURG),
+                                     resume=paused.resume)
         except AgentError as e:
             self.fail(e)        # trigger() disarmed the probe on its way out
 
@@ -252,7 +253,9 @@ def snapshot_together(targets: list, opts, probe: StackProbe | None = None,
                       budgets: StackBudgets | None = None) -> list[ProcessRecord]:
     """One eBPF snapshot of several processes at one instant: uprobes on each,
     then every process stopped (all but one thread each), then each walked by
-    the probe in turn, then all resumed; then the records. Each record keeps
+    the probe in turn and resumed as its walk ends (its memory is what it was
+    when all were stopped; the others' stay stopped until theirs end); then
+    the records. Each record keeps
     its pause start and its distance from the earliest (pause_skew_ns)."""
     probe = probe or shared_probe()
     with probe.lock:            # the probe has one cursor: one snapshot at a time

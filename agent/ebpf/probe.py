@@ -113,6 +113,7 @@ _STATE_LAYOUT = (
     ("gdone", "I"), ("waits", "I"), ("statics", "Q"),
     # set by the agent when it arms a runner
     ("reads_cut_ns", "Q"), ("cap_bytes", "Q"), ("ri", "I"), ("qbase", "I"), ("qmask", "I"), ("cut", "I"),
+    *((f"pad_end{i}", "Q") for i in range(10)),     # to 128-byte multiples: no cache line shared by two runners
 )
 _STATE = struct.Struct("<" + "".join(c for _, c in _STATE_LAYOUT))
 _STATE_FIELDS = tuple(f for f, _ in _STATE_LAYOUT)
@@ -389,6 +390,7 @@ class StackProbe:
             self._stage(len(runners[0][:R_MAX]))
             self._staged = len(runners[0][:R_MAX])
         self.drain()
+        self._wake.poll(0)      # a wakeup left from an earlier walk
 
     def set_plan(self, plan: StackPlan) -> None:
         """The plan in and the state idle, keeping the records and registers
@@ -413,7 +415,7 @@ class StackProbe:
         return self._mapped["tregs"].at(slot)
 
     def trigger(self, pid: int, tids: list[int], deadline_ns: int, reads_cut_ns: int = 0,
-                release=None) -> _Run:
+                release=None, resume=None) -> _Run:
         """Arm a runner for each of tids, SIGURG the first (a thread left
         running), let each other one (stopped) into the signal's handler with
         `release(tid)` (one it can't is dropped: the rest share the walk),
@@ -423,12 +425,12 @@ class StackProbe:
         seems lost (a SIGURG sent while one is pending merges with it), it
         is signalled again. Raises ProbeError at the deadline, leaving the
         probe disarmed. No captures' reads start after reads_cut_ns
-        (CLOCK_MONOTONIC; 0: none). What the runners say is read later, by
-        report(): after the resume."""
+        (CLOCK_MONOTONIC; 0: none). resume(), if given, is called the moment
+        the walk is seen done, before anything else: the process runs on.
+        What the runners say is read later, by report()."""
         tids = list(tids)[:R_MAX]
         if len(tids) > 1 and release is None:
             raise ValueError("several runners need a release(tid) for all but the first")
-        self._wake.poll(0)      # a wakeup left from an earlier walk
         self._arm(len(tids), reads_cut_ns)
         t0 = time.monotonic_ns()
         run, exited = _Run([], t0, {}), None
@@ -453,6 +455,8 @@ class StackProbe:
                 if len(live) - words[C_DONE] >= ncpu:
                     self._wake.poll(LOOK_NS / 1e9)
             run.seen_ns = time.monotonic_ns()
+            if resume is not None:
+                resume()
             st = self._mapped["state"]
             run.states = [st.read(i, _STATE.size) for i in live]
         except BaseException:
