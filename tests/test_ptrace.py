@@ -67,6 +67,25 @@ def test_resume_lets_go_inside_the_block_and_the_pause_ends_at_the_last_detach(t
     assert target.ask("gap", "GAP")["ticks"] > 0
 
 
+def test_a_failing_before_interrupt_hook_leaves_nothing_traced(target):
+    """The hook runs once every thread is seized, before any is
+    interrupted (the eBPF executor signals its runner there). If it fails,
+    the seized threads must still be interrupted, stopped and detached: a
+    thread seized but never stopped can't be detached, and stays traced."""
+    calls = []
+
+    def hook():
+        calls.append(time.monotonic_ns())
+        raise ProcessNotFound("the runner is gone")
+
+    p = PausedProcess(target.pid, before_interrupt=hook)
+    with pytest.raises(ProcessNotFound, match="runner is gone"):
+        p.interrupt()
+    assert len(calls) == 1 and p._t0 <= calls[0]
+    assert_free(target.pid)
+    assert target.ask("gap", "GAP")["ticks"] > 0
+
+
 def test_no_garbage_collection_inside_a_pause(target):
     """Python's collector is off while any pause is on (one started by
     another agent thread included), on again after the last, and after one

@@ -189,13 +189,17 @@ class _Job:
                 probe.set_plan(self.plan)
             self.now_mono = time.monotonic_ns()
             left = max(0.0, self.opts.deadline_s - paused.elapsed_s())
-            share = max(0.0, self.opts.deadline_s * self.opts.capture_share - paused.elapsed_s())
             self.run = probe.trigger(self.pid, self.runners, self.now_mono + int(left * 1e9),
-                                     self.now_mono + max(1, int(share * 1e9)),
+                                     self.reads_cut_ns(),
                                      release=lambda tid: paused.hand_over(tid, signal.SIGURG),
                                      resume=paused.resume)
         except AgentError as e:
             self.fail(e)        # trigger() disarmed the probe on its way out
+
+    def reads_cut_ns(self) -> int:
+        """When the probe's captures must stop: their share of the pause's deadline."""
+        share = max(0.0, self.opts.deadline_s * self.opts.capture_share - self.pause.elapsed_s())
+        return time.monotonic_ns() + max(1, int(share * 1e9))
 
     def settle(self, probe: StackProbe) -> None:
         """After the resume: what the runners said, the stopped threads' registers."""
@@ -279,6 +283,11 @@ def _together(targets: list, opts, probe: StackProbe, budgets) -> list[ProcessRe
             probe.prepare(live[0].plan, [j.runners for j in live], [t for j in live for t in j.tids])
         # Every process's threads interrupted back to back, then the stops
         # waited for: the pauses start together (PausedProcess.interrupt).
+        # The first process's runner is signalled as its pause starts: it
+        # waits in the probe for the go while the other threads stop.
+        first = live[0] if live else None
+        if first is not None:
+            first.pause.before_interrupt = lambda: probe.start(first.pid, first.runners, first.reads_cut_ns())
         for j in live:
             if hasattr(j.pause, "interrupt"):
                 try:
@@ -292,9 +301,11 @@ def _together(targets: list, opts, probe: StackProbe, budgets) -> list[ProcessRe
                     j.paused = pauses.enter_context(_Guard(j))
                 except AgentError as e:
                     j.fail(e)
+            if first is not None and first.rec.error is not None:
+                probe.finish()          # its runner, signalled, leaves the gate
             for j in live:
                 if j.paused is not None and j.rec.error is None:
-                    j.walk(probe, first=j is live[0])   # one after another: the probe has one cursor
+                    j.walk(probe, first=j is first)   # one after another: the probe has one cursor
                     walked.append(j)
         # A runner that is DONE ignores a late SIGURG as an idle one does:
         # disarming waits until the processes run again.

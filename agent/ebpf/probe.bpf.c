@@ -161,6 +161,7 @@ struct work { u64 fp, lo, hi; u32 gi, fslot, next, pad; };
 #define C_ARRIVED 3
 #define C_ARR 4
 #define C_N 5
+#define C_GO 6                  // the process is stopped and its registers are in: the walk may start
 #define C_INIT 7                // runner 0 has read allgs: the others may start
 #define C_WORDS 8
 
@@ -1514,16 +1515,18 @@ static __always_inline int read_allgs(struct plan *p, struct state *st) {
     return 1;
 }
 
-// An arrived runner starts: runner 0 at once, reading allgs and allglen
-// for all; another once runner 0 has (PH_GATE: it waits, signalling
-// itself, so it never runs the target's code meanwhile).
+// An arrived runner starts once the agent says go (C_GO: it signals runner
+// 0 before it stops the other threads, so the signal's way in overlaps the
+// stops): runner 0 then reads allgs and allglen for all; another once
+// runner 0 has. Meanwhile it waits in PH_GATE, signalling itself, so it
+// never runs the target's code.
 static __always_inline void gate_round(struct pt_regs *ctx, struct plan *p, struct state *st) {
-    u64 *carr = cval(C_ARR), *cn = cval(C_N), *init = cval(C_INIT);
-    if (!carr || !cn || !init) {
+    u64 *carr = cval(C_ARR), *cn = cval(C_N), *init = cval(C_INIT), *go = cval(C_GO);
+    if (!carr || !cn || !init || !go) {
         stop(st, PH_FAILED);
         return;
     }
-    if (!*init && st->ri) {
+    if (!*go || (!*init && st->ri)) {
         st->waits++;
         bpf_send_signal_thread(SIGURG_NR);
         return;

@@ -56,7 +56,7 @@ ITEMS_MAX = 131072             # the captures' FIFO, shared out among the runner
 NO_CAP = (1 << 64) - 1
 
 PH_IDLE, PH_ARMED, PH_RUNNING, PH_MORE, PH_DONE, PH_FAILED, PH_WAIT, PH_GATE = range(8)
-C_NEXT, C_DONE, C_NRUN, C_ARRIVED, C_ARR, C_N, C_INIT = 0, 1, 2, 3, 4, 5, 7   # the `ctl` words
+C_NEXT, C_DONE, C_NRUN, C_ARRIVED, C_ARR, C_N, C_GO, C_INIT = range(8)   # the `ctl` words
 C_WORDS = 8
 T_MAX = 4096                   # threads whose registers one snapshot holds (probe.bpf.c's tregs)
 UREGS_SIZE = 27 * 8            # struct user_regs_struct, as PTRACE_GETREGS writes it
@@ -82,6 +82,7 @@ class RunReport:
     wake_ns: int = 0           # from the first SIGURG to the probe's first instruction
     probe_ns: int = 0          # from the probe's first run's start to its last run's end
     sent_at_ns: int = 0        # CLOCK_MONOTONIC when the first SIGURG was sent
+    go_at_ns: int = 0          # ... when the agent said go (the process stopped, its registers in)
     # captures (the reads stage)
     sites: int = 0             # captured frames met
     copies: int = 0            # values copied (K_COPY records)
@@ -175,6 +176,7 @@ class _Run:
     t0: int
     left_out: dict[int, str]
     seen_ns: int = 0           # CLOCK_MONOTONIC when the agent saw the walk done
+    go_ns: int = 0             # ... when it said go
 
 
 def _armed_state(ri: int, nrun: int, reads_cut_ns: int, cap_bytes: int) -> bytes:
@@ -262,6 +264,7 @@ class StackProbe:
         self._mapped: dict[str, _Mapped] = {}
         self._slots: dict[int, int] = {}     # tid -> its tregs slot (prepare)
         self._staged = 0                     # runners prepare() staged for the first walk
+        self._started = None                 # (pid, CLOCK_MONOTONIC ns): start() signalled its runner 0
         self._cap_bytes = NO_CAP      # the plan's captures byte budget (set_plan)
         self.last_states: list = []    # the runners' states after the last trigger (for the bench)
         self._ring = None
@@ -417,7 +420,8 @@ class StackProbe:
     def trigger(self, pid: int, tids: list[int], deadline_ns: int, reads_cut_ns: int = 0,
                 release=None, resume=None) -> _Run:
         """Arm a runner for each of tids, SIGURG the first (a thread left
-        running), let each other one (stopped) into the signal's handler with
+        running; start() may have done both already), say go, let each
+        other one (stopped) into the signal's handler with
         `release(tid)` (one it can't is dropped: the rest share the walk),
         and wait for the probe to finish. Runner 0 starts at once; one that
         has not arrived when the others have done the whole walk is dropped
@@ -431,11 +435,17 @@ class StackProbe:
         tids = list(tids)[:R_MAX]
         if len(tids) > 1 and release is None:
             raise ValueError("several runners need a release(tid) for all but the first")
-        self._arm(len(tids), reads_cut_ns)
-        t0 = time.monotonic_ns()
+        started, self._started = self._started, None
+        if started is None or started[0] != pid:
+            self._arm(len(tids), reads_cut_ns)
+            started = None
+        t0 = started[1] if started else time.monotonic_ns()
         run, exited = _Run([], t0, {}), None
         try:
-            _poke(pid, tids[0])
+            self._words[C_GO] = 1
+            run.go_ns = time.monotonic_ns()
+            if started is None:
+                _poke(pid, tids[0])
             live = [0, *self._release(tids, range(1, len(tids)), release, run)]
             # While every CPU has a runner walking, this thread sleeps until
             # the probe wakes it (a runner's share done) or a look is due.
@@ -466,6 +476,23 @@ class StackProbe:
             if exited is not None:
                 exited.close()
         return run
+
+    def start(self, pid: int, tids: list[int], reads_cut_ns: int = 0) -> None:
+        """Arm the runners and signal the first (the thread left running)
+        before the process's other threads are stopped: it enters the probe
+        and waits at the gate (C_GO) until trigger() says go, so the
+        signal's way in (20-40 us) overlaps the stops. trigger() for pid
+        goes on from here; finish() or a trigger() for another process
+        disarms it (a runner then leaves the gate and runs on)."""
+        tids = list(tids)[:R_MAX]
+        self._arm(len(tids), reads_cut_ns)
+        self._started = (pid, time.monotonic_ns())
+        try:
+            _poke(pid, tids[0])
+        except BaseException:
+            self._started = None
+            self._set_phases(PH_IDLE)
+            raise
 
     def _release(self, tids: list[int], waiting, release, run: _Run) -> list[int]:
         """Lets the waiting runners go (release(tid) -> bool); one that could
@@ -501,6 +528,7 @@ class StackProbe:
         self.last_states = [_State(raw) for raw in run.states]
         report = self._report(self.last_states, run.t0)
         report.left_out = dict(run.left_out)
+        report.go_at_ns = run.go_ns
         last = max((s.t_last for s in self.last_states), default=0)
         report.notice_ns = run.seen_ns - last if last and run.seen_ns > last else 0
         return report
@@ -550,7 +578,9 @@ class StackProbe:
                          waits=total("waits"), statics=total("statics"))
 
     def finish(self) -> None:
-        """After the resume: whatever SIGURG is still pending finds the probe idle."""
+        """After the resume (or a pause that failed after start()): whatever
+        SIGURG is still pending finds the probe idle."""
+        self._started = None
         if not self.closed:
             self._set_phases(PH_IDLE)
 
