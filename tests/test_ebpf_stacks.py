@@ -171,6 +171,48 @@ def test_many_goroutines_take_more_than_one_signal(probe):
     assert len(parked(rec)) == 6000 and parked(rec) == parked(ref)
 
 
+def test_a_first_process_whose_pause_fails_lets_its_runner_go(probe, monkeypatch):
+    """The first process's runner is signalled as its pause starts and waits
+    in the probe for the go. If that pause then fails, the runner must leave
+    the probe at once, not loop in its signal handler (holding a CPU and
+    whatever it was running) until the snapshot ends: when the other
+    process's walk starts, the runner's state has stopped counting rounds.
+    That process is walked as usual; nothing is left traced."""
+    import time
+    from agent.errors import AgentError
+    from agent.ebpf import executor as ebpf
+    from agent.ptrace import PausedProcess
+    from agent.snapshot import SnapshotOptions
+    from server.snapshot_job import load_target
+    from test_ebpf_lifecycle import _untraced_and_alive
+    binary = build("states")
+    with run_target(binary, dump=False) as a, run_target(binary, dump=False) as b:
+        real_regs, real_walk, rounds = PausedProcess._read_regs, ebpf._Job.walk, []
+
+        def read_regs(self):
+            if self.pid == a.pid:
+                time.sleep(0.02)        # the runner has arrived and waits
+                raise AgentError("injected: the first pause fails after its runner was signalled")
+            real_regs(self)
+
+        def walk(job, probe_, first):
+            if job.pid == b.pid:
+                w1 = probe_._state_of(0).waits
+                time.sleep(0.05)
+                rounds.append(probe_._state_of(0).waits - w1)
+            real_walk(job, probe_, first)
+
+        monkeypatch.setattr(PausedProcess, "_read_regs", read_regs)
+        monkeypatch.setattr(ebpf._Job, "walk", walk)
+        target = load_target(str(binary), None, {})
+        recs = ebpf.snapshot_together([(a.pid, target), (b.pid, target)], SnapshotOptions(), probe)
+        _untraced_and_alive(a.pid)
+        _untraced_and_alive(b.pid)
+    assert "injected" in (recs[0].error or ""), recs[0].error
+    assert recs[1].error is None and set(NAMED) <= {f.function for g in recs[1].goroutines for f in g.frames}
+    assert rounds == [0], f"the failed process's runner went {rounds} more rounds through the probe"
+
+
 def test_two_processes_are_paused_together(probe):
     """Two processes in one eBPF snapshot: both are stopped before either is
     walked (how close their pause starts are is the bench's business), and

@@ -288,21 +288,24 @@ def _together(targets: list, opts, probe: StackProbe, budgets) -> list[ProcessRe
         first = live[0] if live else None
         if first is not None:
             first.pause.before_interrupt = lambda: probe.start(first.pid, first.runners, first.reads_cut_ns())
+
+        def failed(j, e):
+            j.fail(e)
+            if j is first:
+                probe.finish()      # its runner, signalled, leaves the gate now (before any go)
         for j in live:
             if hasattr(j.pause, "interrupt"):
                 try:
                     j.pause.interrupt()
                 except AgentError as e:
-                    j.fail(e)
+                    failed(j, e)
         live = [j for j in live if j.rec.error is None]
         with ExitStack() as pauses:
             for j in live:
                 try:
                     j.paused = pauses.enter_context(_Guard(j))
                 except AgentError as e:
-                    j.fail(e)
-            if first is not None and first.rec.error is not None:
-                probe.finish()          # its runner, signalled, leaves the gate
+                    failed(j, e)
             for j in live:
                 if j.paused is not None and j.rec.error is None:
                     j.walk(probe, first=j is first)   # one after another: the probe has one cursor
