@@ -207,13 +207,7 @@ struct state {
     u64 cap_bytes;              // this runner's share of plan.cap_bytes
     u32 ri, qbase, qmask;       // this runner's index; its FIFO is items[qbase .. qbase + qmask]
     u32 cut;                    // the reads stopped at reads_cut_ns
-    // To a multiple of 128 bytes: the runners' states lie side by side in the
-    // array, and one cache line (or the pair Intel's prefetcher pulls in)
-    // holding the end of one and the start of the next went back and forth
-    // between their CPUs on every run and every queued value.
-    u64 pad_end[10];
 };
-_Static_assert(sizeof(struct state) % 128 == 0, "struct state: keep runners' states off shared cache lines");
 
 struct rec_hdr {
     u32 kind;

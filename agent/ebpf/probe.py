@@ -80,7 +80,7 @@ class RunReport:
     allglen: int
     runs: int = 0              # program runs (entries and tail calls)
     wake_ns: int = 0           # from the first SIGURG to the probe's first instruction
-    probe_ns: int = 0          # from the probe's first run's start to its last run's end
+    probe_ns: int = 0          # the walk: from the go (or its first run, if later) to its last run's end
     sent_at_ns: int = 0        # CLOCK_MONOTONIC when the first SIGURG was sent
     go_at_ns: int = 0          # ... when the agent said go (the process stopped, its registers in)
     # captures (the reads stage)
@@ -114,7 +114,6 @@ _STATE_LAYOUT = (
     ("gdone", "I"), ("waits", "I"), ("statics", "Q"),
     # set by the agent when it arms a runner
     ("reads_cut_ns", "Q"), ("cap_bytes", "Q"), ("ri", "I"), ("qbase", "I"), ("qmask", "I"), ("cut", "I"),
-    *((f"pad_end{i}", "Q") for i in range(10)),     # to 128-byte multiples: no cache line shared by two runners
 )
 _STATE = struct.Struct("<" + "".join(c for _, c in _STATE_LAYOUT))
 _STATE_FIELDS = tuple(f for f, _ in _STATE_LAYOUT)
@@ -526,9 +525,8 @@ class StackProbe:
     def report(self, run: _Run) -> RunReport:
         """What a finished walk's runners said (last_states: their states)."""
         self.last_states = [_State(raw) for raw in run.states]
-        report = self._report(self.last_states, run.t0)
+        report = self._report(self.last_states, run.t0, run.go_ns)
         report.left_out = dict(run.left_out)
-        report.go_at_ns = run.go_ns
         last = max((s.t_last for s in self.last_states), default=0)
         report.notice_ns = run.seen_ns - last if last and run.seen_ns > last else 0
         return report
@@ -562,8 +560,9 @@ class StackProbe:
                 _poke(pid, tids[i])
                 sent[i] = now
 
-    def _report(self, sts: list, t0: int) -> RunReport:
-        first = min((s.t_first for s in sts if s.t_first), default=0)
+    def _report(self, sts: list, t0: int, go_ns: int = 0) -> RunReport:
+        # the walk runs from the go (a runner signalled early waits for it) to the last runner's end
+        first = max(min((s.t_first for s in sts if s.t_first), default=0), go_ns)
         last = max((s.t_last for s in sts if s.t_last), default=0)
         total = lambda f: sum(getattr(s, f) for s in sts)   # noqa: E731
         return RunReport(triggers=total("triggers"), records=total("records"), dropped=total("dropped"),
@@ -572,7 +571,7 @@ class StackProbe:
                          allglen=sts[0].n, runs=total("runs"),
                          wake_ns=sts[0].t_first - t0 if sts[0].t_first else 0,
                          probe_ns=last - first if first and last else 0,
-                         sent_at_ns=t0, sites=total("sites"), copies=total("copies"), cbytes=total("cbytes"),
+                         sent_at_ns=t0, go_at_ns=go_ns, sites=total("sites"), copies=total("copies"), cbytes=total("cbytes"),
                          misses=total("misses"), qcuts=total("qcuts"), unknown=total("unknown"),
                          cut=any(s.cut for s in sts), runners=len(sts),
                          waits=total("waits"), statics=total("statics"))
