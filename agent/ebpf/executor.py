@@ -283,11 +283,13 @@ def _together(targets: list, opts, probe: StackProbe, budgets) -> list[ProcessRe
             probe.prepare(live[0].plan, [j.runners for j in live], [t for j in live for t in j.tids])
         # Every process's threads interrupted back to back, then the stops
         # waited for: the pauses start together (PausedProcess.interrupt).
-        # The first process's runner is signalled as its pause starts: it
-        # waits in the probe for the go while the other threads stop.
+        # The first process's runner is armed before and signalled as its
+        # pause starts: it waits in the probe for the go while the other
+        # threads stop.
         first = live[0] if live else None
         if first is not None:
-            first.pause.before_interrupt = lambda: probe.start(first.pid, first.runners, first.reads_cut_ns())
+            probe.arm(first.pid, first.runners, first.reads_cut_ns())
+            first.pause.before_interrupt = probe.start
 
         def failed(j, e):
             j.fail(e)

@@ -263,6 +263,7 @@ class StackProbe:
         self._mapped: dict[str, _Mapped] = {}
         self._slots: dict[int, int] = {}     # tid -> its tregs slot (prepare)
         self._staged = 0                     # runners prepare() staged for the first walk
+        self._armed_for = None               # (pid, runner 0's tid): arm() armed them for start()
         self._started = None                 # (pid, CLOCK_MONOTONIC ns): start() signalled its runner 0
         self._cap_bytes = NO_CAP      # the plan's captures byte budget (set_plan)
         self.last_states: list = []    # the runners' states after the last trigger (for the bench)
@@ -434,7 +435,7 @@ class StackProbe:
         tids = list(tids)[:R_MAX]
         if len(tids) > 1 and release is None:
             raise ValueError("several runners need a release(tid) for all but the first")
-        started, self._started = self._started, None
+        started, self._started, self._armed_for = self._started, None, None
         if started is None or started[0] != pid:
             self._arm(len(tids), reads_cut_ns)
             started = None
@@ -476,18 +477,26 @@ class StackProbe:
                 exited.close()
         return run
 
-    def start(self, pid: int, tids: list[int], reads_cut_ns: int = 0) -> None:
-        """Arm the runners and signal the first (the thread left running)
-        before the process's other threads are stopped: it enters the probe
-        and waits at the gate (C_GO) until trigger() says go, so the
-        signal's way in (20-40 us) overlaps the stops. trigger() for pid
-        goes on from here; finish() or a trigger() for another process
-        disarms it (a runner then leaves the gate and runs on)."""
+    def arm(self, pid: int, tids: list[int], reads_cut_ns: int = 0) -> None:
+        """Before pid's pause: its runners armed, for start() to signal the
+        first as the pause starts (arming takes the agent 20-30 us, which
+        would be the target's). A SIGURG of the runtime's own meanwhile only
+        brings that runner to the gate early; finish() disarms."""
         tids = list(tids)[:R_MAX]
         self._arm(len(tids), reads_cut_ns)
+        self._armed_for = (pid, tids[0])
+
+    def start(self) -> None:
+        """Signal runner 0 of the armed process (the thread left running)
+        before its other threads are stopped: it enters the probe and waits
+        at the gate (C_GO) until trigger() says go, so the signal's way in
+        (20-40 us) overlaps the stops. trigger() for that process goes on
+        from here; finish() or a trigger() for another process disarms it
+        (a runner then leaves the gate and runs on)."""
+        pid, tid = self._armed_for
         self._started = (pid, time.monotonic_ns())
         try:
-            _poke(pid, tids[0])
+            _poke(pid, tid)
         except BaseException:
             self._started = None
             self._set_phases(PH_IDLE)
@@ -579,7 +588,7 @@ class StackProbe:
     def finish(self) -> None:
         """After the resume (or a pause that failed after start()): whatever
         SIGURG is still pending finds the probe idle."""
-        self._started = None
+        self._started = self._armed_for = None
         if not self.closed:
             self._set_phases(PH_IDLE)
 
