@@ -259,8 +259,8 @@ def snapshot_together(targets: list, opts, probe: StackProbe | None = None,
     then every process stopped (all but one thread each), then each walked by
     the probe in turn and resumed as its walk ends (its memory is what it was
     when all were stopped; the others' stay stopped until theirs end); then
-    the records. Each record keeps
-    its pause start and its distance from the earliest (pause_skew_ns)."""
+    the records. Each record keeps its pause start and its distance from the
+    earliest (pause_skew_ns)."""
     probe = probe or shared_probe()
     with probe.lock:            # the probe has one cursor: one snapshot at a time
         return _together(targets, opts, probe, budgets)
