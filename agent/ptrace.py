@@ -429,15 +429,17 @@ class PausedProcess:
         """Let every thread run on now (as leaving the with-block does, which
         then has nothing left to do): called the moment the pause's work is
         done. The threads stopped at __enter__'s end are let go first, in a
-        loop with nothing else in it: this runs after a walk has evicted the
-        agent's Python from the caches, where the general path (_settle)
-        took 40-60 us to its first PTRACE_DETACH. Then the rest, as ever."""
-        if self._entered and not self._released:
-            ptrace, now = _libc.ptrace, time.monotonic_ns
-            for t in self._t.values():
-                if t.stopped and not (t.detached or t.gone) and ptrace(PTRACE_DETACH, t.tid, 0, t.inject) == 0:
-                    t.detached, t.detached_ns = True, now()
-        self._release()
+        plain loop: this runs after a walk has evicted the agent's Python
+        from the caches, where the general path (_settle, with its lists and
+        stragglers) took 40-60 us to its first PTRACE_DETACH. Then the rest,
+        as ever, even if one of those detaches failed."""
+        try:
+            if self._entered and not self._released:
+                for t in self._t.values():
+                    if t.stopped and not (t.detached or t.gone):
+                        _detach(t)
+        finally:
+            self._release()
 
     def decode_regs(self) -> None:
         """After the pause: Regs of the threads whose registers went to regs_at."""

@@ -12,10 +12,11 @@
 // allgs, picks where each live goroutine's stack starts (its thread's
 // registers when running, syscallsp/pc/bp in a syscall, else g.sched: as
 // agent/goroutines.py start_of does), and copies: one record per goroutine
-// (batched in its runner's stage, sent as K_BATCH) with the g struct's bytes and either its whole stack
-// (when small) or the words at its stack pointer, then the (saved bp,
-// return address) pair of each frame of its frame-pointer chain. The pcsp
-// refinement and all symbolization run in Python after the resume.
+// (batched in its runner's stage, sent as K_BATCH) with the g struct's
+// bytes and either its whole stack (when small) or the words at its stack
+// pointer, then the (saved bp, return address) pair of each frame of its
+// frame-pointer chain. The pcsp refinement and all symbolization run in
+// Python after the resume.
 //
 // Three stages, each a bounded loop in its own program, chained by tail
 // calls, taken a chunk of GCHUNK allgs entries at a time: `gstart` looks at
@@ -53,7 +54,6 @@
 #define WORK_MAX 65536          // allgs entries one snapshot looks at, at most (plan.max_gs)
 #define R_MAX 4                 // runners (a power of two)
 #define GCHUNK 32               // allgs entries a runner takes at a time: started, walked, read, then the next
-#define GCHUNK_MIN 8            // ... at the end of allgs, at least
 #define W_NONE 0xffffffff       // the end of a runner's chain list
 #define G_MAX 1024              // bytes of a g we can copy (mask: G_MAX - 1)
 #define TOP_MAX 8192            // bytes at a goroutine's sp we can copy
