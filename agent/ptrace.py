@@ -29,6 +29,13 @@ The target comes first:
   * killed threads are reaped (a traced zombie thread can only be reaped by its
     tracer, and it would keep the whole process from being reaped).
 
+The common case (every thread reaches a plain stop, none is new, every
+GETREGS works) runs as one call of agent/_pause.c, from the stops to the
+go, and the detaches of resume() as another: in Python each step was a few
+lines of cold bytecode, 150-250 us of the pause in all. Whatever goes off
+that path comes back here with what was seen, and the steps below go on.
+Without the module (no compiler at install), they do it all.
+
 ptrace requests must come from the thread that seized, so the deadline is
 cooperative: check_deadline() raises, and the with-statement then detaches.
 A thread that never reaches a stop (uninterruptible sleep) cannot be detached
@@ -49,6 +56,11 @@ from dataclasses import dataclass, fields
 from agent.errors import (AgentError, PauseDeadlineExceeded, PermissionDenied, ProcessExited,
                           ProcessNotFound)
 
+try:        # agent/_pause.c: the common pause in one call (setup builds it; pip builds it with the package)
+    from agent import _pause as _fast
+except ImportError:     # no compiler where it was installed: the same steps in Python, 150-250 us slower
+    _fast = None
+
 PTRACE_CONT = 7
 PTRACE_GETREGS = 12
 PTRACE_DETACH = 17
@@ -64,6 +76,7 @@ PTRACE_EVENT_STOP = 128
 
 WALL = 0x40000000          # __WALL: wait for threads (clone children) too
 DETACH_GRACE_S = 2.0       # how long __exit__ waits for a straggler to stop or die
+FAST_PATIENCE_NS = 2_000_000   # the C wait for the stops hands over to the general one after this
 _ULONG = ctypes.c_ulong
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -227,14 +240,43 @@ def _wait_status(tid: int) -> tuple[int, int] | None:
 def _detach(t: _Tracee) -> bool:
     """PTRACE_DETACH a stopped tracee, re-injecting its signal. False if it is not in a stop."""
     e = _ptrace(PTRACE_DETACH, t.tid, 0, t.inject)
+    return _detached(t, e, time.monotonic_ns())
+
+
+def _detached(t: _Tracee, e: int, ns: int) -> bool:
+    """A PTRACE_DETACH of t that returned errno e (0: done) at ns, noted."""
     if e == 0:
         t.detached = True
-        t.detached_ns = time.monotonic_ns()
+        t.detached_ns = ns
         return True
     if e != errno.ESRCH:
         raise AgentError(f"PTRACE_DETACH tid {t.tid}: {os.strerror(e)}")
     t.stopped = False   # ESRCH: running (stop not yet reached), dying, or gone
     return False
+
+
+def _detach_all_fast(held: list[_Tracee]) -> None:
+    """PTRACE_DETACH each of held in one call of agent/_pause.c; the first
+    error other than ESRCH is raised once all were tried."""
+    done = _fast.detach([x for t in held for x in (t.tid, t.inject)])
+    failed = None
+    for t, (e, ns) in zip(held, done):
+        try:
+            _detached(t, e, ns)
+        except AgentError as err:
+            failed = failed or err
+    if failed is not None:
+        raise failed
+
+
+def _interrupt_all(tids: list[int]) -> None:
+    """PTRACE_INTERRUPT each, back to back. ESRCH (the thread is exiting) is
+    not an error here: waitpid reports the exit."""
+    if _fast is not None:
+        _fast.interrupt(tids)
+        return
+    for tid in tids:
+        _ptrace(PTRACE_INTERRUPT, tid)
 
 
 def _settle(tracees: list[_Tracee], until: float, pid: int = 0, scan: bool = False
@@ -330,6 +372,21 @@ class PausedProcess:
         # after the pause, by decode_regs(): in it, only the system call.
         self._regs_at = regs_at
         self._raw_regs: dict[int, int] = {}   # tid -> where its registers were written
+        self._dest: dict[int, int] = {}       # tid -> where PTRACE_GETREGS writes them
+        self._bufs: dict[int, object] = {}    # tid -> our buffer at that address (no regs_at slot)
+        # go_at: the address of a u64 set to 1 the moment every thread is
+        # stopped and its registers are in (the eBPF probe's go word: the
+        # walk starts then, not once the agent is back in its caller). On
+        # agent/_pause.c's path, the threads of go_hand_over are then let
+        # go at once with go_signal, as hand_over() does (the probe's
+        # other runners, to share the walk).
+        self.go_at = 0
+        self.go_ns = 0
+        self.go_hand_over: list[int] = []
+        self.go_signal = signal.SIGURG
+        self._handed: set[int] = set()        # handed over by agent/_pause.c at the go
+        self._fast_args = None                # what agent/_pause.c's stop() needs, made before the pause
+        self.fast = False                     # the stops were taken by agent/_pause.c (its common path)
         self.deadline_s = deadline_s
         self.threads: dict[int, Regs] = {}
         self.signals: dict[int, int] = {}     # tid -> signal held back during the pause (re-injected)
@@ -385,9 +442,17 @@ class PausedProcess:
         if not self._interrupted:
             self._prologue()
         try:
-            self._seize_and_stop()
-            self._read_regs()
-            self.check_deadline()     # stopping alone may have used up the budget
+            if not self._interrupted:
+                self._seize(self._unknown_tasks())
+                self._interrupted = True
+            if not self._stop_fast():
+                self._seize_and_stop()
+                self._read_regs()
+                self._go()
+            if not self.go_ns:
+                # stopping alone may have used up the budget (once a go is
+                # given, the walk it started keeps to the deadline itself)
+                self.check_deadline()
             self._entered = True
         except BaseException:
             self._release()
@@ -408,6 +473,8 @@ class PausedProcess:
         must be stopped, hold no other signal (its handler, run first, would
         run the target's code) and not block sig. False, with the thread
         still stopped, when it can't (`refused` says why)."""
+        if tid in self._handed:
+            return True         # by agent/_pause.c, at the go
         t = self._t.get(tid)
         why = ("not one of ours" if t is None else "not stopped" if not t.stopped or t.gone
                else f"it holds signal {t.inject}" if t.inject not in (0, sig) else None)
@@ -421,9 +488,16 @@ class PausedProcess:
         if not _detach(t):
             self.refused[tid] = "PTRACE_DETACH failed"   # gone: the pending sig is harmless
             return False
-        t.inject = 0
-        self.signals.pop(tid, None)
+        self._handed_over(t, t.detached_ns)
         return True
+
+    def _handed_over(self, t: _Tracee, ns: int) -> None:
+        """t runs on, untraced, the signal it held (if any) delivered."""
+        t.detached = True
+        t.detached_ns = ns
+        t.inject = 0
+        self.signals.pop(t.tid, None)
+        self._handed.add(t.tid)
 
     def resume(self) -> None:
         """Let every thread run on now (as leaving the with-block does, which
@@ -435,8 +509,11 @@ class PausedProcess:
         as ever, even if one of those detaches failed."""
         try:
             if self._entered and not self._released:
-                for t in self._t.values():
-                    if t.stopped and not (t.detached or t.gone):
+                held = [t for t in self._t.values() if t.stopped and not (t.detached or t.gone)]
+                if _fast is not None:
+                    _detach_all_fast(held)
+                else:
+                    for t in held:
                         _detach(t)
         finally:
             self._release()
@@ -477,10 +554,44 @@ class PausedProcess:
 
     # -- seizing
 
+    def _stop_fast(self) -> bool:
+        """The common pause in one call of agent/_pause.c: it waits for the
+        interrupted threads' stops, checks that no thread is new, reads the
+        registers, says go (go_at) and hands go_hand_over over. False when
+        it could not (no module, or a step off the common path): what it
+        saw is taken in, and the general path goes on from there."""
+        if _fast is None or self._fast_args is None:
+            return False
+        pending, known, regs = self._fast_args
+        self._fast_args = None
+        until = min(self._t0 + int(self.deadline_s * 1e9), time.monotonic_ns() + FAST_PATIENCE_NS)
+        code, seen, _, go_ns, handed = _fast.stop(self.pid, pending, known, regs, until, self.go_at,
+                                                  self.go_hand_over if self.go_at else (), self.go_signal)
+        for tid, status, ns in seen:
+            self._take(self._t[tid], None if status < 0 else status, ns)
+        if code != _fast.STOP_OK:
+            return False
+        for t in self._t.values():
+            self._keep_regs(t)
+        for tid, ns in handed:
+            self._handed_over(self._t[tid], ns)
+        self.go_ns = go_ns
+        self.paused_at_ns = max(t.stop_ns for t in self._t.values())
+        self.fast = True
+        return True
+
+    def _plan_fast(self, seized: list[int]) -> None:
+        """Before the first interrupt: stop()'s arguments (made in the pause, they were cold Python)."""
+        if _fast is None or self._fast_args is not None:
+            return
+        known = [*self._t, *self._refused] + ([self.leave_running] if self.leave_running else [])
+        self._fast_args = (seized, known, [x for tid in seized for x in (tid, self._regs_dest(tid))])
+
     def _seize_and_stop(self) -> None:
-        """Seize and interrupt until every thread is in a ptrace-stop and no new one appears."""
+        """Wait for the stops (seizing and interrupting any thread new in the
+        listing) until every thread is in a ptrace-stop and no new one appears."""
         spins = 0
-        listing = not self._interrupted   # interrupt() has just listed; the last listing below still runs
+        listing = False   # the seize before this has just listed; the last listing below still runs
         while True:
             if listing:
                 self._seize(self._unknown_tasks())
@@ -556,14 +667,13 @@ class PausedProcess:
                 self._seize_failed(tid, e)
         try:
             if seized and not self._t0:
+                self._plan_fast(seized)
                 self._t0 = time.monotonic_ns()
                 if self.before_interrupt is not None:
                     self.before_interrupt()
         finally:
             # (also when that hook failed: a seized thread must stop to be detached)
-            for tid in seized:
-                # ESRCH: the thread is exiting; waitpid reports its exit
-                _ptrace(PTRACE_INTERRUPT, tid)
+            _interrupt_all(seized)
 
     def _seize_failed(self, tid: int, e: int) -> None:
         if e == errno.ESRCH:
@@ -598,21 +708,24 @@ class PausedProcess:
         st = _wait_status(t.tid)
         if st is None:
             return False
-        if st[0] == 0:           # no longer our tracee (reaped elsewhere)
+        self._take(t, st[1] if st[0] else None, time.monotonic_ns())
+        return True
+
+    def _take(self, t: _Tracee, status: int | None, ns: int) -> None:
+        """What waitpid reported of t at ns (None: it is no longer our tracee,
+        reaped elsewhere)."""
+        if status is None:
             t.gone = True
-            return True
-        status = st[1]
-        if os.WIFSTOPPED(status):
-            self._on_stop(t, os.WSTOPSIG(status), status >> 16)
+        elif os.WIFSTOPPED(status):
+            self._on_stop(t, os.WSTOPSIG(status), status >> 16, ns)
         else:                    # WIFEXITED / WIFSIGNALED: the thread is dead and now reaped
             t.gone = True
             if t.tid == self.pid:
                 self._leader_exited = True
-        return True
 
-    def _on_stop(self, t: _Tracee, sig: int, event: int) -> None:
+    def _on_stop(self, t: _Tracee, sig: int, event: int, ns: int) -> None:
         t.stopped = True
-        t.stop_ns = time.monotonic_ns()
+        t.stop_ns = ns
         if event == PTRACE_EVENT_CLONE:
             child = _event_msg(t.tid)
             if child:
@@ -626,21 +739,44 @@ class PausedProcess:
     def _read_regs(self) -> None:
         for t in self._t.values():
             if t.stopped and not t.gone:
-                at = self._regs_at(t.tid) if self._regs_at else None
-                buf = None if at else _RegsBuf()    # per call: agent threads may pause processes concurrently
-                if not _getregs_into(t.tid, at or ctypes.addressof(buf)):
+                if not _getregs_into(t.tid, self._regs_dest(t.tid)):
                     # killed out of its stop: _settle reaps the zombie, which only we can
                     # (a traced zombie thread keeps the whole process from being reaped)
                     t.stopped = False
                     continue
-                if at:
-                    self._raw_regs[t.tid] = at      # made into Regs after the pause (decode_regs)
-                else:
-                    self.threads[t.tid] = _regs_from(buf)
-                if t.inject:
-                    self.signals[t.tid] = t.inject
+                self._keep_regs(t)
         if not (self.threads or self._raw_regs):
             raise ProcessExited(f"pid {self.pid} exited while being paused")
+
+    def _regs_dest(self, tid: int) -> int:
+        """Where PTRACE_GETREGS writes tid's registers: regs_at(tid), else a
+        buffer of this pause's own (agent threads may pause processes concurrently)."""
+        at = self._dest.get(tid)
+        if at is None:
+            at = self._regs_at(tid) if self._regs_at else None
+            if not at:
+                buf = self._bufs[tid] = _RegsBuf()
+                at = ctypes.addressof(buf)
+            self._dest[tid] = at
+        return at
+
+    def _keep_regs(self, t: _Tracee) -> None:
+        """The registers of stopped t, read: as Regs, or (a regs_at slot) made into Regs after the pause."""
+        if not t.stopped or t.gone:
+            return
+        buf = self._bufs.get(t.tid)
+        if buf is None:
+            self._raw_regs[t.tid] = self._dest[t.tid]      # decode_regs()
+        else:
+            self.threads[t.tid] = _regs_from(buf)
+        if t.inject:
+            self.signals[t.tid] = t.inject
+
+    def _go(self) -> None:
+        """Every thread stopped, its registers in: the go word (go_at) says so."""
+        if self.go_at and not self.go_ns:
+            ctypes.c_uint64.from_address(self.go_at).value = 1
+            self.go_ns = time.monotonic_ns()
 
     # -- releasing
 

@@ -59,7 +59,8 @@ if [ ! -x .venv/bin/python ]; then
   /usr/bin/python3 -m venv --system-site-packages .venv
 fi
 stamp=.venv/.exray-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+# (agent/_pause.c, the pause's hot path, is compiled by this install)
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ agent/_pause.c -nt "$stamp" ]; then
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q -e '.[test]'
   touch "$stamp"

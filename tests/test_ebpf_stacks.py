@@ -187,13 +187,15 @@ def test_a_first_process_whose_pause_fails_lets_its_runner_go(probe, monkeypatch
     from test_ebpf_lifecycle import _untraced_and_alive
     binary = build("states")
     with run_target(binary, dump=False) as a, run_target(binary, dump=False) as b:
-        real_regs, real_walk, rounds = PausedProcess._read_regs, ebpf._Job.walk, []
+        real_walk, rounds = ebpf._Job.walk, []
 
-        def read_regs(self):
-            if self.pid == a.pid:
-                time.sleep(0.02)        # the runner has arrived and waits
-                raise AgentError("injected: the first pause fails after its runner was signalled")
-            real_regs(self)
+        def failing(real):      # the pause's last step before the go, on either path through it
+            def step(self):
+                if self.pid == a.pid:
+                    time.sleep(0.02)        # the runner has arrived and waits
+                    raise AgentError("injected: the first pause fails after its runner was signalled")
+                return real(self)
+            return step
 
         def walk(job, probe_, first):
             if job.pid == b.pid:
@@ -202,7 +204,8 @@ def test_a_first_process_whose_pause_fails_lets_its_runner_go(probe, monkeypatch
                 rounds.append(probe_._state_of(0).waits - w1)
             real_walk(job, probe_, first)
 
-        monkeypatch.setattr(PausedProcess, "_read_regs", read_regs)
+        monkeypatch.setattr(PausedProcess, "_read_regs", failing(PausedProcess._read_regs))
+        monkeypatch.setattr(PausedProcess, "_stop_fast", failing(PausedProcess._stop_fast))
         monkeypatch.setattr(ebpf._Job, "walk", walk)
         target = load_target(str(binary), None, {})
         recs = ebpf.snapshot_together([(a.pid, target), (b.pid, target)], SnapshotOptions(), probe)

@@ -20,6 +20,17 @@ from ptrace_helpers import Target, assert_free, task_state, tasks, tracer_pid
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="ptrace tests run as root")
 
 
+@pytest.fixture(autouse=True, params=["c", "python"])
+def pause_path(request, monkeypatch):
+    """Every test on both ways through a pause: agent/_pause.c's common
+    path, and the steps in Python (an install without a compiler)."""
+    if request.param == "python":
+        monkeypatch.setattr(ptrace, "_fast", None)
+    elif ptrace._fast is None:
+        pytest.fail("agent/_pause.c is not built: scripts/setup.sh (pip install -e .) builds it")
+    return request.param
+
+
 @pytest.fixture(scope="module")
 def binary(go_build):
     return go_build("ptrace_target")
@@ -42,13 +53,14 @@ def _stopped_states(pid: int) -> dict[int, str]:
     return out
 
 
-def test_pause_stops_every_thread_and_resumes(target):
+def test_pause_stops_every_thread_and_resumes(target, pause_path):
     me = threading.get_native_id()
     with PausedProcess(target.pid) as p:
         states = _stopped_states(target.pid)
         assert set(p.threads) == set(states)
         assert set(states.values()) == {"t"}
         assert all(tracer_pid(target.pid, tid) == me for tid in states)
+        assert p.fast == (pause_path == "c")
     assert_free(target.pid)
     assert p.pause_ns > 0 and p.resumed_at_ns >= p.paused_at_ns
     assert target.ask("gap", "GAP")["ticks"] > 0      # it runs again
@@ -166,11 +178,12 @@ def test_sigterm_to_agent_detaches_then_exits(target):
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL   # restored
 
 
-def test_keyboard_interrupt_during_enter(target, monkeypatch):
-    """An exception in __enter__ (after all threads are seized) still detaches all."""
-    def boom(self):
+def test_keyboard_interrupt_during_enter(target, monkeypatch, pause_path):
+    """An exception in __enter__ (after all threads are seized; in the C
+    path, after they stopped and their registers were read) still detaches all."""
+    def boom(*_):
         raise KeyboardInterrupt
-    monkeypatch.setattr(PausedProcess, "_read_regs", boom)
+    monkeypatch.setattr(PausedProcess, "_keep_regs" if pause_path == "c" else "_read_regs", boom)
     with pytest.raises(KeyboardInterrupt):
         with PausedProcess(target.pid):
             pass
@@ -294,24 +307,18 @@ def test_signal_sent_during_pause_is_delivered(target):
     assert_free(target.pid)
 
 
-def test_signal_delivery_stop_is_reinjected(target, monkeypatch):
+def test_signal_delivery_stop_is_reinjected(target):
     """A signal that arrives between SEIZE and INTERRUPT stops the thread in a
     signal-delivery-stop; PTRACE_DETACH must deliver it, not drop it."""
-    real = ptrace._ptrace
+    def racing():           # runs once every thread is seized, before any is interrupted
+        ptrace.tgkill(target.pid, target.pid, signal.SIGUSR1)
+        time.sleep(0.003)   # let the thread take the signal before the interrupt lands
 
-    def racing(req, tid, addr=0, data=0):
-        if req == ptrace.PTRACE_INTERRUPT and tid == target.pid:
-            ptrace.tgkill(target.pid, tid, signal.SIGUSR1)
-            time.sleep(0.003)   # let the thread take the signal before the interrupt lands
-        return real(req, tid, addr, data)
-
-    monkeypatch.setattr(ptrace, "_ptrace", racing)
     held = 0
     for i in range(5):
-        with PausedProcess(target.pid, deadline_s=5) as p:
+        with PausedProcess(target.pid, deadline_s=5, before_interrupt=racing) as p:
             held += signal.SIGUSR1 in p.signals.values()
         target.expect("SIGNAL usr1")
-    monkeypatch.setattr(ptrace, "_ptrace", real)
     assert target.ask("usr1", "USR1")["n"] == 5
     assert held >= 1, "no signal-delivery-stop seen: the re-injection path was not exercised"
     assert_free(target.pid)

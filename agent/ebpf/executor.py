@@ -192,7 +192,7 @@ class _Job:
             self.run = probe.trigger(self.pid, self.runners, self.now_mono + int(left * 1e9),
                                      self.reads_cut_ns(),
                                      release=lambda tid: paused.hand_over(tid, signal.SIGURG),
-                                     resume=paused.resume)
+                                     resume=paused.resume, go_ns=paused.go_ns if first else 0)
         except AgentError as e:
             self.fail(e)        # trigger() disarmed the probe on its way out
 
@@ -290,12 +290,19 @@ def _together(targets: list, opts, probe: StackProbe, budgets) -> list[ProcessRe
         if first is not None:
             probe.arm(first.pid, first.runners, first.reads_cut_ns())
             first.pause.before_interrupt = probe.start
+            if len(live) == 1:
+                # its walk starts as its registers are in. With several
+                # processes, only once all are stopped: a walk on one CPU
+                # would slow the other processes' threads on their way to
+                # their stops, and the pauses would start further apart.
+                first.pause.go_at = probe.go_address()
+                first.pause.go_hand_over = first.runners[1:R_MAX]
 
         def failed(j, e):
             j.fail(e)
             if j is first:
                 probe.finish()      # its runner, signalled, leaves the gate now (before any go)
-        for j in live:
+        for j in live if len(live) > 1 else ():     # one process: its pause does it all, at once
             if hasattr(j.pause, "interrupt"):
                 try:
                     j.pause.interrupt()

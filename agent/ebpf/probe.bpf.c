@@ -285,6 +285,14 @@ BPF_PERCPU_ARRAY(current_ri, u32, 1);
 
 // The calling thread's runner state (0: not a runner of this walk), found
 // by its tid; an entry program's lookup.
+// The current thread is of the process the plan is for. A stage checks, as
+// the uprobes do: a runner of a process given up on (a failed pause, a
+// deadline) that is still in its tail calls when the next process's plan
+// goes in stops there, instead of walking its own memory with that plan.
+static __always_inline int ours(struct plan *p) {
+    return (u32)(bpf_get_current_pid_tgid() >> 32) == p->tgid;
+}
+
 static __always_inline struct state *my_state(void) {
     u32 tid = (u32)bpf_get_current_pid_tgid(), zero = 0;
     u32 *ri = runners.lookup(&tid);
@@ -1065,7 +1073,7 @@ int reads(struct pt_regs *ctx) {
     u32 zero = 0;
     struct state *st = stage_state();
     struct plan *p = plan.lookup(&zero);
-    if (!st || !p || st->phase != PH_RUNNING || st->stage != 2)
+    if (!st || !p || !ours(p) || st->phase != PH_RUNNING || st->stage != 2)
         return 0;
     struct stage *sg = stage_of(st);
     if (!sg)
@@ -1260,7 +1268,7 @@ int gstart(struct pt_regs *ctx) {
     u32 zero = 0;
     struct state *st = stage_state();
     struct plan *p = plan.lookup(&zero);
-    if (!st || !p || st->phase != PH_RUNNING || st->stage != 0)
+    if (!st || !p || !ours(p) || st->phase != PH_RUNNING || st->stage != 0)
         return 0;
     u32 me = st->ri & (R_MAX - 1);
     struct rec *r = scratch.lookup(&me);
@@ -1348,7 +1356,7 @@ int frames(struct pt_regs *ctx) {
     u32 zero = 0;
     struct state *st = stage_state();
     struct plan *p = plan.lookup(&zero);
-    if (!st || !p || st->phase != PH_RUNNING || st->stage != 1)
+    if (!st || !p || !ours(p) || st->phase != PH_RUNNING || st->stage != 1)
         return 0;
     u32 me = st->ri & (R_MAX - 1);
     struct frec *f = fscratch.lookup(&me);

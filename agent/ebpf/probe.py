@@ -418,7 +418,7 @@ class StackProbe:
         return self._mapped["tregs"].at(slot)
 
     def trigger(self, pid: int, tids: list[int], deadline_ns: int, reads_cut_ns: int = 0,
-                release=None, resume=None) -> _Run:
+                release=None, resume=None, go_ns: int = 0) -> _Run:
         """Arm a runner for each of tids, SIGURG the first (a thread left
         running; start() may have done both already), say go, let each
         other one (stopped) into the signal's handler with
@@ -431,7 +431,9 @@ class StackProbe:
         probe disarmed. No captures' reads start after reads_cut_ns
         (CLOCK_MONOTONIC; 0: none). resume(), if given, is called the moment
         the walk is seen done, before anything else: the process runs on.
-        What the runners say is read later, by report()."""
+        go_ns: when the go word (go_address()) was set already, by the
+        pause of a started process. What the runners say is read later, by
+        report()."""
         tids = list(tids)[:R_MAX]
         if len(tids) > 1 and release is None:
             raise ValueError("several runners need a release(tid) for all but the first")
@@ -442,8 +444,9 @@ class StackProbe:
         t0 = started[1] if started else time.monotonic_ns()
         run, exited = _Run([], t0, {}), None
         try:
-            self._words[C_GO] = 1
-            run.go_ns = time.monotonic_ns()
+            if not (started and go_ns):
+                self._words[C_GO] = 1
+            run.go_ns = go_ns if started and go_ns else time.monotonic_ns()
             if started is None:
                 _poke(pid, tids[0])
             live = [0, *self._release(tids, range(1, len(tids)), release, run)]
@@ -476,6 +479,14 @@ class StackProbe:
             if exited is not None:
                 exited.close()
         return run
+
+    def go_address(self) -> int:
+        """The address of the go word (`ctl[C_GO]`, mapped): storing 1 there
+        lets a started runner walk. The pause of the started process does,
+        the moment its threads are stopped and their registers are in
+        (PausedProcess.go_at); trigger() does for the others."""
+        self._check_open()
+        return ct.addressof(self._words) + 8 * C_GO
 
     def arm(self, pid: int, tids: list[int], reads_cut_ns: int = 0) -> None:
         """Before pid's pause: its runners armed, for start() to signal the
