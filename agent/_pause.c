@@ -25,11 +25,11 @@
 #include <sched.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/ptrace.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
-#include <unistd.h>
 
 #ifndef PTRACE_INTERRUPT
 #define PTRACE_INTERRUPT 0x4207
@@ -37,12 +37,11 @@
 #ifndef PTRACE_EVENT_STOP
 #define PTRACE_EVENT_STOP 128
 #endif
-#ifndef PTRACE_GETSIGMASK
-#define PTRACE_GETSIGMASK 0x420a
-#endif
 
 /* What stop() ends with (ptrace.py: STOP_*). */
 enum { STOP_OK = 0, STOP_SLOW, STOP_ODD, STOP_NEW, STOP_REGS };
+/* What wait_done() ends with. */
+enum { WAIT_DONE = 0, WAIT_LATE, WAIT_LOOK };
 
 #define BACKOFF_YIELDS 100      /* fruitless rounds spent in sched_yield before sleeping */
 #define BACKOFF_SLEEP_NS 200000
@@ -179,12 +178,11 @@ static int no_new_thread(long pid, const long *known, Py_ssize_t n) {
     return code;
 }
 
-/* [(tid, status, ns), ...], or [(tid, ns), ...] without status; NULL and an exception on error. */
-static PyObject *seen_list(const struct seen *v, Py_ssize_t n, int with_status) {
+/* [(tid, status, ns), ...]; NULL and an exception on error. */
+static PyObject *seen_list(const struct seen *v, Py_ssize_t n) {
     PyObject *list = PyList_New(n);
     for (Py_ssize_t i = 0; list && i < n; i++) {
-        PyObject *t = with_status ? Py_BuildValue("(liL)", v[i].tid, v[i].status, (long long)v[i].ns)
-                                  : Py_BuildValue("(lL)", v[i].tid, (long long)v[i].ns);
+        PyObject *t = Py_BuildValue("(liL)", v[i].tid, v[i].status, (long long)v[i].ns);
         if (!t)
             Py_CLEAR(list);
         else
@@ -193,73 +191,42 @@ static PyObject *seen_list(const struct seen *v, Py_ssize_t n, int with_status) 
     return list;
 }
 
-/* The signal tid was stopped with in a signal-delivery-stop (it is held,
- * and delivered on detach), 0 if none. */
-static int held_signal(long tid, const struct seen *seen, Py_ssize_t nseen) {
-    for (Py_ssize_t i = 0; i < nseen; i++)
-        if (seen[i].tid == tid && seen[i].status >= 0 && (seen[i].status >> 16) == 0)
-            return WSTOPSIG(seen[i].status);
-    return 0;
-}
-
-/* Lets stopped thread tid go, untraced, with sig pending (the eBPF probe's
- * other runners: their handler of sig runs before any code of theirs), as
- * PausedProcess.hand_over does; 0, or -1 when it must not go this way (it
- * holds another signal, or blocks sig) or a request failed: then it is
- * still stopped, and the caller's hand_over decides. */
-static int hand_over(long pid, long tid, int sig, const struct seen *seen, Py_ssize_t nseen) {
-    int held = held_signal(tid, seen, nseen);
-    uint64_t mask = 0;
-    if (held && held != sig)
-        return -1;
-    if (ptrace(PTRACE_GETSIGMASK, (pid_t)tid, (void *)sizeof(mask), &mask) == -1 || (mask >> (sig - 1)) & 1)
-        return -1;
-    if (!held && syscall(SYS_tgkill, (pid_t)pid, (pid_t)tid, sig) == -1)
-        return -1;
-    /* (a tgkill sent and a detach that fails: the signal stays pending, and is harmless) */
-    return ptrace(PTRACE_DETACH, (pid_t)tid, 0, (void *)(uintptr_t)held) == -1 ? -1 : 0;
-}
-
-/* stop(pid, pending, known, regs, until_ns, go_addr, handover, sig)
- *     -> (code, [(tid, status, ns), ...], errno, go_ns, [(tid, ns), ...])
+/* stop(pid, pending, known, regs, until_ns, go_addr, rt_prio)
+ *     -> (code, [(tid, status, ns), ...], errno, go_ns, rt)
  *
  * Waits for the interrupted threads `pending` to stop; checks that
  * /proc/pid/task holds no thread outside `known` (every tid the caller
  * traces, has given up on, or leaves running); PTRACE_GETREGS each
  * (tid, address) of `regs` into its address; then, if go_addr is not 0,
  * stores 1 in the u64 there (the eBPF probe's go: the walk may start) and
- * notes when, and hands over each thread of `handover` with sig (see
- * hand_over; the last list says which went, and when). It stops at the
- * first step that does not go as planned, with a code saying which
- * (errno: of a failed GETREGS). until_ns bounds the wait (CLOCK_MONOTONIC). */
+ * notes when; with rt_prio, this thread then runs SCHED_FIFO at that
+ * priority (rt: it does), until the caller sets it back (see ptrace.py,
+ * hold_cpu). It stops at the first step that does not go as planned, with
+ * a code saying which (errno: of a failed GETREGS). until_ns bounds the
+ * wait (CLOCK_MONOTONIC).
+ *
+ * (The probe's other runners are handed over later, by Python, just
+ * before the agent sleeps until the walk ends: handed over here, one woke
+ * on the agent's CPU and, on two CPUs, could keep the agent off it for the
+ * whole walk, which then ended unnoticed for 0.2 ms.) */
 static PyObject *stop(PyObject *self, PyObject *args) {
     long pid;
-    PyObject *pending_seq, *known_seq, *regs_seq, *handover_seq;
+    PyObject *pending_seq, *known_seq, *regs_seq;
     long long until_ns;
     unsigned long long go_addr;
-    int sig;
-    if (!PyArg_ParseTuple(args, "lOOOLKOi", &pid, &pending_seq, &known_seq, &regs_seq, &until_ns, &go_addr,
-                          &handover_seq, &sig))
+    int rt_prio, rt = 0;
+    if (!PyArg_ParseTuple(args, "lOOOLKi", &pid, &pending_seq, &known_seq, &regs_seq, &until_ns, &go_addr, &rt_prio))
         return NULL;
-    if (sig < 1 || sig > 64) {
-        PyErr_SetString(PyExc_ValueError, "sig must be a signal number (1-64)");
-        return NULL;
-    }
-    Py_ssize_t np = 0, nk = 0, nr = 0, nh = 0, nseen = 0, nhanded = 0;
-    long *pending = NULL, *known = NULL, *regs = NULL, *handover = NULL;
-    struct seen *seen = NULL, *handed = NULL;
+    Py_ssize_t np = 0, nk = 0, nr = 0, nseen = 0;
+    long *pending = NULL, *known = NULL, *regs = NULL;
+    struct seen *seen = NULL;
     PyObject *out = NULL;
     int err = 0;
     int64_t go_ns = 0;
     if (!(pending = longs_of(pending_seq, &np, "pending must be a sequence of ints")) ||
         !(known = longs_of(known_seq, &nk, "known must be a sequence of ints")) ||
-        !(regs = longs_of(regs_seq, &nr, "regs must be a flat sequence: tid, address, ...")) ||
-        !(handover = longs_of(handover_seq, &nh, "handover must be a sequence of ints")))
+        !(regs = longs_of(regs_seq, &nr, "regs must be a flat sequence: tid, address, ...")))
         goto done;
-    if (!(handed = PyMem_Malloc((nh ? nh : 1) * sizeof(*handed)))) {
-        PyErr_NoMemory();
-        goto done;
-    }
     if (nr % 2) {
         PyErr_SetString(PyExc_ValueError, "regs must pair each tid with an address");
         goto done;
@@ -281,46 +248,36 @@ static PyObject *stop(PyObject *self, PyObject *args) {
     if (code == STOP_OK && go_addr) {
         __atomic_store_n((uint64_t *)(uintptr_t)go_addr, 1, __ATOMIC_SEQ_CST);
         go_ns = now_ns();
-        for (Py_ssize_t i = 0; i < nh; i++) {
-            if (hand_over(pid, handover[i], sig, seen, nseen) == 0) {
-                handed[nhanded].tid = handover[i];
-                handed[nhanded++].ns = now_ns();
-            }
-        }
+        struct sched_param sp = {.sched_priority = rt_prio};
+        rt = rt_prio > 0 && sched_setscheduler(0, SCHED_FIFO, &sp) == 0;
     }
-    PyObject *list = seen_list(seen, nseen, 1), *hlist = seen_list(handed, nhanded, 0);
-    if (list && hlist)
-        out = Py_BuildValue("(iOiLO)", code, list, err, (long long)go_ns, hlist);
-    Py_XDECREF(list);
-    Py_XDECREF(hlist);
+    PyObject *list = seen_list(seen, nseen);
+    if (list)
+        out = Py_BuildValue("(iNiLi)", code, list, err, (long long)go_ns, rt);
 done:
     PyMem_Free(pending);
     PyMem_Free(known);
     PyMem_Free(regs);
-    PyMem_Free(handover);
     PyMem_Free(seen);
-    PyMem_Free(handed);
     return out;
 }
 
-/* detach(pairs) -> [(errno, ns), ...]: PTRACE_DETACH each (tid, signal)
- * of a flat sequence tid, sig, ..., the signal delivered as it resumes;
- * ns: when that detach returned. */
-static PyObject *detach(PyObject *self, PyObject *args) {
-    PyObject *seq;
-    Py_ssize_t n;
-    if (!PyArg_ParseTuple(args, "O", &seq))
-        return NULL;
-    long *pairs = longs_of(seq, &n, "pairs must be a flat sequence: tid, signal, ...");
-    if (!pairs)
-        return NULL;
-    if (n % 2) {
+/* The flat sequence tid, signal, ... of detach() and wait_done() (NULL
+ * and an exception on error). */
+static long *pairs_of(PyObject *seq, Py_ssize_t *n) {
+    long *pairs = longs_of(seq, n, "pairs must be a flat sequence: tid, signal, ...");
+    if (pairs && *n % 2) {
         PyMem_Free(pairs);
         PyErr_SetString(PyExc_ValueError, "pairs must pair each tid with a signal");
         return NULL;
     }
-    int *errs = PyMem_Malloc((n ? n : 1) / 2 * sizeof(int) + sizeof(int));
-    int64_t *ns = PyMem_Malloc((n ? n : 1) / 2 * sizeof(int64_t) + sizeof(int64_t));
+    return pairs;
+}
+
+/* PTRACE_DETACH each pair, back to back; then [(errno, ns), ...]. */
+static PyObject *detach_pairs(const long *pairs, Py_ssize_t n) {
+    int *errs = PyMem_Malloc((n / 2 + 1) * sizeof(int));
+    int64_t *ns = PyMem_Malloc((n / 2 + 1) * sizeof(int64_t));
     PyObject *out = NULL;
     if (!errs || !ns) {
         PyErr_NoMemory();
@@ -340,18 +297,99 @@ static PyObject *detach(PyObject *self, PyObject *args) {
         PyList_SET_ITEM(out, i, t);
     }
 done:
-    PyMem_Free(pairs);
     PyMem_Free(errs);
     PyMem_Free(ns);
     return out;
 }
 
+/* detach(pairs) -> [(errno, ns), ...]: PTRACE_DETACH each (tid, signal)
+ * of a flat sequence tid, sig, ..., the signal delivered as it resumes;
+ * ns: when that detach returned. */
+static PyObject *detach(PyObject *self, PyObject *args) {
+    PyObject *seq;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "O", &seq))
+        return NULL;
+    long *pairs = pairs_of(seq, &n);
+    if (!pairs)
+        return NULL;
+    PyObject *out = detach_pairs(pairs, n);
+    PyMem_Free(pairs);
+    return out;
+}
+
+/* wait_done(done_addr, arrived_addr, n, ncpu, epfd, until_ns, pairs, nice)
+ *     -> (code, seen_ns, [(errno, ns), ...])
+ *
+ * The end of an eBPF walk: waits until the u64 at done_addr (runners done)
+ * reaches n, then at once detaches `pairs` as detach() does (WAIT_DONE;
+ * seen_ns: when the count was seen). While n - done >= ncpu every CPU has
+ * a runner walking, and this sleeps on epfd (the probe's ring buffer, which
+ * a runner that ends its share wakes); otherwise it spins on the word from
+ * the CPU that runner left. WAIT_LATE: every runner that arrived (the u64 at
+ * arrived_addr) is done, but not n of them (the caller drops the late ones);
+ * WAIT_LOOK: until_ns came (the caller looks at the runners, then waits again).
+ * Once they are detached, this thread is SCHED_OTHER at `nice` (the agent
+ * held its CPU as SCHED_FIFO, at nice -20: a thread let go that woke on
+ * that CPU would wait for it). */
+static PyObject *wait_done(PyObject *self, PyObject *args) {
+    unsigned long long done_addr, arrived_addr;
+    long long n, ncpu, until_ns;
+    int epfd, nice;
+    PyObject *seq;
+    if (!PyArg_ParseTuple(args, "KKLLiLOi", &done_addr, &arrived_addr, &n, &ncpu, &epfd, &until_ns, &seq, &nice))
+        return NULL;
+    if (!done_addr || !arrived_addr) {
+        PyErr_SetString(PyExc_ValueError, "done_addr and arrived_addr must be addresses");
+        return NULL;
+    }
+    Py_ssize_t np;
+    long *pairs = pairs_of(seq, &np);
+    if (!pairs)
+        return NULL;
+    const uint64_t *done = (const uint64_t *)(uintptr_t)done_addr, *arrived = (const uint64_t *)(uintptr_t)arrived_addr;
+    int code = WAIT_LOOK;
+    int64_t seen_ns = 0;
+    for (;;) {
+        uint64_t d = __atomic_load_n(done, __ATOMIC_ACQUIRE), a = __atomic_load_n(arrived, __ATOMIC_ACQUIRE);
+        if ((long long)d >= n) {
+            code = WAIT_DONE;
+            seen_ns = now_ns();
+            break;
+        }
+        if (a > 0 && a <= d) {
+            code = WAIT_LATE;
+            break;
+        }
+        int64_t now = now_ns();
+        if (now >= until_ns)
+            break;
+        if (n - (long long)d >= ncpu) {
+            struct epoll_event ev;
+            int ms = (int)((until_ns - now + 999999) / 1000000);
+            epoll_wait(epfd, &ev, 1, ms);     /* a runner's wakeup, the look's time, or EINTR: look again */
+        }
+    }
+    PyObject *results = code == WAIT_DONE ? detach_pairs(pairs, np) : PyList_New(0);
+    if (code == WAIT_DONE) {
+        struct sched_param sp = {.sched_priority = 0};
+        sched_setscheduler(0, SCHED_OTHER, &sp);
+        setpriority(PRIO_PROCESS, 0, nice);           /* 0: this thread */
+    }
+    PyMem_Free(pairs);
+    if (!results)
+        return NULL;
+    return Py_BuildValue("(iLN)", code, (long long)seen_ns, results);
+}
+
 static PyMethodDef methods[] = {
     {"interrupt", interrupt, METH_VARARGS, "PTRACE_INTERRUPT each tid of a sequence."},
     {"stop", stop, METH_VARARGS,
-     "stop(pid, pending, known, regs, until_ns, go_addr, handover, sig)\n"
-     "-> (code, [(tid, status, ns)], errno, go_ns, [(tid, ns)])"},
+     "stop(pid, pending, known, regs, until_ns, go_addr, rt_prio) -> (code, [(tid, status, ns)], errno, go_ns, rt)"},
     {"detach", detach, METH_VARARGS, "detach([tid, sig, ...]) -> [(errno, ns), ...]"},
+    {"wait_done", wait_done, METH_VARARGS,
+     "wait_done(done_addr, arrived_addr, n, ncpu, epfd, until_ns, [tid, sig, ...], nice)\n"
+     "-> (code, seen_ns, [(errno, ns)])"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -364,7 +402,8 @@ PyMODINIT_FUNC PyInit__pause(void) {
         return NULL;
     if (PyModule_AddIntConstant(m, "STOP_OK", STOP_OK) || PyModule_AddIntConstant(m, "STOP_SLOW", STOP_SLOW) ||
         PyModule_AddIntConstant(m, "STOP_ODD", STOP_ODD) || PyModule_AddIntConstant(m, "STOP_NEW", STOP_NEW) ||
-        PyModule_AddIntConstant(m, "STOP_REGS", STOP_REGS)) {
+        PyModule_AddIntConstant(m, "STOP_REGS", STOP_REGS) || PyModule_AddIntConstant(m, "WAIT_DONE", WAIT_DONE) ||
+        PyModule_AddIntConstant(m, "WAIT_LATE", WAIT_LATE) || PyModule_AddIntConstant(m, "WAIT_LOOK", WAIT_LOOK)) {
         Py_DECREF(m);
         return NULL;
     }

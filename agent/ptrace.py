@@ -77,6 +77,7 @@ PTRACE_EVENT_STOP = 128
 WALL = 0x40000000          # __WALL: wait for threads (clone children) too
 DETACH_GRACE_S = 2.0       # how long __exit__ waits for a straggler to stop or die
 FAST_PATIENCE_NS = 2_000_000   # the C wait for the stops hands over to the general one after this
+RT_PRIO = 1                # hold_cpu(): SCHED_FIFO's lowest priority
 _ULONG = ctypes.c_ulong
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -255,10 +256,19 @@ def _detached(t: _Tracee, e: int, ns: int) -> bool:
     return False
 
 
+def _detach_pairs(held: list[_Tracee]) -> list[int]:
+    """held as agent/_pause.c's detaches take them: tid, signal to deliver, ..."""
+    return [x for t in held for x in (t.tid, t.inject)]
+
+
 def _detach_all_fast(held: list[_Tracee]) -> None:
-    """PTRACE_DETACH each of held in one call of agent/_pause.c; the first
-    error other than ESRCH is raised once all were tried."""
-    done = _fast.detach([x for t in held for x in (t.tid, t.inject)])
+    """PTRACE_DETACH each of held in one call of agent/_pause.c."""
+    _note_detaches(held, _fast.detach(_detach_pairs(held)))
+
+
+def _note_detaches(held: list[_Tracee], done: list[tuple[int, int]]) -> None:
+    """agent/_pause.c's (errno, ns) of each of held, noted; the first error
+    other than ESRCH is raised once all are."""
     failed = None
     for t, (e, ns) in zip(held, done):
         try:
@@ -376,15 +386,11 @@ class PausedProcess:
         self._bufs: dict[int, object] = {}    # tid -> our buffer at that address (no regs_at slot)
         # go_at: the address of a u64 set to 1 the moment every thread is
         # stopped and its registers are in (the eBPF probe's go word: the
-        # walk starts then, not once the agent is back in its caller). On
-        # agent/_pause.c's path, the threads of go_hand_over are then let
-        # go at once with go_signal, as hand_over() does (the probe's
-        # other runners, to share the walk).
+        # walk starts then, not once the agent is back in its caller);
+        # this thread then holds its CPU (hold_cpu).
         self.go_at = 0
         self.go_ns = 0
-        self.go_hand_over: list[int] = []
-        self.go_signal = signal.SIGURG
-        self._handed: set[int] = set()        # handed over by agent/_pause.c at the go
+        self._rt = False                      # hold_cpu() made this thread SCHED_FIFO
         self._fast_args = None                # what agent/_pause.c's stop() needs, made before the pause
         self.fast = False                     # the stops were taken by agent/_pause.c (its common path)
         self.deadline_s = deadline_s
@@ -473,8 +479,6 @@ class PausedProcess:
         must be stopped, hold no other signal (its handler, run first, would
         run the target's code) and not block sig. False, with the thread
         still stopped, when it can't (`refused` says why)."""
-        if tid in self._handed:
-            return True         # by agent/_pause.c, at the go
         t = self._t.get(tid)
         why = ("not one of ours" if t is None else "not stopped" if not t.stopped or t.gone
                else f"it holds signal {t.inject}" if t.inject not in (0, sig) else None)
@@ -488,16 +492,9 @@ class PausedProcess:
         if not _detach(t):
             self.refused[tid] = "PTRACE_DETACH failed"   # gone: the pending sig is harmless
             return False
-        self._handed_over(t, t.detached_ns)
-        return True
-
-    def _handed_over(self, t: _Tracee, ns: int) -> None:
-        """t runs on, untraced, the signal it held (if any) delivered."""
-        t.detached = True
-        t.detached_ns = ns
         t.inject = 0
-        self.signals.pop(t.tid, None)
-        self._handed.add(t.tid)
+        self.signals.pop(tid, None)
+        return True
 
     def resume(self) -> None:
         """Let every thread run on now (as leaving the with-block does, which
@@ -509,14 +506,43 @@ class PausedProcess:
         as ever, even if one of those detaches failed."""
         try:
             if self._entered and not self._released:
-                held = [t for t in self._t.values() if t.stopped and not (t.detached or t.gone)]
+                held = self._held()
                 if _fast is not None:
                     _detach_all_fast(held)
                 else:
                     for t in held:
                         _detach(t)
+                self._drop_cpu()    # now: a thread let go may be waiting for this CPU
+                self._restore_priority()
         finally:
             self._release()
+
+    def _held(self) -> list[_Tracee]:
+        return [t for t in self._t.values() if t.stopped and not (t.detached or t.gone)]
+
+    def resume_when(self, done_at: int, arrived_at: int, n: int, ncpu: int, wake_fd: int,
+                    until_ns: int) -> int | None:
+        """resume() the moment the u64 at done_at (the eBPF probe's runners
+        done) reaches n, in one call of agent/_pause.c's wait_done(): while
+        n - done >= ncpu it sleeps on wake_fd (an epoll fd the probe wakes),
+        else it spins. The moment the count was seen (the threads then run
+        on); 0 if until_ns came first, or every runner that arrived (the u64
+        at arrived_at) is done but not n of them; None without the module
+        or outside the block (wait, then resume())."""
+        if _fast is None or not self._entered or self._released:
+            return None
+        held = self._held()
+        nice = self._old_nice if self._old_nice is not None else os.getpriority(os.PRIO_PROCESS, 0)
+        code, seen_ns, done = _fast.wait_done(done_at, arrived_at, n, ncpu, wake_fd, until_ns,
+                                              _detach_pairs(held), nice)
+        if code != _fast.WAIT_DONE:
+            return 0
+        self._rt, self._old_nice = False, None      # wait_done set both back with the last detach
+        try:
+            _note_detaches(held, done)
+        finally:
+            self._release()
+        return seen_ns
 
     def decode_regs(self) -> None:
         """After the pause: Regs of the threads whose registers went to regs_at."""
@@ -557,24 +583,22 @@ class PausedProcess:
     def _stop_fast(self) -> bool:
         """The common pause in one call of agent/_pause.c: it waits for the
         interrupted threads' stops, checks that no thread is new, reads the
-        registers, says go (go_at) and hands go_hand_over over. False when
-        it could not (no module, or a step off the common path): what it
-        saw is taken in, and the general path goes on from there."""
+        registers and says go (go_at). False when it could not (no module,
+        or a step off the common path): what it saw is taken in, and the
+        general path goes on from there."""
         if _fast is None or self._fast_args is None:
             return False
         pending, known, regs = self._fast_args
         self._fast_args = None
         until = min(self._t0 + int(self.deadline_s * 1e9), time.monotonic_ns() + FAST_PATIENCE_NS)
-        code, seen, _, go_ns, handed = _fast.stop(self.pid, pending, known, regs, until, self.go_at,
-                                                  self.go_hand_over if self.go_at else (), self.go_signal)
+        code, seen, _, go_ns, self._rt = _fast.stop(self.pid, pending, known, regs, until, self.go_at,
+                                                    RT_PRIO if self._boost else 0)
         for tid, status, ns in seen:
             self._take(self._t[tid], None if status < 0 else status, ns)
         if code != _fast.STOP_OK:
             return False
         for t in self._t.values():
             self._keep_regs(t)
-        for tid, ns in handed:
-            self._handed_over(self._t[tid], ns)
         self.go_ns = go_ns
         self.paused_at_ns = max(t.stop_ns for t in self._t.values())
         self.fast = True
@@ -777,6 +801,35 @@ class PausedProcess:
         if self.go_at and not self.go_ns:
             ctypes.c_uint64.from_address(self.go_at).value = 1
             self.go_ns = time.monotonic_ns()
+            self.hold_cpu()
+
+    def hold_cpu(self) -> None:
+        """This thread runs SCHED_FIFO until the threads are let go (_release).
+        For the eBPF walk: the agent lets runners go that wake on its own CPU
+        and never sleep until the walk ends, and at nice -20 one of them
+        still took the CPU from it at once (a woken task's lag, in EEVDF),
+        in 13 of 30 snapshots, and kept it for the whole walk: the agent
+        noticed its end 0.1-0.2 ms late, its detaches were preempted by the
+        threads they woke. As FIFO it runs on until it sleeps (the walk's
+        wait: it must then never spin, probe.py), and when woken it runs at
+        once. Never in the stops' wait: the threads to stop need its CPU."""
+        if self._rt or not self._boost:
+            return
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(RT_PRIO))
+            self._rt = True
+        except OSError:
+            pass                # no CAP_SYS_NICE: as we are
+
+    @property
+    def holds_cpu(self) -> bool:
+        """hold_cpu() is in force: a wait must sleep, not spin (a spin would keep a runner off this CPU)."""
+        return self._rt
+
+    def _drop_cpu(self) -> None:
+        if self._rt:
+            self._rt = False
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))   # the nice value stays
 
     # -- releasing
 
@@ -787,6 +840,7 @@ class PausedProcess:
             return
         self._released = True
         pending: BaseException | None = None
+        self._drop_cpu()    # before any wait for a straggler: it may need this CPU
         try:
             while True:
                 try:

@@ -46,15 +46,23 @@ def test_a_runner_gone_before_its_signal_is_the_records_error(states, monkeypatc
     assert not our_uprobes()
 
 
-def test_the_probe_wakes_the_agent_when_a_runner_is_done(states, monkeypatch):
+@pytest.mark.parametrize("path", ["c", "python"])
+def test_the_probe_wakes_the_agent_when_a_runner_is_done(monkeypatch, path):
     """While every CPU has a runner walking, the agent sleeps on the ring
     buffer; the runner that ends its share wakes it (the K_MARK record).
     Here it sleeps whatever the CPUs, and its looks are 30 s apart: only
-    the probe's wakeup ends its wait (without it, the poll returns empty)."""
+    the probe's wakeup ends its wait early. In agent/_pause.c's wait_done
+    (path c) that wait ends in well under the 30 s; in Python's, the poll
+    returns the wakeup's event (without it, it returns empty). 2,000
+    goroutines, so that the walk is still on when the agent starts to wait."""
+    import time
+    from agent import ptrace
     from agent.ebpf import executor as ebpf
     from agent.ebpf import probe as pr
     from agent.snapshot import SnapshotOptions
-    t, target = states
+    from bench.run import PauseMeter, build_pausemeter
+    from server.snapshot_job import load_target
+    require_ebpf()
 
     class Seen:
         def __init__(self, real):
@@ -65,18 +73,41 @@ def test_the_probe_wakes_the_agent_when_a_runner_is_done(states, monkeypatch):
             self.events += len(got) if timeout else 0
             return got
 
+        def fileno(self):
+            return self.real.fileno()
+
         def close(self):
             self.real.close()
 
+    waits, real_when = [], ptrace.PausedProcess.resume_when
+
+    def resume_when(self, *a):
+        t = time.monotonic()
+        seen = real_when(self, *a)
+        waits.append((seen, time.monotonic() - t))
+        return seen
+
+    if path == "python":
+        monkeypatch.setattr(ptrace, "_fast", None)
+    monkeypatch.setattr(ptrace.PausedProcess, "resume_when", resume_when)
     monkeypatch.setattr(pr, "cpus", lambda: 1)
     monkeypatch.setattr(pr, "LOOK_NS", 30_000_000_000)
     monkeypatch.setenv("EXRAY_EBPF_RUNNERS", "1")
-    with pr.StackProbe() as probe:
-        probe._wake = seen = Seen(probe._wake)
-        rec = ebpf.snapshot_process(t.pid, target, SnapshotOptions(deadline_s=60), probe=probe)
-    assert rec.error is None and rec.goroutines, rec.error
-    assert seen.events >= 1, "the walk ended without waking the agent"
-    _untraced_and_alive(t.pid)
+    binary = build_pausemeter()
+    pm = PauseMeter(binary, 2000)
+    try:
+        with pr.StackProbe() as probe:
+            probe._wake = seen = Seen(probe._wake)
+            rec = ebpf.snapshot_process(pm.pid, load_target(str(binary), None, {}),
+                                        SnapshotOptions(deadline_s=60), probe=probe)
+        assert rec.error is None and len(rec.goroutines) >= 2000, rec.error
+        _untraced_and_alive(pm.pid)
+    finally:
+        pm.close()
+    if path == "python":
+        assert waits == [(None, pytest.approx(0, abs=1))] and seen.events >= 1, "the walk ended without waking the agent"
+    else:
+        assert waits and waits[-1][0] > 0 and waits[-1][1] < 10, f"the wait did not end by the probe's wakeup: {waits}"
 
 
 def test_a_process_runs_on_as_soon_as_its_walk_ends(states, monkeypatch):
@@ -96,6 +127,41 @@ def test_a_process_runs_on_as_soon_as_its_walk_ends(states, monkeypatch):
     monkeypatch.setattr(ebpf._Job, "walk", walk)
     rec = ebpf.snapshot_process(t.pid, target, SnapshotOptions())
     assert rec.error is None and seen and seen[0] > 0 and rec.pause_ns == seen[0], (rec.error, seen)
+
+
+@pytest.mark.parametrize("path", ["c", "python"])
+def test_the_agent_holds_its_cpu_from_the_go_to_the_resume(states, monkeypatch, path):
+    """From the go until its threads are let go, the agent's thread runs
+    SCHED_FIFO (PausedProcess.hold_cpu), so a runner it lets go can't keep
+    it off its CPU for the whole walk; then SCHED_OTHER again, its nice
+    value as before, also after a walk that failed."""
+    from agent import ptrace
+    from agent.ebpf import executor as ebpf
+    from agent.ebpf import probe as pr
+    from agent.snapshot import SnapshotOptions
+    t, target = states
+    if path == "python":
+        monkeypatch.setattr(ptrace, "_fast", None)
+    seen, real_wait = [], pr.StackProbe._wait
+
+    def wait(self, *a):
+        seen.append(os.sched_getscheduler(0))
+        return real_wait(self, *a)
+
+    monkeypatch.setattr(pr.StackProbe, "_wait", wait)
+    nice = os.getpriority(os.PRIO_PROCESS, 0)
+    rec = ebpf.snapshot_process(t.pid, target, SnapshotOptions())
+    assert rec.error is None and seen == [os.SCHED_FIFO], (rec.error, seen)
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER and os.getpriority(os.PRIO_PROCESS, 0) == nice
+
+    def failing(self, *a):
+        raise ProbeError("injected")
+    from agent.ebpf.probe import ProbeError
+    monkeypatch.setattr(pr.StackProbe, "_wait", failing)
+    rec = ebpf.snapshot_process(t.pid, target, SnapshotOptions())
+    assert "injected" in (rec.error or "")
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER and os.getpriority(os.PRIO_PROCESS, 0) == nice
+    _untraced_and_alive(t.pid)
 
 
 def test_errors_and_timeouts_leave_nothing(states):

@@ -26,13 +26,15 @@ def target(go_build):
 
 
 def test_bad_arguments_raise_and_touch_nothing(target):
-    for args in [(target.pid, [target.pid], [], [target.pid], 0, 0, [], 10),      # regs not in pairs
-                 (target.pid, ["x"], [], [], 0, 0, [], 10),
-                 (target.pid, [], [], [], 0, 0, [], 0)]:                          # no such signal
+    for args in [(target.pid, [target.pid], [], [target.pid], 0, 0, 0),      # regs not in pairs
+                 (target.pid, ["x"], [], [], 0, 0, 0),
+                 (target.pid, [], [], [])]:
         with pytest.raises((TypeError, ValueError)):
             fast.stop(*args)
     with pytest.raises(ValueError):
         fast.detach([target.pid])
+    with pytest.raises(ValueError):
+        fast.wait_done(0, 0, 1, 1, -1, 0, [], 0)
     with pytest.raises(TypeError):
         fast.interrupt(target.pid)
     assert_free(target.pid)
@@ -45,14 +47,15 @@ def test_threads_not_traced_go_the_general_way(target):
     the leader: the leader is this test's child, and waitpid would wait.)"""
     go = ctypes.c_uint64(0)
     tid = next(t for t in ptrace_tids(target.pid) if t != target.pid)
-    code, seen, err, go_ns, handed = fast.stop(target.pid, [tid], [tid], [], time.monotonic_ns() + 10**8,
-                                               ctypes.addressof(go), [], 23)
-    assert (code, [s[:2] for s in seen], go.value, go_ns, handed) == (fast.STOP_ODD, [(tid, -1)], 0, 0, [])
+    code, seen, err, go_ns, rt = fast.stop(target.pid, [tid], [tid], [], time.monotonic_ns() + 10**8,
+                                           ctypes.addressof(go), 1)
+    assert (code, [s[:2] for s in seen], go.value, go_ns, rt) == (fast.STOP_ODD, [(tid, -1)], 0, 0, 0)
     buf = (ctypes.c_ulong * 27)()
-    code, seen, err, go_ns, _ = fast.stop(target.pid, [], list(ptrace_tids(target.pid)),
-                                          [target.pid, ctypes.addressof(buf)], time.monotonic_ns() + 10**8,
-                                          ctypes.addressof(go), [], 23)
-    assert (code, err, go.value) == (fast.STOP_REGS, errno.ESRCH, 0)
+    code, seen, err, go_ns, rt = fast.stop(target.pid, [], list(ptrace_tids(target.pid)),
+                                           [target.pid, ctypes.addressof(buf)], time.monotonic_ns() + 10**8,
+                                           ctypes.addressof(go), 1)
+    assert (code, err, go.value, rt) == (fast.STOP_REGS, errno.ESRCH, 0, 0)
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER
     assert fast.detach([target.pid, 0]) == [(errno.ESRCH, pytest.approx(time.monotonic_ns(), abs=10**9))]
     assert_free(target.pid)
 
@@ -66,7 +69,7 @@ def test_a_thread_it_was_not_told_of_stops_the_go(target):
         go = ctypes.c_uint64(0)
         tids = list(p._t)
         code, seen, _, _, _ = fast.stop(target.pid, tids, tids[1:], [], time.monotonic_ns() + 10**9,
-                                        ctypes.addressof(go), [], 23)
+                                        ctypes.addressof(go), 0)
         assert code == fast.STOP_NEW and go.value == 0
         assert sorted(s[0] for s in seen) == sorted(tids)
         for tid, status, _ in seen:

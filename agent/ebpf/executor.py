@@ -185,6 +185,7 @@ class _Job:
         the stopped threads' registers, one trigger."""
         paused = self.paused
         try:
+            paused.hold_cpu()       # the first process's pause did, at its go
             if not first:
                 probe.set_plan(self.plan)
             self.now_mono = time.monotonic_ns()
@@ -192,7 +193,7 @@ class _Job:
             self.run = probe.trigger(self.pid, self.runners, self.now_mono + int(left * 1e9),
                                      self.reads_cut_ns(),
                                      release=lambda tid: paused.hand_over(tid, signal.SIGURG),
-                                     resume=paused.resume, go_ns=paused.go_ns if first else 0)
+                                     resume=paused, go_ns=paused.go_ns if first else 0)
         except AgentError as e:
             self.fail(e)        # trigger() disarmed the probe on its way out
 
@@ -296,7 +297,6 @@ def _together(targets: list, opts, probe: StackProbe, budgets) -> list[ProcessRe
                 # would slow the other processes' threads on their way to
                 # their stops, and the pauses would start further apart.
                 first.pause.go_at = probe.go_address()
-                first.pause.go_hand_over = first.runners[1:R_MAX]
 
         def failed(j, e):
             j.fail(e)

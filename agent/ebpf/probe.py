@@ -429,11 +429,11 @@ class StackProbe:
         seems lost (a SIGURG sent while one is pending merges with it), it
         is signalled again. Raises ProbeError at the deadline, leaving the
         probe disarmed. No captures' reads start after reads_cut_ns
-        (CLOCK_MONOTONIC; 0: none). resume(), if given, is called the moment
-        the walk is seen done, before anything else: the process runs on.
-        go_ns: when the go word (go_address()) was set already, by the
-        pause of a started process. What the runners say is read later, by
-        report()."""
+        (CLOCK_MONOTONIC; 0: none). resume, if given, is the paused process
+        (a PausedProcess): it runs on the moment the walk is seen done,
+        before anything else. go_ns: when the go word (go_address()) was
+        set already, by the pause of a started process. What the runners
+        say is read later, by report()."""
         tids = list(tids)[:R_MAX]
         if len(tids) > 1 and release is None:
             raise ValueError("several runners need a release(tid) for all but the first")
@@ -450,26 +450,8 @@ class StackProbe:
             if started is None:
                 _poke(pid, tids[0])
             live = [0, *self._release(tids, range(1, len(tids)), release, run)]
-            # While every CPU has a runner walking, this thread sleeps until
-            # the probe wakes it (a runner's share done) or a look is due.
-            # Then it watches C_DONE without sleeping, from the CPU that
-            # runner no longer walks on: waking takes 20-30 us on a VM. Its
-            # looks are loads from the mapped `ctl`.
-            sent, last, looked, exited = dict.fromkeys(live, t0), {}, t0, _Exit(pid)
-            words, ncpu = self._words, cpus()
-            while words[C_DONE] < len(live):
-                if 0 < words[C_ARRIVED] <= words[C_DONE]:
-                    self._drop_late(tids, live, run)
-                    continue
-                now = time.monotonic_ns()
-                if now - looked > LOOK_NS or now > deadline_ns:
-                    looked = now
-                    self._look(pid, tids, live, deadline_ns, now, sent, last, exited)
-                if len(live) - words[C_DONE] >= ncpu:
-                    self._wake.poll(LOOK_NS / 1e9)
-            run.seen_ns = time.monotonic_ns()
-            if resume is not None:
-                resume()
+            exited = _Exit(pid)
+            self._wait(pid, tids, live, run, deadline_ns, exited, resume)
             st = self._mapped["state"]
             run.states = [st.read(i, _STATE.size) for i in live]
         except BaseException:
@@ -486,7 +468,46 @@ class StackProbe:
         the moment its threads are stopped and their registers are in
         (PausedProcess.go_at); trigger() does for the others."""
         self._check_open()
-        return ct.addressof(self._words) + 8 * C_GO
+        return self._word_at(C_GO)
+
+    def _wait(self, pid: int, tids: list[int], live: list[int], run: _Run, deadline_ns: int, exited: _Exit,
+              resume) -> None:
+        """Until every runner in `live` is done; then resume (see trigger).
+        While every CPU has a runner walking, this thread sleeps until the
+        probe wakes it (a runner's share done) or a look is due. Then it
+        watches C_DONE without sleeping, from the CPU that runner no longer
+        walks on: waking takes 20-30 us on a VM. Its looks are loads from
+        the mapped `ctl`. With agent/_pause.c, the wait and the detaches
+        after it are one call: the way from the wakeup to the first
+        PTRACE_DETACH was 30 us of cold Python."""
+        sent, last, looked = dict.fromkeys(live, run.t0), {}, run.t0
+        # (a thread that holds its CPU sleeps until woken, whatever the CPUs)
+        words, ncpu = self._words, 1 if getattr(resume, "holds_cpu", False) else cpus()
+        in_c = resume is not None
+        while words[C_DONE] < len(live):
+            if 0 < words[C_ARRIVED] <= words[C_DONE]:
+                self._drop_late(tids, live, run)
+                continue
+            now = time.monotonic_ns()
+            if now - looked > LOOK_NS or now > deadline_ns:
+                looked = now
+                self._look(pid, tids, live, deadline_ns, now, sent, last, exited)
+            if in_c:            # None: no agent/_pause.c, wait here
+                seen = resume.resume_when(self._word_at(C_DONE), self._word_at(C_ARRIVED), len(live), ncpu,
+                                          self._wake.fileno(), min(looked + LOOK_NS, deadline_ns) + 1)
+                if seen:
+                    run.seen_ns = seen
+                    return
+                in_c = seen is not None
+            if not in_c and len(live) - words[C_DONE] >= ncpu:
+                self._wake.poll(LOOK_NS / 1e9)
+        run.seen_ns = time.monotonic_ns()
+        if resume is not None:
+            resume.resume()
+
+    def _word_at(self, k: int) -> int:
+        """The address of ctl's word k (mapped into this process)."""
+        return ct.addressof(self._words) + 8 * k
 
     def arm(self, pid: int, tids: list[int], reads_cut_ns: int = 0) -> None:
         """Before pid's pause: its runners armed, for start() to signal the
