@@ -9,13 +9,14 @@
  * reaches a plain stop, no thread is new, every GETREGS works. Anything
  * else comes back to Python with what was seen so far, and PausedProcess
  * goes on down its general path (which knows clones, exits, zombies,
- * stragglers and deadlines). Nothing here decides policy, keeps state
- * between calls or writes to the target: the requests are INTERRUPT,
- * GETREGS and DETACH, as in ptrace.py.
+ * stragglers and deadlines). Nothing here keeps state between calls or
+ * writes to the target: the requests are INTERRUPT, GETREGS and DETACH, as
+ * in ptrace.py; besides them, only this thread's own scheduling policy and
+ * nice value change (PausedProcess.hold_cpu says why).
  *
  * The GIL is held throughout: a pause must not wait for another Python
- * thread to give it back (the switch interval is 5 ms). Every call is
- * bounded by the deadline and `patience_ns` given.
+ * thread to give it back (the switch interval is 5 ms). Every wait is
+ * bounded by the until_ns it is given.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

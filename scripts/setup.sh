@@ -60,7 +60,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.exray-installed
 # (agent/_pause.c, the pause's hot path, is compiled by this install)
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ agent/_pause.c -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ] || [ agent/_pause.c -nt "$stamp" ]; then
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q -e '.[test]'
   touch "$stamp"
