@@ -412,7 +412,7 @@ class PausedProcess:
         self._old_handlers: dict[int, object] = {}
         self._boost = boost
         self._gc_held = False                 # _NoGC.hold() done: _release undoes it
-        self._old_nice: int | None = None
+        self._boosted = False                 # _nice.raise_() done: _restore_priority undoes it
 
     # -- public
 
@@ -532,12 +532,12 @@ class PausedProcess:
         if _fast is None or not self._entered or self._released:
             return None
         held = self._held()
-        nice = self._old_nice if self._old_nice is not None else os.getpriority(os.PRIO_PROCESS, 0)
+        nice = _nice.after_last() if self._boosted else os.getpriority(os.PRIO_PROCESS, 0)
         code, seen_ns, done = _fast.wait_done(done_at, arrived_at, n, ncpu, wake_fd, until_ns,
                                               _detach_pairs(held), nice)
         if code != _fast.WAIT_DONE:
             return 0
-        self._rt, self._old_nice = False, None      # wait_done set both back with the last detach
+        self._rt = False        # wait_done set the policy and the nice value back with the last detach
         try:
             _note_detaches(held, done)
         finally:
@@ -897,27 +897,58 @@ class PausedProcess:
         """nice -20 for this agent thread while the target is stopped: on a busy machine a
         descheduled tracer stretches the pause, and resumed target threads would otherwise
         preempt us between detaches. Not SCHED_FIFO: our waits spin on sched_yield, which
-        would starve the very threads we wait for on a single CPU."""
-        if not self._boost:
-            return
-        try:
-            self._old_nice = os.getpriority(os.PRIO_PROCESS, 0)   # 0: this thread on Linux
-            os.setpriority(os.PRIO_PROCESS, 0, -20)
-        except OSError:
-            self._old_nice = None                                 # not root: run as we are
+        would starve the very threads we wait for on a single CPU (hold_cpu is for after)."""
+        if self._boost and not self._boosted:
+            self._boosted = True
+            _nice.raise_()
 
     def _restore_priority(self) -> None:
-        if self._old_nice is not None:
-            try:
-                os.setpriority(os.PRIO_PROCESS, 0, self._old_nice)
-            except OSError:
-                pass
-            self._old_nice = None
+        if self._boosted:
+            self._boosted = False
+            _nice.restore()
 
     def _restore_signal_handlers(self) -> None:
         for sig, old in self._old_handlers.items():
             signal.signal(sig, old)
         self._old_handlers.clear()
+
+
+class _Nice(threading.local):
+    """This thread's nice value, -20 while any of its pauses is on (a
+    snapshot of several processes overlaps them, and resumes them one by
+    one): the value before the first is restored after the last, not by
+    each in turn (the first one's saved value of -20 was restored last,
+    and the thread stayed at -20)."""
+
+    def __init__(self):
+        self.depth = 0
+        self.saved: int | None = None
+
+    def raise_(self) -> None:
+        if self.depth == 0:
+            try:
+                self.saved = os.getpriority(os.PRIO_PROCESS, 0)   # 0: this thread on Linux
+                os.setpriority(os.PRIO_PROCESS, 0, -20)
+            except OSError:
+                self.saved = None                                 # not root: run as we are
+        self.depth += 1
+
+    def restore(self) -> None:
+        self.depth -= 1
+        if self.depth == 0 and self.saved is not None:
+            try:
+                os.setpriority(os.PRIO_PROCESS, 0, self.saved)
+            except OSError:
+                pass
+            self.saved = None
+
+    def after_last(self) -> int:
+        """The nice value once the calling pause restores: the saved one if
+        it is the last pause on, else the pauses' -20."""
+        return self.saved if self.depth == 1 and self.saved is not None else os.getpriority(os.PRIO_PROCESS, 0)
+
+
+_nice = _Nice()
 
 
 class _NoGC:

@@ -10,6 +10,8 @@ be Go's own. Skips, naming what is missing, where the kernel can't run BPF.
 """
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from ebpf_helpers import loaded_prog_ids, our_uprobes, prog_ids, require_ebpf
@@ -225,10 +227,13 @@ def test_two_processes_are_paused_together(probe):
     from agent.snapshot import SnapshotOptions
     from server.snapshot_job import load_target
     binary = build("states")
+    nice = os.getpriority(os.PRIO_PROCESS, 0)
     with run_target(binary, dump=False) as a, run_target(binary, dump=False) as b:
         target = load_target(str(binary), None, {})
         recs = ebpf.snapshot_together([(a.pid, target), (b.pid, target)], SnapshotOptions(), probe)
     assert [r.error for r in recs] == [None, None]
+    # the agent's thread as it was: its nice value, SCHED_OTHER (each pause's -20 and FIFO undone)
+    assert (os.getpriority(os.PRIO_PROCESS, 0), os.sched_getscheduler(0)) == (nice, os.SCHED_OTHER)
     assert [r.pid for r in recs] == [a.pid, b.pid]
     for r in recs:
         names = {f.function for g in r.goroutines for f in g.frames}

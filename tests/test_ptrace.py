@@ -53,14 +53,26 @@ def _stopped_states(pid: int) -> dict[int, str]:
     return out
 
 
-def test_pause_stops_every_thread_and_resumes(target, pause_path):
+def test_the_common_pause_takes_its_path(target, pause_path):
+    """A pause of a settled process goes through agent/_pause.c in one call
+    (on the python path, never). A thread the runtime creates meanwhile
+    sends one back to the Python steps: most of five, not all, must go."""
+    fast = []
+    for _ in range(5):
+        with PausedProcess(target.pid) as p:
+            fast.append(p.fast)
+        time.sleep(0.01)
+    assert sum(fast) >= (4 if pause_path == "c" else 0) and (pause_path == "c" or not any(fast)), fast
+    assert_free(target.pid)
+
+
+def test_pause_stops_every_thread_and_resumes(target):
     me = threading.get_native_id()
     with PausedProcess(target.pid) as p:
         states = _stopped_states(target.pid)
         assert set(p.threads) == set(states)
         assert set(states.values()) == {"t"}
         assert all(tracer_pid(target.pid, tid) == me for tid in states)
-        assert p.fast == (pause_path == "c")
     assert_free(target.pid)
     assert p.pause_ns > 0 and p.resumed_at_ns >= p.paused_at_ns
     assert target.ask("gap", "GAP")["ticks"] > 0      # it runs again
@@ -120,6 +132,29 @@ def test_no_garbage_collection_inside_a_pause(target):
             pass
     assert gc.isenabled()
     assert_free(target.pid)
+
+
+def test_overlapping_pauses_restore_the_nice_value_after_the_last(target, binary):
+    """Pauses of several processes overlap in one agent thread, and a
+    multi-process eBPF snapshot resumes them in the order it entered them:
+    the thread is at nice -20 while any is on, and back at its own value
+    after the last (it used to stay at -20: each pause restored the value
+    it had found, and the second had found -20)."""
+    other = Target(binary, "-threads", "2")
+    try:
+        nice = os.getpriority(os.PRIO_PROCESS, 0)
+        a, b = PausedProcess(target.pid), PausedProcess(other.pid)
+        a.__enter__()
+        b.__enter__()
+        assert os.getpriority(os.PRIO_PROCESS, 0) == -20
+        a.__exit__(None, None, None)
+        assert os.getpriority(os.PRIO_PROCESS, 0) == -20       # b is still on
+        b.__exit__(None, None, None)
+        assert os.getpriority(os.PRIO_PROCESS, 0) == nice
+        assert_free(target.pid)
+        assert_free(other.pid)
+    finally:
+        other.close()
 
 
 def test_registers_match_proc_syscall(target):
