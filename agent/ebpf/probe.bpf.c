@@ -283,8 +283,6 @@ static __always_inline u64 *cval(u32 k) {
 // so a per-CPU word hands it on without a hash lookup per run.
 BPF_PERCPU_ARRAY(current_ri, u32, 1);
 
-// The calling thread's runner state (0: not a runner of this walk), found
-// by its tid; an entry program's lookup.
 // The current thread is of the process the plan is for. A stage checks, as
 // the uprobes do: a runner of a process given up on (a failed pause, a
 // deadline) that is still in its tail calls when the next process's plan
@@ -293,6 +291,8 @@ static __always_inline int ours(struct plan *p) {
     return (u32)(bpf_get_current_pid_tgid() >> 32) == p->tgid;
 }
 
+// The calling thread's runner state (0: not a runner of this walk), found
+// by its tid; an entry program's lookup.
 static __always_inline struct state *my_state(void) {
     u32 tid = (u32)bpf_get_current_pid_tgid(), zero = 0;
     u32 *ri = runners.lookup(&tid);
